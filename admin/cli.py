@@ -1,0 +1,552 @@
+"""The ``taskfleet`` command: every role and every admin verb.
+
+Exit codes: 0 success; 1 a run had a target that did not succeed; 2 a usage error (bad
+arguments, unknown task, computer or run, invalid document); 3 the server could not be
+reached or refused the connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+from typing import Any
+
+import websockets
+
+from admin.client import AdminClient
+from admin.output import ago, iso, short_time, table
+from agent import logs
+from protocol.errors import RemoteError
+
+DEFAULT_SERVER = "ws://127.0.0.1:8470"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+USAGE_CODES = {
+    "bad_request",
+    "unknown_task",
+    "unknown_computer",
+    "unknown_run",
+    "no_targets",
+    "invalid_document",
+    "exists",
+    "unknown_op",
+}
+
+
+# -- roles ------------------------------------------------------------------------------
+
+
+def _server_token(args: argparse.Namespace) -> str:
+    """The shared token: --token, TASKFLEET_TOKEN, or DIR/token (created on first start)."""
+    if args.token:
+        return str(args.token)
+    path = os.path.join(args.data, "token")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip()
+    os.makedirs(args.data, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(token + "\n")
+    print(f"taskfleet: new shared token written to {path}: {token}", flush=True)
+    return token
+
+
+def _need_token(args: argparse.Namespace) -> str:
+    if not args.token:
+        raise SystemExit("taskfleet: a token is required: pass --token or set TASKFLEET_TOKEN")
+    return str(args.token)
+
+
+async def _serve_forever(component: Any, ready: str) -> None:
+    await component.start()
+    print(ready.format(url=component.url), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await component.stop()
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from agent.link import split_hostport
+    from server.core import NotificationServer
+
+    host, port = split_hostport(args.listen, 8470)
+    ns = NotificationServer(
+        data_dir=args.data,
+        token=_server_token(args),
+        host=host,
+        port=port,
+        name=args.name,
+        compression=args.compression,
+        flush_ms=args.flush_ms,
+    )
+    asyncio.run(_serve_forever(ns, "taskfleet server ready url={url}"))
+    return EXIT_OK
+
+
+def cmd_taskserver(args: argparse.Namespace) -> int:
+    from agent.link import split_hostport
+    from taskserver.service import TaskServer
+
+    host, port = split_hostport(args.listen, 8471)
+    ts = TaskServer(
+        server_url=args.server,
+        data_dir=args.data,
+        name=args.name,
+        token=_need_token(args),
+        host=host,
+        port=port,
+        advertise=args.advertise,
+        compression=args.compression,
+        flush_ms=args.flush_ms,
+    )
+    asyncio.run(_serve_forever(ts, "taskfleet taskserver ready url={url}"))
+    return EXIT_OK
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from agent.agent import Agent
+
+    agent = Agent(
+        server_url=args.server,
+        name=args.name,
+        token=_need_token(args),
+        data_dir=args.data,
+        concurrency=args.concurrency,
+        compression=args.compression,
+    )
+
+    async def main() -> None:
+        task = asyncio.create_task(agent.run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from admin.demo import demo
+
+    return asyncio.run(demo(args.agents))
+
+
+# -- admin verbs ------------------------------------------------------------------------
+
+
+async def _admin(args: argparse.Namespace) -> int:
+    async with AdminClient(args.server, _need_token(args)) as client:
+        return int(await args.verb(client, args))
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+async def v_computers(c: AdminClient, args: argparse.Namespace) -> int:
+    if args.action == "add":
+        if not args.name:
+            print("taskfleet: computers add needs a NAME", file=sys.stderr)
+            return EXIT_USAGE
+        row = await c.call("computers.add", name=args.name, address=args.address or "")
+        if args.json:
+            _print_json(row)
+        else:
+            print(
+                f"added device {row['name']} (id {row['id']}, task server {row['taskserver'] or 'built-in'})"
+            )
+        return EXIT_OK
+    rows = await c.call("computers.list")
+    if args.json:
+        _print_json(
+            [
+                {
+                    "name": r["name"],
+                    "id": r["id"],
+                    "has_agent": r["has_agent"],
+                    "online": r["online"],
+                    "taskserver": r["taskserver"],
+                    "last_seen": iso(r["last_seen"]),
+                    "os": r["os"],
+                    "agent_version": r["agent_version"],
+                    "addresses": r["addresses"],
+                }
+                for r in rows
+            ]
+        )
+        return EXIT_OK
+    now = time.time()
+    for r in rows:
+        r["agent"] = "yes" if r["has_agent"] else "no (device)"
+        r["state"] = "online" if r["online"] else "offline"
+        r["seen"] = ago(r["last_seen"], now)
+    print(
+        table(
+            rows,
+            [
+                ("name", "name"),
+                ("agent", "agent"),
+                ("state", "state"),
+                ("taskserver", "task server"),
+                ("seen", "last seen"),
+                ("os", "os"),
+            ],
+        )
+    )
+    return EXIT_OK
+
+
+async def v_taskservers(c: AdminClient, args: argparse.Namespace) -> int:
+    rows = await c.call("taskservers.list")
+    if args.json:
+        _print_json(rows)
+    else:
+        print(
+            table(
+                rows,
+                [
+                    ("name", "name"),
+                    ("url", "url"),
+                    ("online", "online"),
+                    ("computers", "computers"),
+                ],
+            )
+        )
+    return EXIT_OK
+
+
+async def v_task(c: AdminClient, args: argparse.Namespace) -> int:
+    try:
+        with open(args.file, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        print(f"taskfleet: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    saved = await c.call("task.add", text=text, filename=args.file)
+    if args.json:
+        _print_json(saved)
+    else:
+        verb = "replaced" if saved["replaced"] else "added"
+        print(
+            f"{verb} task {saved['name']} ({saved['type']}, {saved['kind']} task, timeout {saved['timeout_s']} s)"
+        )
+    return EXIT_OK
+
+
+async def v_tasks(c: AdminClient, args: argparse.Namespace) -> int:
+    rows = await c.call("tasks.list")
+    if args.json:
+        _print_json(rows)
+    else:
+        print(
+            table(
+                rows,
+                [
+                    ("name", "name"),
+                    ("type", "type"),
+                    ("kind", "kind"),
+                    ("timeout_s", "timeout s"),
+                    ("description", "description"),
+                ],
+            )
+        )
+    return EXIT_OK
+
+
+async def v_types(c: AdminClient, args: argparse.Namespace) -> int:
+    rows = await c.call("types.list")
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            r["params"] = ", ".join(r["params"])
+        print(table(rows, [("id", "type"), ("kind", "kind"), ("params", "parameters")]))
+    return EXIT_OK
+
+
+def _instance_json(i: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "computer": i["computer"],
+        "instance_id": i["id"],
+        "status": i["status"],
+        "return_code": i["return_code"],
+        "output": i["output"],
+        "reason": i["reason"],
+        "started": iso(i["started_at"]),
+        "finished": iso(i["ended_at"]),
+    }
+
+
+def _run_json(run: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "run_id": run["id"],
+        "task": run["task_name"],
+        "kind": run["kind"],
+        "status": run["status"],
+        "created": iso(run["created_at"]),
+        "ended": iso(run["ended_at"]),
+        "instances": [_instance_json(i) for i in run["instances"]],
+    }
+
+
+def _print_run(run: dict[str, Any]) -> None:
+    print(f"run {run['id']}: task {run['task_name']} ({run['kind']}), status {run['status']}")
+    rows = []
+    for i in run["instances"]:
+        duration = (
+            f"{i['ended_at'] - i['started_at']:.2f}s" if i["started_at"] and i["ended_at"] else "-"
+        )
+        out = (i["output"] or "").strip().splitlines()
+        rows.append(
+            {
+                "computer": i["computer"],
+                "status": i["status"],
+                "rc": i["return_code"],
+                "time": duration,
+                "detail": i["reason"] or (out[0] if out else ""),
+            }
+        )
+    print(
+        table(
+            rows,
+            [
+                ("computer", "computer"),
+                ("status", "status"),
+                ("rc", "rc"),
+                ("time", "time"),
+                ("detail", "output / reason"),
+            ],
+        )
+    )
+
+
+def _progress(states: dict[int, str]) -> str:
+    total = len(states)
+    done = sum(1 for s in states.values() if s in ("succeeded", "failed", "timed_out", "stopped"))
+    ok = sum(1 for s in states.values() if s == "succeeded")
+    running = sum(1 for s in states.values() if s == "running")
+    width = 30
+    filled = int(width * done / total) if total else width
+    bar = "#" * filled + "." * (width - filled)
+    return f"[{bar}] {done}/{total} done, {ok} succeeded, {done - ok} not, {running} running"
+
+
+async def _follow(c: AdminClient, run_id: int, *, quiet: bool) -> dict[str, Any]:
+    """Watch a run to its end, printing a progress bar unless ``quiet``; return the final run."""
+    tty = sys.stdout.isatty()
+    states: dict[int, str] = {}
+    last = ""
+    final: dict[str, Any] = {}
+    async for kind, data in c.watch(run_id):
+        if kind == "snapshot":
+            states = {i["id"]: i["status"] for i in data["instances"]}
+        elif kind == "instance":
+            states[data["instance_id"]] = data["state"]
+        elif kind == "run":
+            final = data
+            states = {i["id"]: i["status"] for i in data["instances"]}
+        line = _progress(states)
+        if not quiet and line != last:
+            print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
+            last = line
+    if not quiet and tty:
+        print()
+    return final
+
+
+async def v_run(c: AdminClient, args: argparse.Namespace) -> int:
+    started = await c.call("run.start", task=args.name, computers=args.computer or [], all=args.all)
+    run_id = started["run_id"]
+    if started["no_agent"]:
+        print(
+            f"warning: {len(started['no_agent'])} target(s) have no agent and fail at once: "
+            + ", ".join(started["no_agent"]),
+            file=sys.stderr,
+        )
+    if not args.wait:
+        if args.json:
+            _print_json(started)
+        else:
+            print(
+                f"started run {run_id} on {started['targets']} target(s); `taskfleet watch {run_id}` follows it"
+            )
+        return EXIT_OK
+    if not args.json:
+        print(f"run {run_id} started on {started['targets']} target(s)", file=sys.stderr)
+    final = await _follow(c, run_id, quiet=args.json)
+    if args.json:
+        _print_json(_run_json(final))
+    else:
+        _print_run(final)
+    return EXIT_OK if final["status"] == "succeeded" else EXIT_FAILED
+
+
+async def v_runs(c: AdminClient, args: argparse.Namespace) -> int:
+    if args.action == "show":
+        if args.run_id is None:
+            print("taskfleet: runs show needs a run ID", file=sys.stderr)
+            return EXIT_USAGE
+        run = await c.call("run.show", run_id=args.run_id)
+        if args.json:
+            _print_json(_run_json(run))
+        else:
+            _print_run(run)
+        return EXIT_OK
+    rows = await c.call("runs.list", limit=args.limit)
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    for r in rows:
+        r["created"] = short_time(r["created_at"])
+    print(
+        table(
+            rows,
+            [
+                ("id", "id"),
+                ("task_name", "task"),
+                ("kind", "kind"),
+                ("status", "status"),
+                ("total", "targets"),
+                ("succeeded", "ok"),
+                ("failed", "not ok"),
+                ("pending", "open"),
+                ("created", "created (utc)"),
+            ],
+        )
+    )
+    return EXIT_OK
+
+
+async def v_watch(c: AdminClient, args: argparse.Namespace) -> int:
+    final = await _follow(c, args.run_id, quiet=args.json)
+    if args.json:
+        _print_json(_run_json(final))
+    else:
+        _print_run(final)
+    return EXIT_OK if final["status"] == "succeeded" else EXIT_FAILED
+
+
+async def v_stop(c: AdminClient, args: argparse.Namespace) -> int:
+    result = await c.call("run.stop", run_id=args.run_id)
+    if args.json:
+        _print_json(result)
+    elif result.get("note"):
+        print(f"run {args.run_id}: {result['note']}")
+    else:
+        print(f"run {args.run_id} stopped ({result['stopped']} instance(s) stopped)")
+    return EXIT_OK
+
+
+# -- parser -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="taskfleet", description="taskfleet: run tasks and jobs across fleets."
+    )
+    p.add_argument("--log-level", default=os.environ.get("TASKFLEET_LOG_LEVEL", "info"))
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    token = argparse.ArgumentParser(add_help=False)
+    token.add_argument(
+        "--token",
+        default=os.environ.get("TASKFLEET_TOKEN"),
+        help="shared token (or TASKFLEET_TOKEN)",
+    )
+    token.add_argument(
+        "--compression", action="store_true", help="per-message deflate (for slow links)"
+    )
+
+    s = sub.add_parser("server", parents=[token], help="run the Notification Server")
+    s.add_argument("--data", required=True, help="data folder (created on first start)")
+    s.add_argument("--listen", default="127.0.0.1:8470", help="HOST:PORT (port 0: any free port)")
+    s.add_argument("--name", default="ns")
+    s.add_argument("--flush-ms", type=int, default=10)
+    s.set_defaults(func=cmd_server)
+
+    t = sub.add_parser("taskserver", parents=[token], help="run a Task Server")
+    t.add_argument("--server", required=True, help="the NS URL, ws://HOST:PORT")
+    t.add_argument("--data", required=True)
+    t.add_argument("--listen", default="127.0.0.1:8471")
+    t.add_argument("--name", default=os.uname().nodename)
+    t.add_argument("--advertise", help="URL agents use to reach this TS (default: ws://LISTEN)")
+    t.add_argument("--flush-ms", type=int, default=10)
+    t.set_defaults(func=cmd_taskserver)
+
+    a = sub.add_parser("agent", parents=[token], help="run an agent")
+    a.add_argument("--server", required=True)
+    a.add_argument("--data", required=True)
+    a.add_argument("--name", default=os.uname().nodename)
+    a.add_argument("--concurrency", type=int, default=4)
+    a.set_defaults(func=cmd_agent)
+
+    d = sub.add_parser("demo", help="NS, one TS and N agents in one process: run a task on all")
+    d.add_argument("--agents", type=int, default=20)
+    d.set_defaults(func=cmd_demo)
+
+    admin = argparse.ArgumentParser(add_help=False)
+    admin.add_argument("--server", default=os.environ.get("TASKFLEET_SERVER", DEFAULT_SERVER))
+    admin.add_argument("--token", default=os.environ.get("TASKFLEET_TOKEN"))
+    admin.add_argument("--json", action="store_true", help="machine-readable output")
+
+    def verb(name: str, fn: Any, help: str) -> argparse.ArgumentParser:
+        v = sub.add_parser(name, parents=[admin], help=help)
+        v.set_defaults(func=lambda args: asyncio.run(_admin(args)), verb=fn)
+        return v
+
+    v = verb("computers", v_computers, "list computers, or `computers add NAME` a device")
+    v.add_argument("action", nargs="?", choices=["add"])
+    v.add_argument("name", nargs="?")
+    v.add_argument("--address", default="")
+    verb("taskservers", v_taskservers, "list task servers")
+    v = verb("task", v_task, "`task add FILE`: save a task document (TOML or JSON)")
+    v.add_argument("action", choices=["add"])
+    v.add_argument("file")
+    verb("tasks", v_tasks, "list saved tasks")
+    verb("types", v_types, "list task types")
+    v = verb("run", v_run, "run a saved task")
+    v.add_argument("name")
+    v.add_argument("--computer", action="append", help="target computer (repeatable)")
+    v.add_argument("--all", action="store_true", help="every known computer")
+    v.add_argument(
+        "--wait", action="store_true", help="follow the run; exit 0 only if all succeeded"
+    )
+    v = verb("runs", v_runs, "list runs, or `runs show ID`")
+    v.add_argument("action", nargs="?", choices=["show"])
+    v.add_argument("run_id", nargs="?", type=int)
+    v.add_argument("--limit", type=int, default=50)
+    v = verb("watch", v_watch, "follow a run live")
+    v.add_argument("run_id", type=int)
+    v = verb("stop", v_stop, "stop a run: pending and running instances end `stopped`")
+    v.add_argument("run_id", type=int)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logs.configure(args.log_level)
+    try:
+        code = int(args.func(args))
+    except RemoteError as exc:
+        print(f"taskfleet: {exc.message}", file=sys.stderr)
+        code = EXIT_USAGE if exc.code in USAGE_CODES else EXIT_UNREACHABLE
+    except (OSError, websockets.WebSocketException, TimeoutError) as exc:
+        print(f"taskfleet: cannot reach the server: {exc or type(exc).__name__}", file=sys.stderr)
+        code = EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

@@ -1,0 +1,85 @@
+"""The admin client: one connection to the NS, requests by ``op``, and run watching."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import websockets
+
+from agent.link import Link, connect
+from protocol.errors import RemoteError
+from protocol.messages import Event, Request, Response
+from protocol.session import Role
+
+
+class AdminClient:
+    """``async with AdminClient(url, token) as c: await c.call("tasks.list")``."""
+
+    def __init__(self, url: str, token: str, *, identity: str = "admin"):
+        self.url = url
+        self.token = token
+        self.identity = identity
+        self.link: Link | None = None
+        self._events: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> AdminClient:
+        self.link, _ = await connect(
+            self.url, role=Role.ADMIN, identity=self.identity, token=self.token
+        )
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
+        if self.link is not None:
+            await self.link.close()
+
+    async def _read(self) -> None:
+        assert self.link is not None
+        try:
+            while True:
+                message = await self.link.recv()
+                if self.link.resolve(message):
+                    continue
+                if isinstance(message, Event):
+                    self._events.put_nowait(message)
+        except (websockets.ConnectionClosed, Exception) as exc:
+            self.link.fail_waiters(ConnectionError(f"connection to the server closed: {exc}"))
+            self._events.put_nowait(None)
+
+    async def call(self, op: str, timeout_s: float = 60.0, **args: Any) -> Any:
+        """Run one operation on the NS; raise RemoteError with the server's message if refused."""
+        assert self.link is not None
+        reply = await self.link.request(
+            Request(id=self.link.next_id(), op=op, args=args), timeout_s
+        )
+        assert isinstance(reply, Response)
+        return reply.data
+
+    async def watch(self, run_id: int) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Yield ``("snapshot", run)`` first, then ``("instance", change)`` events, then
+        ``("run", final run)`` when it ends."""
+        view = await self.call("run.watch", run_id=run_id)
+        yield "snapshot", view
+        if view["status"] != "running":
+            yield "run", view
+            return
+        while True:
+            event = await self._events.get()
+            if event is None:
+                raise RemoteError(
+                    "disconnected", "the connection to the server closed while watching"
+                )
+            if event.run_id != run_id:
+                continue
+            if event.kind == "run":
+                yield "run", await self.call("run.show", run_id=run_id)
+                return
+            yield event.kind, event.data

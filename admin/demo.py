@@ -1,0 +1,96 @@
+"""``taskfleet demo``: a whole fleet in one process on loopback, one task across it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import sys
+import tempfile
+import time
+
+from admin.client import AdminClient
+from agent import logs
+from agent.agent import Agent
+from server.core import NotificationServer
+from taskserver.service import TaskServer
+
+SAMPLE_TASK = """
+name = "demo-hello"
+type = "run-script"
+timeout_s = 60
+description = "say hello from every agent"
+[params]
+interpreter = "sh"
+script = '''
+echo "hello from %COMPUTERNAME% (computer id %COMPUTERID%) via %TASKSERVER%, run %RUNID%"
+uname -sm
+'''
+"""
+
+
+async def _wait_for(predicate: object, what: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if await predicate():  # type: ignore[operator]
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"demo: {what} did not happen within {timeout_s:g} s")
+        await asyncio.sleep(0.05)
+
+
+async def demo(n_agents: int) -> int:
+    """Start NS + TS + ``n_agents`` agents, run the sample task on all, print the table."""
+    from admin.cli import _follow, _print_run
+
+    logs.configure("warning")
+    token = secrets.token_urlsafe(16)
+    with tempfile.TemporaryDirectory(prefix="taskfleet-demo-") as tmp:
+        ns = NotificationServer(data_dir=f"{tmp}/ns", token=token)
+        await ns.start()
+        ts = TaskServer(server_url=ns.url, data_dir=f"{tmp}/ts-1", name="ts-1", token=token)
+        await ts.start()
+        agents = [
+            Agent(
+                server_url=ns.url,
+                name=f"demo-agent-{i:02d}",
+                token=token,
+                data_dir=f"{tmp}/agent-{i:02d}",
+            )
+            for i in range(1, n_agents + 1)
+        ]
+        tasks = [asyncio.create_task(a.run()) for a in agents]
+        try:
+            print(
+                f"taskfleet demo: NS at {ns.url}, task server ts-1 at {ts.url}, {n_agents} agents"
+            )
+            await asyncio.wait_for(ts.connected.wait(), 15)
+            async with AdminClient(ns.url, token) as client:
+
+                async def all_online() -> bool:
+                    rows = await client.call("computers.list")
+                    return sum(1 for r in rows if r["online"]) >= n_agents
+
+                await _wait_for(all_online, f"{n_agents} agents online", 60)
+                print(f"all {n_agents} agents registered and connected to ts-1")
+                await client.call("task.add", text=SAMPLE_TASK, filename="demo-hello.toml")
+                started = await client.call("run.start", task="demo-hello", all=True)
+                print(f"run {started['run_id']}: demo-hello on {started['targets']} computers")
+                final = await _follow(client, started["run_id"], quiet=False)
+                _print_run(final)
+                ok = final["status"] == "succeeded"
+                print(
+                    "demo finished: every computer succeeded"
+                    if ok
+                    else "demo finished with failures"
+                )
+                return 0 if ok else 1
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(BaseException):
+                    await t
+            await ts.stop()
+            await ns.stop()
+            sys.stdout.flush()

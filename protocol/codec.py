@@ -1,0 +1,92 @@
+"""msgpack codec with limits: bytes in, a checked message out, and back.
+
+Every limit is enforced before a handler sees anything, so a hostile peer costs at
+most one bounded frame. Breaking a limit raises :class:`~protocol.errors.FrameError`
+(close code 4400) or, for frames over ``max_frame_bytes``, close code 1009.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from protocol.errors import FrameError
+from protocol.messages import Message, from_wire, to_wire
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on one frame. The defaults suit every role; dispatches are chunked to fit."""
+
+    max_frame_bytes: int = 1 << 20
+    max_str_len: int = 1 << 20
+    max_bin_len: int = 1 << 16
+    max_array_len: int = 10_000
+    max_map_len: int = 1_024
+    max_depth: int = 12
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise FrameError(f"msgpack extension type {code} is not allowed")
+
+
+def _depth_ok(obj: Any, max_depth: int) -> bool:
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            if depth > max_depth:
+                return False
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            if depth > max_depth:
+                return False
+            stack.extend((v, depth + 1) for v in value)
+    return True
+
+
+def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """Decode one frame to a plain object, enforcing every limit. Raises :class:`FrameError`."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise FrameError("text frames are not accepted; send binary msgpack")
+    if len(data) > limits.max_frame_bytes:
+        raise FrameError(
+            f"frame of {len(data)} bytes exceeds the limit of {limits.max_frame_bytes}",
+            code="frame_too_large",
+            close_code=1009,
+        )
+    try:
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            ext_hook=_no_ext,
+            max_str_len=limits.max_str_len,
+            max_bin_len=limits.max_bin_len,
+            max_array_len=limits.max_array_len,
+            max_map_len=limits.max_map_len,
+            max_ext_len=0,
+        )
+    except FrameError:
+        raise
+    except Exception as exc:  # msgpack raises a family of unrelated exceptions
+        raise FrameError(f"not a valid msgpack frame: {type(exc).__name__}: {exc}") from None
+    if not _depth_ok(obj, limits.max_depth):
+        raise FrameError(f"frame nests deeper than {limits.max_depth} levels")
+    return obj
+
+
+def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Decode one frame into a checked :class:`Message`."""
+    return from_wire(decode_frame(data, limits))
+
+
+def encode(message: Message) -> bytes:
+    """Encode a message for the wire."""
+    return bytes(msgpack.packb(to_wire(message), use_bin_type=True))

@@ -1,0 +1,181 @@
+"""Handshake and session rules shared by every role.
+
+Theory of operation: a connection starts in ``AWAIT_HELLO``. The connecting side sends
+``hello``; the accepting side checks it with :func:`check_hello` and answers ``welcome``
+(state ``OPEN``) or ``error`` followed by a close. In ``OPEN``, each role may send only
+the messages listed for it in ``ALLOWED``; anything else is a :class:`SessionError`.
+
+Close codes (also in docs/protocol.md):
+
+====  ==========================================================
+1000  normal close
+1009  frame larger than the limit (sent by the WebSocket layer)
+4400  frame is not one bounded msgpack map (``bad_frame``)
+4401  hello refused: credentials (``unauthorized``)
+4402  hello refused: protocol version (``version_mismatch``)
+4403  message not allowed for this role or state (``not_allowed``)
+4408  no hello before the handshake deadline (``handshake_timeout``)
+4409  replaced by a newer connection with the same identity (``replaced``)
+4422  frame is a map but not a valid message (``bad_message``, ``unknown_type``)
+====  ==========================================================
+"""
+
+from __future__ import annotations
+
+import hmac
+import random
+from collections.abc import Callable
+from enum import IntEnum, StrEnum
+
+from protocol import PROTOCOL_VERSION
+from protocol.errors import HandshakeError, SessionError
+from protocol.messages import Hello, Message
+
+CLOSE_NORMAL = 1000
+CLOSE_TOO_LARGE = 1009
+CLOSE_BAD_FRAME = 4400
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_VERSION = 4402
+CLOSE_NOT_ALLOWED = 4403
+CLOSE_HANDSHAKE_TIMEOUT = 4408
+CLOSE_REPLACED = 4409
+CLOSE_BAD_MESSAGE = 4422
+
+
+class Role(StrEnum):
+    """Who is on the other end of a connection."""
+
+    AGENT = "agent"
+    TASKSERVER = "taskserver"
+    ADMIN = "admin"
+
+
+class State(IntEnum):
+    """Session state of one connection."""
+
+    AWAIT_HELLO = 0
+    OPEN = 1
+    CLOSED = 2
+
+
+# What each role may send once the session is open, to the side that accepted it.
+ALLOWED: dict[Role, frozenset[str]] = {
+    Role.AGENT: frozenset({"reports"}),
+    Role.TASKSERVER: frozenset({"reports", "presence", "ack", "error"}),
+    Role.ADMIN: frozenset({"request"}),
+}
+
+# What the accepting side may send to each role (checked by the connecting side).
+ALLOWED_DOWN: dict[Role, frozenset[str]] = {
+    Role.AGENT: frozenset({"execute", "cancel", "tickle", "reports_ack", "error"}),
+    Role.TASKSERVER: frozenset({"dispatch", "cancel", "tickle", "reports_ack", "error"}),
+    Role.ADMIN: frozenset({"response", "error", "event"}),
+}
+
+
+def check_hello(
+    message: Message,
+    *,
+    token: str,
+    roles: frozenset[Role],
+    version: int = PROTOCOL_VERSION,
+) -> Hello:
+    """Validate the first message of a connection; return it as a :class:`Hello`.
+
+    Raises :class:`HandshakeError` with the close code to use. The token comparison is
+    constant-time.
+    """
+    if not isinstance(message, Hello):
+        raise HandshakeError(
+            f"the first message must be 'hello', got {message.TYPE!r}",
+            code="hello_expected",
+            close_code=CLOSE_NOT_ALLOWED,
+        )
+    if message.version != version:
+        raise HandshakeError(
+            f"protocol version mismatch: this server speaks version {version}, "
+            f"the peer sent version {message.version}; upgrade the older side",
+            code="version_mismatch",
+            close_code=CLOSE_VERSION,
+        )
+    try:
+        role = Role(message.role)
+    except ValueError:
+        raise HandshakeError(
+            f"unknown role {message.role!r}; expected one of agent, taskserver, admin",
+            code="bad_role",
+            close_code=CLOSE_NOT_ALLOWED,
+        ) from None
+    if role not in roles:
+        allowed = ", ".join(sorted(roles))
+        raise HandshakeError(
+            f"role {role} is not served on this listener (it serves: {allowed})",
+            code="bad_role",
+            close_code=CLOSE_NOT_ALLOWED,
+        )
+    if not message.identity or len(message.identity) > 255:
+        raise HandshakeError(
+            "identity must be a non-empty name of at most 255 characters",
+            code="bad_identity",
+            close_code=CLOSE_NOT_ALLOWED,
+        )
+    given = message.credentials.get("token")
+    if not isinstance(given, str) or not hmac.compare_digest(given.encode(), token.encode()):
+        raise HandshakeError(
+            "credentials refused: the token does not match the server's token",
+            code="unauthorized",
+            close_code=CLOSE_UNAUTHORIZED,
+        )
+    return message
+
+
+class Session:
+    """The accepting side's view of one connection: state plus the role's allowed messages."""
+
+    def __init__(self, role: Role):
+        self.role = role
+        self.state = State.OPEN
+
+    def check(self, message: Message) -> None:
+        """Raise :class:`SessionError` when ``message`` may not arrive now from this role."""
+        if self.state is not State.OPEN:
+            raise SessionError(f"message {message.TYPE!r} after the session closed")
+        if message.TYPE not in ALLOWED[self.role]:
+            raise SessionError(
+                f"a {self.role} may not send {message.TYPE!r}",
+                code="not_allowed",
+                close_code=CLOSE_NOT_ALLOWED,
+            )
+
+
+def backoff_delays(
+    *,
+    initial_s: float = 0.5,
+    maximum_s: float = 30.0,
+    factor: float = 2.0,
+    rand: Callable[[], float] = random.random,
+) -> Callable[[int], float]:
+    """Reconnect delays: exponential, capped, with jitter.
+
+    Returns ``delay(attempt)`` where ``attempt`` counts failures from 0. The delay is
+    uniform in ``[cap/2, cap]``: the random half spreads a reconnect storm over the
+    window, the fixed half keeps a failing server from being hammered.
+    """
+
+    def delay(attempt: int) -> float:
+        cap = min(maximum_s, initial_s * (factor ** min(attempt, 32)))
+        return cap * (0.5 + 0.5 * rand())
+
+    return delay
+
+
+class IdSource:
+    """Message ids for one connection: a short prefix and a counter."""
+
+    def __init__(self, prefix: str = ""):
+        self._prefix = prefix
+        self._n = 0
+
+    def __call__(self) -> str:
+        self._n += 1
+        return f"{self._prefix}{self._n}"

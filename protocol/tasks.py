@@ -1,0 +1,271 @@
+"""Task documents: the catalog of task types, their parameter schemas, and validation.
+
+A task document is TOML (or JSON with the same structure)::
+
+    name = "hello"
+    type = "run-script"
+    timeout_s = 60
+    [params]
+    interpreter = "sh"
+    script = "echo hello from %COMPUTERNAME%"
+
+:func:`parse_task` returns a :class:`TaskDefinition` or raises
+:class:`~protocol.errors.ValidationError` listing every problem by field path.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from protocol.errors import Problem, ValidationError
+
+
+class Kind(StrEnum):
+    """Where a task type runs (see DOMAIN.md, "Three kinds of task")."""
+
+    SERVER = "server"
+    CLIENT = "client"
+    TASKSERVER = "taskserver"
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """Schema of one parameter."""
+
+    type: builtins.type | tuple[builtins.type, ...]
+    required: bool = False
+    default: Any = None
+    choices: tuple[Any, ...] = ()
+    minimum: int | None = None
+    maximum: int | None = None
+    item_type: builtins.type | None = None
+    doc: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskType:
+    """One task type: stable id, kind, parameter schema."""
+
+    id: str
+    kind: Kind
+    params: dict[str, Param]
+    doc: str
+
+
+INTERPRETERS = ("sh", "bash", "python", "powershell", "cmd")
+
+_SCRIPT_PARAMS: dict[str, Param] = {
+    "interpreter": Param(
+        str, default="sh", choices=INTERPRETERS, doc="program that runs the script"
+    ),
+    "script": Param(str, required=True, doc="script text; tokens like %COMPUTERNAME% are replaced"),
+    "env": Param(dict, default={}, item_type=str, doc="extra environment variables"),
+    "cwd": Param(str, default="", doc="working folder (default: a fresh temporary folder)"),
+    "success_codes": Param(list, default=[0], item_type=int, doc="return codes that mean success"),
+    "output_limit_bytes": Param(
+        int, default=65_536, minimum=0, maximum=512 * 1024, doc="output kept; the rest is cut"
+    ),
+}
+
+CATALOG: dict[str, TaskType] = {
+    t.id: t
+    for t in (
+        TaskType(
+            "run-script",
+            Kind.CLIENT,
+            _SCRIPT_PARAMS,
+            "Run a script on each target computer's agent.",
+        ),
+        TaskType(
+            "run-script-on-taskserver",
+            Kind.TASKSERVER,
+            _SCRIPT_PARAMS,
+            "Run a script on the Task Server once per target, with that target's tokens; "
+            "reaches devices with no agent.",
+        ),
+        TaskType(
+            "run-script-on-server",
+            Kind.SERVER,
+            _SCRIPT_PARAMS,
+            "Run a script once on the Notification Server.",
+        ),
+        TaskType(
+            "write-server-log",
+            Kind.SERVER,
+            {
+                "level": Param(str, default="info", choices=("debug", "info", "warning", "error")),
+                "message": Param(str, required=True, doc="text; tokens like %RUNID% are replaced"),
+            },
+            "Write an entry to the Notification Server's log.",
+        ),
+        TaskType(
+            "noop",
+            Kind.CLIENT,
+            {"delay_ms": Param(int, default=0, minimum=0, maximum=3_600_000)},
+            "Do nothing (after an optional delay) and succeed: measures the control plane.",
+        ),
+    )
+}
+"""Every task type, by id. A new type is one entry here plus its runner."""
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$")
+DEFAULT_TIMEOUT_S = 300
+MAX_TIMEOUT_S = 7 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDefinition:
+    """A validated task: the form stored by the NS and sent in ``dispatch``."""
+
+    name: str
+    type: str
+    kind: Kind
+    timeout_s: int
+    params: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain form for storage and the wire."""
+        return {
+            "name": self.name,
+            "type": self.type,
+            "kind": str(self.kind),
+            "timeout_s": self.timeout_s,
+            "params": self.params,
+            "description": self.description,
+        }
+
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", dict: "a table", list: "a list", bool: "a boolean"}
+    if isinstance(t, tuple):
+        return " or ".join(names.get(x, x.__name__) for x in t)
+    return names.get(t, t.__name__)
+
+
+def _is(value: Any, t: type | tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and t is not bool and not (isinstance(t, tuple) and bool in t):
+        return False
+    return isinstance(value, t)
+
+
+def validate_params(ttype: TaskType, params: Any, problems: list[Problem]) -> dict[str, Any]:
+    """Check ``params`` against the type's schema; append problems; return params with defaults."""
+    if not isinstance(params, dict):
+        problems.append(Problem("params", "must be a table"))
+        return {}
+    out: dict[str, Any] = {}
+    for key in params:
+        if key not in ttype.params:
+            known = ", ".join(sorted(ttype.params)) or "none"
+            problems.append(
+                Problem(f"params.{key}", f"unknown parameter for {ttype.id} (known: {known})")
+            )
+    for key, spec in ttype.params.items():
+        path = f"params.{key}"
+        if key not in params:
+            if spec.required:
+                problems.append(Problem(path, "required parameter is missing"))
+            else:
+                out[key] = spec.default
+            continue
+        value = params[key]
+        if not _is(value, spec.type):
+            problems.append(Problem(path, f"must be {_type_name(spec.type)}"))
+            continue
+        if spec.choices and value not in spec.choices:
+            problems.append(Problem(path, f"must be one of {', '.join(map(str, spec.choices))}"))
+            continue
+        if spec.minimum is not None and value < spec.minimum:
+            problems.append(Problem(path, f"must be at least {spec.minimum}"))
+            continue
+        if spec.maximum is not None and value > spec.maximum:
+            problems.append(Problem(path, f"must be at most {spec.maximum}"))
+            continue
+        if spec.item_type is not None:
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            bad = [k for k, v in items if not _is(v, spec.item_type)]
+            for k in bad:
+                problems.append(Problem(f"{path}.{k}", f"must be {_type_name(spec.item_type)}"))
+            if bad:
+                continue
+        out[key] = value
+    return out
+
+
+def validate_task(doc: Any) -> TaskDefinition:
+    """Validate a task document (already parsed into a dict)."""
+    problems: list[Problem] = []
+    if not isinstance(doc, dict):
+        raise ValidationError("task document", [Problem("(document)", "must be a table")])
+    known = {"name", "type", "timeout_s", "params", "description"}
+    for key in doc:
+        if key not in known:
+            problems.append(Problem(str(key), f"unknown field (known: {', '.join(sorted(known))})"))
+    name = doc.get("name")
+    if name is None:
+        problems.append(Problem("name", "required field is missing"))
+    elif not isinstance(name, str) or not _NAME.match(name):
+        problems.append(
+            Problem("name", "must be 1-128 characters: letters, digits, space, '.', '_', '-'")
+        )
+    ttype: TaskType | None = None
+    tid = doc.get("type")
+    if tid is None:
+        problems.append(Problem("type", "required field is missing"))
+    elif not isinstance(tid, str) or tid not in CATALOG:
+        problems.append(
+            Problem("type", f"unknown task type {tid!r}; known: {', '.join(sorted(CATALOG))}")
+        )
+    else:
+        ttype = CATALOG[tid]
+    timeout = doc.get("timeout_s", DEFAULT_TIMEOUT_S)
+    if not _is(timeout, int) or not 1 <= timeout <= MAX_TIMEOUT_S:
+        problems.append(Problem("timeout_s", f"must be an integer from 1 to {MAX_TIMEOUT_S}"))
+    description = doc.get("description", "")
+    if not isinstance(description, str):
+        problems.append(Problem("description", "must be a string"))
+    params: dict[str, Any] = {}
+    if ttype is not None:
+        params = validate_params(ttype, doc.get("params", {}), problems)
+    if problems:
+        label = f"task {name!r}" if isinstance(name, str) else "task document"
+        raise ValidationError(label, problems)
+    assert ttype is not None and isinstance(name, str)
+    return TaskDefinition(name, ttype.id, ttype.kind, int(timeout), params, description)
+
+
+def parse_task(text: str, *, filename: str = "") -> TaskDefinition:
+    """Parse TOML (or JSON, by ``.json`` suffix or a leading ``{``) and validate it."""
+    try:
+        if filename.endswith(".json") or text.lstrip().startswith("{"):
+            doc = json.loads(text)
+        else:
+            doc = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ValidationError(
+            f"task document {filename or ''}".strip(),
+            [Problem("(document)", f"cannot parse: {exc}")],
+        ) from None
+    return validate_task(doc)
+
+
+TOKENS = ("COMPUTERNAME", "COMPUTERID", "TASKSERVER", "RUNID")
+_TOKEN = re.compile(r"%(" + "|".join(TOKENS) + r")%")
+
+
+def replace_tokens(text: str, tokens: dict[str, str]) -> str:
+    """Replace ``%COMPUTERNAME%`` and the other known tokens; unknown ``%X%`` stay as they are."""
+    return _TOKEN.sub(lambda m: tokens.get(m.group(1), m.group(0)), text)
+
+
+def output_limit(params: dict[str, Any]) -> int:
+    """Bytes of output a run-script instance keeps."""
+    value = params.get("output_limit_bytes", 65_536)
+    return int(value) if isinstance(value, int) else 65_536

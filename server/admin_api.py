@@ -1,0 +1,210 @@
+"""Admin requests: one function per ``op``, all reached through :func:`handle`.
+
+Every error a user can meet is an :class:`ApiError` whose message says what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from agent.link import Link
+from protocol.errors import ValidationError
+from protocol.states import InstanceState
+from protocol.tasks import CATALOG, parse_task, validate_task
+
+if TYPE_CHECKING:
+    from server.core import NotificationServer
+
+
+class ApiError(Exception):
+    """A refused admin request: ``code`` for scripts, the message for people."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+Handler = Callable[["NotificationServer", Link, dict[str, Any]], Awaitable[Any]]
+_OPS: dict[str, Handler] = {}
+
+
+def op(name: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        _OPS[name] = fn
+        return fn
+
+    return register
+
+
+async def handle(ns: NotificationServer, link: Link, name: str, args: dict[str, Any]) -> Any:
+    """Run one admin operation."""
+    fn = _OPS.get(name)
+    if fn is None:
+        raise ApiError(
+            "unknown_op", f"unknown operation {name!r}; known: {', '.join(sorted(_OPS))}"
+        )
+    return await fn(ns, link, args)
+
+
+def _arg(args: dict[str, Any], key: str, kind: type, default: Any = ...) -> Any:
+    value = args.get(key, default)
+    if value is ...:
+        raise ApiError("bad_request", f"argument {key!r} is required")
+    if value is not None and not isinstance(value, kind):
+        raise ApiError("bad_request", f"argument {key!r} must be {kind.__name__}")
+    return value
+
+
+def _computer_view(row: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "has_agent": bool(row["has_agent"]),
+        "online": bool(row["online"]),
+        "taskserver": row["taskserver"] or ("(built-in)" if row["has_agent"] else None),
+        "last_seen": row["last_seen"],
+        "os": row["os"],
+        "agent_version": row["agent_version"],
+        "addresses": json.loads(row["addresses"] or "[]"),
+    }
+
+
+@op("computers.list")
+async def computers_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    return [_computer_view(r) for r in await ns.db.computers()]
+
+
+@op("computers.add")
+async def computers_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    name = _arg(args, "name", str)
+    address = _arg(args, "address", str, "")
+    if not name or len(name) > 255:
+        raise ApiError("bad_request", "a computer name must have 1 to 255 characters")
+    # A device is served by the connected TS with the fewest computers (or the built-in service).
+    servers = [t for t in await ns.db.taskservers() if t["name"] in ns.routes]
+    ts = min(servers, key=lambda t: (t["computers"], t["name"]))["name"] if servers else None
+    try:
+        row = await ns.db.add_device(name, address, ts)
+    except ValueError as exc:
+        raise ApiError("exists", str(exc)) from None
+    return _computer_view(row)
+
+
+@op("taskservers.list")
+async def taskservers_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    return [
+        {
+            "name": t["name"],
+            "url": t["url"],
+            "online": t["name"] in ns.routes,
+            "computers": t["computers"],
+        }
+        for t in await ns.db.taskservers()
+    ]
+
+
+@op("task.add")
+async def task_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    try:
+        if "text" in args:
+            definition = parse_task(
+                _arg(args, "text", str), filename=_arg(args, "filename", str, "")
+            )
+        else:
+            definition = validate_task(_arg(args, "document", dict))
+    except ValidationError as exc:
+        raise ApiError("invalid_document", str(exc)) from None
+    replaced = await ns.db.save_task(definition.to_dict())
+    return {**definition.to_dict(), "replaced": replaced}
+
+
+@op("tasks.list")
+async def tasks_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    return await ns.db.tasks()
+
+
+@op("types.list")
+async def types_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    return [
+        {"id": t.id, "kind": str(t.kind), "params": sorted(t.params), "doc": t.doc}
+        for t in CATALOG.values()
+    ]
+
+
+@op("run.start")
+async def run_start(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    name = _arg(args, "task", str)
+    definition = await ns.db.task(name)
+    if definition is None:
+        raise ApiError("unknown_task", f"no task named {name!r}; `taskfleet tasks` lists them")
+    names = _arg(args, "computers", list, [])
+    every = bool(args.get("all", False))
+    computers: list[dict[str, Any]] = []
+    if definition["kind"] != "server":
+        if every and names:
+            raise ApiError("bad_request", "give either computer names or all, not both")
+        if every:
+            computers = await ns.db.computers()
+        elif names:
+            if not all(isinstance(n, str) for n in names):
+                raise ApiError("bad_request", "computer names must be strings")
+            wanted = list(dict.fromkeys(names))
+            computers = await ns.db.computers(wanted)
+            missing = sorted(set(wanted) - {c["name"] for c in computers})
+            if missing:
+                raise ApiError(
+                    "unknown_computer",
+                    f"unknown computer(s): {', '.join(missing)}; `taskfleet computers` lists them",
+                )
+        if not computers:
+            raise ApiError(
+                "no_targets",
+                f"task {name!r} is a {definition['kind']} task: give --computer NAME (repeatable) or --all",
+            )
+    return await ns.start_run(definition, computers)
+
+
+@op("runs.list")
+async def runs_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    limit = _arg(args, "limit", int, 50)
+    return await ns.db.runs(max(1, min(limit, 1000)))
+
+
+async def _run_view(ns: NotificationServer, run_id: int) -> dict[str, Any]:
+    run = await ns.db.run(run_id)
+    if run is None:
+        raise ApiError("unknown_run", f"no run with id {run_id}; `taskfleet runs` lists them")
+    return {**run, "instances": await ns.db.instances(run_id)}
+
+
+@op("run.show")
+async def run_show(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    return await _run_view(ns, _arg(args, "run_id", int))
+
+
+@op("run.watch")
+async def run_watch(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    """Subscribe to a run's events; the answer is its current state (events follow)."""
+    run_id = _arg(args, "run_id", int)
+    # Subscribe before reading, so no event falls between the snapshot and the first event.
+    if run_id in ns.active:
+        ns.watchers[run_id].add(link)
+    return await _run_view(ns, run_id)
+
+
+@op("run.stop")
+async def run_stop(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    run_id = _arg(args, "run_id", int)
+    await _run_view(ns, run_id)
+    if run_id not in ns.active:
+        return {"run_id": run_id, "stopped": 0, "note": "the run had already ended"}
+    stopped = await ns.end_run(run_id, InstanceState.STOPPED, "stopped by an administrator")
+    return {"run_id": run_id, "stopped": stopped}
+
+
+@op("log.list")
+async def log_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    return await ns.db.server_log(_arg(args, "limit", int, 100))

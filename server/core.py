@@ -1,0 +1,607 @@
+"""The Notification Server: connections by role, runs, batched dispatch, roll-up, time limits.
+
+Theory of operation
+-------------------
+A run is created in one transaction with one instance per target. Each instance gets a
+*route*: the name of the Task Server that serves its computer, or ``@ns`` for the NS's
+built-in task service. Instances that can never run (a client task on a device) are born
+``failed`` with the reason "no agent". For every route, ``_dispatch_route`` sends the
+pending instances as ``dispatch`` batches (one per run and up to ``DISPATCH_CHUNK``
+computers) and marks them dispatched when the relay acknowledges; a route that is not
+connected gets its batches when it connects. Results come back in ``reports`` batches,
+are applied in one transaction each (``Store.apply_reports``), and count down the run's
+``remaining``; at zero the run ends. A sweep ends runs whose deadline (plus a grace for
+roll-up) has passed: nothing stays ``running`` forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import websockets
+
+from agent import logs
+from agent.link import Link, accept, listen
+from agent.runner import ScriptRun
+from protocol import PROTOCOL_VERSION
+from protocol.errors import ProtocolError
+from protocol.messages import (
+    Cancel,
+    Dispatch,
+    Error,
+    Event,
+    Presence,
+    Report,
+    Reports,
+    ReportsAck,
+    Request,
+    Response,
+    Target,
+    Tickle,
+    Welcome,
+)
+from protocol.session import CLOSE_NORMAL, Role, Session
+from protocol.states import InstanceState, is_terminal, run_outcome
+from protocol.tasks import Kind, replace_tokens
+from server.store import Change, NewInstance, Store
+from taskserver.relay import Relay
+from taskserver.store import RelayStore
+
+BUILTIN = "@ns"
+"""Route name of the NS's built-in task service."""
+
+DISPATCH_CHUNK = 1_000
+ROLLUP_GRACE_S = 10.0
+
+
+class Route(Protocol):
+    """A relay the NS dispatches to: a connected TS, or the built-in task service."""
+
+    async def dispatch(self, message: Dispatch) -> None: ...
+    async def cancel(self, instance_ids: list[int]) -> None: ...
+    async def tickle(self, computers: list[str]) -> None: ...
+
+
+class RemoteRoute:
+    """A Task Server over its link: each call returns when the TS acknowledged it."""
+
+    def __init__(self, link: Link):
+        self.link = link
+
+    async def dispatch(self, message: Dispatch) -> None:
+        await self.link.request(message, timeout_s=60)
+
+    async def cancel(self, instance_ids: list[int]) -> None:
+        await self.link.request(Cancel(id=self.link.next_id(), instance_ids=instance_ids))
+
+    async def tickle(self, computers: list[str]) -> None:
+        await self.link.send(Tickle(id=self.link.next_id(), computers=computers))
+
+
+class BuiltinRoute:
+    """The built-in task service, called in-process."""
+
+    def __init__(self, relay: Relay):
+        self.relay = relay
+
+    async def dispatch(self, message: Dispatch) -> None:
+        await self.relay.dispatch(message)
+
+    async def cancel(self, instance_ids: list[int]) -> None:
+        await self.relay.cancel(instance_ids)
+
+    async def tickle(self, computers: list[str]) -> None:
+        await self.relay.tickle(computers)
+
+
+class BuiltinUpstream:
+    """What the built-in task service rolls up into: the NS itself."""
+
+    def __init__(self, ns: NotificationServer):
+        self.ns = ns
+
+    async def deliver(self, reports: list[Report]) -> None:
+        await self.ns.on_reports(reports)
+
+    async def presence(self, online: list[str], offline: list[str], full: bool) -> None:
+        await self.ns.on_presence(None, online, offline, full)
+
+
+@dataclass
+class ActiveRun:
+    """What the NS keeps in memory about a run that has not ended."""
+
+    remaining: int
+    deadline: float
+    kind: str
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class NotificationServer:
+    """The NS. ``await start()``, then it serves until ``await stop()``."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: str,
+        token: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        name: str = "ns",
+        compression: bool = False,
+        flush_ms: int = 10,
+    ):
+        self.data_dir = data_dir
+        self.token = token
+        self.host = host
+        self.port = port
+        self.name = name
+        self.compression = compression
+        self.flush_ms = flush_ms
+        self.log = logs.get("server")
+        self.url = ""
+        self.store: Store | None = None
+        self.relay: Relay | None = None
+        self._relay_store: RelayStore | None = None
+        self.routes: dict[str, Route] = {}
+        self.active: dict[int, ActiveRun] = {}
+        self.watchers: dict[int, set[Link]] = defaultdict(set)
+        self.server_runs: dict[int, ScriptRun] = {}
+        self._route_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._assign_lock = asyncio.Lock()
+        self._pending_cancels: dict[str, list[int]] = defaultdict(list)
+        self._server: Any = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def db(self) -> Store:
+        assert self.store is not None, "the server is not started"
+        return self.store
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.store = await Store.open(os.path.join(self.data_dir, "server.db"))
+        await self.store.reset_presence()
+        self._relay_store = await RelayStore.open(
+            os.path.join(self.data_dir, "builtin-taskservice.db")
+        )
+        self.relay = Relay(
+            BUILTIN, self._relay_store, log=logs.get("builtin-taskservice"), flush_ms=self.flush_ms
+        )
+        await self.relay.start()
+        self.relay.set_upstream(BuiltinUpstream(self))
+        self.routes[BUILTIN] = BuiltinRoute(self.relay)
+        interrupted: list[int] = []
+        for row in await self.store.active_runs():
+            kind = json.loads(row["definition"])["kind"]
+            self.active[row["id"]] = ActiveRun(row["remaining"], row["deadline"], kind)
+            if kind == Kind.SERVER:
+                interrupted.append(row["id"])
+        for run_id in interrupted:
+            await self.end_run(run_id, InstanceState.FAILED, "the server restarted while this ran")
+        self._server, self.port = await listen(
+            self._serve, self.host, self.port, compression=self.compression
+        )
+        self.url = f"ws://{self.host}:{self.port}"
+        self._sweeper = asyncio.create_task(self._sweep_loop(), name="ns-sweep")
+        self._spawn(self._dispatch_route(BUILTIN))
+        self.log.info("server_listening", url=self.url, active_runs=len(self.active))
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for run in self.server_runs.values():
+            run.stop()
+        tasks = [t for t in [self._sweeper, *self._tasks] if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        if self.relay is not None:
+            await self.relay.stop()
+        if self._relay_store is not None:
+            await self._relay_store.close()
+        if self.store is not None:
+            await self.store.close()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- connections --------------------------------------------------------------------
+
+    async def _serve(self, ws: Any) -> None:
+        accepted = await accept(
+            ws,
+            token=self.token,
+            roles=frozenset({Role.AGENT, Role.TASKSERVER, Role.ADMIN}),
+            log=self.log,
+        )
+        if accepted is None:
+            return
+        link, hello = accepted
+        try:
+            if hello.role == Role.AGENT:
+                await self._serve_agent(link, hello)
+            elif hello.role == Role.TASKSERVER:
+                await self._serve_taskserver(link, hello)
+            else:
+                await self._serve_admin(link, hello)
+        except websockets.ConnectionClosed:
+            pass
+        except ProtocolError as exc:
+            self.log.warning(
+                "peer_protocol_error", peer=link.peer, code=exc.code, reason=exc.message
+            )
+            await link.refuse(exc)
+
+    async def _serve_agent(self, link: Link, hello: Any) -> None:
+        row = await self.db.register_agent(hello.identity, hello.info)
+        ts = await self._assign(row)
+        config: dict[str, Any] = {"computer_id": row["id"], "taskserver": ts}
+        await link.send(
+            Welcome(
+                id=link.next_id(),
+                reply_to=hello.id,
+                version=PROTOCOL_VERSION,
+                server=self.name,
+                config=config,
+            )
+        )
+        if ts is None:
+            assert self.relay is not None
+            await self.relay.serve_agent(link, hello)
+            return
+        # The agent closes this connection and goes to its TS; do not wait on it for long.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(link.ws.wait_closed(), 30)
+        await link.close(CLOSE_NORMAL, "use your task server")
+
+    async def _assign(self, row: dict[str, Any]) -> dict[str, str] | None:
+        """Pick the agent's TS: keep a connected one, else the connected TS with fewest computers."""
+        async with self._assign_lock:
+            servers = {
+                t["name"]: t for t in await self.db.taskservers() if t["name"] in self.routes
+            }
+            current = row["taskserver"]
+            if current in servers:
+                chosen: str | None = current
+            elif servers:
+                chosen = min(servers.values(), key=lambda t: (t["computers"], t["name"]))["name"]
+            else:
+                chosen = None
+            if chosen != current:
+                await self.db.set_taskserver(row["id"], chosen)
+        if chosen is None:
+            return None
+        return {"name": chosen, "url": servers[chosen]["url"]}
+
+    async def _serve_taskserver(self, link: Link, hello: Any) -> None:
+        name = hello.identity
+        url = hello.info.get("url")
+        if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
+            raise ProtocolError(
+                "a task server's hello must carry info.url (ws:// or wss://)", code="bad_hello"
+            )
+        if name == BUILTIN:
+            raise ProtocolError(f"the name {BUILTIN!r} is reserved", code="bad_identity")
+        old = self.routes.get(name)
+        if isinstance(old, RemoteRoute):
+            await old.link.close(4409, "replaced by a newer connection from the same task server")
+        await self.db.upsert_taskserver(name, url, True)
+        await link.send(
+            Welcome(
+                id=link.next_id(), reply_to=hello.id, version=PROTOCOL_VERSION, server=self.name
+            )
+        )
+        route = RemoteRoute(link)
+        self.routes[name] = route
+        self.log.info("taskserver_connected", taskserver=name, url=url)
+        session = Session(Role.TASKSERVER)
+        try:
+            cancels, self._pending_cancels[name] = self._pending_cancels[name], []
+            if cancels:
+                self._spawn(route.cancel(cancels))
+            self._spawn(self._dispatch_route(name))
+            while True:
+                message = await link.recv()
+                session.check(message)
+                if link.resolve(message):
+                    continue
+                if isinstance(message, Reports):
+                    await self.on_reports(message.items, route=name)
+                    await link.send(ReportsAck(id=link.next_id(), reply_to=message.id))
+                elif isinstance(message, Presence):
+                    await self.on_presence(name, message.online, message.offline, message.full)
+        finally:
+            if self.routes.get(name) is route:
+                del self.routes[name]
+                await self.db.upsert_taskserver(name, url, False)
+                await self.db.set_all_offline(name)
+                self.log.info("taskserver_disconnected", taskserver=name)
+            link.fail_waiters(ConnectionError(f"task server {name} disconnected"))
+
+    async def _serve_admin(self, link: Link, hello: Any) -> None:
+        from server.admin_api import ApiError, handle
+
+        await link.send(
+            Welcome(
+                id=link.next_id(), reply_to=hello.id, version=PROTOCOL_VERSION, server=self.name
+            )
+        )
+        session = Session(Role.ADMIN)
+        try:
+            while True:
+                message = await link.recv()
+                session.check(message)
+                assert isinstance(message, Request)
+                try:
+                    data = await handle(self, link, message.op, message.args)
+                except ApiError as exc:
+                    await link.send(
+                        Error(
+                            id=link.next_id(), reply_to=message.id, code=exc.code, message=str(exc)
+                        )
+                    )
+                    continue
+                await link.send(Response(id=link.next_id(), reply_to=message.id, data=data))
+        finally:
+            for subs in self.watchers.values():
+                subs.discard(link)
+
+    # -- presence -----------------------------------------------------------------------
+
+    async def on_presence(
+        self, taskserver: str | None, online: list[str], offline: list[str], full: bool
+    ) -> None:
+        if full:
+            await self.db.set_all_offline(taskserver, keep=online)
+        if online:
+            await self.db.set_online(online, True, taskserver)
+        if offline:
+            await self.db.set_online(offline, False, taskserver)
+
+    # -- runs ---------------------------------------------------------------------------
+
+    async def start_run(
+        self, definition: dict[str, Any], computers: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Create a run of ``definition`` on ``computers`` and start dispatching it."""
+        kind = definition["kind"]
+        no_agent: list[str] = []
+        instances: list[NewInstance] = []
+        if kind == Kind.SERVER:
+            instances.append(NewInstance(None, "(server)", None))
+        else:
+            for c in computers:
+                if kind == Kind.CLIENT and not c["has_agent"]:
+                    no_agent.append(c["name"])
+                    instances.append(
+                        NewInstance(c["id"], c["name"], None, InstanceState.FAILED, "no agent")
+                    )
+                else:
+                    instances.append(NewInstance(c["id"], c["name"], c["taskserver"] or BUILTIN))
+        deadline = time.time() + float(definition["timeout_s"])
+        run_id = await self.db.create_run(definition, instances, deadline)
+        remaining = sum(1 for i in instances if not is_terminal(i.status))
+        self.active[run_id] = ActiveRun(remaining, deadline, kind)
+        self.log.info("run_started", run_id=run_id, task=definition["name"], targets=len(instances))
+        if remaining == 0:
+            await self._finish(run_id)
+        elif kind == Kind.SERVER:
+            instance = (await self.db.instances(run_id))[0]
+            self._spawn(self._run_server_task(run_id, instance["id"], definition))
+        else:
+            for route in sorted({i.route for i in instances if i.route is not None}):
+                self._spawn(self._dispatch_route(route))
+        return {"run_id": run_id, "targets": len(instances), "no_agent": no_agent}
+
+    def _tokens(
+        self, run_id: int, computer: str, computer_id: int | None, route: str
+    ) -> dict[str, str]:
+        return {
+            "COMPUTERNAME": computer,
+            "COMPUTERID": str(computer_id or ""),
+            "TASKSERVER": self.name if route == BUILTIN else route,
+            "RUNID": str(run_id),
+        }
+
+    async def _dispatch_route(self, route: str) -> None:
+        """Send every pending, undispatched instance of ``route`` in batches, if it is connected."""
+        async with self._route_locks[route]:
+            handle = self.routes.get(route)
+            if handle is None:
+                return
+            rows = await self.db.undispatched(route)
+            by_run: dict[int, list[dict[str, Any]]] = defaultdict(list)
+            for r in rows:
+                by_run[r["run_id"]].append(r)
+            for run_id, items in by_run.items():
+                definition = json.loads(items[0]["definition"])
+                expires_in_s = items[0]["deadline"] - time.time()
+                if expires_in_s <= 0:
+                    continue
+                for i in range(0, len(items), DISPATCH_CHUNK):
+                    chunk = items[i : i + DISPATCH_CHUNK]
+                    link_id = (
+                        handle.link.next_id()
+                        if isinstance(handle, RemoteRoute)
+                        else f"b{run_id}.{i}"
+                    )
+                    message = Dispatch(
+                        id=link_id,
+                        run_id=run_id,
+                        task=definition,
+                        expires_in_s=expires_in_s,
+                        targets=[
+                            Target(
+                                instance_id=r["id"],
+                                computer=r["computer"],
+                                computer_id=r["computer_id"] or 0,
+                                tokens=self._tokens(run_id, r["computer"], r["computer_id"], route),
+                            )
+                            for r in chunk
+                        ],
+                    )
+                    try:
+                        await handle.dispatch(message)
+                    except Exception as exc:
+                        self.log.warning(
+                            "dispatch_failed",
+                            route=route,
+                            run_id=run_id,
+                            error=str(exc) or type(exc).__name__,
+                        )
+                        return
+                    await self.db.mark_dispatched([r["id"] for r in chunk])
+
+    async def on_reports(self, reports: list[Report], route: str | None = None) -> None:
+        """Apply a batch of reports (one transaction), tell watchers, end finished runs."""
+        changes = await self.db.apply_reports(reports)
+        ended: list[int] = []
+        for change in changes:
+            self._notify(change)
+            if is_terminal(change.state):
+                active = self.active.get(change.run_id)
+                if active is not None:
+                    active.remaining -= 1
+                    if active.remaining <= 0:
+                        ended.append(change.run_id)
+        for run_id in ended:
+            await self._finish(run_id)
+
+    def _notify(self, change: Change) -> None:
+        subs = self.watchers.get(change.run_id)
+        if not subs:
+            return
+        data = {
+            "instance_id": change.instance_id,
+            "computer": change.computer,
+            "state": change.state,
+            "return_code": change.return_code,
+            "reason": change.reason,
+        }
+        for link in list(subs):
+            self._spawn(
+                self._send_quietly(
+                    link, Event(id=link.next_id(), run_id=change.run_id, kind="instance", data=data)
+                )
+            )
+
+    async def _send_quietly(self, link: Link, message: Any) -> None:
+        with contextlib.suppress(Exception):
+            await link.send(message)
+
+    async def _finish(self, run_id: int, stopped: bool = False) -> None:
+        active = self.active.pop(run_id, None)
+        states = await self.db.instance_states(run_id)
+        status = run_outcome(states, stopped)
+        await self.db.finish_run(run_id, status)
+        self.log.info("run_ended", run_id=run_id, status=str(status))
+        for link in list(self.watchers.pop(run_id, set())):
+            self._spawn(
+                self._send_quietly(
+                    link,
+                    Event(
+                        id=link.next_id(), run_id=run_id, kind="run", data={"status": str(status)}
+                    ),
+                )
+            )
+        if active is not None:
+            active.done.set()
+
+    async def end_run(self, run_id: int, state: InstanceState, reason: str) -> int:
+        """Force a run's unfinished instances to ``state`` (stop, time limit); cancel them downstream."""
+        rows = await self.db.end_instances(run_id, state, reason)
+        by_route: dict[str, list[int]] = defaultdict(list)
+        for r in rows:
+            if r["route"]:
+                by_route[r["route"]].append(r["id"])
+            run = self.server_runs.get(r["id"])
+            if run is not None:
+                run.stop()
+        for route, ids in by_route.items():
+            handle = self.routes.get(route)
+            if handle is None:
+                self._pending_cancels[route].extend(ids)
+                continue
+            try:
+                await handle.cancel(ids)
+            except Exception as exc:
+                self._pending_cancels[route].extend(ids)
+                self.log.warning("cancel_failed", route=route, error=str(exc) or type(exc).__name__)
+        if run_id in self.active:
+            await self._finish(run_id, stopped=state == InstanceState.STOPPED)
+        return len(rows)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.time()
+            for run_id, active in list(self.active.items()):
+                if now > active.deadline + ROLLUP_GRACE_S:
+                    try:
+                        await self.end_run(
+                            run_id, InstanceState.TIMED_OUT, "no result by the run's time limit"
+                        )
+                    except Exception:
+                        self.log.exception("sweep_failed", run_id=run_id)
+
+    # -- server tasks -------------------------------------------------------------------
+
+    async def _run_server_task(
+        self, run_id: int, instance_id: int, definition: dict[str, Any]
+    ) -> None:
+        tokens = self._tokens(run_id, socket.gethostname(), None, BUILTIN)
+        started = time.time()
+        await self.on_reports(
+            [Report(instance_id=instance_id, state=InstanceState.RUNNING, started_at=started)]
+        )
+        params = definition.get("params", {})
+        if definition["type"] == "write-server-log":
+            message = replace_tokens(str(params.get("message", "")), tokens)
+            level = str(params.get("level", "info"))
+            entry = await self.db.write_log(level, message, f"run {run_id}")
+            getattr(self.log, level, self.log.info)(
+                "server_log", message=message, entry=entry, run_id=run_id
+            )
+            report = Report(
+                instance_id=instance_id,
+                state=InstanceState.SUCCEEDED,
+                return_code=0,
+                output=f"log entry {entry}",
+                started_at=started,
+                ended_at=time.time(),
+            )
+        else:
+            run = ScriptRun(params, tokens, float(definition["timeout_s"]))
+            self.server_runs[instance_id] = run
+            try:
+                outcome = await run.run()
+            finally:
+                self.server_runs.pop(instance_id, None)
+            report = Report(
+                instance_id=instance_id,
+                state=outcome.state,
+                return_code=outcome.return_code,
+                output=outcome.output,
+                reason=outcome.reason,
+                started_at=outcome.started_at,
+                ended_at=outcome.ended_at,
+            )
+        await self.on_reports([report])

@@ -1,0 +1,457 @@
+"""All SQL of the Notification Server, behind one narrow class.
+
+A PostgreSQL store can stand beside this one later: nothing outside this module writes SQL.
+Writes on the hot path (``apply_reports``, ``mark_dispatched``) are one transaction per batch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from protocol.messages import Report
+from protocol.states import TERMINAL, InstanceState, may_move
+from taskserver.store import open_db
+
+_MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE computers (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        has_agent INTEGER NOT NULL DEFAULT 0,
+        os TEXT NOT NULL DEFAULT '',
+        agent_version TEXT NOT NULL DEFAULT '',
+        addresses TEXT NOT NULL DEFAULT '[]',
+        taskserver TEXT,
+        online INTEGER NOT NULL DEFAULT 0,
+        last_seen REAL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE taskservers (
+        name TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        online INTEGER NOT NULL DEFAULT 0,
+        last_seen REAL
+    );
+    CREATE TABLE tasks (
+        name TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        task_name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        deadline REAL NOT NULL,
+        ended_at REAL
+    );
+    CREATE TABLE instances (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        computer_id INTEGER,
+        computer TEXT NOT NULL,
+        route TEXT,
+        status TEXT NOT NULL,
+        dispatched INTEGER NOT NULL DEFAULT 0,
+        return_code INTEGER,
+        output TEXT NOT NULL DEFAULT '',
+        reason TEXT NOT NULL DEFAULT '',
+        started_at REAL,
+        ended_at REAL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX instances_run ON instances(run_id);
+    CREATE INDEX instances_undispatched ON instances(route, dispatched, status);
+    CREATE TABLE server_log (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        level TEXT NOT NULL,
+        message TEXT NOT NULL,
+        source TEXT NOT NULL DEFAULT ''
+    );
+    """,
+]
+
+_TERMINAL_SQL = "(" + ",".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
+
+
+@dataclass(frozen=True, slots=True)
+class NewInstance:
+    """One instance to create with a run."""
+
+    computer_id: int | None
+    computer: str
+    route: str | None
+    status: str = InstanceState.PENDING
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """An instance that moved to a new state through ``apply_reports``."""
+
+    instance_id: int
+    run_id: int
+    computer: str
+    state: str
+    return_code: int | None
+    reason: str
+
+
+def _row(cur: aiosqlite.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
+    return {d[0]: v for d, v in zip(cur.description, row, strict=True)}
+
+
+class Store:
+    """The NS database (SQLite, WAL). Open with :meth:`open`."""
+
+    def __init__(self, db: aiosqlite.Connection):
+        self.db = db
+
+    @classmethod
+    async def open(cls, path: str) -> Store:
+        return cls(await open_db(path, _MIGRATIONS))
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def _all(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[dict[str, Any]]:
+        async with self.db.execute(sql, args) as cur:
+            rows = await cur.fetchall()
+            return [_row(cur, tuple(r)) for r in rows]
+
+    async def _one(self, sql: str, args: tuple[Any, ...] = ()) -> dict[str, Any] | None:
+        rows = await self._all(sql, args)
+        return rows[0] if rows else None
+
+    # -- computers and task servers -----------------------------------------------------
+
+    async def register_agent(self, name: str, info: dict[str, Any]) -> dict[str, Any]:
+        """Create or update the computer for an agent; return its row."""
+        now = time.time()
+        raw = info.get("addresses")
+        addresses: list[Any] = raw if isinstance(raw, list) else []
+        await self.db.execute(
+            "INSERT INTO computers(name, has_agent, os, agent_version, addresses, last_seen, created_at)"
+            " VALUES (?, 1, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET has_agent=1, os=excluded.os,"
+            " agent_version=excluded.agent_version, addresses=excluded.addresses,"
+            " last_seen=excluded.last_seen",
+            (
+                name,
+                str(info.get("os", ""))[:200],
+                str(info.get("agent_version", ""))[:50],
+                json.dumps([str(a)[:100] for a in addresses[:64]]),
+                now,
+                now,
+            ),
+        )
+        await self.db.commit()
+        row = await self._one("SELECT * FROM computers WHERE name=?", (name,))
+        assert row is not None
+        return row
+
+    async def add_device(self, name: str, address: str, taskserver: str | None) -> dict[str, Any]:
+        """Add a computer with no agent. Raises ValueError if the name exists."""
+        existing = await self._one("SELECT id FROM computers WHERE name=?", (name,))
+        if existing is not None:
+            raise ValueError(f"a computer named {name!r} already exists")
+        await self.db.execute(
+            "INSERT INTO computers(name, has_agent, addresses, taskserver, created_at)"
+            " VALUES (?, 0, ?, ?, ?)",
+            (name, json.dumps([address] if address else []), taskserver, time.time()),
+        )
+        await self.db.commit()
+        row = await self._one("SELECT * FROM computers WHERE name=?", (name,))
+        assert row is not None
+        return row
+
+    async def set_taskserver(self, computer_id: int, taskserver: str | None) -> None:
+        await self.db.execute(
+            "UPDATE computers SET taskserver=? WHERE id=?", (taskserver, computer_id)
+        )
+        await self.db.commit()
+
+    async def computers(self, names: list[str] | None = None) -> list[dict[str, Any]]:
+        if names is None:
+            return await self._all("SELECT * FROM computers ORDER BY name")
+        out: list[dict[str, Any]] = []
+        for i in range(0, len(names), 500):
+            chunk = names[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            out += await self._all(f"SELECT * FROM computers WHERE name IN ({marks})", chunk)
+        return out
+
+    async def set_online(self, names: list[str], online: bool, taskserver: str | None) -> None:
+        now = time.time()
+        await self.db.executemany(
+            "UPDATE computers SET online=?, last_seen=? WHERE name=?",
+            [(1 if online else 0, now, n) for n in names],
+        )
+        await self.db.commit()
+
+    async def set_all_offline(self, taskserver: str | None, keep: list[str] | None = None) -> None:
+        """Mark a TS's computers offline (all of them, or all but ``keep``)."""
+        where = "taskserver IS NULL AND has_agent=1" if taskserver is None else "taskserver=?"
+        args: tuple[Any, ...] = () if taskserver is None else (taskserver,)
+        if keep:
+            await self.db.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS keep_names(name TEXT PRIMARY KEY)"
+            )
+            await self.db.execute("DELETE FROM keep_names")
+            await self.db.executemany(
+                "INSERT OR IGNORE INTO keep_names VALUES (?)", [(k,) for k in keep]
+            )
+            where += " AND name NOT IN (SELECT name FROM keep_names)"
+        await self.db.execute(f"UPDATE computers SET online=0 WHERE online=1 AND {where}", args)
+        await self.db.commit()
+
+    async def reset_presence(self) -> None:
+        """At start nobody is connected yet."""
+        await self.db.execute("UPDATE computers SET online=0")
+        await self.db.execute("UPDATE taskservers SET online=0")
+        await self.db.commit()
+
+    async def upsert_taskserver(self, name: str, url: str, online: bool) -> None:
+        await self.db.execute(
+            "INSERT INTO taskservers(name, url, online, last_seen) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET url=excluded.url, online=excluded.online,"
+            " last_seen=excluded.last_seen",
+            (name, url, 1 if online else 0, time.time()),
+        )
+        await self.db.commit()
+
+    async def taskservers(self) -> list[dict[str, Any]]:
+        return await self._all(
+            "SELECT t.*, (SELECT count(*) FROM computers c WHERE c.taskserver=t.name) AS computers"
+            " FROM taskservers t ORDER BY name"
+        )
+
+    # -- tasks --------------------------------------------------------------------------
+
+    async def save_task(self, definition: dict[str, Any]) -> bool:
+        """Store a validated task; return True when it replaced one of the same name."""
+        now = time.time()
+        old = await self._one("SELECT name FROM tasks WHERE name=?", (definition["name"],))
+        await self.db.execute(
+            "INSERT INTO tasks(name, type, kind, definition, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET type=excluded.type,"
+            " kind=excluded.kind, definition=excluded.definition, updated_at=excluded.updated_at",
+            (
+                definition["name"],
+                definition["type"],
+                definition["kind"],
+                json.dumps(definition),
+                now,
+                now,
+            ),
+        )
+        await self.db.commit()
+        return old is not None
+
+    async def task(self, name: str) -> dict[str, Any] | None:
+        row = await self._one("SELECT definition FROM tasks WHERE name=?", (name,))
+        return json.loads(row["definition"]) if row else None
+
+    async def tasks(self) -> list[dict[str, Any]]:
+        rows = await self._all("SELECT definition, updated_at FROM tasks ORDER BY name")
+        return [{**json.loads(r["definition"]), "updated_at": r["updated_at"]} for r in rows]
+
+    # -- runs ---------------------------------------------------------------------------
+
+    async def create_run(
+        self, definition: dict[str, Any], instances: list[NewInstance], deadline: float
+    ) -> int:
+        """Create a run and its instances in one transaction; return the run id."""
+        now = time.time()
+        cur = await self.db.execute(
+            "INSERT INTO runs(task_name, kind, definition, status, created_at, deadline)"
+            " VALUES (?, ?, ?, 'running', ?, ?)",
+            (definition["name"], definition["kind"], json.dumps(definition), now, deadline),
+        )
+        run_id = int(cur.lastrowid or 0)
+        await cur.close()
+        await self.db.executemany(
+            "INSERT INTO instances(run_id, computer_id, computer, route, status, reason,"
+            " ended_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    run_id,
+                    i.computer_id,
+                    i.computer,
+                    i.route,
+                    i.status,
+                    i.reason,
+                    now if i.status in TERMINAL else None,
+                    now,
+                )
+                for i in instances
+            ],
+        )
+        await self.db.commit()
+        return run_id
+
+    async def run(self, run_id: int) -> dict[str, Any] | None:
+        row = await self._one("SELECT * FROM runs WHERE id=?", (run_id,))
+        if row is not None:
+            row["definition"] = json.loads(row["definition"])
+        return row
+
+    async def runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        return await self._all(
+            "SELECT r.id, r.task_name, r.kind, r.status, r.created_at, r.ended_at,"
+            " count(i.id) AS total,"
+            " sum(i.status='succeeded') AS succeeded,"
+            f" sum(i.status IN {_TERMINAL_SQL} AND i.status!='succeeded') AS failed,"
+            f" sum(i.status NOT IN {_TERMINAL_SQL}) AS pending"
+            " FROM runs r LEFT JOIN instances i ON i.run_id=r.id"
+            " GROUP BY r.id ORDER BY r.id DESC LIMIT ?",
+            (limit,),
+        )
+
+    async def instances(self, run_id: int) -> list[dict[str, Any]]:
+        return await self._all(
+            "SELECT id, computer, computer_id, route, status, return_code, output, reason,"
+            " started_at, ended_at FROM instances WHERE run_id=? ORDER BY computer, id",
+            (run_id,),
+        )
+
+    async def active_runs(self) -> list[dict[str, Any]]:
+        """Runs not ended, with how many of their instances are not terminal."""
+        return await self._all(
+            "SELECT r.id, r.deadline, r.definition,"
+            f" (SELECT count(*) FROM instances i WHERE i.run_id=r.id AND i.status NOT IN {_TERMINAL_SQL})"
+            " AS remaining FROM runs r WHERE r.status='running'"
+        )
+
+    async def undispatched(self, route: str) -> list[dict[str, Any]]:
+        """Pending instances routed to ``route`` and not yet taken by it, with their run."""
+        return await self._all(
+            "SELECT i.id, i.run_id, i.computer, i.computer_id, r.definition, r.deadline"
+            " FROM instances i JOIN runs r ON r.id=i.run_id"
+            " WHERE i.route=? AND i.dispatched=0 AND i.status='pending' AND r.status='running'"
+            " ORDER BY i.run_id, i.id",
+            (route,),
+        )
+
+    async def mark_dispatched(self, instance_ids: list[int]) -> None:
+        await self.db.executemany(
+            "UPDATE instances SET dispatched=1 WHERE id=?", [(i,) for i in instance_ids]
+        )
+        await self.db.commit()
+
+    async def apply_reports(self, reports: list[Report]) -> list[Change]:
+        """Apply a batch of reports in one transaction; return the instances that moved.
+
+        A report that would move a terminal instance, or move progress backwards, is
+        ignored: a repeated or late result changes nothing.
+        """
+        if not reports:
+            return []
+        current: dict[int, tuple[str, int, str]] = {}
+        ids = list({r.instance_id for r in reports})
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            async with self.db.execute(
+                f"SELECT id, status, run_id, computer FROM instances WHERE id IN ({marks})", chunk
+            ) as cur:
+                for row in await cur.fetchall():
+                    current[int(row[0])] = (str(row[1]), int(row[2]), str(row[3]))
+        changes: list[Change] = []
+        progress: list[tuple[Any, ...]] = []
+        final: list[tuple[Any, ...]] = []
+        now = time.time()
+        for r in reports:
+            known = current.get(r.instance_id)
+            if known is None:
+                continue
+            state, run_id, computer = known
+            if r.computer and r.computer != computer:
+                continue
+            if not may_move(state, r.state):
+                continue
+            current[r.instance_id] = (r.state, run_id, computer)
+            if r.state in TERMINAL:
+                final.append(
+                    (
+                        r.state,
+                        r.return_code,
+                        r.output,
+                        r.reason,
+                        r.started_at,
+                        r.ended_at or now,
+                        now,
+                        r.instance_id,
+                    )
+                )
+            else:
+                progress.append((r.state, r.started_at, now, r.instance_id))
+            changes.append(
+                Change(r.instance_id, run_id, computer, r.state, r.return_code, r.reason)
+            )
+        if progress:
+            await self.db.executemany(
+                "UPDATE instances SET status=?, started_at=coalesce(?, started_at), updated_at=?"
+                " WHERE id=?",
+                progress,
+            )
+        if final:
+            await self.db.executemany(
+                "UPDATE instances SET status=?, return_code=?, output=?, reason=?,"
+                " started_at=coalesce(?, started_at), ended_at=?, updated_at=? WHERE id=?",
+                final,
+            )
+        await self.db.commit()
+        return changes
+
+    async def end_instances(self, run_id: int, state: str, reason: str) -> list[dict[str, Any]]:
+        """Force every non-terminal instance of a run to ``state``; return them (id, route)."""
+        rows = await self._all(
+            f"SELECT id, route, computer FROM instances WHERE run_id=? AND status NOT IN {_TERMINAL_SQL}",
+            (run_id,),
+        )
+        now = time.time()
+        await self.db.executemany(
+            "UPDATE instances SET status=?, reason=?, ended_at=?, updated_at=? WHERE id=?",
+            [(state, reason, now, now, r["id"]) for r in rows],
+        )
+        await self.db.commit()
+        return rows
+
+    async def finish_run(self, run_id: int, status: str) -> None:
+        await self.db.execute(
+            "UPDATE runs SET status=?, ended_at=? WHERE id=? AND status='running'",
+            (status, time.time(), run_id),
+        )
+        await self.db.commit()
+
+    async def instance_states(self, run_id: int) -> list[str]:
+        rows = await self._all("SELECT status FROM instances WHERE run_id=?", (run_id,))
+        return [r["status"] for r in rows]
+
+    # -- server log ---------------------------------------------------------------------
+
+    async def write_log(self, level: str, message: str, source: str) -> int:
+        cur = await self.db.execute(
+            "INSERT INTO server_log(at, level, message, source) VALUES (?, ?, ?, ?)",
+            (time.time(), level, message, source),
+        )
+        entry = int(cur.lastrowid or 0)
+        await cur.close()
+        await self.db.commit()
+        return entry
+
+    async def server_log(self, limit: int = 100) -> list[dict[str, Any]]:
+        return await self._all("SELECT * FROM server_log ORDER BY id DESC LIMIT ?", (limit,))

@@ -1,0 +1,464 @@
+"""The relay: holds work for agents, fans it out, runs task-server tasks, rolls results up.
+
+One class serves two places: a Task Server process, and the Notification Server's built-in
+task service (for agents with no TS). Only the *upstream* differs: a WebSocket link to the NS
+for a TS, direct calls into the NS for the built-in one.
+
+Theory of operation
+-------------------
+* ``dispatch`` stores the step's targets in ``held`` (one transaction), then sends an
+  ``execute`` to each connected agent. Agents that are offline get theirs when they connect.
+  A re-sent dispatch is recognised by instance id (``seen``) and not run twice.
+* Agent reports enter an in-memory inbox. The *flush loop* takes everything waiting (after
+  ``flush_ms`` or at ``batch_max`` reports), writes the terminal ones to the ``outbox`` and
+  drops their held work in one transaction, and only then acknowledges the agents.
+* The *upstream loop* sends the outbox to the NS in batches and deletes what the NS
+  acknowledged. A lost upstream keeps everything queued: nothing is dropped, a full queue
+  simply waits (backpressure through the agents' own unacknowledged outboxes).
+* A sweep times out held work whose deadline passed without an agent to run it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import websockets
+
+from agent.link import Link
+from agent.runner import ScriptRun
+from protocol.errors import ProtocolError
+from protocol.messages import Cancel, Dispatch, Execute, Hello, Report, Reports, ReportsAck, Tickle
+from protocol.session import CLOSE_REPLACED, Role, Session
+from protocol.states import InstanceState, is_terminal
+from taskserver.store import Held, RelayStore
+
+DEADLINE_GRACE_S = 5.0
+
+
+class Upstream(Protocol):
+    """Where a relay's results and presence go (the NS, over a link or in-process)."""
+
+    async def deliver(self, reports: list[Report]) -> None:
+        """Return once the NS stored ``reports`` durably; raise if it could not."""
+
+    async def presence(self, online: list[str], offline: list[str], full: bool) -> None:
+        """Tell the NS which agents came and went (``full``: ``online`` is the whole list)."""
+
+
+@dataclass
+class AgentConn:
+    """A connected agent and the instances sent to it on this connection."""
+
+    name: str
+    link: Link
+    sent: set[int] = field(default_factory=set)
+
+
+class Relay:
+    """Work relay between the NS and agents. See the module docstring."""
+
+    def __init__(
+        self,
+        name: str,
+        store: RelayStore,
+        *,
+        log: Any,
+        flush_ms: int = 10,
+        batch_max: int = 500,
+        local_concurrency: int = 8,
+    ):
+        self.name = name
+        self.store = store
+        self.log = log
+        self.flush_ms = flush_ms
+        self.batch_max = batch_max
+        self.held: dict[int, Held] = {}
+        self.by_computer: dict[str, dict[int, Held]] = {}
+        self.agents: dict[str, AgentConn] = {}
+        self.local: dict[int, ScriptRun] = {}
+        self._local_sem = asyncio.Semaphore(local_concurrency)
+        self._inbox: list[tuple[list[Report], Callable[[], Awaitable[None]] | None]] = []
+        self._inbox_count = 0
+        self._unsent: deque[tuple[int | None, Report]] = deque()
+        self._presence_on: set[str] = set()
+        self._presence_off: set[str] = set()
+        self._presence_full = False
+        self._upstream: Upstream | None = None
+        self._wake_flush = asyncio.Event()
+        self._wake_up = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self.stats = {"reports_in": 0, "delivered": 0, "dispatched": 0}
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load what the store kept (held work, undelivered results) and start the loops."""
+        held, outbox = await self.store.load()
+        for h in held:
+            self._keep(h)
+        self._unsent.extend(outbox)
+        restarted: list[Report] = []
+        for h in held:
+            if h.task.get("kind") == "taskserver":
+                if h.started:
+                    restarted.append(
+                        Report(
+                            instance_id=h.instance_id,
+                            state=InstanceState.FAILED,
+                            computer=h.computer,
+                            reason="the task server restarted while this ran",
+                            ended_at=time.time(),
+                        )
+                    )
+                else:
+                    self._start_local(h)
+        if restarted:
+            self._report(restarted)
+        self._tasks = [
+            asyncio.create_task(self._flush_loop(), name="relay-flush"),
+            asyncio.create_task(self._upstream_loop(), name="relay-upstream"),
+            asyncio.create_task(self._sweep_loop(), name="relay-sweep"),
+        ]
+        self.log.info("relay_started", held=len(held), undelivered=len(outbox))
+
+    async def stop(self) -> None:
+        """Stop the loops and local runs (the store is closed by its owner)."""
+        for run in self.local.values():
+            run.stop()
+        for task in [*self._tasks, *self._background]:
+            task.cancel()
+        for task in [*self._tasks, *self._background]:
+            with contextlib.suppress(BaseException):
+                await task
+
+    def set_upstream(self, upstream: Upstream | None) -> None:
+        """Attach (or detach, with None) the NS. On attach, the full presence list is re-sent."""
+        self._upstream = upstream
+        if upstream is not None:
+            self._presence_full = True
+            self._presence_on = set(self.agents)
+            self._presence_off.clear()
+            self._wake_up.set()
+
+    # -- from the NS --------------------------------------------------------------------
+
+    async def dispatch(self, message: Dispatch) -> None:
+        """Take one batched step: keep it durably, then fan it out."""
+        deadline = time.time() + message.expires_in_s
+        items = [
+            Held(t.instance_id, message.run_id, t.computer, message.task, t.tokens, deadline)
+            for t in message.targets
+        ]
+        fresh = await self.store.hold(items)
+        self.stats["dispatched"] += len(fresh)
+        local = message.task.get("kind") == "taskserver"
+        for h in fresh:
+            self._keep(h)
+            if local:
+                self._start_local(h)
+            else:
+                conn = self.agents.get(h.computer)
+                if conn is not None:
+                    await self._send_execute(conn, h)
+
+    async def cancel(self, instance_ids: list[int]) -> None:
+        """Forget held work, stop local runs, and tell agents to kill what they run."""
+        per_agent: dict[str, list[int]] = {}
+        for iid in instance_ids:
+            h = self._forget(iid)
+            run = self.local.get(iid)
+            if run is not None:
+                run.stop()
+            if h is None:
+                continue
+            conn = self.agents.get(h.computer)
+            if conn is not None and iid in conn.sent:
+                per_agent.setdefault(h.computer, []).append(iid)
+        await self.store.drop(instance_ids)
+        for name, ids in per_agent.items():
+            conn = self.agents.get(name)
+            if conn is not None:
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await conn.link.send(Cancel(id=conn.link.next_id(), instance_ids=ids))
+
+    async def tickle(self, computers: list[str]) -> tuple[int, int]:
+        """Tell connected agents to check in; return (reached, offline)."""
+        reached = 0
+        for name in computers:
+            conn = self.agents.get(name)
+            if conn is None:
+                continue
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await conn.link.send(Tickle(id=conn.link.next_id()))
+                reached += 1
+        return reached, len(computers) - reached
+
+    # -- agents -------------------------------------------------------------------------
+
+    async def serve_agent(self, link: Link, hello: Hello) -> None:
+        """Serve one agent connection (after its ``welcome``) until it closes."""
+        name = hello.identity
+        old = self.agents.get(name)
+        if old is not None:
+            await old.link.close(
+                CLOSE_REPLACED, "replaced by a newer connection from the same agent"
+            )
+        conn = AgentConn(name, link)
+        self.agents[name] = conn
+        self._set_presence(name, True)
+        session = Session(Role.AGENT)
+        try:
+            for h in list(self.by_computer.get(name, {}).values()):
+                await self._send_execute(conn, h)
+            while True:
+                message = await link.recv()
+                session.check(message)
+                if isinstance(message, Reports):
+                    self._accept_agent_reports(conn, message)
+        except websockets.ConnectionClosed:
+            pass
+        except ProtocolError as exc:
+            self.log.warning(
+                "agent_protocol_error", peer=link.peer, code=exc.code, reason=exc.message
+            )
+            await link.refuse(exc)
+        finally:
+            if self.agents.get(name) is conn:
+                del self.agents[name]
+                self._set_presence(name, False)
+
+    def _accept_agent_reports(self, conn: AgentConn, message: Reports) -> None:
+        items: list[Report] = []
+        for r in message.items:
+            h = self.held.get(r.instance_id)
+            if h is not None and h.computer != conn.name:
+                self.log.warning(
+                    "report_refused",
+                    peer=conn.link.peer,
+                    instance_id=r.instance_id,
+                    reason="instance belongs to another computer",
+                )
+                continue
+            items.append(
+                Report(
+                    instance_id=r.instance_id,
+                    state=r.state,
+                    computer=conn.name,
+                    return_code=r.return_code,
+                    output=r.output,
+                    reason=r.reason,
+                    started_at=r.started_at,
+                    ended_at=r.ended_at,
+                )
+            )
+        link = conn.link
+        reply_to = message.id
+
+        async def ack() -> None:
+            await link.send(ReportsAck(id=link.next_id(), reply_to=reply_to))
+
+        self._report(items, ack)
+
+    async def _send_execute(self, conn: AgentConn, h: Held) -> None:
+        left_s = h.deadline - time.time()
+        if left_s <= 0 or h.instance_id in conn.sent:
+            return
+        conn.sent.add(h.instance_id)
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await conn.link.send(
+                Execute(
+                    id=conn.link.next_id(),
+                    run_id=h.run_id,
+                    instance_id=h.instance_id,
+                    task=h.task,
+                    tokens=h.tokens,
+                    timeout_s=left_s,
+                )
+            )
+
+    # -- task-server tasks, run here ----------------------------------------------------
+
+    def _start_local(self, h: Held) -> None:
+        task = asyncio.create_task(self._run_local(h))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _run_local(self, h: Held) -> None:
+        async with self._local_sem:
+            if h.instance_id not in self.held:
+                return
+            await self.store.mark_started(h.instance_id)
+            run = ScriptRun(h.task.get("params", {}), h.tokens, h.deadline - time.time())
+            self.local[h.instance_id] = run
+            self._report(
+                [
+                    Report(
+                        instance_id=h.instance_id,
+                        state=InstanceState.RUNNING,
+                        computer=h.computer,
+                        started_at=time.time(),
+                    )
+                ]
+            )
+            try:
+                outcome = await run.run()
+            finally:
+                self.local.pop(h.instance_id, None)
+            self._report(
+                [
+                    Report(
+                        instance_id=h.instance_id,
+                        state=outcome.state,
+                        computer=h.computer,
+                        return_code=outcome.return_code,
+                        output=outcome.output,
+                        reason=outcome.reason,
+                        started_at=outcome.started_at,
+                        ended_at=outcome.ended_at,
+                    )
+                ]
+            )
+
+    # -- roll-up ------------------------------------------------------------------------
+
+    def _report(
+        self, items: list[Report], ack: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        self._inbox.append((items, ack))
+        self._inbox_count += len(items)
+        self.stats["reports_in"] += len(items)
+        self._wake_flush.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._wake_flush.wait()
+            if self._inbox_count < self.batch_max and self.flush_ms:
+                await asyncio.sleep(self.flush_ms / 1000)
+            self._wake_flush.clear()
+            batch, self._inbox, self._inbox_count = self._inbox, [], 0
+            if not batch:
+                continue
+            final: dict[int, Report] = {}
+            progress: list[Report] = []
+            for items, _ in batch:
+                for r in items:
+                    if not is_terminal(r.state):
+                        progress.append(r)
+                    elif r.instance_id in self.held and r.instance_id not in final:
+                        final[r.instance_id] = r
+                    # else: a repeated result for work already finished; acknowledged, not stored.
+            terminal = list(final.values())
+            try:
+                seqs = await self.store.finish(terminal)
+            except Exception:
+                # Not acknowledged: the agents keep their results and send them again.
+                self.log.exception("relay_store_failed", reports=len(terminal))
+                continue
+            for r in terminal:
+                self._forget(r.instance_id)
+            for _, ack in batch:
+                if ack is not None:
+                    with contextlib.suppress(Exception):
+                        await ack()
+            self._unsent.extend((None, r) for r in progress)
+            self._unsent.extend(zip(seqs, terminal, strict=True))
+            self._wake_up.set()
+
+    async def _upstream_loop(self) -> None:
+        while True:
+            await self._wake_up.wait()
+            self._wake_up.clear()
+            while (upstream := self._upstream) is not None:
+                try:
+                    if self._presence_on or self._presence_off or self._presence_full:
+                        on, off, full = (
+                            sorted(self._presence_on),
+                            sorted(self._presence_off),
+                            self._presence_full,
+                        )
+                        self._presence_on, self._presence_off, self._presence_full = (
+                            set(),
+                            set(),
+                            False,
+                        )
+                        await upstream.presence(on, off, full)
+                    if not self._unsent:
+                        break
+                    n = min(self.batch_max, len(self._unsent))
+                    batch = [self._unsent.popleft() for _ in range(n)]
+                    try:
+                        await upstream.deliver([r for _, r in batch])
+                    except BaseException:
+                        self._unsent.extendleft(reversed(batch))
+                        raise
+                    self.stats["delivered"] += len(batch)
+                    await self.store.delivered([s for s, _ in batch if s is not None])
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.log.warning(
+                        "upstream_delivery_failed", error=str(exc) or type(exc).__name__
+                    )
+                    await asyncio.sleep(0.5)
+                    break
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.time()
+            expired: list[Report] = []
+            for h in list(self.held.values()):
+                if now < h.deadline or h.instance_id in self.local:
+                    continue
+                conn = self.agents.get(h.computer)
+                with_agent = conn is not None and h.instance_id in conn.sent
+                if with_agent and now < h.deadline + DEADLINE_GRACE_S:
+                    continue
+                reason = (
+                    "no result from the agent by the run's time limit"
+                    if with_agent
+                    else "the agent did not connect before the run's time limit"
+                )
+                expired.append(
+                    Report(
+                        instance_id=h.instance_id,
+                        state=InstanceState.TIMED_OUT,
+                        computer=h.computer,
+                        reason=reason,
+                        ended_at=now,
+                    )
+                )
+            if expired:
+                self._report(expired)
+
+    # -- bookkeeping --------------------------------------------------------------------
+
+    def _keep(self, h: Held) -> None:
+        self.held[h.instance_id] = h
+        self.by_computer.setdefault(h.computer, {})[h.instance_id] = h
+
+    def _forget(self, instance_id: int) -> Held | None:
+        h = self.held.pop(instance_id, None)
+        if h is not None:
+            per = self.by_computer.get(h.computer)
+            if per is not None:
+                per.pop(instance_id, None)
+                if not per:
+                    del self.by_computer[h.computer]
+        return h
+
+    def _set_presence(self, name: str, online: bool) -> None:
+        if online:
+            self._presence_off.discard(name)
+            self._presence_on.add(name)
+        else:
+            self._presence_on.discard(name)
+            self._presence_off.add(name)
+        self._wake_up.set()

@@ -1,0 +1,206 @@
+"""All SQL of a relay (a Task Server, or the NS's built-in task service).
+
+Three tables: ``held`` (work for agents that have not finished it), ``seen`` (instance
+ids ever taken, so a re-sent dispatch is not run twice) and ``outbox`` (results not yet
+acknowledged by the NS). Every write is one transaction per batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from protocol.messages import Report
+
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE held (
+        instance_id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL,
+        computer TEXT NOT NULL,
+        task TEXT NOT NULL,
+        tokens TEXT NOT NULL,
+        deadline REAL NOT NULL,
+        started INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX held_computer ON held(computer);
+    CREATE TABLE seen (instance_id INTEGER PRIMARY KEY, at REAL NOT NULL);
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        instance_id INTEGER NOT NULL,
+        report TEXT NOT NULL
+    );
+    """,
+]
+
+
+@dataclass
+class Held:
+    """Work a relay holds for one computer until it is done."""
+
+    instance_id: int
+    run_id: int
+    computer: str
+    task: dict[str, Any]
+    tokens: dict[str, str]
+    deadline: float
+    started: bool = False
+
+
+def report_to_json(r: Report) -> str:
+    return json.dumps(
+        {
+            "instance_id": r.instance_id,
+            "state": r.state,
+            "computer": r.computer,
+            "return_code": r.return_code,
+            "output": r.output,
+            "reason": r.reason,
+            "started_at": r.started_at,
+            "ended_at": r.ended_at,
+        }
+    )
+
+
+def report_from_json(text: str) -> Report:
+    return Report(**json.loads(text))
+
+
+async def open_db(path: str, migrations: list[str]) -> aiosqlite.Connection:
+    """Open (creating) a SQLite file in WAL mode and apply forward migrations."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    db = await aiosqlite.connect(path)
+    await db.execute("PRAGMA journal_mode=WAL")
+    await db.execute("PRAGMA synchronous=NORMAL")
+    await db.execute("PRAGMA foreign_keys=ON")
+    await db.execute("PRAGMA busy_timeout=5000")
+    async with db.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    current = int(row[0]) if row else 0
+    if current > len(migrations):
+        await db.close()
+        raise RuntimeError(
+            f"{path} has schema version {current}, newer than this taskfleet ({len(migrations)}); "
+            "upgrade taskfleet"
+        )
+    for version in range(current, len(migrations)):
+        await db.executescript(
+            "BEGIN;\n" + migrations[version] + f"\nPRAGMA user_version={version + 1};\nCOMMIT;"
+        )
+    return db
+
+
+class RelayStore:
+    """The narrow interface a relay needs from its database."""
+
+    def __init__(self, db: aiosqlite.Connection):
+        self.db = db
+
+    @classmethod
+    async def open(cls, path: str) -> RelayStore:
+        return cls(await open_db(path, _MIGRATIONS))
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def hold(self, items: list[Held]) -> list[Held]:
+        """Keep new work durably; return only the items never seen before."""
+        if not items:
+            return []
+        ids = [h.instance_id for h in items]
+        seen: set[int] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            async with self.db.execute(
+                f"SELECT instance_id FROM seen WHERE instance_id IN ({marks})", chunk
+            ) as cur:
+                seen.update(int(r[0]) for r in await cur.fetchall())
+        fresh = [h for h in items if h.instance_id not in seen]
+        now = time.time()
+        await self.db.executemany(
+            "INSERT OR IGNORE INTO seen(instance_id, at) VALUES (?, ?)",
+            [(h.instance_id, now) for h in fresh],
+        )
+        await self.db.executemany(
+            "INSERT OR IGNORE INTO held(instance_id, run_id, computer, task, tokens, deadline)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    h.instance_id,
+                    h.run_id,
+                    h.computer,
+                    json.dumps(h.task),
+                    json.dumps(h.tokens),
+                    h.deadline,
+                )
+                for h in fresh
+            ],
+        )
+        await self.db.commit()
+        return fresh
+
+    async def mark_started(self, instance_id: int) -> None:
+        await self.db.execute("UPDATE held SET started=1 WHERE instance_id=?", (instance_id,))
+        await self.db.commit()
+
+    async def drop(self, instance_ids: list[int]) -> None:
+        await self.db.executemany(
+            "DELETE FROM held WHERE instance_id=?", [(i,) for i in instance_ids]
+        )
+        await self.db.commit()
+
+    async def finish(self, reports: list[Report]) -> list[int]:
+        """Store terminal reports in the outbox and forget their held work; return outbox seqs."""
+        if not reports:
+            return []
+        await self.db.executemany(
+            "INSERT INTO outbox(instance_id, report) VALUES (?, ?)",
+            [(r.instance_id, report_to_json(r)) for r in reports],
+        )
+        # One writer per file: the rows just inserted hold consecutive sequence numbers.
+        async with self.db.execute("SELECT last_insert_rowid()") as cur:
+            row = await cur.fetchone()
+        last = int(row[0]) if row else 0
+        seqs = list(range(last - len(reports) + 1, last + 1))
+        await self.db.executemany(
+            "DELETE FROM held WHERE instance_id=?", [(r.instance_id,) for r in reports]
+        )
+        await self.db.commit()
+        return seqs
+
+    async def delivered(self, seqs: list[int]) -> None:
+        await self.db.executemany("DELETE FROM outbox WHERE seq=?", [(s,) for s in seqs])
+        await self.db.commit()
+
+    async def load(self) -> tuple[list[Held], list[tuple[int, Report]]]:
+        """Everything held and every undelivered result, for a restart."""
+        held: list[Held] = []
+        async with self.db.execute(
+            "SELECT instance_id, run_id, computer, task, tokens, deadline, started FROM held"
+        ) as cur:
+            async for row in cur:
+                held.append(
+                    Held(
+                        row[0],
+                        row[1],
+                        row[2],
+                        json.loads(row[3]),
+                        json.loads(row[4]),
+                        row[5],
+                        bool(row[6]),
+                    )
+                )
+        out: list[tuple[int, Report]] = []
+        async with self.db.execute("SELECT seq, report FROM outbox ORDER BY seq") as cur:
+            async for row in cur:
+                out.append((int(row[0]), report_from_json(row[1])))
+        return held, out

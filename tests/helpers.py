@@ -1,0 +1,189 @@
+"""Test helpers: start real ``taskfleet`` processes, talk to them as an admin, wait with bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from admin.client import AdminClient
+
+TOKEN = "test-shared-token"
+READY_TIMEOUT_S = 30.0
+
+
+async def until(
+    predicate: Callable[[], Awaitable[Any]], what: str, timeout_s: float = 30.0, every_s: float = 0.05
+) -> Any:
+    """Poll ``predicate`` until it returns a truthy value; fail with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for: {what}")
+        await asyncio.sleep(every_s)
+
+
+class Proc:
+    """One real ``taskfleet`` process (``python -m admin ...``), stderr kept in a log file."""
+
+    def __init__(self, name: str, args: list[str], log_path: Path):
+        self.name = name
+        self.args = args
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self.url = ""
+
+    async def start(self, wait_ready: bool = True) -> Proc:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "admin",
+            *self.args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        if wait_ready:
+            await self._ready()
+        return self
+
+    async def _ready(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{self.name} did not become ready; log:\n{self.log()}")
+            line = await asyncio.wait_for(self.proc.stdout.readline(), left)
+            if not line:
+                raise AssertionError(f"{self.name} exited before ready; log:\n{self.log()}")
+            text = line.decode().strip()
+            if " ready url=" in text:
+                self.url = text.split(" ready url=", 1)[1]
+                return
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+
+    async def wait(self, timeout_s: float = 15.0) -> int:
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), timeout_s)
+
+
+class Fleet:
+    """Starts an NS, task servers and agents as separate processes in one temporary folder."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.procs: list[Proc] = []
+        self.ns: Proc | None = None
+
+    def _proc(self, name: str, args: list[str]) -> Proc:
+        p = Proc(name, args, self.root / f"{name}.log")
+        self.procs.append(p)
+        return p
+
+    async def server(self, name: str = "ns", port: int = 0) -> Proc:
+        self.ns = await self._proc(
+            name,
+            ["server", "--data", str(self.root / name), "--listen", f"127.0.0.1:{port}", "--token", TOKEN],
+        ).start()
+        return self.ns
+
+    async def taskserver(self, name: str, port: int = 0) -> Proc:
+        assert self.ns is not None
+        return await self._proc(
+            name,
+            [
+                "taskserver", "--server", self.ns.url, "--data", str(self.root / name),
+                "--listen", f"127.0.0.1:{port}", "--name", name, "--token", TOKEN,
+            ],
+        ).start()
+
+    async def agent(self, name: str) -> Proc:
+        assert self.ns is not None
+        return await self._proc(
+            name,
+            ["agent", "--server", self.ns.url, "--data", str(self.root / name), "--name", name, "--token", TOKEN],
+        ).start(wait_ready=False)
+
+    def admin(self) -> AdminClient:
+        assert self.ns is not None
+        return AdminClient(self.ns.url, TOKEN)
+
+    async def cli(self, *args: str, timeout_s: float = 60.0) -> tuple[int, str, str]:
+        """Run an admin verb as a real process; return (exit code, stdout, stderr)."""
+        assert self.ns is not None
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "admin", *args, "--server", self.ns.url, "--token", TOKEN,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    async def cli_json(self, *args: str) -> Any:
+        code, out, err = await self.cli(*args, "--json")
+        assert code == 0, f"taskfleet {' '.join(args)} exited {code}: {err}"
+        return json.loads(out)
+
+    async def wait_online(self, names: list[str], timeout_s: float = 30.0) -> list[dict[str, Any]]:
+        async with self.admin() as c:
+
+            async def ready() -> list[dict[str, Any]] | None:
+                rows = await c.call("computers.list")
+                online = {r["name"] for r in rows if r["online"]}
+                return rows if set(names) <= online else None
+
+            return await until(ready, f"agents {names} online", timeout_s)
+
+    async def close(self) -> None:
+        for p in reversed(self.procs):
+            p.kill(signal.SIGTERM)
+        for p in reversed(self.procs):
+            if p.proc is not None and p.proc.returncode is None:
+                try:
+                    await p.wait(5)
+                except TimeoutError:
+                    p.kill()
+                    await p.wait(5)
+
+
+def task_doc(name: str, script: str, *, type: str = "run-script", timeout_s: int = 60) -> str:
+    """A run-script task document in TOML."""
+    return (
+        f'name = "{name}"\ntype = "{type}"\ntimeout_s = {timeout_s}\n[params]\n'
+        f"interpreter = \"sh\"\nscript = '''\n{script}\n'''\n"
+    )
+
+
+async def wait_run(c: AdminClient, run_id: int, timeout_s: float = 60.0) -> dict[str, Any]:
+    """Follow a run through its events to its end; return the final run."""
+
+    async def follow() -> dict[str, Any]:
+        async for kind, data in c.watch(run_id):
+            if kind == "run":
+                return data
+        raise AssertionError("watch ended without the run's end")
+
+    return await asyncio.wait_for(follow(), timeout_s)
