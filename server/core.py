@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import websockets
 
 from agent import logs
-from agent.link import Link, accept, listen
+from agent.link import HANDSHAKE_TIMEOUT_S, Link, accept, listen
 from agent.runner import ScriptRun
 from protocol import PROTOCOL_VERSION
 from protocol.errors import ProtocolError
@@ -138,8 +138,10 @@ class NotificationServer:
         name: str = "ns",
         compression: bool = False,
         flush_ms: int = 10,
+        handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
     ):
         self.data_dir = data_dir
+        self.handshake_timeout_s = handshake_timeout_s
         self.token = token
         self.host = host
         self.port = port
@@ -231,6 +233,7 @@ class NotificationServer:
             token=self.token,
             roles=frozenset({Role.AGENT, Role.TASKSERVER, Role.ADMIN}),
             log=self.log,
+            deadline_s=self.handshake_timeout_s,
         )
         if accepted is None:
             return

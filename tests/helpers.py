@@ -20,7 +20,10 @@ READY_TIMEOUT_S = 30.0
 
 
 async def until(
-    predicate: Callable[[], Awaitable[Any]], what: str, timeout_s: float = 30.0, every_s: float = 0.05
+    predicate: Callable[[], Awaitable[Any]],
+    what: str,
+    timeout_s: float = 30.0,
+    every_s: float = 0.05,
 ) -> Any:
     """Poll ``predicate`` until it returns a truthy value; fail with ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
@@ -106,7 +109,15 @@ class Fleet:
     async def server(self, name: str = "ns", port: int = 0) -> Proc:
         self.ns = await self._proc(
             name,
-            ["server", "--data", str(self.root / name), "--listen", f"127.0.0.1:{port}", "--token", TOKEN],
+            [
+                "server",
+                "--data",
+                str(self.root / name),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--token",
+                TOKEN,
+            ],
         ).start()
         return self.ns
 
@@ -115,8 +126,17 @@ class Fleet:
         return await self._proc(
             name,
             [
-                "taskserver", "--server", self.ns.url, "--data", str(self.root / name),
-                "--listen", f"127.0.0.1:{port}", "--name", name, "--token", TOKEN,
+                "taskserver",
+                "--server",
+                self.ns.url,
+                "--data",
+                str(self.root / name),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--name",
+                name,
+                "--token",
+                TOKEN,
             ],
         ).start()
 
@@ -124,7 +144,17 @@ class Fleet:
         assert self.ns is not None
         return await self._proc(
             name,
-            ["agent", "--server", self.ns.url, "--data", str(self.root / name), "--name", name, "--token", TOKEN],
+            [
+                "agent",
+                "--server",
+                self.ns.url,
+                "--data",
+                str(self.root / name),
+                "--name",
+                name,
+                "--token",
+                TOKEN,
+            ],
         ).start(wait_ready=False)
 
     def admin(self) -> AdminClient:
@@ -135,8 +165,16 @@ class Fleet:
         """Run an admin verb as a real process; return (exit code, stdout, stderr)."""
         assert self.ns is not None
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "admin", *args, "--server", self.ns.url, "--token", TOKEN,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "admin",
+            *args,
+            "--server",
+            self.ns.url,
+            "--token",
+            TOKEN,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
         assert proc.returncode is not None

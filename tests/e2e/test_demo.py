@@ -9,8 +9,14 @@ import sys
 async def test_demo_runs_a_task_on_every_agent_and_exits_0():
     """`taskfleet demo --agents 4` starts NS, TS and 4 agents, every one succeeds, exit 0."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "admin", "demo", "--agents", "4",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "admin",
+        "demo",
+        "--agents",
+        "4",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     text = out.decode()
