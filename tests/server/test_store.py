@@ -1,0 +1,74 @@
+"""The NS store: schema version, forward migrations, idempotent roll-up."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from protocol.messages import Report
+from server.store import NewInstance, Store
+
+
+async def test_new_database_gets_the_schema_version_and_wal(tmp_path):
+    """A new data folder gets a SQLite file in WAL mode at the current schema version."""
+    store = await Store.open(str(tmp_path / "server.db"))
+    await store.close()
+    db = sqlite3.connect(tmp_path / "server.db")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+
+
+async def test_a_database_from_a_newer_taskfleet_is_refused(tmp_path):
+    """A file whose schema is newer than this code is refused with a message, not damaged."""
+    db = sqlite3.connect(tmp_path / "server.db")
+    db.execute("PRAGMA user_version=99")
+    db.close()
+    with pytest.raises(RuntimeError, match="newer than this taskfleet"):
+        await Store.open(str(tmp_path / "server.db"))
+
+
+async def test_repeated_and_late_reports_change_nothing(tmp_path):
+    """A terminal result is final: a repeat, a late progress report and a second result are ignored."""
+    store = await Store.open(str(tmp_path / "server.db"))
+    try:
+        definition = {"name": "t", "kind": "client"}
+        run_id = await store.create_run(definition, [NewInstance(1, "pc", "@ns")], deadline=2e9)
+        (inst,) = await store.instances(run_id)
+        iid = inst["id"]
+        first = await store.apply_reports(
+            [
+                Report(instance_id=iid, state="running"),
+                Report(instance_id=iid, state="succeeded", return_code=0, output="a"),
+            ]
+        )
+        assert [c.state for c in first] == ["running", "succeeded"]
+        again = await store.apply_reports(
+            [
+                Report(instance_id=iid, state="succeeded", return_code=0, output="a"),
+                Report(instance_id=iid, state="running"),
+                Report(instance_id=iid, state="failed", return_code=1, output="b"),
+            ]
+        )
+        assert again == []
+        (inst,) = await store.instances(run_id)
+        assert (inst["status"], inst["output"], inst["return_code"]) == ("succeeded", "a", 0)
+    finally:
+        await store.close()
+
+
+async def test_a_report_for_another_computer_is_ignored(tmp_path):
+    """A report naming a different computer than the instance's is not applied."""
+    store = await Store.open(str(tmp_path / "server.db"))
+    try:
+        run_id = await store.create_run(
+            {"name": "t", "kind": "client"}, [NewInstance(1, "pc", "ts")], 2e9
+        )
+        (inst,) = await store.instances(run_id)
+        changed = await store.apply_reports(
+            [Report(instance_id=inst["id"], state="failed", computer="other")]
+        )
+        assert changed == []
+    finally:
+        await store.close()
