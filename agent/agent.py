@@ -10,110 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import platform
 import socket
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
 import websockets
 
 from agent import __version__, logs
 from agent.link import Link, connect
 from agent.runner import Outcome, ScriptRun, run_noop
+from agent.store import AgentStore
 from protocol.errors import ProtocolError, RemoteError
 from protocol.messages import Cancel, Execute, Report, Reports, ReportsAck, Tickle
 from protocol.session import ALLOWED_DOWN, Role, backoff_delays
 from protocol.states import InstanceState, is_terminal
-from taskserver.store import open_db, report_from_json, report_to_json
-
-_MIGRATIONS = [
-    """
-    CREATE TABLE seen (instance_id INTEGER PRIMARY KEY, state TEXT NOT NULL, at REAL NOT NULL);
-    CREATE TABLE outbox (instance_id INTEGER PRIMARY KEY, report TEXT NOT NULL);
-    CREATE TABLE config (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    """,
-]
-
-SEEN_KEEP_S = 14 * 24 * 3600
-
-
-class AgentStore:
-    """The agent's memory: SQLite in its data folder, or a dict for simulated agents."""
-
-    def __init__(self, db: aiosqlite.Connection | None):
-        self.db = db
-        self.seen: dict[int, str] = {}
-        self.outbox: dict[int, Report] = {}
-        self.config: dict[str, Any] = {}
-
-    @classmethod
-    async def open(cls, data_dir: str | None) -> AgentStore:
-        if data_dir is None:
-            return cls(None)
-        db = await open_db(os.path.join(data_dir, "agent.db"), _MIGRATIONS)
-        store = cls(db)
-        await db.execute("DELETE FROM seen WHERE at < ?", (time.time() - SEEN_KEEP_S,))
-        await db.commit()
-        async with db.execute("SELECT instance_id, state FROM seen") as cur:
-            store.seen = {int(r[0]): str(r[1]) async for r in cur}
-        async with db.execute("SELECT instance_id, report FROM outbox") as cur:
-            store.outbox = {int(r[0]): report_from_json(r[1]) async for r in cur}
-        async with db.execute("SELECT value FROM config WHERE key='config'") as cur:
-            row = await cur.fetchone()
-            store.config = json.loads(row[0]) if row else {}
-        return store
-
-    async def close(self) -> None:
-        if self.db is not None:
-            await self.db.close()
-
-    async def mark(self, instance_id: int, state: str) -> None:
-        self.seen[instance_id] = state
-        if self.db is not None:
-            await self.db.execute(
-                "INSERT INTO seen(instance_id, state, at) VALUES (?, ?, ?)"
-                " ON CONFLICT(instance_id) DO UPDATE SET state=excluded.state",
-                (instance_id, state, time.time()),
-            )
-            await self.db.commit()
-
-    async def finish(self, report: Report) -> None:
-        """Remember a result until the relay acknowledges it."""
-        self.seen[report.instance_id] = report.state
-        self.outbox[report.instance_id] = report
-        if self.db is not None:
-            await self.db.execute(
-                "INSERT INTO seen(instance_id, state, at) VALUES (?, ?, ?)"
-                " ON CONFLICT(instance_id) DO UPDATE SET state=excluded.state",
-                (report.instance_id, report.state, time.time()),
-            )
-            await self.db.execute(
-                "INSERT OR REPLACE INTO outbox(instance_id, report) VALUES (?, ?)",
-                (report.instance_id, report_to_json(report)),
-            )
-            await self.db.commit()
-
-    async def delivered(self, instance_ids: list[int]) -> None:
-        for i in instance_ids:
-            self.outbox.pop(i, None)
-        if self.db is not None and instance_ids:
-            await self.db.executemany(
-                "DELETE FROM outbox WHERE instance_id=?", [(i,) for i in instance_ids]
-            )
-            await self.db.commit()
-
-    async def save_config(self, config: dict[str, Any]) -> None:
-        self.config = config
-        if self.db is not None:
-            await self.db.execute(
-                "INSERT OR REPLACE INTO config(key, value) VALUES ('config', ?)",
-                (json.dumps(config),),
-            )
-            await self.db.commit()
 
 
 def _addresses() -> list[str]:

@@ -13,9 +13,9 @@ from typing import Any
 
 import aiosqlite
 
+from agent.store import open_db
 from protocol.messages import Report
 from protocol.states import TERMINAL, InstanceState, may_move
-from taskserver.store import open_db
 
 _MIGRATIONS: list[str] = [
     # 1: the first schema

@@ -8,13 +8,13 @@ acknowledged by the NS). Every write is one transaction per batch.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
 
+from agent.store import open_db, report_from_json, report_to_json
 from protocol.messages import Report
 
 SCHEMA_VERSION = 1
@@ -53,49 +53,6 @@ class Held:
     tokens: dict[str, str]
     deadline: float
     started: bool = False
-
-
-def report_to_json(r: Report) -> str:
-    return json.dumps(
-        {
-            "instance_id": r.instance_id,
-            "state": r.state,
-            "computer": r.computer,
-            "return_code": r.return_code,
-            "output": r.output,
-            "reason": r.reason,
-            "started_at": r.started_at,
-            "ended_at": r.ended_at,
-        }
-    )
-
-
-def report_from_json(text: str) -> Report:
-    return Report(**json.loads(text))
-
-
-async def open_db(path: str, migrations: list[str]) -> aiosqlite.Connection:
-    """Open (creating) a SQLite file in WAL mode and apply forward migrations."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    db = await aiosqlite.connect(path)
-    await db.execute("PRAGMA journal_mode=WAL")
-    await db.execute("PRAGMA synchronous=NORMAL")
-    await db.execute("PRAGMA foreign_keys=ON")
-    await db.execute("PRAGMA busy_timeout=5000")
-    async with db.execute("PRAGMA user_version") as cur:
-        row = await cur.fetchone()
-    current = int(row[0]) if row else 0
-    if current > len(migrations):
-        await db.close()
-        raise RuntimeError(
-            f"{path} has schema version {current}, newer than this taskfleet ({len(migrations)}); "
-            "upgrade taskfleet"
-        )
-    for version in range(current, len(migrations)):
-        await db.executescript(
-            "BEGIN;\n" + migrations[version] + f"\nPRAGMA user_version={version + 1};\nCOMMIT;"
-        )
-    return db
 
 
 class RelayStore:
