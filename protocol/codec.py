@@ -79,6 +79,8 @@ def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
         raise FrameError(f"not a valid msgpack frame: {type(exc).__name__}: {exc}") from None
     if not _depth_ok(obj, limits.max_depth):
         raise FrameError(f"frame nests deeper than {limits.max_depth} levels")
+    if not isinstance(obj, dict):
+        raise FrameError(f"a frame must hold one msgpack map, got {type(obj).__name__}")
     return obj
 
 

@@ -265,8 +265,10 @@ def _check(value: Any, hint: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise MessageError(f"{path}: expected a map, got {type(value).__name__}")
         _, vhint = typing.get_args(hint)
-        if vhint is not Any:
-            for k, v in value.items():
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise MessageError(f"{path}: map keys must be strings, got {type(k).__name__}")
+            if vhint is not Any:
                 _check(v, vhint, f"{path}.{k}")
         return value
     if dataclasses.is_dataclass(hint):

@@ -16,6 +16,7 @@ A task document is TOML (or JSON with the same structure)::
 from __future__ import annotations
 
 import builtins
+import copy
 import json
 import re
 import tomllib
@@ -173,7 +174,7 @@ def validate_params(ttype: TaskType, params: Any, problems: list[Problem]) -> di
             if spec.required:
                 problems.append(Problem(path, "required parameter is missing"))
             else:
-                out[key] = spec.default
+                out[key] = copy.deepcopy(spec.default)
             continue
         value = params[key]
         if not _is(value, spec.type):
@@ -192,7 +193,8 @@ def validate_params(ttype: TaskType, params: Any, problems: list[Problem]) -> di
             items = value.items() if isinstance(value, dict) else enumerate(value)
             bad = [k for k, v in items if not _is(v, spec.item_type)]
             for k in bad:
-                problems.append(Problem(f"{path}.{k}", f"must be {_type_name(spec.item_type)}"))
+                where = f"{path}.{k}" if isinstance(value, dict) else f"{path}[{k}]"
+                problems.append(Problem(where, f"must be {_type_name(spec.item_type)}"))
             if bad:
                 continue
         out[key] = value

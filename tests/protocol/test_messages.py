@@ -1,0 +1,220 @@
+"""Message checking on decode: unknown types, missing and mistyped fields, by field path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+
+from protocol.codec import decode
+from protocol.errors import MessageError, ProtocolError
+from protocol.messages import Cancel, Dispatch, Hello, Presence, Report, Reports, from_wire
+
+
+def _hello(**changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "type": "hello",
+        "id": "a1",
+        "version": 1,
+        "role": "agent",
+        "identity": "pc-1",
+        "credentials": {"token": "t"},
+    }
+    data.update(changes)
+    return data
+
+
+def _refused(data: Any) -> MessageError:
+    with pytest.raises(MessageError) as info:
+        decode(msgpack.packb(data))
+    err = info.value
+    assert err.close_code == 4422
+    return err
+
+
+def test_minimal_hello_decodes_with_defaults() -> None:
+    """A hello with only required fields decodes; optional fields take their defaults."""
+    message = decode(msgpack.packb(_hello()))
+    assert message == Hello(
+        id="a1", version=1, role="agent", identity="pc-1", credentials={"token": "t"}
+    )
+    assert isinstance(message, Hello)
+    assert message.capabilities == []
+    assert message.info == {}
+
+
+def test_unknown_type_is_refused() -> None:
+    """A type missing from MESSAGE_TYPES is refused with code unknown_type and close code 4422."""
+    err = _refused({"type": "launch_missiles", "id": "x"})
+    assert err.code == "unknown_type"
+    assert "launch_missiles" in err.message
+
+
+@pytest.mark.parametrize("type_value", [None, 5, ["hello"]], ids=["missing", "int", "list"])
+def test_missing_or_non_string_type_is_refused(type_value: Any) -> None:
+    """A map without a string "type" is a bad_message naming the type field."""
+    data = {"id": "x"} if type_value is None else {"type": type_value, "id": "x"}
+    err = _refused(data)
+    assert err.code == "bad_message"
+    assert err.message.startswith("type:")
+
+
+@pytest.mark.parametrize("missing", ["id", "version", "role", "identity", "credentials"])
+def test_missing_required_field_names_the_field(missing: str) -> None:
+    """Each required hello field, when absent, is refused with a message naming it."""
+    data = _hello()
+    del data[missing]
+    err = _refused(data)
+    assert err.code == "bad_message"
+    assert err.message == f"{missing}: required field is missing"
+
+
+def test_integer_given_as_string_is_refused() -> None:
+    """An int field sent as a str ("1") is refused, naming the field and both types."""
+    err = _refused(_hello(version="1"))
+    assert err.message == "version: expected an integer, got str"
+
+
+def test_bool_given_for_integer_is_refused() -> None:
+    """True is not accepted for an int field, although bool is an int subclass in Python."""
+    err = _refused(_hello(version=True))
+    assert err.message == "version: expected an integer, got bool"
+
+
+def test_bool_given_for_float_is_refused() -> None:
+    """True is not accepted for a float field either."""
+    data = {
+        "type": "dispatch",
+        "id": "x",
+        "run_id": 1,
+        "task": {},
+        "expires_in_s": True,
+        "targets": [],
+    }
+    err = _refused(data)
+    assert err.message == "expires_in_s: expected a number, got bool"
+
+
+def test_list_given_for_map_is_refused() -> None:
+    """A list where a map is expected is refused."""
+    err = _refused(_hello(credentials=["token", "t"]))
+    assert err.message == "credentials: expected a map, got list"
+
+
+def test_map_given_for_list_is_refused() -> None:
+    """A map where a list is expected is refused."""
+    err = _refused({"type": "cancel", "id": "x", "instance_ids": {"a": 1}})
+    assert err.message == "instance_ids: expected a list, got dict"
+
+
+def test_str_given_for_bool_is_refused() -> None:
+    """A str where a bool is expected is refused."""
+    err = _refused({"type": "presence", "id": "x", "full": "yes"})
+    assert err.message == "full: expected bool, got str"
+
+
+def test_mistyped_list_item_is_refused_by_index() -> None:
+    """A bad item of a list field is named by its index."""
+    err = _refused({"type": "cancel", "id": "x", "instance_ids": [1, 2, "3"]})
+    assert err.message == "instance_ids[2]: expected an integer, got str"
+
+
+def test_nested_report_missing_instance_id_names_the_path() -> None:
+    """A Report without instance_id inside reports.items is refused at items[i].instance_id."""
+    data = {
+        "type": "reports",
+        "id": "x",
+        "items": [{"instance_id": 1, "state": "running"}, {"state": "running"}],
+    }
+    err = _refused(data)
+    assert err.message == "items[1].instance_id: required field is missing"
+
+
+def test_nested_report_first_item_path() -> None:
+    """The path of the first item is items[0].instance_id."""
+    err = _refused({"type": "reports", "id": "x", "items": [{"state": "succeeded"}]})
+    assert err.message == "items[0].instance_id: required field is missing"
+
+
+def test_nested_record_that_is_not_a_map_is_refused() -> None:
+    """A nested record given as a list is refused at its index."""
+    err = _refused({"type": "reports", "id": "x", "items": [[1, "running"]]})
+    assert err.message == "items[0]: expected a map, got list"
+
+
+def test_nested_optional_field_mistyped_is_refused() -> None:
+    """An optional int (return_code) in a nested Report is still type-checked; None is fine."""
+    items = [{"instance_id": 1, "state": "failed", "return_code": None}]
+    ok = decode(msgpack.packb({"type": "reports", "id": "x", "items": items}))
+    assert isinstance(ok, Reports)
+    assert ok.items == [Report(instance_id=1, state="failed")]
+    items = [{"instance_id": 1, "state": "failed", "return_code": "1"}]
+    err = _refused({"type": "reports", "id": "x", "items": items})
+    assert err.message == "items[0].return_code: expected an integer, got str"
+
+
+def test_nested_target_token_values_are_checked() -> None:
+    """Token values in a Target must be strings; the path names the token."""
+    target = {"instance_id": 1, "computer": "pc", "computer_id": 2, "tokens": {"RUNID": 17}}
+    data = {
+        "type": "dispatch",
+        "id": "x",
+        "run_id": 1,
+        "task": {},
+        "expires_in_s": 1.0,
+        "targets": [target],
+    }
+    err = _refused(data)
+    assert err.message == "targets[0].tokens.RUNID: expected str, got int"
+
+
+def test_unknown_extra_fields_are_ignored() -> None:
+    """Fields a newer peer adds, top-level or nested, are ignored rather than refused."""
+    message = decode(msgpack.packb(_hello(colour="blue", future={"x": 1})))
+    assert message == from_wire(_hello())
+    data = {
+        "type": "reports",
+        "id": "x",
+        "items": [{"instance_id": 1, "state": "running", "cpu_pct": 12.5}],
+    }
+    reports = decode(msgpack.packb(data))
+    assert reports == Reports(id="x", items=[Report(instance_id=1, state="running")])
+
+
+def test_from_wire_refuses_a_non_map() -> None:
+    """from_wire itself refuses a non-map with MessageError."""
+    with pytest.raises(MessageError, match="must hold a map"):
+        from_wire([1, 2])
+
+
+def test_message_errors_are_protocol_errors() -> None:
+    """MessageError is a ProtocolError, so I/O layers can catch one type and close."""
+    with pytest.raises(ProtocolError):
+        from_wire({"type": "cancel", "id": "x"})
+
+
+def test_built_messages_have_expected_types() -> None:
+    """from_wire builds the right class for several types."""
+    assert isinstance(from_wire({"type": "cancel", "id": "1", "instance_ids": []}), Cancel)
+    assert isinstance(from_wire({"type": "presence", "id": "1"}), Presence)
+    built = from_wire(
+        {"type": "dispatch", "id": "1", "run_id": 3, "task": {}, "expires_in_s": 2, "targets": []}
+    )
+    assert isinstance(built, Dispatch)
+    assert built.run_id == 3
+
+
+def test_map_fields_refuse_non_string_keys():
+    """A map field whose keys are not strings (msgpack bytes keys pass strict_map_key) is refused."""
+    with pytest.raises(MessageError, match="credentials: map keys must be strings"):
+        from_wire(
+            {
+                "type": "hello",
+                "id": "1",
+                "version": 1,
+                "role": "agent",
+                "identity": "pc",
+                "credentials": {b"token": "x"},
+            }
+        )
