@@ -22,6 +22,7 @@ import websockets
 
 from admin.client import AdminClient
 from admin.output import ago, iso, short_time, table
+from admin.views import follow, print_run, run_json
 from agent import logs
 from protocol.errors import RemoteError
 
@@ -246,6 +247,43 @@ async def v_task(c: AdminClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def v_job(c: AdminClient, args: argparse.Namespace) -> int:
+    try:
+        with open(args.file, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        print(f"taskfleet: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    saved = await c.call("job.add", text=text, filename=args.file)
+    if args.json:
+        _print_json(saved)
+    else:
+        verb = "replaced" if saved["replaced"] else "added"
+        print(f"{verb} {saved['type']} {saved['name']} ({len(saved['steps'])} top-level steps)")
+    return EXIT_OK
+
+
+async def v_jobs(c: AdminClient, args: argparse.Namespace) -> int:
+    rows = await c.call("jobs.list")
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            r["steps"] = len(r["steps"])
+        print(
+            table(
+                rows,
+                [
+                    ("name", "name"),
+                    ("type", "type"),
+                    ("steps", "steps"),
+                    ("description", "description"),
+                ],
+            )
+        )
+    return EXIT_OK
+
+
 async def v_tasks(c: AdminClient, args: argparse.Namespace) -> int:
     rows = await c.call("tasks.list")
     if args.json:
@@ -277,96 +315,6 @@ async def v_types(c: AdminClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _instance_json(i: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "computer": i["computer"],
-        "instance_id": i["id"],
-        "status": i["status"],
-        "return_code": i["return_code"],
-        "output": i["output"],
-        "reason": i["reason"],
-        "started": iso(i["started_at"]),
-        "finished": iso(i["ended_at"]),
-    }
-
-
-def _run_json(run: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "run_id": run["id"],
-        "task": run["task_name"],
-        "kind": run["kind"],
-        "status": run["status"],
-        "created": iso(run["created_at"]),
-        "ended": iso(run["ended_at"]),
-        "instances": [_instance_json(i) for i in run["instances"]],
-    }
-
-
-def _print_run(run: dict[str, Any]) -> None:
-    print(f"run {run['id']}: task {run['task_name']} ({run['kind']}), status {run['status']}")
-    rows = []
-    for i in run["instances"]:
-        duration = (
-            f"{i['ended_at'] - i['started_at']:.2f}s" if i["started_at"] and i["ended_at"] else "-"
-        )
-        out = (i["output"] or "").strip().splitlines()
-        rows.append(
-            {
-                "computer": i["computer"],
-                "status": i["status"],
-                "rc": i["return_code"],
-                "time": duration,
-                "detail": i["reason"] or (out[0] if out else ""),
-            }
-        )
-    print(
-        table(
-            rows,
-            [
-                ("computer", "computer"),
-                ("status", "status"),
-                ("rc", "rc"),
-                ("time", "time"),
-                ("detail", "output / reason"),
-            ],
-        )
-    )
-
-
-def _progress(states: dict[int, str]) -> str:
-    total = len(states)
-    done = sum(1 for s in states.values() if s in ("succeeded", "failed", "timed_out", "stopped"))
-    ok = sum(1 for s in states.values() if s == "succeeded")
-    running = sum(1 for s in states.values() if s == "running")
-    width = 30
-    filled = int(width * done / total) if total else width
-    bar = "#" * filled + "." * (width - filled)
-    return f"[{bar}] {done}/{total} done, {ok} succeeded, {done - ok} not, {running} running"
-
-
-async def _follow(c: AdminClient, run_id: int, *, quiet: bool) -> dict[str, Any]:
-    """Watch a run to its end, printing a progress bar unless ``quiet``; return the final run."""
-    tty = sys.stdout.isatty()
-    states: dict[int, str] = {}
-    last = ""
-    final: dict[str, Any] = {}
-    async for kind, data in c.watch(run_id):
-        if kind == "snapshot":
-            states = {i["id"]: i["status"] for i in data["instances"]}
-        elif kind == "instance":
-            states[data["instance_id"]] = data["state"]
-        elif kind == "run":
-            final = data
-            states = {i["id"]: i["status"] for i in data["instances"]}
-        line = _progress(states)
-        if not quiet and line != last:
-            print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
-            last = line
-    if not quiet and tty:
-        print()
-    return final
-
-
 async def v_run(c: AdminClient, args: argparse.Namespace) -> int:
     started = await c.call("run.start", task=args.name, computers=args.computer or [], all=args.all)
     run_id = started["run_id"]
@@ -386,11 +334,11 @@ async def v_run(c: AdminClient, args: argparse.Namespace) -> int:
         return EXIT_OK
     if not args.json:
         print(f"run {run_id} started on {started['targets']} target(s)", file=sys.stderr)
-    final = await _follow(c, run_id, quiet=args.json)
+    final = await follow(c, run_id, quiet=args.json)
     if args.json:
-        _print_json(_run_json(final))
+        _print_json(run_json(final))
     else:
-        _print_run(final)
+        print_run(final)
     return EXIT_OK if final["status"] == "succeeded" else EXIT_FAILED
 
 
@@ -401,9 +349,9 @@ async def v_runs(c: AdminClient, args: argparse.Namespace) -> int:
             return EXIT_USAGE
         run = await c.call("run.show", run_id=args.run_id)
         if args.json:
-            _print_json(_run_json(run))
+            _print_json(run_json(run))
         else:
-            _print_run(run)
+            print_run(run)
         return EXIT_OK
     rows = await c.call("runs.list", limit=args.limit)
     if args.json:
@@ -431,11 +379,11 @@ async def v_runs(c: AdminClient, args: argparse.Namespace) -> int:
 
 
 async def v_watch(c: AdminClient, args: argparse.Namespace) -> int:
-    final = await _follow(c, args.run_id, quiet=args.json)
+    final = await follow(c, args.run_id, quiet=args.json)
     if args.json:
-        _print_json(_run_json(final))
+        _print_json(run_json(final))
     else:
-        _print_run(final)
+        print_run(final)
     return EXIT_OK if final["status"] == "succeeded" else EXIT_FAILED
 
 
@@ -516,8 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("action", choices=["add"])
     v.add_argument("file")
     verb("tasks", v_tasks, "list saved tasks")
+    v = verb("job", v_job, "`job add FILE`: save a job document (TOML or JSON)")
+    v.add_argument("action", choices=["add"])
+    v.add_argument("file")
+    verb("jobs", v_jobs, "list saved jobs")
     verb("types", v_types, "list task types")
-    v = verb("run", v_run, "run a saved task")
+    v = verb("run", v_run, "run a saved task or job")
     v.add_argument("name")
     v.add_argument("--computer", action="append", help="target computer (repeatable)")
     v.add_argument("--all", action="store_true", help="every known computer")

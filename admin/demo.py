@@ -10,6 +10,7 @@ import tempfile
 import time
 
 from admin.client import AdminClient
+from admin.views import follow, print_run
 from agent import logs
 from agent.agent import Agent
 from server.core import NotificationServer
@@ -41,8 +42,6 @@ async def _wait_for(predicate: object, what: str, timeout_s: float) -> None:
 
 async def demo(n_agents: int) -> int:
     """Start NS + TS + ``n_agents`` agents, run the sample task on all, print the table."""
-    from admin.cli import _follow, _print_run
-
     logs.configure("warning")
     token = secrets.token_urlsafe(16)
     with tempfile.TemporaryDirectory(prefix="taskfleet-demo-") as tmp:
@@ -76,8 +75,8 @@ async def demo(n_agents: int) -> int:
                 await client.call("task.add", text=SAMPLE_TASK, filename="demo-hello.toml")
                 started = await client.call("run.start", task="demo-hello", all=True)
                 print(f"run {started['run_id']}: demo-hello on {started['targets']} computers")
-                final = await _follow(client, started["run_id"], quiet=False)
-                _print_run(final)
+                final = await follow(client, started["run_id"], quiet=False)
+                print_run(final)
                 ok = final["status"] == "succeeded"
                 print(
                     "demo finished: every computer succeeded"

@@ -4,6 +4,11 @@ Durability: an accepted instance is remembered (``seen``) so a re-sent ``execute
 twice; a result is written to the outbox before it is sent and removed only when the relay
 acknowledges it, so results survive lost connections and agent restarts. An instance that
 was running when the agent died is reported ``failed`` ("agent restarted") on the next start.
+
+Client jobs run as ``protocol.jobs.JobMachine`` state machines (``agent.jobrunner.drive``).
+The job's state is stored with each step's result, so a restarted agent resumes the job at
+the step it was in: that step is reported ``failed`` ("agent restarted"), then the job's
+conditions decide. Task-server steps are run by the agent's relay (``step_request``).
 """
 
 from __future__ import annotations
@@ -13,17 +18,29 @@ import contextlib
 import platform
 import socket
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import websockets
 
 from agent import __version__, logs
+from agent.jobrunner import drive
 from agent.link import Link, connect
 from agent.runner import Outcome, ScriptRun, run_noop
-from agent.store import AgentStore
+from agent.store import AgentStore, Key
 from protocol.errors import ProtocolError, RemoteError
-from protocol.messages import Cancel, Execute, Report, Reports, ReportsAck, Tickle
+from protocol.jobs import JobMachine, JobState, RunStep
+from protocol.messages import (
+    Cancel,
+    Execute,
+    Report,
+    Reports,
+    ReportsAck,
+    StepRequest,
+    StepResult,
+    Tickle,
+)
 from protocol.session import ALLOWED_DOWN, Role, backoff_delays
 from protocol.states import InstanceState, is_terminal
 
@@ -48,6 +65,9 @@ class _Running:
 
 class Agent:
     """One agent. ``await run()`` serves until cancelled."""
+
+    SEND_CHUNK_BYTES = 256 * 1024
+    STEP_GRACE_S = 10.0
 
     def __init__(
         self,
@@ -75,9 +95,9 @@ class Agent:
         self.taskserver: str | None = None
         self._sem = asyncio.Semaphore(concurrency)
         self._running: dict[int, _Running] = {}
-        self._inflight: dict[str, list[int]] = {}
+        self._inflight: dict[str, list[Key]] = {}
+        self._step_waiters: dict[str, asyncio.Future[Report]] = {}
         self._delay = backoff_delays(initial_s=backoff_initial_s, maximum_s=backoff_max_s)
-        self._tickled = asyncio.Event()
 
     def info(self) -> dict[str, Any]:
         if self.lightweight:
@@ -88,6 +108,8 @@ class Agent:
             "addresses": _addresses(),
             "hostname": socket.gethostname(),
         }
+
+    # -- life cycle ---------------------------------------------------------------------
 
     async def run(self) -> None:
         """Register, connect, serve; reconnect with backoff and jitter, forever."""
@@ -106,6 +128,8 @@ class Agent:
                     self.log.error("refused", code=exc.code, reason=exc.message)
                 except (OSError, TimeoutError, websockets.WebSocketException, ProtocolError) as exc:
                     self.log.info("connection_lost", error=str(exc) or type(exc).__name__)
+                except Exception:
+                    self.log.exception("agent_loop_error")
                 self.connected.clear()
                 await asyncio.sleep(self._delay(attempt))
                 attempt += 1
@@ -114,20 +138,30 @@ class Agent:
                 if r.run is not None:
                     r.run.stop()
                 r.task.cancel()
+            for r in list(self._running.values()):
+                with contextlib.suppress(BaseException):
+                    await r.task
             await self.store.close()
 
     async def _recover(self) -> None:
+        """After a restart: finish what died with the last process, resume client jobs."""
         assert self.store is not None
         for iid, state in list(self.store.seen.items()):
-            if not is_terminal(state) and iid not in self.store.outbox:
-                await self.store.finish(
-                    Report(
-                        instance_id=iid,
-                        state=InstanceState.FAILED,
-                        reason="agent restarted while the task ran",
-                        ended_at=time.time(),
-                    )
+            if is_terminal(state) or (iid, "") in self.store.outbox or iid in self.store.jobs:
+                continue
+            await self.store.finish(
+                Report(
+                    instance_id=iid,
+                    state=InstanceState.FAILED,
+                    reason="agent restarted while the task ran",
+                    ended_at=time.time(),
                 )
+            )
+        for job in list(self.store.jobs.values()):
+            message = Execute(
+                **{**job["execute"], "timeout_s": max(0.0, job["deadline"] - time.time())}
+            )
+            self._start(message, job["snapshot"], restarted=True)
 
     async def _open_live(self) -> Link:
         """Register with the NS; return the live link (to the TS, or the NS itself)."""
@@ -181,72 +215,100 @@ class Agent:
                     await self._on_execute(message)
                 elif isinstance(message, Cancel):
                     for iid in message.instance_ids:
-                        running = self._running.get(iid)
-                        if running is not None and running.run is not None:
-                            running.run.stop()
-                        elif running is not None:
-                            running.task.cancel()
+                        self._stop(iid)
                 elif isinstance(message, ReportsAck):
                     done = self._inflight.pop(message.reply_to, [])
                     await self.store.delivered(done)
+                elif isinstance(message, StepResult):
+                    waiter = self._step_waiters.pop(message.reply_to, None)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(message.result)
                 elif isinstance(message, Tickle):
                     self.log.info("tickled")
                     return  # re-register now: fresh configuration and pending work
         finally:
             self.link = None
             self._inflight.clear()
+            for waiter in self._step_waiters.values():
+                if not waiter.done():
+                    waiter.set_exception(ConnectionError("the connection to the relay closed"))
+            self._step_waiters.clear()
             await link.close()
 
     async def _send(self, reports: list[Report]) -> None:
+        """Send reports in messages that stay well under the frame limit."""
         link = self.link
         if link is None:
             return
+        chunk: list[Report] = []
+        size = 0
+        for r in reports:
+            cost = 200 + len(r.output.encode()) + len(r.reason) + len(r.step)
+            if chunk and size + cost > self.SEND_CHUNK_BYTES:
+                await self._send_one(link, chunk)
+                chunk, size = [], 0
+            chunk.append(r)
+            size += cost
+        if chunk:
+            await self._send_one(link, chunk)
+
+    async def _send_one(self, link: Link, reports: list[Report]) -> None:
         message = Reports(id=link.next_id(), items=reports)
-        self._inflight[message.id] = [r.instance_id for r in reports if is_terminal(r.state)]
+        self._inflight[message.id] = [
+            (r.instance_id, r.step) for r in reports if is_terminal(r.state)
+        ]
         with contextlib.suppress(websockets.ConnectionClosed):
             await link.send(message)
+
+    # -- work ---------------------------------------------------------------------------
 
     async def _on_execute(self, message: Execute) -> None:
         assert self.store is not None
         iid = message.instance_id
-        state = self.store.seen.get(iid)
-        if state is not None:
-            report = self.store.outbox.get(iid)
+        if self.store.seen.get(iid) is not None:
+            report = self.store.outbox.get((iid, ""))
             if report is not None:
                 await self._send([report])
             return
         await self.store.mark(iid, InstanceState.RECEIVED)
         await self._send([Report(instance_id=iid, state=InstanceState.RECEIVED)])
-        task = asyncio.create_task(self._execute(message))
-        self._running[iid] = _Running(None, task)
+        self._start(message, None)
 
-    async def _execute(self, message: Execute) -> None:
+    def _start(
+        self, message: Execute, snapshot: dict[str, Any] | None, restarted: bool = False
+    ) -> None:
+        task = asyncio.create_task(self._execute(message, snapshot, restarted))
+        self._running[message.instance_id] = _Running(None, task)
+
+    def _stop(self, iid: int) -> None:
+        running = self._running.get(iid)
+        if running is None:
+            return
+        if running.run is not None:
+            running.run.stop()
+        running.task.cancel()
+
+    async def _execute(
+        self, message: Execute, snapshot: dict[str, Any] | None, restarted: bool
+    ) -> None:
         assert self.store is not None
         iid = message.instance_id
-        params = message.task.get("params", {})
-        outcome: Outcome
+        deadline = time.time() + message.timeout_s
         try:
-            async with self._sem:
-                started = time.time()
-                if message.task.get("type") == "noop":
-                    await self._send(
-                        [Report(instance_id=iid, state=InstanceState.RUNNING, started_at=started)]
-                    )
-                    outcome = await run_noop(params, message.timeout_s)
-                elif message.task.get("type") == "run-script":
+            if message.task.get("type") == "client-job":
+                outcome = await self._run_job(message, deadline, snapshot, restarted)
+            else:
+                async with self._sem:
                     await self.store.mark(iid, InstanceState.RUNNING)
                     await self._send(
-                        [Report(instance_id=iid, state=InstanceState.RUNNING, started_at=started)]
+                        [
+                            Report(
+                                instance_id=iid, state=InstanceState.RUNNING, started_at=time.time()
+                            )
+                        ]
                     )
-                    run = ScriptRun(params, message.tokens, message.timeout_s)
-                    self._running[iid].run = run
-                    outcome = await run.run()
-                else:
-                    outcome = Outcome(
-                        InstanceState.FAILED,
-                        reason=f"this agent ({__version__}) cannot run task type {message.task.get('type')!r}",
-                        started_at=started,
-                        ended_at=time.time(),
+                    outcome = await self._run_task(
+                        iid, message.task, message.tokens, message.timeout_s
                     )
         except asyncio.CancelledError:
             outcome = Outcome(
@@ -265,3 +327,142 @@ class Agent:
         )
         await self.store.finish(report)
         await self._send([report])
+
+    async def _run_task(
+        self, iid: int, task: dict[str, Any], tokens: dict[str, str], timeout_s: float
+    ) -> Outcome:
+        """Run one client task here (a plain instance, or a step of a client job)."""
+        params = task.get("params", {})
+        kind = task.get("type")
+        if kind == "noop":
+            return await run_noop(params, timeout_s)
+        if kind == "run-script":
+            run = ScriptRun(params, tokens, timeout_s)
+            running = self._running.get(iid)
+            if running is not None:
+                running.run = run
+            try:
+                return await run.run()
+            finally:
+                if running is not None:
+                    running.run = None
+        return Outcome(
+            InstanceState.FAILED,
+            reason=f"this agent ({__version__}) cannot run task type {kind!r}",
+            started_at=time.time(),
+            ended_at=time.time(),
+        )
+
+    # -- client jobs --------------------------------------------------------------------
+
+    async def _run_job(
+        self, message: Execute, deadline: float, snapshot: dict[str, Any] | None, restarted: bool
+    ) -> Outcome:
+        assert self.store is not None
+        iid = message.instance_id
+        started = time.time()
+        machine = JobMachine(message.task["job"]["program"], snapshot)
+        if snapshot is None:
+            execute = {
+                "id": message.id,
+                "run_id": message.run_id,
+                "instance_id": iid,
+                "task": message.task,
+                "tokens": message.tokens,
+                "timeout_s": message.timeout_s,
+            }
+            await self.store.start_job(iid, execute, machine.snapshot(), deadline)
+            await self._send(
+                [Report(instance_id=iid, state=InstanceState.RUNNING, started_at=started)]
+            )
+        pending_restart = restarted and machine.state is JobState.WAITING
+
+        async def run_step(step: RunStep) -> Outcome:
+            nonlocal pending_restart
+            if pending_restart:
+                pending_restart = False
+                return Outcome(
+                    InstanceState.FAILED,
+                    reason="agent restarted while this step ran",
+                    ended_at=time.time(),
+                )
+            now = time.time()
+            timeout_s = max(0.0, min(float(step.task.get("timeout_s", 300)), deadline - now))
+            await self._send(
+                [
+                    Report(
+                        instance_id=iid, step=step.step, state=InstanceState.RUNNING, started_at=now
+                    )
+                ]
+            )
+            if step.kind == "taskserver":
+                return await self._ask_relay(iid, step, message.tokens, timeout_s)
+            async with self._sem:
+                return await self._run_task(iid, step.task, message.tokens, timeout_s)
+
+        async def step_ended(step: RunStep, outcome: Outcome, snap: dict[str, Any]) -> None:
+            assert self.store is not None
+            report = Report(
+                instance_id=iid,
+                step=step.step,
+                state=outcome.state,
+                return_code=outcome.return_code,
+                output=outcome.output,
+                reason=outcome.reason,
+                started_at=outcome.started_at,
+                ended_at=outcome.ended_at,
+            )
+            await self.store.finish(report, snap)
+            await self._send([report])
+
+        ended = await drive(machine, run_step, step_ended)
+        state = {
+            JobState.SUCCEEDED: InstanceState.SUCCEEDED,
+            JobState.STOPPED: InstanceState.STOPPED,
+        }.get(ended.state, InstanceState.FAILED)
+        return Outcome(state, None, "", ended.reason, started, time.time())
+
+    async def _ask_relay(
+        self, iid: int, step: RunStep, tokens: dict[str, str], timeout_s: float
+    ) -> Outcome:
+        """Have the relay run a task-server step; ask again after a reconnect, until the time limit."""
+        deadline = time.monotonic() + timeout_s + self.STEP_GRACE_S
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return Outcome(
+                    InstanceState.TIMED_OUT,
+                    reason="no result from the task server by the time limit",
+                    ended_at=time.time(),
+                )
+            link = self.link
+            if link is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.connected.wait(), min(left, 5.0))
+                await asyncio.sleep(0)
+                continue
+            request = StepRequest(
+                id=f"s{uuid.uuid4().hex[:12]}",
+                instance_id=iid,
+                step=step.step,
+                task=step.task,
+                tokens=tokens,
+                timeout_s=timeout_s,
+            )
+            waiter: asyncio.Future[Report] = asyncio.get_running_loop().create_future()
+            self._step_waiters[request.id] = waiter
+            try:
+                await link.send(request)
+                report = await asyncio.wait_for(waiter, left)
+            except (ConnectionError, websockets.ConnectionClosed, TimeoutError):
+                continue
+            finally:
+                self._step_waiters.pop(request.id, None)
+            return Outcome(
+                InstanceState(report.state),
+                report.return_code,
+                report.output,
+                report.reason,
+                report.started_at,
+                report.ended_at,
+            )

@@ -63,18 +63,40 @@ _MIGRATIONS = [
     CREATE TABLE outbox (instance_id INTEGER PRIMARY KEY, report TEXT NOT NULL);
     CREATE TABLE config (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 2: client jobs: results per step, and each job's state
+    """
+    CREATE TABLE outbox_v2 (
+        instance_id INTEGER NOT NULL,
+        step TEXT NOT NULL DEFAULT '',
+        report TEXT NOT NULL,
+        PRIMARY KEY (instance_id, step)
+    );
+    INSERT INTO outbox_v2(instance_id, step, report) SELECT instance_id, '', report FROM outbox;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v2 RENAME TO outbox;
+    CREATE TABLE jobs (
+        instance_id INTEGER PRIMARY KEY,
+        execute TEXT NOT NULL,
+        snapshot TEXT NOT NULL,
+        deadline REAL NOT NULL
+    );
+    """,
 ]
 
 SEEN_KEEP_S = 14 * 24 * 3600
 
+Key = tuple[int, str]
+"""An outbox entry: (instance id, step id or '' for the instance itself)."""
+
 
 class AgentStore:
-    """The agent's memory: SQLite in its data folder, or a dict for simulated agents."""
+    """The agent's memory: SQLite in its data folder, or dicts for simulated agents."""
 
     def __init__(self, db: aiosqlite.Connection | None):
         self.db = db
         self.seen: dict[int, str] = {}
-        self.outbox: dict[int, Report] = {}
+        self.outbox: dict[Key, Report] = {}
+        self.jobs: dict[int, dict[str, Any]] = {}
         self.config: dict[str, Any] = {}
 
     @classmethod
@@ -87,8 +109,17 @@ class AgentStore:
         await db.commit()
         async with db.execute("SELECT instance_id, state FROM seen") as cur:
             store.seen = {int(r[0]): str(r[1]) async for r in cur}
-        async with db.execute("SELECT instance_id, report FROM outbox") as cur:
-            store.outbox = {int(r[0]): report_from_json(r[1]) async for r in cur}
+        async with db.execute("SELECT instance_id, step, report FROM outbox") as cur:
+            store.outbox = {(int(r[0]), str(r[1])): report_from_json(r[2]) async for r in cur}
+        async with db.execute("SELECT instance_id, execute, snapshot, deadline FROM jobs") as cur:
+            store.jobs = {
+                int(r[0]): {
+                    "execute": json.loads(r[1]),
+                    "snapshot": json.loads(r[2]),
+                    "deadline": float(r[3]),
+                }
+                async for r in cur
+            }
         async with db.execute("SELECT value FROM config WHERE key='config'") as cur:
             row = await cur.fetchone()
             store.config = json.loads(row[0]) if row else {}
@@ -98,7 +129,7 @@ class AgentStore:
         if self.db is not None:
             await self.db.close()
 
-    async def mark(self, instance_id: int, state: str) -> None:
+    async def _seen(self, instance_id: int, state: str) -> None:
         self.seen[instance_id] = state
         if self.db is not None:
             await self.db.execute(
@@ -106,31 +137,58 @@ class AgentStore:
                 " ON CONFLICT(instance_id) DO UPDATE SET state=excluded.state",
                 (instance_id, state, time.time()),
             )
+
+    async def mark(self, instance_id: int, state: str) -> None:
+        await self._seen(instance_id, state)
+        if self.db is not None:
             await self.db.commit()
 
-    async def finish(self, report: Report) -> None:
-        """Remember a result until the relay acknowledges it."""
-        self.seen[report.instance_id] = report.state
-        self.outbox[report.instance_id] = report
+    async def finish(self, report: Report, job_snapshot: dict[str, Any] | None = None) -> None:
+        """Remember a result (of an instance, or of a job's step) until the relay acknowledges it.
+
+        For a job step, the job's new state is stored in the same transaction.
+        """
+        key = (report.instance_id, report.step)
+        self.outbox[key] = report
+        if not report.step:
+            self.seen[report.instance_id] = report.state
+            self.jobs.pop(report.instance_id, None)
+        elif job_snapshot is not None and report.instance_id in self.jobs:
+            self.jobs[report.instance_id]["snapshot"] = job_snapshot
+        if self.db is None:
+            return
+        if not report.step:
+            await self._seen(report.instance_id, report.state)
+            await self.db.execute("DELETE FROM jobs WHERE instance_id=?", (report.instance_id,))
+        elif job_snapshot is not None:
+            await self.db.execute(
+                "UPDATE jobs SET snapshot=? WHERE instance_id=?",
+                (json.dumps(job_snapshot), report.instance_id),
+            )
+        await self.db.execute(
+            "INSERT OR REPLACE INTO outbox(instance_id, step, report) VALUES (?, ?, ?)",
+            (report.instance_id, report.step, report_to_json(report)),
+        )
+        await self.db.commit()
+
+    async def start_job(
+        self, instance_id: int, execute: dict[str, Any], snapshot: dict[str, Any], deadline: float
+    ) -> None:
+        """Keep a client job (its ``execute`` and state) so a restarted agent resumes it."""
+        self.jobs[instance_id] = {"execute": execute, "snapshot": snapshot, "deadline": deadline}
+        await self._seen(instance_id, "running")
         if self.db is not None:
             await self.db.execute(
-                "INSERT INTO seen(instance_id, state, at) VALUES (?, ?, ?)"
-                " ON CONFLICT(instance_id) DO UPDATE SET state=excluded.state",
-                (report.instance_id, report.state, time.time()),
-            )
-            await self.db.execute(
-                "INSERT OR REPLACE INTO outbox(instance_id, report) VALUES (?, ?)",
-                (report.instance_id, report_to_json(report)),
+                "INSERT OR REPLACE INTO jobs(instance_id, execute, snapshot, deadline) VALUES (?, ?, ?, ?)",
+                (instance_id, json.dumps(execute), json.dumps(snapshot), deadline),
             )
             await self.db.commit()
 
-    async def delivered(self, instance_ids: list[int]) -> None:
-        for i in instance_ids:
-            self.outbox.pop(i, None)
-        if self.db is not None and instance_ids:
-            await self.db.executemany(
-                "DELETE FROM outbox WHERE instance_id=?", [(i,) for i in instance_ids]
-            )
+    async def delivered(self, keys: list[Key]) -> None:
+        for k in keys:
+            self.outbox.pop(k, None)
+        if self.db is not None and keys:
+            await self.db.executemany("DELETE FROM outbox WHERE instance_id=? AND step=?", keys)
             await self.db.commit()
 
     async def save_config(self, config: dict[str, Any]) -> None:

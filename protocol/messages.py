@@ -30,6 +30,8 @@ class Target:
     computer: str
     computer_id: int
     tokens: dict[str, str] = field(default_factory=dict)
+    local: bool = False
+    """True when the relay itself runs the work for this target (a device in a client job)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,11 +39,13 @@ class Report:
     """Progress or result of one instance. ``state`` is a :class:`protocol.states.InstanceState` value.
 
     ``received`` and ``running`` are progress; the terminal states carry the result.
-    Times are UNIX seconds (float, UTC) measured where the work ran.
+    Times are UNIX seconds (float, UTC) measured where the work ran. ``step`` names a step
+    of a client job (its id in the job); empty for the instance itself.
     """
 
     instance_id: int
     state: str
+    step: str = ""
     computer: str = ""
     return_code: int | None = None
     output: str = ""
@@ -207,6 +211,32 @@ class Event(Message):
     data: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepRequest(Message):
+    """Agent → its relay: run this task-server step of a client job for me.
+
+    The relay checks that ``instance_id`` is work it holds for this agent's computer, runs
+    the step with ``tokens``, and answers ``step_result``. Asking again for the same
+    ``(instance_id, step)`` never runs it twice.
+    """
+
+    TYPE: ClassVar[str] = "step_request"
+    instance_id: int
+    step: str
+    task: dict[str, Any]
+    tokens: dict[str, str]
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepResult(Message):
+    """Relay → agent: the result of a ``step_request``."""
+
+    TYPE: ClassVar[str] = "step_result"
+    reply_to: str
+    result: Report
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -224,6 +254,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Request,
         Response,
         Event,
+        StepRequest,
+        StepResult,
     )
 }
 """Wire name → class. A type not in this table is refused with ``MessageError``."""

@@ -60,14 +60,14 @@ class State(IntEnum):
 
 # What each role may send once the session is open, to the side that accepted it.
 ALLOWED: dict[Role, frozenset[str]] = {
-    Role.AGENT: frozenset({"reports"}),
+    Role.AGENT: frozenset({"reports", "step_request"}),
     Role.TASKSERVER: frozenset({"reports", "presence", "ack", "error"}),
     Role.ADMIN: frozenset({"request"}),
 }
 
 # What the accepting side may send to each role (checked by the connecting side).
 ALLOWED_DOWN: dict[Role, frozenset[str]] = {
-    Role.AGENT: frozenset({"execute", "cancel", "tickle", "reports_ack", "error"}),
+    Role.AGENT: frozenset({"execute", "cancel", "tickle", "reports_ack", "step_result", "error"}),
     Role.TASKSERVER: frozenset({"dispatch", "cancel", "tickle", "reports_ack", "error"}),
     Role.ADMIN: frozenset({"response", "error", "event"}),
 }

@@ -243,19 +243,22 @@ def validate_task(doc: Any) -> TaskDefinition:
     return TaskDefinition(name, ttype.id, ttype.kind, int(timeout), params, description)
 
 
-def parse_task(text: str, *, filename: str = "") -> TaskDefinition:
-    """Parse TOML (or JSON, by ``.json`` suffix or a leading ``{``) and validate it."""
+def parse_document(text: str, *, filename: str = "") -> Any:
+    """Parse a TOML document (or JSON, by ``.json`` suffix or a leading ``{``)."""
     try:
         if filename.endswith(".json") or text.lstrip().startswith("{"):
-            doc = json.loads(text)
-        else:
-            doc = tomllib.loads(text)
+            return json.loads(text)
+        return tomllib.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ValidationError(
-            f"task document {filename or ''}".strip(),
+            f"document {filename or ''}".strip(),
             [Problem("(document)", f"cannot parse: {exc}")],
         ) from None
-    return validate_task(doc)
+
+
+def parse_task(text: str, *, filename: str = "") -> TaskDefinition:
+    """Parse a task document (TOML or JSON) and validate it."""
+    return validate_task(parse_document(text, filename=filename))
 
 
 TOKENS = ("COMPUTERNAME", "COMPUTERID", "TASKSERVER", "RUNID")

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from agent.link import Link
 from protocol.errors import ValidationError
+from protocol.jobs import JobCompileError, JobType, compile_job, is_job_document, validate_job
 from protocol.states import InstanceState
-from protocol.tasks import CATALOG, parse_task, validate_task
+from protocol.tasks import CATALOG, parse_document, validate_task
 
 if TYPE_CHECKING:
     from server.core import NotificationServer
@@ -106,19 +107,91 @@ async def taskservers_list(ns: NotificationServer, link: Link, args: dict[str, A
     ]
 
 
+def _document(args: dict[str, Any]) -> Any:
+    if "text" in args:
+        try:
+            return parse_document(
+                _arg(args, "text", str), filename=_arg(args, "filename", str, "") or ""
+            )
+        except ValidationError as exc:
+            raise ApiError("invalid_document", str(exc)) from None
+    return _arg(args, "document", dict)
+
+
 @op("task.add")
 async def task_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    doc = _document(args)
+    if is_job_document(doc):
+        raise ApiError(
+            "invalid_document",
+            "this document is a job (type ends in -job): use `taskfleet job add`",
+        )
     try:
-        if "text" in args:
-            definition = parse_task(
-                _arg(args, "text", str), filename=_arg(args, "filename", str, "")
-            )
-        else:
-            definition = validate_task(_arg(args, "document", dict))
+        definition = validate_task(doc)
     except ValidationError as exc:
         raise ApiError("invalid_document", str(exc)) from None
+    catalog = await ns.db.catalog()
+    if catalog.get(definition.name, ("task",))[0] == "job":
+        raise ApiError(
+            "exists",
+            f"a job is already named {definition.name!r}; tasks and jobs share one namespace",
+        )
     replaced = await ns.db.save_task(definition.to_dict())
     return {**definition.to_dict(), "replaced": replaced}
+
+
+@op("job.add")
+async def job_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    doc = _document(args)
+    catalog = await ns.db.catalog()
+    try:
+        definition = validate_job(doc, catalog.get)
+    except ValidationError as exc:
+        raise ApiError("invalid_document", str(exc)) from None
+    if catalog.get(definition["name"], ("job",))[0] == "task":
+        raise ApiError(
+            "exists",
+            f"a task is already named {definition['name']!r}; tasks and jobs share one namespace",
+        )
+    replaced = await ns.db.save_job(definition)
+    return {**definition, "replaced": replaced}
+
+
+@op("jobs.list")
+async def jobs_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    return await ns.db.jobs()
+
+
+async def runnable(ns: NotificationServer, name: str) -> dict[str, Any]:
+    """The definition a run of ``name`` uses: a task as saved, or a job compiled now."""
+    catalog = await ns.db.catalog()
+    found = catalog.get(name)
+    if found is None:
+        raise ApiError(
+            "unknown_task",
+            f"no task or job named {name!r}; `taskfleet tasks` and `taskfleet jobs` list them",
+        )
+    what, definition = found
+    if what == "task":
+        return definition
+    try:
+        validate_job(definition, catalog.get)
+        compiled = compile_job(definition, catalog.get)
+    except ValidationError as exc:
+        raise ApiError(
+            "invalid_document", f"job {name!r} is no longer valid with the saved tasks: {exc}"
+        ) from None
+    except JobCompileError as exc:
+        raise ApiError("invalid_document", str(exc)) from None
+    kind = "server-job" if definition["type"] == JobType.SERVER else "client"
+    return {
+        "name": name,
+        "type": str(definition["type"]),
+        "kind": kind,
+        "timeout_s": compiled["timeout_s"],
+        "params": {},
+        "job": compiled,
+    }
 
 
 @op("tasks.list")
@@ -137,9 +210,7 @@ async def types_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -
 @op("run.start")
 async def run_start(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
     name = _arg(args, "task", str)
-    definition = await ns.db.task(name)
-    if definition is None:
-        raise ApiError("unknown_task", f"no task named {name!r}; `taskfleet tasks` lists them")
+    definition = await runnable(ns, name)
     names = _arg(args, "computers", list, [])
     every = bool(args.get("all", False))
     computers: list[dict[str, Any]] = []
@@ -159,10 +230,18 @@ async def run_start(ns: NotificationServer, link: Link, args: dict[str, Any]) ->
                     "unknown_computer",
                     f"unknown computer(s): {', '.join(missing)}; `taskfleet computers` lists them",
                 )
-        if not computers:
+        only_server_steps = definition["kind"] == "server-job" and all(
+            i["kind"] == "server" for i in definition["job"]["program"] if i["op"] == "run"
+        )
+        if not computers and not only_server_steps:
+            what = (
+                "server job" if definition["kind"] == "server-job" else f"{definition['kind']} task"
+            )
+            if definition.get("type") == "client-job":
+                what = "client job"
             raise ApiError(
                 "no_targets",
-                f"task {name!r} is a {definition['kind']} task: give --computer NAME (repeatable) or --all",
+                f"{name!r} is a {what}: give --computer NAME (repeatable) or --all",
             )
     return await ns.start_run(definition, computers)
 
@@ -177,7 +256,7 @@ async def _run_view(ns: NotificationServer, run_id: int) -> dict[str, Any]:
     run = await ns.db.run(run_id)
     if run is None:
         raise ApiError("unknown_run", f"no run with id {run_id}; `taskfleet runs` lists them")
-    return {**run, "instances": await ns.db.instances(run_id)}
+    return {**run, "steps": await ns.db.steps(run_id), "instances": await ns.db.instances(run_id)}
 
 
 @op("run.show")

@@ -33,6 +33,7 @@ from agent.link import HANDSHAKE_TIMEOUT_S, Link, accept, listen
 from agent.runner import ScriptRun
 from protocol import PROTOCOL_VERSION
 from protocol.errors import ProtocolError
+from protocol.jobs import JobEvent, JobMachine, JobState
 from protocol.messages import (
     Cancel,
     Dispatch,
@@ -49,8 +50,9 @@ from protocol.messages import (
     Welcome,
 )
 from protocol.session import CLOSE_NORMAL, Role, Session
-from protocol.states import InstanceState, is_terminal, run_outcome
+from protocol.states import InstanceState, RunState, is_terminal, run_outcome
 from protocol.tasks import Kind, replace_tokens
+from server.jobs import SERVER_JOB, job_needs_agents, plan_instances, run_server_job
 from server.store import Change, NewInstance, Store
 from taskserver.relay import Relay
 from taskserver.store import RelayStore
@@ -116,13 +118,52 @@ class BuiltinUpstream:
 
 
 @dataclass
+class RouteCount:
+    """Unfinished instances of one step on one route (a TS, the built-in service, or the NS)."""
+
+    remaining: int
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class Stage:
+    """One step of a run in progress: its deadline and, per route, what is still out."""
+
+    deadline: float
+    routes: dict[str, RouteCount] = field(default_factory=dict)
+
+    @property
+    def remaining(self) -> int:
+        return sum(r.remaining for r in self.routes.values())
+
+    def count(self, route: str | None) -> None:
+        rc = self.routes.get(route or "")
+        if rc is not None and rc.remaining > 0:
+            rc.remaining -= 1
+            if rc.remaining == 0:
+                rc.done.set()
+
+    async def barrier(self) -> None:
+        """Wait until every route's instances ended: an asyncio gather across connections."""
+        await asyncio.gather(*(rc.done.wait() for rc in self.routes.values()))
+
+
+@dataclass
 class ActiveRun:
     """What the NS keeps in memory about a run that has not ended."""
 
-    remaining: int
-    deadline: float
     kind: str
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+    stages: dict[str, Stage] = field(default_factory=dict)
+    runner: asyncio.Task[None] | None = None
+
+
+def _stage(deadline: float, routes: list[str | None]) -> Stage:
+    stage = Stage(deadline)
+    for route in routes:
+        key = route or ""
+        rc = stage.routes.setdefault(key, RouteCount(0))
+        rc.remaining += 1
+    return stage
 
 
 class NotificationServer:
@@ -184,14 +225,7 @@ class NotificationServer:
         await self.relay.start()
         self.relay.set_upstream(BuiltinUpstream(self))
         self.routes[BUILTIN] = BuiltinRoute(self.relay)
-        interrupted: list[int] = []
-        for row in await self.store.active_runs():
-            kind = json.loads(row["definition"])["kind"]
-            self.active[row["id"]] = ActiveRun(row["remaining"], row["deadline"], kind)
-            if kind == Kind.SERVER:
-                interrupted.append(row["id"])
-        for run_id in interrupted:
-            await self.end_run(run_id, InstanceState.FAILED, "the server restarted while this ran")
+        await self._resume_runs()
         self._server, self.port = await listen(
             self._serve, self.host, self.port, compression=self.compression
         )
@@ -381,30 +415,54 @@ class NotificationServer:
 
     # -- runs ---------------------------------------------------------------------------
 
+    async def _resume_runs(self) -> None:
+        """After a restart: rebuild the count of every open step; resume server jobs."""
+        runs = await self.db.active_runs()
+        for row in runs:
+            self.active[row["id"]] = ActiveRun(row["kind"])
+        for row in await self.db.open_steps():
+            active = self.active.get(row["run_id"])
+            if active is None:
+                continue
+            stage = active.stages.setdefault(row["step"], Stage(row["deadline"]))
+            if row["route"] is not None or row["remaining"]:
+                stage.routes[row["route"] or ""] = RouteCount(row["remaining"])
+        for row in runs:
+            run_id, active = row["id"], self.active[row["id"]]
+            if row["kind"] == SERVER_JOB:
+                active.runner = self._spawn(
+                    run_server_job(self, run_id, row["definition"], row["targets"], row["machine"])
+                )
+                continue
+            if row["kind"] == Kind.SERVER:
+                await self.end_run(
+                    run_id, InstanceState.FAILED, "the server restarted while this ran"
+                )
+                continue
+            first = active.stages.get("")
+            if first is None or first.remaining == 0:
+                await self._finish(run_id)
+
     async def start_run(
         self, definition: dict[str, Any], computers: list[dict[str, Any]]
     ) -> dict[str, Any]:
-        """Create a run of ``definition`` on ``computers`` and start dispatching it."""
+        """Create a run of a task or client job (``definition``) on ``computers`` and start it."""
         kind = definition["kind"]
-        no_agent: list[str] = []
-        instances: list[NewInstance] = []
-        if kind == Kind.SERVER:
-            instances.append(NewInstance(None, "(server)", None))
-        else:
-            for c in computers:
-                if kind == Kind.CLIENT and not c["has_agent"]:
-                    no_agent.append(c["name"])
-                    instances.append(
-                        NewInstance(c["id"], c["name"], None, InstanceState.FAILED, "no agent")
-                    )
-                else:
-                    instances.append(NewInstance(c["id"], c["name"], c["taskserver"] or BUILTIN))
         deadline = time.time() + float(definition["timeout_s"])
-        run_id = await self.db.create_run(definition, instances, deadline)
-        remaining = sum(1 for i in instances if not is_terminal(i.status))
-        self.active[run_id] = ActiveRun(remaining, deadline, kind)
+        if kind == SERVER_JOB:
+            return await self._start_server_job(definition, computers, deadline)
+        if kind == Kind.SERVER:
+            instances = [NewInstance(None, "(server)", None)]
+            no_agent: list[str] = []
+        else:
+            instances, no_agent = plan_instances(definition, computers)
+        run_id = await self.db.create_run(
+            definition, instances, deadline, targets=[c["id"] for c in computers]
+        )
+        stage = _stage(deadline, [i.route for i in instances if not is_terminal(i.status)])
+        self.active[run_id] = ActiveRun(kind, {"": stage})
         self.log.info("run_started", run_id=run_id, task=definition["name"], targets=len(instances))
-        if remaining == 0:
+        if stage.remaining == 0:
             await self._finish(run_id)
         elif kind == Kind.SERVER:
             instance = (await self.db.instances(run_id))[0]
@@ -413,6 +471,57 @@ class NotificationServer:
             for route in sorted({i.route for i in instances if i.route is not None}):
                 self._spawn(self._dispatch_route(route))
         return {"run_id": run_id, "targets": len(instances), "no_agent": no_agent}
+
+    async def _start_server_job(
+        self, definition: dict[str, Any], computers: list[dict[str, Any]], deadline: float
+    ) -> dict[str, Any]:
+        no_agent = (
+            sorted(c["name"] for c in computers if not c["has_agent"])
+            if job_needs_agents(definition["job"])
+            else []
+        )
+        run_id = await self.db.create_run(
+            definition, [], deadline, targets=[c["id"] for c in computers], first_step=False
+        )
+        active = ActiveRun(SERVER_JOB)
+        self.active[run_id] = active
+        self.log.info("job_started", run_id=run_id, job=definition["name"], targets=len(computers))
+        active.runner = self._spawn(
+            run_server_job(self, run_id, definition, [c["id"] for c in computers], None)
+        )
+        return {"run_id": run_id, "targets": len(computers), "no_agent": no_agent}
+
+    async def open_step(
+        self,
+        run_id: int,
+        step: str,
+        task: dict[str, Any],
+        instances: list[NewInstance],
+        machine: dict[str, Any],
+    ) -> Stage:
+        """A server job enters a step: store it with the job's state, count it, dispatch it."""
+        deadline = time.time() + float(task["timeout_s"])
+        await self.db.start_step(run_id, step, task, deadline, instances, machine)
+        stage = _stage(deadline, [i.route for i in instances if not is_terminal(i.status)])
+        self.active[run_id].stages[step] = stage
+        self.start_stage(run_id, step, task)
+        return stage
+
+    def start_stage(self, run_id: int, step: str, task: dict[str, Any]) -> None:
+        """Send a step's instances on their way (server steps run here)."""
+        stage = self.active[run_id].stages[step]
+        if task["kind"] == Kind.SERVER:
+            self._spawn(self._start_server_step(run_id, step, task))
+            return
+        for route in sorted(stage.routes):
+            if route:
+                self._spawn(self._dispatch_route(route))
+
+    async def _start_server_step(self, run_id: int, step: str, task: dict[str, Any]) -> None:
+        rows = await self.db.instance_states(run_id, step)
+        for row in rows:
+            if row["status"] == InstanceState.PENDING:
+                await self._run_server_task(run_id, row["id"], task)
 
     def _tokens(
         self, run_id: int, computer: str, computer_id: int | None, route: str
@@ -431,14 +540,15 @@ class NotificationServer:
             if handle is None:
                 return
             rows = await self.db.undispatched(route)
-            by_run: dict[int, list[dict[str, Any]]] = defaultdict(list)
+            groups: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
             for r in rows:
-                by_run[r["run_id"]].append(r)
-            for run_id, items in by_run.items():
-                definition = json.loads(items[0]["definition"])
+                groups[(r["run_id"], r["step"])].append(r)
+            for (run_id, _step), items in groups.items():
+                task = json.loads(items[0]["task"])
                 expires_in_s = items[0]["deadline"] - time.time()
                 if expires_in_s <= 0:
                     continue
+                local_capable = task.get("type") == "client-job"
                 for i in range(0, len(items), DISPATCH_CHUNK):
                     chunk = items[i : i + DISPATCH_CHUNK]
                     link_id = (
@@ -449,7 +559,7 @@ class NotificationServer:
                     message = Dispatch(
                         id=link_id,
                         run_id=run_id,
-                        task=definition,
+                        task=task,
                         expires_in_s=expires_in_s,
                         targets=[
                             Target(
@@ -457,6 +567,7 @@ class NotificationServer:
                                 computer=r["computer"],
                                 computer_id=r["computer_id"] or 0,
                                 tokens=self._tokens(run_id, r["computer"], r["computer_id"], route),
+                                local=local_capable and not r["has_agent"],
                             )
                             for r in chunk
                         ],
@@ -474,17 +585,22 @@ class NotificationServer:
                     await self.db.mark_dispatched([r["id"] for r in chunk])
 
     async def on_reports(self, reports: list[Report], route: str | None = None) -> None:
-        """Apply a batch of reports (one transaction), tell watchers, end finished runs."""
+        """Apply a batch of reports (one transaction), tell watchers, count steps, end runs."""
         changes = await self.db.apply_reports(reports)
         ended: list[int] = []
         for change in changes:
             self._notify(change)
-            if is_terminal(change.state):
-                active = self.active.get(change.run_id)
-                if active is not None:
-                    active.remaining -= 1
-                    if active.remaining <= 0:
-                        ended.append(change.run_id)
+            if change.parent_id is not None or not is_terminal(change.state):
+                continue
+            active = self.active.get(change.run_id)
+            stage = active.stages.get(change.step) if active is not None else None
+            if active is None or stage is None:
+                continue
+            stage.count(change.route)
+            if stage.remaining == 0:
+                del active.stages[change.step]
+                if active.kind != SERVER_JOB:
+                    ended.append(change.run_id)
         for run_id in ended:
             await self._finish(run_id)
 
@@ -494,6 +610,8 @@ class NotificationServer:
             return
         data = {
             "instance_id": change.instance_id,
+            "parent_id": change.parent_id,
+            "step": change.step,
             "computer": change.computer,
             "state": change.state,
             "return_code": change.return_code,
@@ -510,10 +628,12 @@ class NotificationServer:
         with contextlib.suppress(Exception):
             await link.send(message)
 
-    async def _finish(self, run_id: int, stopped: bool = False) -> None:
+    async def _finish(self, run_id: int, status: RunState | None = None) -> None:
+        """End a run: ``status`` if given (server jobs, stop), else from its instances."""
         active = self.active.pop(run_id, None)
-        states = await self.db.instance_states(run_id)
-        status = run_outcome(states, stopped)
+        if status is None:
+            rows = await self.db.instance_states(run_id)
+            status = run_outcome([r["status"] for r in rows])
         await self.db.finish_run(run_id, status)
         self.log.info("run_ended", run_id=run_id, status=str(status))
         for link in list(self.watchers.pop(run_id, set())):
@@ -526,14 +646,18 @@ class NotificationServer:
                 )
             )
         if active is not None:
-            active.done.set()
+            for stage in active.stages.values():
+                for rc in stage.routes.values():
+                    rc.done.set()
 
-    async def end_run(self, run_id: int, state: InstanceState, reason: str) -> int:
-        """Force a run's unfinished instances to ``state`` (stop, time limit); cancel them downstream."""
-        rows = await self.db.end_instances(run_id, state, reason)
+    async def end_instances(
+        self, run_id: int, state: InstanceState, reason: str, step: str | None = None
+    ) -> int:
+        """Force unfinished instances (of a run, or one step) to ``state``; cancel them downstream."""
+        rows = await self.db.end_instances(run_id, state, reason, step)
         by_route: dict[str, list[int]] = defaultdict(list)
         for r in rows:
-            if r["route"]:
+            if r["route"] and r["parent_id"] is None:
                 by_route[r["route"]].append(r["id"])
             run = self.server_runs.get(r["id"])
             if run is not None:
@@ -548,20 +672,57 @@ class NotificationServer:
             except Exception as exc:
                 self._pending_cancels[route].extend(ids)
                 self.log.warning("cancel_failed", route=route, error=str(exc) or type(exc).__name__)
+        active = self.active.get(run_id)
+        if active is not None:
+            for name in [step] if step is not None else list(active.stages):
+                stage = active.stages.pop(name, None) if name is not None else None
+                if stage is not None:
+                    for rc in stage.routes.values():
+                        rc.remaining = 0
+                        rc.done.set()
+        return sum(1 for r in rows if r["parent_id"] is None)
+
+    async def end_run(self, run_id: int, state: InstanceState, reason: str) -> int:
+        """Stop a whole run (admin stop, server restart): every unfinished instance ends ``state``."""
+        active = self.active.get(run_id)
+        if (
+            active is not None
+            and active.runner is not None
+            and active.runner is not asyncio.current_task()
+        ):
+            active.runner.cancel()
+            with contextlib.suppress(BaseException):
+                await active.runner
+            run = await self.db.run(run_id)
+            if run is not None and run["machine"] is not None:
+                machine = JobMachine(run["definition"]["job"]["program"], run["machine"])
+                if machine.state in (JobState.READY, JobState.WAITING):
+                    machine.handle(JobEvent.STOP)
+                    await self.db.save_machine(run_id, machine.snapshot())
+        count = await self.end_instances(run_id, state, reason)
         if run_id in self.active:
-            await self._finish(run_id, stopped=state == InstanceState.STOPPED)
-        return len(rows)
+            final = RunState.STOPPED if state == InstanceState.STOPPED else RunState.FAILED
+            await self._finish(run_id, final)
+        return count
 
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(0.5)
             now = time.time()
             for run_id, active in list(self.active.items()):
-                if now > active.deadline + ROLLUP_GRACE_S:
+                for step, stage in list(active.stages.items()):
+                    if now <= stage.deadline + ROLLUP_GRACE_S:
+                        continue
                     try:
-                        await self.end_run(
-                            run_id, InstanceState.TIMED_OUT, "no result by the run's time limit"
+                        await self.end_instances(
+                            run_id, InstanceState.TIMED_OUT, "no result by the time limit", step
                         )
+                        if (
+                            active.kind != SERVER_JOB
+                            and run_id in self.active
+                            and not active.stages
+                        ):
+                            await self._finish(run_id)
                     except Exception:
                         self.log.exception("sweep_failed", run_id=run_id)
 

@@ -81,6 +81,32 @@ _MIGRATIONS: list[str] = [
         source TEXT NOT NULL DEFAULT ''
     );
     """,
+    # 2: jobs; steps of a run (each with its task and deadline); per-step instances
+    """
+    CREATE TABLE jobs (
+        name TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE steps (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        step TEXT NOT NULL,
+        task TEXT NOT NULL,
+        deadline REAL NOT NULL,
+        started_at REAL NOT NULL,
+        PRIMARY KEY (run_id, step)
+    );
+    INSERT INTO steps(run_id, step, task, deadline, started_at)
+        SELECT id, '', definition, deadline, created_at FROM runs;
+    ALTER TABLE runs ADD COLUMN targets TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE runs ADD COLUMN machine TEXT;
+    ALTER TABLE instances ADD COLUMN step TEXT NOT NULL DEFAULT '';
+    ALTER TABLE instances ADD COLUMN parent_id INTEGER REFERENCES instances(id);
+    CREATE UNIQUE INDEX instances_parent_step ON instances(parent_id, step) WHERE parent_id IS NOT NULL;
+    CREATE INDEX instances_run_step ON instances(run_id, step);
+    """,
 ]
 
 _TERMINAL_SQL = "(" + ",".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
@@ -107,6 +133,9 @@ class Change:
     state: str
     return_code: int | None
     reason: str
+    step: str = ""
+    parent_id: int | None = None
+    route: str | None = None
 
 
 def _row(cur: aiosqlite.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
@@ -238,25 +267,37 @@ class Store:
             " FROM taskservers t ORDER BY name"
         )
 
-    # -- tasks --------------------------------------------------------------------------
+    # -- tasks and jobs -----------------------------------------------------------------
 
     async def save_task(self, definition: dict[str, Any]) -> bool:
         """Store a validated task; return True when it replaced one of the same name."""
-        now = time.time()
-        old = await self._one("SELECT name FROM tasks WHERE name=?", (definition["name"],))
-        await self.db.execute(
-            "INSERT INTO tasks(name, type, kind, definition, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET type=excluded.type,"
-            " kind=excluded.kind, definition=excluded.definition, updated_at=excluded.updated_at",
-            (
-                definition["name"],
-                definition["type"],
-                definition["kind"],
-                json.dumps(definition),
-                now,
-                now,
-            ),
+        return await self._save(
+            "tasks", definition["name"], definition["type"], definition, definition["kind"]
         )
+
+    async def save_job(self, definition: dict[str, Any]) -> bool:
+        """Store a validated job; return True when it replaced one of the same name."""
+        return await self._save("jobs", definition["name"], definition["type"], definition)
+
+    async def _save(
+        self, table: str, name: str, type_: str, definition: dict[str, Any], kind: str | None = None
+    ) -> bool:
+        now = time.time()
+        old = await self._one(f"SELECT name FROM {table} WHERE name=?", (name,))
+        if table == "tasks":
+            await self.db.execute(
+                "INSERT INTO tasks(name, type, kind, definition, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET type=excluded.type,"
+                " kind=excluded.kind, definition=excluded.definition, updated_at=excluded.updated_at",
+                (name, type_, kind, json.dumps(definition), now, now),
+            )
+        else:
+            await self.db.execute(
+                "INSERT INTO jobs(name, type, definition, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET type=excluded.type,"
+                " definition=excluded.definition, updated_at=excluded.updated_at",
+                (name, type_, json.dumps(definition), now, now),
+            )
         await self.db.commit()
         return old is not None
 
@@ -268,26 +309,74 @@ class Store:
         rows = await self._all("SELECT definition, updated_at FROM tasks ORDER BY name")
         return [{**json.loads(r["definition"]), "updated_at": r["updated_at"]} for r in rows]
 
+    async def jobs(self) -> list[dict[str, Any]]:
+        rows = await self._all("SELECT definition, updated_at FROM jobs ORDER BY name")
+        return [{**json.loads(r["definition"]), "updated_at": r["updated_at"]} for r in rows]
+
+    async def catalog(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Every saved task and job by name, as ``(\"task\"|\"job\", definition)``."""
+        out: dict[str, tuple[str, dict[str, Any]]] = {}
+        for r in await self._all("SELECT name, definition FROM jobs"):
+            out[r["name"]] = ("job", json.loads(r["definition"]))
+        for r in await self._all("SELECT name, definition FROM tasks"):
+            out[r["name"]] = ("task", json.loads(r["definition"]))
+        return out
+
     # -- runs ---------------------------------------------------------------------------
 
     async def create_run(
-        self, definition: dict[str, Any], instances: list[NewInstance], deadline: float
+        self,
+        definition: dict[str, Any],
+        instances: list[NewInstance],
+        deadline: float,
+        *,
+        targets: list[int] | None = None,
+        first_step: bool = True,
     ) -> int:
-        """Create a run and its instances in one transaction; return the run id."""
+        """Create a run, its first step (``''``) and its instances in one transaction.
+
+        Server jobs pass ``first_step=False``: their steps are created one by one (:meth:`start_step`).
+        """
         now = time.time()
         cur = await self.db.execute(
-            "INSERT INTO runs(task_name, kind, definition, status, created_at, deadline)"
-            " VALUES (?, ?, ?, 'running', ?, ?)",
-            (definition["name"], definition["kind"], json.dumps(definition), now, deadline),
+            "INSERT INTO runs(task_name, kind, definition, status, created_at, deadline, targets)"
+            " VALUES (?, ?, ?, 'running', ?, ?, ?)",
+            (
+                definition["name"],
+                definition["kind"],
+                json.dumps(definition),
+                now,
+                deadline,
+                json.dumps(targets or []),
+            ),
         )
         run_id = int(cur.lastrowid or 0)
         await cur.close()
+        if first_step:
+            await self._insert_step(run_id, "", definition, deadline, instances, now)
+        await self.db.commit()
+        return run_id
+
+    async def _insert_step(
+        self,
+        run_id: int,
+        step: str,
+        task: dict[str, Any],
+        deadline: float,
+        instances: list[NewInstance],
+        now: float,
+    ) -> None:
+        await self.db.execute(
+            "INSERT INTO steps(run_id, step, task, deadline, started_at) VALUES (?, ?, ?, ?, ?)",
+            (run_id, step, json.dumps(task), deadline, now),
+        )
         await self.db.executemany(
-            "INSERT INTO instances(run_id, computer_id, computer, route, status, reason,"
-            " ended_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO instances(run_id, step, computer_id, computer, route, status, reason,"
+            " ended_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     run_id,
+                    step,
                     i.computer_id,
                     i.computer,
                     i.route,
@@ -299,49 +388,106 @@ class Store:
                 for i in instances
             ],
         )
+
+    async def start_step(
+        self,
+        run_id: int,
+        step: str,
+        task: dict[str, Any],
+        deadline: float,
+        instances: list[NewInstance],
+        machine: dict[str, Any],
+    ) -> None:
+        """A server job enters a step: its instances and the job's new state, in one transaction.
+
+        After a crash either both exist or neither: the step is never dispatched twice.
+        """
+        now = time.time()
+        await self._insert_step(run_id, step, task, deadline, instances, now)
+        await self.db.execute("UPDATE runs SET machine=? WHERE id=?", (json.dumps(machine), run_id))
         await self.db.commit()
-        return run_id
+
+    async def save_machine(self, run_id: int, machine: dict[str, Any]) -> None:
+        await self.db.execute("UPDATE runs SET machine=? WHERE id=?", (json.dumps(machine), run_id))
+        await self.db.commit()
 
     async def run(self, run_id: int) -> dict[str, Any] | None:
         row = await self._one("SELECT * FROM runs WHERE id=?", (run_id,))
         if row is not None:
             row["definition"] = json.loads(row["definition"])
+            row["targets"] = json.loads(row["targets"])
+            row["machine"] = json.loads(row["machine"]) if row["machine"] else None
         return row
 
     async def runs(self, limit: int = 50) -> list[dict[str, Any]]:
         return await self._all(
             "SELECT r.id, r.task_name, r.kind, r.status, r.created_at, r.ended_at,"
             " count(i.id) AS total,"
-            " sum(i.status='succeeded') AS succeeded,"
-            f" sum(i.status IN {_TERMINAL_SQL} AND i.status!='succeeded') AS failed,"
-            f" sum(i.status NOT IN {_TERMINAL_SQL}) AS pending"
-            " FROM runs r LEFT JOIN instances i ON i.run_id=r.id"
+            " coalesce(sum(i.status='succeeded'), 0) AS succeeded,"
+            f" coalesce(sum(i.status IN {_TERMINAL_SQL} AND i.status!='succeeded'), 0) AS failed,"
+            f" coalesce(sum(i.status NOT IN {_TERMINAL_SQL}), 0) AS pending"
+            " FROM runs r LEFT JOIN instances i ON i.run_id=r.id AND i.parent_id IS NULL"
             " GROUP BY r.id ORDER BY r.id DESC LIMIT ?",
             (limit,),
         )
 
     async def instances(self, run_id: int) -> list[dict[str, Any]]:
         return await self._all(
-            "SELECT id, computer, computer_id, route, status, return_code, output, reason,"
+            "SELECT id, step, parent_id, computer, computer_id, route, status, return_code, output, reason,"
             " started_at, ended_at FROM instances WHERE run_id=? ORDER BY computer, id",
             (run_id,),
         )
 
-    async def active_runs(self) -> list[dict[str, Any]]:
-        """Runs not ended, with how many of their instances are not terminal."""
+    async def steps(self, run_id: int) -> list[dict[str, Any]]:
         return await self._all(
-            "SELECT r.id, r.deadline, r.definition,"
-            f" (SELECT count(*) FROM instances i WHERE i.run_id=r.id AND i.status NOT IN {_TERMINAL_SQL})"
-            " AS remaining FROM runs r WHERE r.status='running'"
+            "SELECT step, deadline, started_at FROM steps WHERE run_id=? ORDER BY started_at, rowid",
+            (run_id,),
         )
 
-    async def undispatched(self, route: str) -> list[dict[str, Any]]:
-        """Pending instances routed to ``route`` and not yet taken by it, with their run."""
+    async def active_runs(self) -> list[dict[str, Any]]:
+        """Runs not ended (with their definition, targets and job state)."""
+        rows = await self._all(
+            "SELECT id, kind, deadline, definition, targets, machine FROM runs WHERE status='running'"
+        )
+        for r in rows:
+            r["definition"] = json.loads(r["definition"])
+            r["targets"] = json.loads(r["targets"])
+            r["machine"] = json.loads(r["machine"]) if r["machine"] else None
+        return rows
+
+    async def open_steps(self) -> list[dict[str, Any]]:
+        """Steps of running runs, and per route how many top-level instances are not terminal.
+
+        A step whose instances all ended has one row with ``route`` NULL and ``remaining`` 0.
+        """
         return await self._all(
-            "SELECT i.id, i.run_id, i.computer, i.computer_id, r.definition, r.deadline"
+            "SELECT s.run_id, s.step, s.deadline, i.route, count(i.id) AS remaining"
+            " FROM steps s JOIN runs r ON r.id=s.run_id"
+            " LEFT JOIN instances i ON i.run_id=s.run_id AND i.step=s.step AND i.parent_id IS NULL"
+            f"  AND i.status NOT IN {_TERMINAL_SQL}"
+            " WHERE r.status='running' GROUP BY s.run_id, s.step, i.route"
+        )
+
+    async def computers_by_id(self, ids: list[int]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            out += await self._all(
+                f"SELECT * FROM computers WHERE id IN ({marks}) ORDER BY name", chunk
+            )
+        return out
+
+    async def undispatched(self, route: str) -> list[dict[str, Any]]:
+        """Pending instances routed to ``route`` and not yet taken by it, with their step's task."""
+        return await self._all(
+            "SELECT i.id, i.run_id, i.step, i.computer, i.computer_id, s.task, s.deadline,"
+            " coalesce(c.has_agent, 0) AS has_agent"
             " FROM instances i JOIN runs r ON r.id=i.run_id"
+            " JOIN steps s ON s.run_id=i.run_id AND s.step=i.step"
+            " LEFT JOIN computers c ON c.id=i.computer_id"
             " WHERE i.route=? AND i.dispatched=0 AND i.status='pending' AND r.status='running'"
-            " ORDER BY i.run_id, i.id",
+            " AND i.parent_id IS NULL ORDER BY i.run_id, i.step, i.id",
             (route,),
         )
 
@@ -355,34 +501,63 @@ class Store:
         """Apply a batch of reports in one transaction; return the instances that moved.
 
         A report that would move a terminal instance, or move progress backwards, is
-        ignored: a repeated or late result changes nothing.
+        ignored: a repeated or late result changes nothing. A report with a ``step`` is a
+        step of a client job: it creates or moves that step's row under the instance.
         """
         if not reports:
             return []
-        current: dict[int, tuple[str, int, str]] = {}
-        ids = list({r.instance_id for r in reports})
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            async with self.db.execute(
-                f"SELECT id, status, run_id, computer FROM instances WHERE id IN ({marks})", chunk
-            ) as cur:
-                for row in await cur.fetchall():
-                    current[int(row[0])] = (str(row[1]), int(row[2]), str(row[3]))
+        parents = await self._by_ids(list({r.instance_id for r in reports}))
+        children: dict[tuple[int, str], dict[str, Any]] = {}
+        steps = [(r.instance_id, r.step) for r in reports if r.step]
+        for i in range(0, len(steps), 400):
+            chunk = steps[i : i + 400]
+            where = " OR ".join("(parent_id=? AND step=?)" for _ in chunk)
+            args = [v for pair in chunk for v in pair]
+            for row in await self._all(
+                f"SELECT id, parent_id, step, status FROM instances WHERE {where}", args
+            ):
+                children[(row["parent_id"], row["step"])] = row
         changes: list[Change] = []
         progress: list[tuple[Any, ...]] = []
         final: list[tuple[Any, ...]] = []
         now = time.time()
         for r in reports:
-            known = current.get(r.instance_id)
-            if known is None:
+            parent = parents.get(r.instance_id)
+            if parent is None or (r.computer and r.computer != parent["computer"]):
                 continue
-            state, run_id, computer = known
-            if r.computer and r.computer != computer:
+            if r.step:
+                step = f"{parent['step']}/{r.step}" if parent["step"] else r.step
+                child = children.get((r.instance_id, step))
+                if child is None:
+                    cur = await self.db.execute(
+                        "INSERT INTO instances(run_id, step, parent_id, computer_id, computer, route,"
+                        " status, updated_at, dispatched) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, 1)",
+                        (
+                            parent["run_id"],
+                            step,
+                            r.instance_id,
+                            parent["computer_id"],
+                            parent["computer"],
+                            parent["route"],
+                            now,
+                        ),
+                    )
+                    child = {"id": int(cur.lastrowid or 0), "status": "pending", "step": step}
+                    await cur.close()
+                    children[(r.instance_id, step)] = child
+                target_id, current, shown = int(child["id"]), str(child["status"]), step
+            else:
+                target_id, current, shown = (
+                    r.instance_id,
+                    str(parent["status"]),
+                    str(parent["step"]),
+                )
+            if not may_move(current, r.state):
                 continue
-            if not may_move(state, r.state):
-                continue
-            current[r.instance_id] = (r.state, run_id, computer)
+            if r.step:
+                children[(r.instance_id, shown)]["status"] = r.state
+            else:
+                parent["status"] = r.state
             if r.state in TERMINAL:
                 final.append(
                     (
@@ -393,13 +568,23 @@ class Store:
                         r.started_at,
                         r.ended_at or now,
                         now,
-                        r.instance_id,
+                        target_id,
                     )
                 )
             else:
-                progress.append((r.state, r.started_at, now, r.instance_id))
+                progress.append((r.state, r.started_at, now, target_id))
             changes.append(
-                Change(r.instance_id, run_id, computer, r.state, r.return_code, r.reason)
+                Change(
+                    target_id,
+                    parent["run_id"],
+                    parent["computer"],
+                    r.state,
+                    r.return_code,
+                    r.reason,
+                    shown,
+                    None if not r.step else r.instance_id,
+                    parent["route"],
+                )
             )
         if progress:
             await self.db.executemany(
@@ -416,12 +601,29 @@ class Store:
         await self.db.commit()
         return changes
 
-    async def end_instances(self, run_id: int, state: str, reason: str) -> list[dict[str, Any]]:
-        """Force every non-terminal instance of a run to ``state``; return them (id, route)."""
-        rows = await self._all(
-            f"SELECT id, route, computer FROM instances WHERE run_id=? AND status NOT IN {_TERMINAL_SQL}",
-            (run_id,),
-        )
+    async def _by_ids(self, ids: list[int]) -> dict[int, dict[str, Any]]:
+        out: dict[int, dict[str, Any]] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in await self._all(
+                f"SELECT id, status, run_id, step, computer, computer_id, route FROM instances"
+                f" WHERE id IN ({marks}) AND parent_id IS NULL",
+                chunk,
+            ):
+                out[int(row["id"])] = row
+        return out
+
+    async def end_instances(
+        self, run_id: int, state: str, reason: str, step: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Force non-terminal instances of a run (or of one step) to ``state``; return them (id, route, step)."""
+        sql = f"SELECT id, route, step, parent_id FROM instances WHERE run_id=? AND status NOT IN {_TERMINAL_SQL}"
+        args: tuple[Any, ...] = (run_id,)
+        if step is not None:
+            sql += " AND (step=? OR step LIKE ?)"
+            args += (step, f"{step}/%")
+        rows = await self._all(sql, args)
         now = time.time()
         await self.db.executemany(
             "UPDATE instances SET status=?, reason=?, ended_at=?, updated_at=? WHERE id=?",
@@ -437,9 +639,14 @@ class Store:
         )
         await self.db.commit()
 
-    async def instance_states(self, run_id: int) -> list[str]:
-        rows = await self._all("SELECT status FROM instances WHERE run_id=?", (run_id,))
-        return [r["status"] for r in rows]
+    async def instance_states(self, run_id: int, step: str | None = None) -> list[dict[str, Any]]:
+        """Top-level instances of a run (or of one step): status, return code, output."""
+        sql = "SELECT id, status, return_code, output FROM instances WHERE run_id=? AND parent_id IS NULL"
+        args: tuple[Any, ...] = (run_id,)
+        if step is not None:
+            sql += " AND step=?"
+            args += (step,)
+        return await self._all(sql, args)
 
     # -- server log ---------------------------------------------------------------------
 

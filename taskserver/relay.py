@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -30,15 +31,56 @@ from typing import Any, Protocol
 
 import websockets
 
+from agent.jobrunner import drive
 from agent.link import Link
-from agent.runner import ScriptRun
+from agent.runner import Outcome, ScriptRun
 from protocol.errors import ProtocolError
-from protocol.messages import Cancel, Dispatch, Execute, Hello, Report, Reports, ReportsAck, Tickle
+from protocol.jobs import JobMachine, JobState, RunStep
+from protocol.messages import (
+    Cancel,
+    Dispatch,
+    Execute,
+    Hello,
+    Report,
+    Reports,
+    ReportsAck,
+    StepRequest,
+    StepResult,
+    Tickle,
+)
 from protocol.session import CLOSE_REPLACED, Role, Session
 from protocol.states import InstanceState, is_terminal
 from taskserver.store import Held, RelayStore
 
 DEADLINE_GRACE_S = 5.0
+BATCH_BYTES = 512 * 1024
+"""Roll-up batches stay under this many bytes (estimated), well within the 1 MiB frame limit."""
+
+
+@dataclass
+class LocalRun:
+    """Work this relay runs itself: the task, and the script running now (to stop it)."""
+
+    task: asyncio.Task[None]
+    run: ScriptRun | None = None
+
+    def stop(self) -> None:
+        if self.run is not None:
+            self.run.stop()
+        self.task.cancel()
+
+
+def _report(instance_id: int, computer: str, outcome: Outcome) -> Report:
+    return Report(
+        instance_id=instance_id,
+        state=outcome.state,
+        computer=computer,
+        return_code=outcome.return_code,
+        output=outcome.output,
+        reason=outcome.reason,
+        started_at=outcome.started_at,
+        ended_at=outcome.ended_at,
+    )
 
 
 class Upstream(Protocol):
@@ -81,7 +123,8 @@ class Relay:
         self.held: dict[int, Held] = {}
         self.by_computer: dict[str, dict[int, Held]] = {}
         self.agents: dict[str, AgentConn] = {}
-        self.local: dict[int, ScriptRun] = {}
+        self.local: dict[int, LocalRun] = {}
+        self._steps: dict[tuple[int, str], asyncio.Future[Outcome]] = {}
         self._local_sem = asyncio.Semaphore(local_concurrency)
         self._inbox: list[tuple[list[Report], Callable[[], Awaitable[None]] | None]] = []
         self._inbox_count = 0
@@ -106,7 +149,7 @@ class Relay:
         self._unsent.extend(outbox)
         restarted: list[Report] = []
         for h in held:
-            if h.task.get("kind") == "taskserver":
+            if h.local:
                 if h.started:
                     restarted.append(
                         Report(
@@ -130,8 +173,8 @@ class Relay:
 
     async def stop(self) -> None:
         """Stop the loops and local runs (the store is closed by its owner)."""
-        for run in self.local.values():
-            run.stop()
+        for local in self.local.values():
+            local.stop()
         for task in [*self._tasks, *self._background]:
             task.cancel()
         for task in [*self._tasks, *self._background]:
@@ -152,16 +195,24 @@ class Relay:
     async def dispatch(self, message: Dispatch) -> None:
         """Take one batched step: keep it durably, then fan it out."""
         deadline = time.time() + message.expires_in_s
+        runs_here = message.task.get("kind") == "taskserver"
         items = [
-            Held(t.instance_id, message.run_id, t.computer, message.task, t.tokens, deadline)
+            Held(
+                t.instance_id,
+                message.run_id,
+                t.computer,
+                message.task,
+                t.tokens,
+                deadline,
+                local=runs_here or t.local,
+            )
             for t in message.targets
         ]
         fresh = await self.store.hold(items)
         self.stats["dispatched"] += len(fresh)
-        local = message.task.get("kind") == "taskserver"
         for h in fresh:
             self._keep(h)
-            if local:
+            if h.local:
                 self._start_local(h)
             else:
                 conn = self.agents.get(h.computer)
@@ -173,9 +224,9 @@ class Relay:
         per_agent: dict[str, list[int]] = {}
         for iid in instance_ids:
             h = self._forget(iid)
-            run = self.local.get(iid)
-            if run is not None:
-                run.stop()
+            local = self.local.get(iid)
+            if local is not None:
+                local.stop()
             if h is None:
                 continue
             conn = self.agents.get(h.computer)
@@ -216,12 +267,15 @@ class Relay:
         session = Session(Role.AGENT)
         try:
             for h in list(self.by_computer.get(name, {}).values()):
-                await self._send_execute(conn, h)
+                if not h.local:  # work this relay runs itself is not the agent's
+                    await self._send_execute(conn, h)
             while True:
                 message = await link.recv()
                 session.check(message)
                 if isinstance(message, Reports):
                     self._accept_agent_reports(conn, message)
+                elif isinstance(message, StepRequest):
+                    self._step_request(conn, message)
         except websockets.ConnectionClosed:
             pass
         except ProtocolError as exc:
@@ -246,18 +300,7 @@ class Relay:
                     reason="instance belongs to another computer",
                 )
                 continue
-            items.append(
-                Report(
-                    instance_id=r.instance_id,
-                    state=r.state,
-                    computer=conn.name,
-                    return_code=r.return_code,
-                    output=r.output,
-                    reason=r.reason,
-                    started_at=r.started_at,
-                    ended_at=r.ended_at,
-                )
-            )
+            items.append(dataclasses.replace(r, computer=conn.name))
         link = conn.link
         reply_to = message.id
 
@@ -287,44 +330,126 @@ class Relay:
 
     def _start_local(self, h: Held) -> None:
         task = asyncio.create_task(self._run_local(h))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.local[h.instance_id] = LocalRun(task)
+        task.add_done_callback(lambda _: self.local.pop(h.instance_id, None))
 
     async def _run_local(self, h: Held) -> None:
-        async with self._local_sem:
-            if h.instance_id not in self.held:
-                return
-            await self.store.mark_started(h.instance_id)
-            run = ScriptRun(h.task.get("params", {}), h.tokens, h.deadline - time.time())
-            self.local[h.instance_id] = run
+        """Run a task-server task, or drive a client job for a device, here."""
+        iid = h.instance_id
+        started = time.time()
+        try:
+            async with self._local_sem:
+                if iid not in self.held:
+                    return
+                await self.store.mark_started(iid)
+                self._report(
+                    [
+                        Report(
+                            instance_id=iid,
+                            state=InstanceState.RUNNING,
+                            computer=h.computer,
+                            started_at=started,
+                        )
+                    ]
+                )
+                if h.task.get("type") == "client-job":
+                    outcome = await self._run_local_job(h)
+                else:
+                    outcome = await self._script(iid, h.task, h.tokens, h.deadline - time.time())
+        except asyncio.CancelledError:
+            outcome = Outcome(
+                InstanceState.STOPPED, reason="stopped by an administrator", ended_at=time.time()
+            )
+        self._report([_report(iid, h.computer, outcome)])
+
+    async def _script(
+        self, iid: int, task: dict[str, Any], tokens: dict[str, str], timeout_s: float
+    ) -> Outcome:
+        run = ScriptRun(task.get("params", {}), tokens, timeout_s)
+        local = self.local.get(iid)
+        if local is not None:
+            local.run = run
+        return await run.run()
+
+    async def _run_local_job(self, h: Held) -> Outcome:
+        started = time.time()
+        machine = JobMachine(h.task["job"]["program"])
+
+        async def run_step(step: RunStep) -> Outcome:
+            now = time.time()
             self._report(
                 [
                     Report(
                         instance_id=h.instance_id,
+                        step=step.step,
                         state=InstanceState.RUNNING,
                         computer=h.computer,
-                        started_at=time.time(),
+                        started_at=now,
                     )
                 ]
             )
-            try:
-                outcome = await run.run()
-            finally:
-                self.local.pop(h.instance_id, None)
+            timeout_s = max(0.0, min(float(step.task.get("timeout_s", 300)), h.deadline - now))
+            return await self._script(h.instance_id, step.task, h.tokens, timeout_s)
+
+        async def step_ended(step: RunStep, outcome: Outcome, snapshot: dict[str, Any]) -> None:
             self._report(
-                [
-                    Report(
-                        instance_id=h.instance_id,
-                        state=outcome.state,
-                        computer=h.computer,
-                        return_code=outcome.return_code,
-                        output=outcome.output,
-                        reason=outcome.reason,
-                        started_at=outcome.started_at,
-                        ended_at=outcome.ended_at,
-                    )
-                ]
+                [dataclasses.replace(_report(h.instance_id, h.computer, outcome), step=step.step)]
             )
+
+        ended = await drive(machine, run_step, step_ended)
+        state = (
+            InstanceState.SUCCEEDED if ended.state is JobState.SUCCEEDED else InstanceState.FAILED
+        )
+        return Outcome(state, None, "", ended.reason, started, time.time())
+
+    def _step_request(self, conn: AgentConn, message: StepRequest) -> None:
+        """An agent asks this relay to run a task-server step of its client job."""
+        h = self.held.get(message.instance_id)
+        key = (message.instance_id, message.step)
+        if h is None or h.computer != conn.name or message.task.get("kind") != "taskserver":
+            self.log.warning(
+                "step_request_refused",
+                peer=conn.link.peer,
+                instance_id=message.instance_id,
+                step=message.step,
+            )
+            outcome = Outcome(
+                InstanceState.FAILED,
+                reason="refused: not a task-server step of work held for this computer",
+                ended_at=time.time(),
+            )
+            self._spawn(self._answer_step(conn, message, asyncio.sleep(0, outcome)))
+            return
+        running = self._steps.get(key)
+        if running is None:
+            running = asyncio.ensure_future(
+                self._script(message.instance_id, message.task, message.tokens, message.timeout_s)
+            )
+            self._steps[key] = running
+            # Keep the answer for a while: an agent that reconnects asks again.
+            running.add_done_callback(
+                lambda _: asyncio.get_running_loop().call_later(600, self._steps.pop, key, None)
+            )
+        self._spawn(self._answer_step(conn, message, running))
+
+    async def _answer_step(
+        self, conn: AgentConn, message: StepRequest, result: Awaitable[Outcome]
+    ) -> None:
+        outcome = (
+            await asyncio.shield(result) if isinstance(result, asyncio.Future) else await result
+        )
+        report = dataclasses.replace(
+            _report(message.instance_id, conn.name, outcome), step=message.step
+        )
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await conn.link.send(
+                StepResult(id=conn.link.next_id(), reply_to=message.id, result=report)
+            )
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- roll-up ------------------------------------------------------------------------
 
@@ -345,14 +470,15 @@ class Relay:
             batch, self._inbox, self._inbox_count = self._inbox, [], 0
             if not batch:
                 continue
-            final: dict[int, Report] = {}
+            final: dict[tuple[int, str], Report] = {}
             progress: list[Report] = []
             for items, _ in batch:
                 for r in items:
+                    key = (r.instance_id, r.step)
                     if not is_terminal(r.state):
                         progress.append(r)
-                    elif r.instance_id in self.held and r.instance_id not in final:
-                        final[r.instance_id] = r
+                    elif r.instance_id in self.held and key not in final:
+                        final[key] = r
                     # else: a repeated result for work already finished; acknowledged, not stored.
             terminal = list(final.values())
             try:
@@ -362,7 +488,8 @@ class Relay:
                 self.log.exception("relay_store_failed", reports=len(terminal))
                 continue
             for r in terminal:
-                self._forget(r.instance_id)
+                if not r.step:
+                    self._forget(r.instance_id)
             for _, ack in batch:
                 if ack is not None:
                     with contextlib.suppress(Exception):
@@ -391,8 +518,7 @@ class Relay:
                         await upstream.presence(on, off, full)
                     if not self._unsent:
                         break
-                    n = min(self.batch_max, len(self._unsent))
-                    batch = [self._unsent.popleft() for _ in range(n)]
+                    batch = self._next_batch()
                     try:
                         await upstream.deliver([r for _, r in batch])
                     except BaseException:
@@ -408,6 +534,18 @@ class Relay:
                     )
                     await asyncio.sleep(0.5)
                     break
+
+    def _next_batch(self) -> list[tuple[int | None, Report]]:
+        """Up to ``batch_max`` reports, and never more than ``BATCH_BYTES`` of them."""
+        batch: list[tuple[int | None, Report]] = []
+        size = 0
+        while self._unsent and len(batch) < self.batch_max:
+            cost = 200 + len(self._unsent[0][1].output.encode()) + len(self._unsent[0][1].reason)
+            if batch and size + cost > BATCH_BYTES:
+                break
+            batch.append(self._unsent.popleft())
+            size += cost
+        return batch
 
     async def _sweep_loop(self) -> None:
         while True:

@@ -39,6 +39,10 @@ _MIGRATIONS: list[str] = [
         report TEXT NOT NULL
     );
     """,
+    # 2: work the relay runs itself (task-server tasks, client jobs of devices)
+    """
+    ALTER TABLE held ADD COLUMN local INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 
@@ -53,6 +57,7 @@ class Held:
     tokens: dict[str, str]
     deadline: float
     started: bool = False
+    local: bool = False
 
 
 class RelayStore:
@@ -88,8 +93,8 @@ class RelayStore:
             [(h.instance_id, now) for h in fresh],
         )
         await self.db.executemany(
-            "INSERT OR IGNORE INTO held(instance_id, run_id, computer, task, tokens, deadline)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO held(instance_id, run_id, computer, task, tokens, deadline, local)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     h.instance_id,
@@ -98,6 +103,7 @@ class RelayStore:
                     json.dumps(h.task),
                     json.dumps(h.tokens),
                     h.deadline,
+                    int(h.local),
                 )
                 for h in fresh
             ],
@@ -142,7 +148,7 @@ class RelayStore:
         """Everything held and every undelivered result, for a restart."""
         held: list[Held] = []
         async with self.db.execute(
-            "SELECT instance_id, run_id, computer, task, tokens, deadline, started FROM held"
+            "SELECT instance_id, run_id, computer, task, tokens, deadline, started, local FROM held"
         ) as cur:
             async for row in cur:
                 held.append(
@@ -154,6 +160,7 @@ class RelayStore:
                         json.loads(row[4]),
                         row[5],
                         bool(row[6]),
+                        bool(row[7]),
                     )
                 )
         out: list[tuple[int, Report]] = []

@@ -225,3 +225,12 @@ async def wait_run(c: AdminClient, run_id: int, timeout_s: float = 60.0) -> dict
         raise AssertionError("watch ended without the run's end")
 
     return await asyncio.wait_for(follow(), timeout_s)
+
+
+def free_port() -> int:
+    """A loopback port free right now (for a server that must come back on the same port)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -89,7 +89,7 @@ async def test_usage_errors_exit_2_with_a_clear_message(fleet: Fleet, tmp_path):
     and the invalid document's every problem is listed by field path."""
     await fleet.server()
     code, _, err = await fleet.cli("run", "nope", "--all")
-    assert code == 2 and "no task named 'nope'" in err
+    assert code == 2 and "no task or job named 'nope'" in err
     bad = tmp_path / "bad.toml"
     bad.write_text(
         'name = "x"\ntype = "run-script"\ntimeout_s = -1\n[params]\ninterpreter = "fish"\n'

@@ -18,6 +18,8 @@ from protocol.messages import (
     ReportsAck,
     Request,
     Response,
+    StepRequest,
+    StepResult,
     Target,
     Tickle,
     Welcome,
@@ -101,4 +103,17 @@ SAMPLES: dict[str, Message] = {
         id="n12", reply_to="m1", data={"run_id": 17, "instances": [101, 102], "ok": True}
     ),
     "event": Event(id="n13", run_id=17, kind="instance", data={"instance_id": 101, "state": "x"}),
+    "step_request": StepRequest(
+        id="n14",
+        instance_id=101,
+        step="fix",
+        task={"name": "fix", "type": "run-script-on-taskserver", "kind": "taskserver", "params": {"script": "true"}},
+        tokens={"COMPUTERNAME": "pc-1"},
+        timeout_s=30.0,
+    ),
+    "step_result": StepResult(
+        id="n15",
+        reply_to="n14",
+        result=Report(instance_id=101, state="succeeded", step="fix", return_code=0, output="ok"),
+    ),
 }

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from protocol.messages import Report
-from server.store import NewInstance, Store
+from server.store import _MIGRATIONS, NewInstance, Store
 
 
 async def test_new_database_gets_the_schema_version_and_wal(tmp_path):
@@ -15,9 +15,31 @@ async def test_new_database_gets_the_schema_version_and_wal(tmp_path):
     store = await Store.open(str(tmp_path / "server.db"))
     await store.close()
     db = sqlite3.connect(tmp_path / "server.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(_MIGRATIONS)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.close()
+
+
+async def test_a_version_1_database_is_migrated_forward_keeping_its_runs(tmp_path):
+    """A file at schema 1 is migrated to the current schema at open; its runs and results stay."""
+    db = sqlite3.connect(tmp_path / "server.db")
+    db.executescript(_MIGRATIONS[0] + "\nPRAGMA user_version=1;")
+    db.execute(
+        "INSERT INTO runs(id, task_name, kind, definition, status, created_at, deadline)"
+        " VALUES (7, 't', 'client', '{\"name\": \"t\"}', 'succeeded', 1.0, 2.0)"
+    )
+    db.execute(
+        "INSERT INTO instances(run_id, computer, status, output, updated_at) VALUES (7, 'pc', 'succeeded', 'hi', 1.0)"
+    )
+    db.commit()
+    db.close()
+    store = await Store.open(str(tmp_path / "server.db"))
+    try:
+        (inst,) = await store.instances(7)
+        assert (inst["status"], inst["output"], inst["step"], inst["parent_id"]) == ("succeeded", "hi", "", None)
+        assert [s["step"] for s in await store.steps(7)] == [""]
+    finally:
+        await store.close()
 
 
 async def test_a_database_from_a_newer_taskfleet_is_refused(tmp_path):
