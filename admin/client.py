@@ -10,9 +10,15 @@ from typing import Any
 import websockets
 
 from agent.link import Link, connect
+from protocol.codec import Limits
 from protocol.errors import RemoteError
 from protocol.messages import Event, Request, Response
 from protocol.session import Role
+
+ADMIN_LIMITS = Limits(
+    max_frame_bytes=256 << 20, max_str_len=256 << 20, max_array_len=1_000_000, max_map_len=1_000_000
+)
+"""Bounds on what the admin client accepts from the NS: large, for runs of thousands of computers."""
 
 
 class AdminClient:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,8 +27,6 @@ from protocol.session import (
     Role,
     check_hello,
 )
-
-_ids = itertools.count(1)
 
 HANDSHAKE_TIMEOUT_S = 10.0
 
@@ -124,6 +121,7 @@ async def connect(
     capabilities: list[str] | None = None,
     compression: bool = False,
     open_timeout_s: float = 10.0,
+    limits: codec.Limits = codec.DEFAULT_LIMITS,
 ) -> tuple[Link, Welcome]:
     """Open a connection, say ``hello`` and return the link and the ``welcome``.
 
@@ -133,14 +131,14 @@ async def connect(
     ws = await ws_connect(
         url,
         compression="deflate" if compression else None,
-        max_size=codec.DEFAULT_LIMITS.max_frame_bytes,
+        max_size=limits.max_frame_bytes,
         open_timeout=open_timeout_s,
         proxy=None,
         ping_interval=20,
         ping_timeout=20,
         user_agent_header=f"taskfleet/{PROTOCOL_VERSION}",
     )
-    link = Link(ws, peer=url)
+    link = Link(ws, peer=url, limits=limits)
     hello = Hello(
         id=link.next_id(),
         version=PROTOCOL_VERSION,

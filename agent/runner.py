@@ -150,7 +150,10 @@ class ScriptRun:
             ended = time.time()
             # The group may hold children that outlived the shell; they go with it.
             self._kill(signal.SIGKILL)
-        output = kept.decode("utf-8", errors="replace")
+        # Invalid bytes decode to U+FFFD (3 bytes each): cut again so the limit holds in bytes too.
+        output = (
+            kept.decode("utf-8", errors="replace").encode()[:limit].decode("utf-8", errors="ignore")
+        )
         if dropped:
             output += f"\n[output cut: {dropped} more bytes]"
         code = self._proc.returncode

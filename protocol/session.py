@@ -1,9 +1,9 @@
 """Handshake and session rules shared by every role.
 
-Theory of operation: a connection starts in ``AWAIT_HELLO``. The connecting side sends
-``hello``; the accepting side checks it with :func:`check_hello` and answers ``welcome``
-(state ``OPEN``) or ``error`` followed by a close. In ``OPEN``, each role may send only
-the messages listed for it in ``ALLOWED``; anything else is a :class:`SessionError`.
+Theory of operation: the connecting side sends ``hello`` first; the accepting side checks
+it with :func:`check_hello` and answers ``welcome`` or ``error`` followed by a close. From
+then on a :class:`Session` holds the connection's role: each role may send only the
+messages listed for it in ``ALLOWED``; anything else is a :class:`SessionError`.
 
 Close codes (also in docs/protocol.md):
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 import hmac
 import random
 from collections.abc import Callable
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 
 from protocol import PROTOCOL_VERSION
 from protocol.errors import HandshakeError, SessionError
@@ -50,18 +50,10 @@ class Role(StrEnum):
     ADMIN = "admin"
 
 
-class State(IntEnum):
-    """Session state of one connection."""
-
-    AWAIT_HELLO = 0
-    OPEN = 1
-    CLOSED = 2
-
-
 # What each role may send once the session is open, to the side that accepted it.
 ALLOWED: dict[Role, frozenset[str]] = {
     Role.AGENT: frozenset({"reports", "step_request"}),
-    Role.TASKSERVER: frozenset({"reports", "presence", "ack", "error"}),
+    Role.TASKSERVER: frozenset({"reports", "presence", "ack"}),
     Role.ADMIN: frozenset({"request"}),
 }
 
@@ -134,12 +126,9 @@ class Session:
 
     def __init__(self, role: Role):
         self.role = role
-        self.state = State.OPEN
 
     def check(self, message: Message) -> None:
-        """Raise :class:`SessionError` when ``message`` may not arrive now from this role."""
-        if self.state is not State.OPEN:
-            raise SessionError(f"message {message.TYPE!r} after the session closed")
+        """Raise :class:`SessionError` when ``message`` may not arrive from this role."""
         if message.TYPE not in ALLOWED[self.role]:
             raise SessionError(
                 f"a {self.role} may not send {message.TYPE!r}",

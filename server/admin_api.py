@@ -50,9 +50,11 @@ async def handle(ns: NotificationServer, link: Link, name: str, args: dict[str, 
 
 def _arg(args: dict[str, Any], key: str, kind: type, default: Any = ...) -> Any:
     value = args.get(key, default)
-    if value is ...:
+    if value is None and default is not ...:
+        value = default
+    if value is ... or value is None:
         raise ApiError("bad_request", f"argument {key!r} is required")
-    if value is not None and not isinstance(value, kind):
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ApiError("bad_request", f"argument {key!r} must be {kind.__name__}")
     return value
 
@@ -286,4 +288,4 @@ async def run_stop(ns: NotificationServer, link: Link, args: dict[str, Any]) -> 
 
 @op("log.list")
 async def log_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
-    return await ns.db.server_log(_arg(args, "limit", int, 100))
+    return await ns.db.server_log(max(1, min(_arg(args, "limit", int, 100), 10_000)))

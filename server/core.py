@@ -32,7 +32,7 @@ from agent import logs
 from agent.link import HANDSHAKE_TIMEOUT_S, Link, accept, listen
 from agent.runner import ScriptRun
 from protocol import PROTOCOL_VERSION
-from protocol.errors import ProtocolError
+from protocol.errors import HandshakeError, ProtocolError
 from protocol.jobs import JobEvent, JobMachine, JobState
 from protocol.messages import (
     Cancel,
@@ -49,7 +49,14 @@ from protocol.messages import (
     Tickle,
     Welcome,
 )
-from protocol.session import CLOSE_NORMAL, Role, Session
+from protocol.session import (
+    CLOSE_BAD_MESSAGE,
+    CLOSE_NORMAL,
+    CLOSE_NOT_ALLOWED,
+    CLOSE_REPLACED,
+    Role,
+    Session,
+)
 from protocol.states import InstanceState, RunState, is_terminal, run_outcome
 from protocol.tasks import Kind, replace_tokens
 from server.jobs import SERVER_JOB, job_needs_agents, plan_instances, run_server_job
@@ -332,14 +339,22 @@ class NotificationServer:
         name = hello.identity
         url = hello.info.get("url")
         if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
-            raise ProtocolError(
-                "a task server's hello must carry info.url (ws:// or wss://)", code="bad_hello"
+            raise HandshakeError(
+                "a task server's hello must carry info.url (ws:// or wss://)",
+                code="bad_hello",
+                close_code=CLOSE_BAD_MESSAGE,
             )
         if name == BUILTIN:
-            raise ProtocolError(f"the name {BUILTIN!r} is reserved", code="bad_identity")
+            raise HandshakeError(
+                f"the name {BUILTIN!r} is reserved",
+                code="bad_identity",
+                close_code=CLOSE_NOT_ALLOWED,
+            )
         old = self.routes.get(name)
         if isinstance(old, RemoteRoute):
-            await old.link.close(4409, "replaced by a newer connection from the same task server")
+            await old.link.close(
+                CLOSE_REPLACED, "replaced by a newer connection from the same task server"
+            )
         await self.db.upsert_taskserver(name, url, True)
         await link.send(
             Welcome(
@@ -393,6 +408,18 @@ class NotificationServer:
                     await link.send(
                         Error(
                             id=link.next_id(), reply_to=message.id, code=exc.code, message=str(exc)
+                        )
+                    )
+                    continue
+                except Exception:
+                    # A bug must not cost the admin the connection: answer, log, go on.
+                    self.log.exception("admin_request_failed", op=message.op, peer=link.peer)
+                    await link.send(
+                        Error(
+                            id=link.next_id(),
+                            reply_to=message.id,
+                            code="internal_error",
+                            message=f"the server failed on {message.op!r}; its log has the details",
                         )
                     )
                     continue
@@ -657,6 +684,19 @@ class NotificationServer:
         rows = await self.db.end_instances(run_id, state, reason, step)
         by_route: dict[str, list[int]] = defaultdict(list)
         for r in rows:
+            self._notify(
+                Change(
+                    r["id"],
+                    run_id,
+                    r["computer"],
+                    state,
+                    None,
+                    reason,
+                    r["step"],
+                    r["parent_id"],
+                    r["route"],
+                )
+            )
             if r["route"] and r["parent_id"] is None:
                 by_route[r["route"]].append(r["id"])
             run = self.server_runs.get(r["id"])

@@ -223,11 +223,21 @@ class Store:
         return out
 
     async def set_online(self, names: list[str], online: bool, taskserver: str | None) -> None:
+        """Mark computers online or offline as reported by ``taskserver`` (None: the built-in service).
+
+        An ``offline`` only counts from the computer's own TS: a late word from the TS it left
+        must not mark a computer offline that is connected elsewhere.
+        """
         now = time.time()
-        await self.db.executemany(
-            "UPDATE computers SET online=?, last_seen=? WHERE name=?",
-            [(1 if online else 0, now, n) for n in names],
-        )
+        if online:
+            await self.db.executemany(
+                "UPDATE computers SET online=1, last_seen=? WHERE name=?", [(now, n) for n in names]
+            )
+        else:
+            await self.db.executemany(
+                "UPDATE computers SET online=0, last_seen=? WHERE name=? AND taskserver IS ?",
+                [(now, n, taskserver) for n in names],
+            )
         await self.db.commit()
 
     async def set_all_offline(self, taskserver: str | None, keep: list[str] | None = None) -> None:
@@ -618,7 +628,10 @@ class Store:
         self, run_id: int, state: str, reason: str, step: str | None = None
     ) -> list[dict[str, Any]]:
         """Force non-terminal instances of a run (or of one step) to ``state``; return them (id, route, step)."""
-        sql = f"SELECT id, route, step, parent_id FROM instances WHERE run_id=? AND status NOT IN {_TERMINAL_SQL}"
+        sql = (
+            "SELECT id, route, step, parent_id, computer FROM instances"
+            f" WHERE run_id=? AND status NOT IN {_TERMINAL_SQL}"
+        )
         args: tuple[Any, ...] = (run_id,)
         if step is not None:
             sql += " AND (step=? OR step LIKE ?)"

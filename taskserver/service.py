@@ -132,6 +132,9 @@ class TaskServer:
                 self.log.error("ns_refused", code=exc.code, reason=exc.message)
             except (OSError, TimeoutError, websockets.WebSocketException, ProtocolError) as exc:
                 self.log.warning("ns_link_lost", error=str(exc) or type(exc).__name__)
+            except Exception:
+                # A failure here (a full disk, a bug) must not end the TS: log, back off, reconnect.
+                self.log.exception("ns_link_failed")
             finally:
                 self.relay.set_upstream(None)
                 self.connected.clear()
@@ -143,7 +146,7 @@ class TaskServer:
 
     async def _read_ns(self, link: Link) -> None:
         assert self.relay is not None
-        allowed = ALLOWED_DOWN[Role.TASKSERVER] | {"ack"}
+        allowed = ALLOWED_DOWN[Role.TASKSERVER]
         while True:
             message = await link.recv()
             if link.resolve(message):

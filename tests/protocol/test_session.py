@@ -26,7 +26,6 @@ from protocol.session import (
     IdSource,
     Role,
     Session,
-    State,
     backoff_delays,
     check_hello,
 )
@@ -188,16 +187,6 @@ def test_expected_permissions() -> None:
             Session(role).check(Cancel(id="5", instance_ids=[1]))
         with pytest.raises(SessionError):
             Session(role).check(Tickle(id="6"))
-
-
-def test_closed_session_refuses_everything() -> None:
-    """After the session is closed even an allowed message is a SessionError."""
-    session = Session(Role.AGENT)
-    assert session.state is State.OPEN
-    session.state = State.CLOSED
-    with pytest.raises(SessionError, match="closed") as info:
-        session.check(Reports(id="1", items=[]))
-    assert info.value.close_code == 4403
 
 
 # -- backoff ----------------------------------------------------------------------------------
