@@ -16,7 +16,11 @@ from protocol.messages import Event, Request, Response
 from protocol.session import Role
 
 ADMIN_LIMITS = Limits(
-    max_frame_bytes=256 << 20, max_str_len=256 << 20, max_array_len=1_000_000, max_map_len=1_000_000
+    max_frame_bytes=256 << 20,
+    max_str_len=256 << 20,
+    max_array_len=1_000_000,
+    max_map_len=1_000_000,
+    max_depth=64,
 )
 """Bounds on what the admin client accepts from the NS: large, for runs of thousands of computers."""
 
@@ -33,8 +37,9 @@ class AdminClient:
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> AdminClient:
+        # Answers come from the server we chose to trust; a run of thousands of computers is big.
         self.link, _ = await connect(
-            self.url, role=Role.ADMIN, identity=self.identity, token=self.token
+            self.url, role=Role.ADMIN, identity=self.identity, token=self.token, limits=ADMIN_LIMITS
         )
         self._reader = asyncio.create_task(self._read())
         return self

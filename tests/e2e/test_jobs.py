@@ -343,3 +343,53 @@ async def test_agent_killed_during_a_client_job_resumes(fleet: Fleet, tmp_path):
     )
     assert steps_["s3"]["status"] == "succeeded"
     assert (marks / "s1").read_text() == "1\n" and (marks / "s2").read_text() == "2\n"
+
+
+async def test_server_job_holding_a_client_job_is_one_barrier_step(fleet: Fleet, tmp_path):
+    """A client job inside a server job is one barrier step: every computer runs the client job
+    through (its steps recorded as `outer/inner`), and the next server step waits for all."""
+    names = ["m-1", "m-2"]
+    await fleet_of(fleet, names)
+    await add(
+        fleet,
+        tmp_path,
+        "task",
+        "a",
+        task_doc("a", 'if [ "%COMPUTERNAME%" = m-2 ]; then sleep 1; fi'),
+    )
+    await add(fleet, tmp_path, "task", "b", task_doc("b", "echo b on %COMPUTERNAME%"))
+    await add(
+        fleet,
+        tmp_path,
+        "task",
+        "after",
+        task_doc("after", "echo after", type="run-script-on-server"),
+    )
+    await add(
+        fleet,
+        tmp_path,
+        "job",
+        "inner",
+        job_doc("inner", "client-job", '[[steps]]\ntask = "a"\n[[steps]]\ntask = "b"\n'),
+    )
+    await add(
+        fleet,
+        tmp_path,
+        "job",
+        "outer",
+        job_doc(
+            "outer",
+            "server-job",
+            '[[steps]]\nid = "sub"\njob = "inner"\n[[steps]]\ntask = "after"\n',
+        ),
+    )
+    code, out, err = await fleet.cli("run", "outer", "--all", "--wait", "--json")
+    assert code == 0, out + err
+    run = json.loads(out)
+    comps = {c["computer"]: c for c in run["computers"]}
+    for n in names:
+        assert [s["id"] for s in comps[n]["steps"]] == ["sub", "sub/a", "sub/b"]
+        assert all(s["status"] == "succeeded" for s in comps[n]["steps"])
+    sub_end = max(s["finished"] for n in names for s in comps[n]["steps"])
+    (after,) = comps["(server)"]["steps"]
+    assert after["id"] == "after" and after["started"] >= sub_end

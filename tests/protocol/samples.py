@@ -107,7 +107,12 @@ SAMPLES: dict[str, Message] = {
         id="n14",
         instance_id=101,
         step="fix",
-        task={"name": "fix", "type": "run-script-on-taskserver", "kind": "taskserver", "params": {"script": "true"}},
+        task={
+            "name": "fix",
+            "type": "run-script-on-taskserver",
+            "kind": "taskserver",
+            "params": {"script": "true"},
+        },
         tokens={"COMPUTERNAME": "pc-1"},
         timeout_s=30.0,
     ),

@@ -36,7 +36,12 @@ async def test_a_version_1_database_is_migrated_forward_keeping_its_runs(tmp_pat
     store = await Store.open(str(tmp_path / "server.db"))
     try:
         (inst,) = await store.instances(7)
-        assert (inst["status"], inst["output"], inst["step"], inst["parent_id"]) == ("succeeded", "hi", "", None)
+        assert (inst["status"], inst["output"], inst["step"], inst["parent_id"]) == (
+            "succeeded",
+            "hi",
+            "",
+            None,
+        )
         assert [s["step"] for s in await store.steps(7)] == [""]
     finally:
         await store.close()
