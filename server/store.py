@@ -518,7 +518,18 @@ class Store:
             return []
         parents = await self._by_ids(list({r.instance_id for r in reports}))
         children: dict[tuple[int, str], dict[str, Any]] = {}
-        steps = [(r.instance_id, r.step) for r in reports if r.step]
+        steps = list(
+            {
+                (
+                    r.instance_id,
+                    f"{parents[r.instance_id]['step']}/{r.step}"
+                    if parents[r.instance_id]["step"]
+                    else r.step,
+                )
+                for r in reports
+                if r.step and r.instance_id in parents
+            }
+        )
         for i in range(0, len(steps), 400):
             chunk = steps[i : i + 400]
             where = " OR ".join("(parent_id=? AND step=?)" for _ in chunk)

@@ -99,3 +99,24 @@ async def test_a_report_for_another_computer_is_ignored(tmp_path):
         assert changed == []
     finally:
         await store.close()
+
+
+async def test_step_reports_of_a_nested_client_job_make_one_row_per_step(tmp_path):
+    """Step reports under an instance that is itself a job step are stored as `outer/inner`,
+    once, however often they arrive (progress, result, repeated result)."""
+    store = await Store.open(str(tmp_path / "server.db"))
+    try:
+        run_id = await store.create_run(
+            {"name": "j", "kind": "server-job"}, [], 2e9, first_step=False
+        )
+        await store.start_step(
+            run_id, "sub", {"name": "inner"}, 2e9, [NewInstance(1, "pc", "ts")], {}
+        )
+        (parent,) = await store.instances(run_id)
+        pid = parent["id"]
+        for state in ("running", "succeeded", "succeeded"):
+            await store.apply_reports([Report(instance_id=pid, step="a", state=state, output="x")])
+        rows = [i for i in await store.instances(run_id) if i["parent_id"] == pid]
+        assert [(r["step"], r["status"]) for r in rows] == [("sub/a", "succeeded")]
+    finally:
+        await store.close()
