@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import secrets
 import signal
 import sys
 import time
@@ -22,8 +21,10 @@ import websockets
 
 from admin.client import AdminClient
 from admin.output import ago, iso, short_time, table
+from admin.trustverbs import add_trust_verbs
 from admin.views import follow, print_run, run_json
 from agent import logs
+from agent.tls import ClientTrust
 from protocol.errors import RemoteError
 
 DEFAULT_SERVER = "ws://127.0.0.1:8470"
@@ -37,38 +38,23 @@ USAGE_CODES = {
     "invalid_document",
     "exists",
     "unknown_op",
+    "unknown_key",
+    "unknown_admin",
+    "forbidden",
 }
 
 
 # -- roles ------------------------------------------------------------------------------
 
 
-def _server_token(args: argparse.Namespace) -> str:
-    """The shared token: --token, TASKFLEET_TOKEN, or DIR/token (created on first start)."""
-    if args.token:
-        return str(args.token)
-    path = os.path.join(args.data, "token")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            return fh.read().strip()
-    os.makedirs(args.data, exist_ok=True)
-    token = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(token + "\n")
-    print(f"taskfleet: new shared token written to {path}: {token}", flush=True)
-    return token
-
-
-def _need_token(args: argparse.Namespace) -> str:
-    if not args.token:
-        raise SystemExit("taskfleet: a token is required: pass --token or set TASKFLEET_TOKEN")
-    return str(args.token)
+def _trust(args: argparse.Namespace) -> ClientTrust:
+    """How this client trusts the server: --ca, --server-fingerprint, or --insecure."""
+    return ClientTrust(ca_file=args.ca, fingerprint=args.server_fingerprint, insecure=args.insecure)
 
 
 async def _serve_forever(component: Any, ready: str) -> None:
     await component.start()
-    print(ready.format(url=component.url), flush=True)
+    print(ready.format(c=component), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -84,14 +70,48 @@ def cmd_server(args: argparse.Namespace) -> int:
     host, port = split_hostport(args.listen, 8470)
     ns = NotificationServer(
         data_dir=args.data,
-        token=_server_token(args),
         host=host,
         port=port,
         name=args.name,
         compression=args.compression,
         flush_ms=args.flush_ms,
+        insecure=args.insecure,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        max_connections_per_address=args.max_connections_per_address,
+        max_pending_keys=args.max_pending_keys,
     )
-    asyncio.run(_serve_forever(ns, "taskfleet server ready url={url}"))
+
+    async def main() -> None:
+        async def announce() -> None:
+            if ns.first_admin_token:
+                print(
+                    f"taskfleet: first admin token (shown once, also in {args.data}/admin.token, mode 0600):\n"
+                    f"  {ns.first_admin_token}",
+                    flush=True,
+                )
+            if ns.tls_fingerprint:
+                print(
+                    f"taskfleet: TLS certificate fingerprint (agents pin it): {ns.tls_fingerprint}",
+                    flush=True,
+                )
+                if ns.ca_file:
+                    print(f"taskfleet: or trust the CA file {ns.ca_file} (--ca)", flush=True)
+
+        await ns.start()
+        await announce()
+        print(
+            f"taskfleet server ready url={ns.url} fingerprint={ns.tls_fingerprint or '-'}",
+            flush=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await ns.stop()
+
+    asyncio.run(main())
     return EXIT_OK
 
 
@@ -104,14 +124,20 @@ def cmd_taskserver(args: argparse.Namespace) -> int:
         server_url=args.server,
         data_dir=args.data,
         name=args.name,
-        token=_need_token(args),
+        trust=_trust(args),
+        enrol_token=args.enrol_token or "",
         host=host,
         port=port,
         advertise=args.advertise,
         compression=args.compression,
         flush_ms=args.flush_ms,
+        insecure=args.insecure,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
-    asyncio.run(_serve_forever(ts, "taskfleet taskserver ready url={url}"))
+    asyncio.run(
+        _serve_forever(ts, "taskfleet taskserver ready url={c.url} fingerprint={c.tls_fingerprint}")
+    )
     return EXIT_OK
 
 
@@ -121,7 +147,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     agent = Agent(
         server_url=args.server,
         name=args.name,
-        token=_need_token(args),
+        trust=_trust(args),
+        enrol_token=args.enrol_token or "",
         data_dir=args.data,
         concurrency=args.concurrency,
         compression=args.compression,
@@ -149,7 +176,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def _admin(args: argparse.Namespace) -> int:
-    async with AdminClient(args.server, _need_token(args)) as client:
+    if not args.token:
+        print(
+            "taskfleet: an admin token is required: pass --token or set TASKFLEET_TOKEN",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    async with AdminClient(args.server, args.token, _trust(args)) as client:
         return int(await args.verb(client, args))
 
 
@@ -408,33 +441,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default=os.environ.get("TASKFLEET_LOG_LEVEL", "info"))
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    token = argparse.ArgumentParser(add_help=False)
-    token.add_argument(
-        "--token",
-        default=os.environ.get("TASKFLEET_TOKEN"),
-        help="shared token (or TASKFLEET_TOKEN)",
+    env = os.environ.get
+    trust = argparse.ArgumentParser(add_help=False)
+    trust.add_argument(
+        "--server-fingerprint",
+        default=env("TASKFLEET_SERVER_FINGERPRINT"),
+        help="pin the server's TLS certificate (printed at its start)",
     )
+    trust.add_argument(
+        "--ca", default=env("TASKFLEET_CA"), help="trust this CA file instead of a pin"
+    )
+    trust.add_argument(
+        "--insecure",
+        action="store_true",
+        default=env("TASKFLEET_INSECURE") == "1",
+        help="allow plain ws:// (tests only; logged at every start)",
+    )
+    token = argparse.ArgumentParser(add_help=False)
     token.add_argument(
         "--compression", action="store_true", help="per-message deflate (for slow links)"
     )
+    tls = argparse.ArgumentParser(add_help=False)
+    tls.add_argument("--tls-cert", help="PEM certificate (default: one made in the data folder)")
+    tls.add_argument("--tls-key", help="PEM key of --tls-cert")
+    enrol = argparse.ArgumentParser(add_help=False)
+    enrol.add_argument(
+        "--enrol-token",
+        default=env("TASKFLEET_ENROL_TOKEN"),
+        help="enrolment token from `taskfleet tokens create` (else the key waits for an admin)",
+    )
 
-    s = sub.add_parser("server", parents=[token], help="run the Notification Server")
+    s = sub.add_parser("server", parents=[token, tls], help="run the Notification Server")
+    s.add_argument("--insecure", action="store_true", help="plain ws://, no TLS (tests only)")
+    s.add_argument("--max-connections-per-address", type=int, default=20_000)
+    s.add_argument("--max-pending-keys", type=int, default=1_000)
     s.add_argument("--data", required=True, help="data folder (created on first start)")
     s.add_argument("--listen", default="127.0.0.1:8470", help="HOST:PORT (port 0: any free port)")
     s.add_argument("--name", default="ns")
     s.add_argument("--flush-ms", type=int, default=10)
     s.set_defaults(func=cmd_server)
 
-    t = sub.add_parser("taskserver", parents=[token], help="run a Task Server")
-    t.add_argument("--server", required=True, help="the NS URL, ws://HOST:PORT")
+    t = sub.add_parser("taskserver", parents=[token, tls, trust, enrol], help="run a Task Server")
+    t.add_argument("--server", required=True, help="the NS URL, wss://HOST:PORT")
     t.add_argument("--data", required=True)
     t.add_argument("--listen", default="127.0.0.1:8471")
     t.add_argument("--name", default=os.uname().nodename)
-    t.add_argument("--advertise", help="URL agents use to reach this TS (default: ws://LISTEN)")
+    t.add_argument("--advertise", help="URL agents use to reach this TS (default: wss://LISTEN)")
     t.add_argument("--flush-ms", type=int, default=10)
     t.set_defaults(func=cmd_taskserver)
 
-    a = sub.add_parser("agent", parents=[token], help="run an agent")
+    a = sub.add_parser("agent", parents=[token, trust, enrol], help="run an agent")
     a.add_argument("--server", required=True)
     a.add_argument("--data", required=True)
     a.add_argument("--name", default=os.uname().nodename)
@@ -445,9 +501,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--agents", type=int, default=20)
     d.set_defaults(func=cmd_demo)
 
-    admin = argparse.ArgumentParser(add_help=False)
+    admin = argparse.ArgumentParser(add_help=False, parents=[trust])
     admin.add_argument("--server", default=os.environ.get("TASKFLEET_SERVER", DEFAULT_SERVER))
-    admin.add_argument("--token", default=os.environ.get("TASKFLEET_TOKEN"))
+    admin.add_argument(
+        "--token",
+        default=os.environ.get("TASKFLEET_TOKEN"),
+        help="admin token (or TASKFLEET_TOKEN)",
+    )
     admin.add_argument("--json", action="store_true", help="machine-readable output")
 
     def verb(name: str, fn: Any, help: str) -> argparse.ArgumentParser:
@@ -482,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--limit", type=int, default=50)
     v = verb("watch", v_watch, "follow a run live")
     v.add_argument("run_id", type=int)
+    add_trust_verbs(verb)
     v = verb("stop", v_stop, "stop a run: pending and running instances end `stopped`")
     v.add_argument("run_id", type=int)
     return p

@@ -10,6 +10,7 @@ from typing import Any
 import websockets
 
 from agent.link import Link, connect
+from agent.tls import ClientTrust
 from protocol.codec import Limits
 from protocol.errors import RemoteError
 from protocol.messages import Event, Request, Response
@@ -28,9 +29,11 @@ ADMIN_LIMITS = Limits(
 class AdminClient:
     """``async with AdminClient(url, token) as c: await c.call("tasks.list")``."""
 
-    def __init__(self, url: str, token: str, *, identity: str = "admin"):
+    def __init__(self, url: str, token: str, trust: ClientTrust, *, identity: str = "admin"):
         self.url = url
         self.token = token
+        self.trust = trust
+        self.role = ""
         self.identity = identity
         self.link: Link | None = None
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
@@ -38,9 +41,15 @@ class AdminClient:
 
     async def __aenter__(self) -> AdminClient:
         # Answers come from the server we chose to trust; a run of thousands of computers is big.
-        self.link, _ = await connect(
-            self.url, role=Role.ADMIN, identity=self.identity, token=self.token, limits=ADMIN_LIMITS
+        self.link, welcome = await connect(
+            self.url,
+            role=Role.ADMIN,
+            identity=self.identity,
+            credentials={"token": self.token},
+            trust=self.trust,
+            limits=ADMIN_LIMITS,
         )
+        self.role = str(welcome.config.get("role", ""))
         self._reader = asyncio.create_task(self._read())
         return self
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import sys
 import tempfile
 import time
@@ -13,6 +12,7 @@ from admin.client import AdminClient
 from admin.views import follow, print_run
 from agent import logs
 from agent.agent import Agent
+from agent.tls import ClientTrust
 from server.core import NotificationServer
 from taskserver.service import TaskServer
 
@@ -43,17 +43,24 @@ async def _wait_for(predicate: object, what: str, timeout_s: float) -> None:
 async def demo(n_agents: int) -> int:
     """Start NS + TS + ``n_agents`` agents, run the sample task on all, print the table."""
     logs.configure("warning")
-    token = secrets.token_urlsafe(16)
     with tempfile.TemporaryDirectory(prefix="taskfleet-demo-") as tmp:
-        ns = NotificationServer(data_dir=f"{tmp}/ns", token=token)
+        ns = NotificationServer(data_dir=f"{tmp}/ns")
         await ns.start()
-        ts = TaskServer(server_url=ns.url, data_dir=f"{tmp}/ts-1", name="ts-1", token=token)
+        assert ns.first_admin_token is not None
+        token = ns.first_admin_token
+        trust = ClientTrust(fingerprint=ns.tls_fingerprint)
+        async with AdminClient(ns.url, token, trust) as client:
+            enrol = (await client.call("tokens.create", ttl_s=600, uses=n_agents + 1))["token"]
+        ts = TaskServer(
+            server_url=ns.url, data_dir=f"{tmp}/ts-1", name="ts-1", trust=trust, enrol_token=enrol
+        )
         await ts.start()
         agents = [
             Agent(
                 server_url=ns.url,
                 name=f"demo-agent-{i:02d}",
-                token=token,
+                trust=trust,
+                enrol_token=enrol,
                 data_dir=f"{tmp}/agent-{i:02d}",
             )
             for i in range(1, n_agents + 1)
@@ -61,10 +68,11 @@ async def demo(n_agents: int) -> int:
         tasks = [asyncio.create_task(a.run()) for a in agents]
         try:
             print(
-                f"taskfleet demo: NS at {ns.url}, task server ts-1 at {ts.url}, {n_agents} agents"
+                f"taskfleet demo: NS at {ns.url} (TLS {ns.tls_fingerprint[:23]}...), task server ts-1 at {ts.url}"
             )
+            print(f"{n_agents} agents enrol with a one-off token and prove their keys")
             await asyncio.wait_for(ts.connected.wait(), 15)
-            async with AdminClient(ns.url, token) as client:
+            async with AdminClient(ns.url, token, trust) as client:
 
                 async def all_online() -> bool:
                     rows = await client.call("computers.list")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import platform
 import socket
 import time
@@ -23,16 +24,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import websockets
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent import __version__, logs
 from agent.jobrunner import drive
+from agent.keys import load_or_create
 from agent.link import Link, connect
 from agent.runner import Outcome, ScriptRun, run_noop
 from agent.store import AgentStore, Key
+from agent.tls import ClientTrust
 from protocol.errors import ProtocolError, RemoteError
+from protocol.identity import NONCE_BYTES, proof_payload, verify
 from protocol.jobs import JobMachine, JobState, RunStep
 from protocol.messages import (
     Cancel,
+    Challenge,
     Execute,
     Report,
     Reports,
@@ -74,7 +80,8 @@ class Agent:
         *,
         server_url: str,
         name: str,
-        token: str,
+        trust: ClientTrust,
+        enrol_token: str = "",
         data_dir: str | None = None,
         concurrency: int = 4,
         compression: bool = False,
@@ -84,7 +91,13 @@ class Agent:
     ):
         self.server_url = server_url
         self.name = name
-        self.token = token
+        self.trust = trust
+        self.enrol_token = enrol_token
+        self.key = (
+            load_or_create(os.path.join(data_dir, "agent.key"))
+            if data_dir
+            else Ed25519PrivateKey.generate()
+        )
         self.data_dir = data_dir
         self.compression = compression
         self.lightweight = lightweight
@@ -171,7 +184,9 @@ class Agent:
                 self.server_url,
                 role=Role.AGENT,
                 identity=self.name,
-                token=self.token,
+                credentials={"enrol_token": self.enrol_token} if self.enrol_token else {},
+                key=self.key,
+                trust=self.trust,
                 info=self.info(),
                 compression=self.compression,
             )
@@ -188,11 +203,36 @@ class Agent:
                 return link
             await link.close()
         self.taskserver = str(ts["name"])
+        return await self._connect_taskserver(ts, self.store.config)
+
+    async def _connect_taskserver(self, ts: dict[str, Any], config: dict[str, Any]) -> Link:
+        """Connect to the TS the NS named, trusting it only as the NS vouched: its TLS certificate
+        fingerprint and its key, which it proves by signing our nonce."""
+        nonce = os.urandom(NONCE_BYTES)
+        ts_key = bytes.fromhex(str(ts.get("public_key", "")))
+        name = str(ts["name"])
+
+        def check(challenge: Challenge) -> str | None:
+            payload = proof_payload(self.name, nonce, "taskserver", name, ts_key)
+            if not verify(ts_key, challenge.signature, payload):
+                return f"task server {name} could not prove the key the NS vouched for"
+            return None
+
+        trust = ClientTrust(
+            fingerprint=str(ts.get("tls_fingerprint") or "") or None, insecure=self.trust.insecure
+        )
         link, _ = await connect(
             str(ts["url"]),
             role=Role.AGENT,
             identity=self.name,
-            token=self.token,
+            credentials={
+                "ticket": config.get("ticket", {}),
+                "ticket_signature": bytes.fromhex(str(config.get("ticket_signature", ""))),
+                "nonce": nonce,
+            },
+            key=self.key,
+            trust=trust,
+            check_server=check,
             compression=self.compression,
         )
         return link

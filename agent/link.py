@@ -9,23 +9,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
+import os
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import websockets
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 
+from agent.keys import public_bytes
+from agent.tls import ClientTrust
 from protocol import PROTOCOL_VERSION, codec
 from protocol.errors import HandshakeError, ProtocolError, RemoteError
-from protocol.messages import Error, Hello, Message, Welcome
+from protocol.identity import NONCE_BYTES, proof_payload, sign, verify
+from protocol.messages import Challenge, Error, Hello, Message, Proof, Welcome
 from protocol.session import (
     CLOSE_HANDSHAKE_TIMEOUT,
     CLOSE_NORMAL,
+    CLOSE_NOT_ALLOWED,
+    CLOSE_UNAUTHORIZED,
     Role,
     check_hello,
+    public_key_of,
 )
 
 HANDSHAKE_TIMEOUT_S = 10.0
@@ -48,6 +58,7 @@ class Link:
         self.ws = ws
         self.limits = limits
         self.peer = peer
+        self.who = ""
         self._n = 0
         self._waiting: dict[str, asyncio.Future[Message]] = {}
 
@@ -111,25 +122,33 @@ class Link:
         await self.close(exc.close_code, exc.message)
 
 
+ServerCheck = Callable[[Challenge], str | None]
+"""Checks a server's own proof in its ``challenge``; returns a reason to refuse, or None."""
+
+
 async def connect(
     url: str,
     *,
     role: Role,
     identity: str,
-    token: str,
+    credentials: dict[str, Any],
+    trust: ClientTrust,
+    key: Ed25519PrivateKey | None = None,
+    check_server: ServerCheck | None = None,
     info: dict[str, Any] | None = None,
     capabilities: list[str] | None = None,
     compression: bool = False,
     open_timeout_s: float = 10.0,
     limits: codec.Limits = codec.DEFAULT_LIMITS,
 ) -> tuple[Link, Welcome]:
-    """Open a connection, say ``hello`` and return the link and the ``welcome``.
+    """Open a connection the client trusts, say ``hello``, prove ``key`` if challenged.
 
-    Raises RemoteError when the server refuses the hello (its code says why), OSError or
-    websockets errors when the server cannot be reached.
+    Raises RemoteError when the server is not trusted or refuses (its code says why),
+    OSError or websockets errors when it cannot be reached.
     """
     ws = await ws_connect(
         url,
+        ssl=trust.context(url),
         compression="deflate" if compression else None,
         max_size=limits.max_frame_bytes,
         open_timeout=open_timeout_s,
@@ -139,18 +158,42 @@ async def connect(
         user_agent_header=f"taskfleet/{PROTOCOL_VERSION}",
     )
     link = Link(ws, peer=url, limits=limits)
+    untrusted = trust.check(url, ws.transport)
+    if untrusted is not None:
+        await link.close()
+        raise RemoteError("untrusted_server", f"refusing {url}: {untrusted}")
+    creds = dict(credentials)
+    if key is not None:
+        creds["public_key"] = public_bytes(key)
     hello = Hello(
         id=link.next_id(),
         version=PROTOCOL_VERSION,
         role=str(role),
         identity=identity,
-        credentials={"token": token},
+        credentials=creds,
         capabilities=capabilities or [],
         info=info or {},
     )
     try:
         await link.send(hello)
-        reply = await asyncio.wait_for(link.recv(), open_timeout_s)
+        while True:
+            reply = await asyncio.wait_for(link.recv(), open_timeout_s)
+            if not isinstance(reply, Challenge):
+                break
+            if check_server is not None:
+                reason = check_server(reply)
+                if reason is not None:
+                    raise RemoteError("untrusted_server", f"refusing {url}: {reason}")
+            if key is None:
+                raise RemoteError(
+                    "bad_handshake", "the server asked for a key proof, but this client has no key"
+                )
+            payload = proof_payload(
+                reply.server, reply.nonce, str(role), identity, public_bytes(key)
+            )
+            await link.send(
+                Proof(id=link.next_id(), reply_to=reply.id, signature=sign(key, payload))
+            )
     except BaseException:
         await link.close()
         raise
@@ -163,42 +206,96 @@ async def connect(
     return link, reply
 
 
+Authenticate = Callable[[Link, Hello], Awaitable[dict[str, Any]]]
+"""A role's check of a new peer: returns facts for the caller, or raises HandshakeError."""
+
+
 async def accept(
     ws: ServerConnection,
     *,
-    token: str,
     roles: frozenset[Role],
+    authenticate: Authenticate,
     log: Any,
     deadline_s: float = HANDSHAKE_TIMEOUT_S,
-) -> tuple[Link, Hello] | None:
-    """Read and check the ``hello`` of a new connection within the deadline.
+) -> tuple[Link, Hello, dict[str, Any]] | None:
+    """Read and check the ``hello`` and the peer's credentials, all within the deadline.
 
     On refusal, sends ``error``, closes with the documented code, logs, and returns None.
     """
     addr = ws.remote_address
     peer = f"{addr[0]}:{addr[1]}" if addr else "?"
     link = Link(ws, peer=peer)
+
+    async def handshake() -> tuple[Hello, dict[str, Any]]:
+        hello = check_hello(await link.recv(), roles=roles)
+        link.peer = f"{hello.role}:{hello.identity}@{peer}"
+        return hello, await authenticate(link, hello)
+
     try:
-        first = await asyncio.wait_for(link.recv(), deadline_s)
-        hello = check_hello(first, token=token, roles=roles)
+        hello, facts = await asyncio.wait_for(handshake(), deadline_s)
     except TimeoutError:
-        log.warning("handshake_timeout", peer=peer, deadline_s=deadline_s)
+        log.warning("handshake_timeout", peer=link.peer, deadline_s=deadline_s)
         await link.refuse(
             HandshakeError(
-                f"no hello within {deadline_s:g} s",
+                f"no complete handshake within {deadline_s:g} s",
                 code="handshake_timeout",
                 close_code=CLOSE_HANDSHAKE_TIMEOUT,
             )
         )
         return None
     except ProtocolError as exc:
-        log.warning("handshake_refused", peer=peer, code=exc.code, reason=exc.message)
+        log.warning("handshake_refused", peer=link.peer, code=exc.code, reason=exc.message)
         await link.refuse(exc)
         return None
     except websockets.ConnectionClosed:
         return None
-    link.peer = f"{hello.role}:{hello.identity}@{peer}"
-    return link, hello
+    return link, hello, facts
+
+
+async def challenge(link: Link, hello: Hello, server_id: str, signature: bytes = b"") -> bytes:
+    """Make the peer prove the key in its ``hello``; return the key. ``signature`` is our own proof."""
+    key = public_key_of(hello)
+    nonce = os.urandom(NONCE_BYTES)
+    await link.send(
+        Challenge(
+            id=link.next_id(), reply_to=hello.id, nonce=nonce, server=server_id, signature=signature
+        )
+    )
+    reply = await link.recv()
+    if not isinstance(reply, Proof):
+        raise HandshakeError(
+            f"expected 'proof' after the challenge, got {reply.TYPE!r}",
+            code="proof_expected",
+            close_code=CLOSE_NOT_ALLOWED,
+        )
+    if not verify(
+        key, reply.signature, proof_payload(server_id, nonce, hello.role, hello.identity, key)
+    ):
+        raise HandshakeError(
+            "the key proof does not verify: the signature is not over this connection's challenge",
+            code="bad_proof",
+            close_code=CLOSE_UNAUTHORIZED,
+        )
+    return key
+
+
+class ConnectionCap:
+    """Counts open connections per remote address and refuses those over the cap."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.open: Counter[str] = Counter()
+
+    def take(self, address: str) -> bool:
+        if self.limit and self.open[address] >= self.limit:
+            return False
+        self.open[address] += 1
+        return True
+
+    def give(self, address: str) -> None:
+        self.open[address] -= 1
+        if self.open[address] <= 0:
+            del self.open[address]
 
 
 async def listen(
@@ -207,12 +304,14 @@ async def listen(
     port: int,
     *,
     compression: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[Server, int]:
-    """Start a WebSocket listener; return it and the port it bound (for port 0)."""
+    """Start a WebSocket listener (TLS when ``ssl_context``); return it and the bound port."""
     server = await ws_serve(
         handler,
         host,
         port,
+        ssl=ssl_context,
         compression="deflate" if compression else None,
         max_size=codec.DEFAULT_LIMITS.max_frame_bytes,
         ping_interval=20,

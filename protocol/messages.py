@@ -70,7 +70,9 @@ class Hello(Message):
     """First message of every connection, from the connecting side.
 
     ``role`` is ``agent``, ``taskserver`` or ``admin``; ``identity`` the computer name, the
-    TS name or the admin's name. ``credentials`` holds ``{"token": ...}`` today.
+    TS name or the admin's name. ``credentials``: for an admin ``{"token"}``; for an agent or
+    TS ``{"public_key"}`` (raw Ed25519, 32 bytes) and, to enrol at once, ``{"enrol_token"}``;
+    an agent connecting to its TS adds ``{"ticket", "ticket_signature", "nonce"}``.
     ``info`` carries role facts: for agents ``os``, ``agent_version``, ``addresses``;
     for a TS its ``url``.
     """
@@ -82,6 +84,31 @@ class Hello(Message):
     credentials: dict[str, Any]
     capabilities: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Challenge(Message):
+    """Accepting side → connecting side, after ``hello``: prove your key by signing ``nonce``.
+
+    ``server`` is the id the proof must name (see ``protocol.identity.proof_payload``). A TS
+    also proves *its* key to an agent: ``signature`` is its signature over the agent's own
+    nonce (``hello.credentials.nonce``).
+    """
+
+    TYPE: ClassVar[str] = "challenge"
+    reply_to: str
+    nonce: bytes
+    server: str
+    signature: bytes = b""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Proof(Message):
+    """Connecting side → accepting side: the signature over the challenge's proof payload."""
+
+    TYPE: ClassVar[str] = "proof"
+    reply_to: str
+    signature: bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -241,6 +268,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Hello,
+        Challenge,
+        Proof,
         Welcome,
         Error,
         Ack,

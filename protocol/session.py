@@ -14,15 +14,18 @@ Close codes (also in docs/protocol.md):
 4401  hello refused: credentials (``unauthorized``)
 4402  hello refused: protocol version (``version_mismatch``)
 4403  message not allowed for this role or state (``not_allowed``)
+4405  key not accepted yet: waits for an admin (``pending``)
 4408  no hello before the handshake deadline (``handshake_timeout``)
 4409  replaced by a newer connection with the same identity (``replaced``)
 4422  frame is a map but not a valid message (``bad_message``, ``unknown_type``)
+4429  too many messages per second on this connection (``rate_limited``)
+4431  too many connections from this address (``too_many_connections``)
+4432  too many keys waiting for acceptance (``too_many_pending``)
 ====  ==========================================================
 """
 
 from __future__ import annotations
 
-import hmac
 import random
 from collections.abc import Callable
 from enum import StrEnum
@@ -39,7 +42,11 @@ CLOSE_VERSION = 4402
 CLOSE_NOT_ALLOWED = 4403
 CLOSE_HANDSHAKE_TIMEOUT = 4408
 CLOSE_REPLACED = 4409
+CLOSE_PENDING = 4405
 CLOSE_BAD_MESSAGE = 4422
+CLOSE_RATE_LIMITED = 4429
+CLOSE_TOO_MANY_CONNECTIONS = 4431
+CLOSE_TOO_MANY_PENDING = 4432
 
 
 class Role(StrEnum):
@@ -68,14 +75,13 @@ ALLOWED_DOWN: dict[Role, frozenset[str]] = {
 def check_hello(
     message: Message,
     *,
-    token: str,
     roles: frozenset[Role],
     version: int = PROTOCOL_VERSION,
 ) -> Hello:
     """Validate the first message of a connection; return it as a :class:`Hello`.
 
-    Raises :class:`HandshakeError` with the close code to use. The token comparison is
-    constant-time.
+    Raises :class:`HandshakeError` with the close code to use. Credentials are checked
+    afterwards by the role's authenticator (a key proof, or an admin token).
     """
     if not isinstance(message, Hello):
         raise HandshakeError(
@@ -111,14 +117,42 @@ def check_hello(
             code="bad_identity",
             close_code=CLOSE_NOT_ALLOWED,
         )
-    given = message.credentials.get("token")
-    if not isinstance(given, str) or not hmac.compare_digest(given.encode(), token.encode()):
+    return message
+
+
+def public_key_of(hello: Hello) -> bytes:
+    """The raw Ed25519 key an agent or TS presents, or :class:`HandshakeError`."""
+    key = hello.credentials.get("public_key")
+    if not isinstance(key, bytes) or len(key) != 32:
         raise HandshakeError(
-            "credentials refused: the token does not match the server's token",
-            code="unauthorized",
+            "credentials.public_key must be the peer's raw Ed25519 public key (32 bytes)",
+            code="bad_credentials",
             close_code=CLOSE_UNAUTHORIZED,
         )
-    return message
+    return key
+
+
+class RateLimiter:
+    """A token bucket: ``rate_per_s`` messages a second on average, bursts up to ``burst``.
+
+    Pure: the caller passes the time (monotonic seconds), so tests need no clock.
+    """
+
+    def __init__(self, rate_per_s: float, burst: float):
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.tokens = burst
+        self.last: float | None = None
+
+    def allow(self, now: float) -> bool:
+        """Take one token if there is one; False means the peer is over its rate."""
+        if self.last is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate_per_s)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
 
 
 class Session:

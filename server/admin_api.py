@@ -5,14 +5,17 @@ Every error a user can meet is an :class:`ApiError` whose message says what to d
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from agent.link import Link
 from protocol.errors import ValidationError
+from protocol.identity import hash_token
 from protocol.jobs import JobCompileError, JobType, compile_job, is_job_document, validate_job
 from protocol.states import InstanceState
 from protocol.tasks import CATALOG, parse_document, validate_task
+from server import auth
 
 if TYPE_CHECKING:
     from server.core import NotificationServer
@@ -38,8 +41,11 @@ def op(name: str) -> Callable[[Handler], Handler]:
     return register
 
 
-async def handle(ns: NotificationServer, link: Link, name: str, args: dict[str, Any]) -> Any:
-    """Run one admin operation."""
+async def handle(
+    ns: NotificationServer, link: Link, name: str, args: dict[str, Any], who: str = ""
+) -> Any:
+    """Run one admin operation for the admin ``who`` (their role was checked by the caller)."""
+    link.who = who
     fn = _OPS.get(name)
     if fn is None:
         raise ApiError(
@@ -289,3 +295,111 @@ async def run_stop(ns: NotificationServer, link: Link, args: dict[str, Any]) -> 
 @op("log.list")
 async def log_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
     return await ns.db.server_log(max(1, min(_arg(args, "limit", int, 100), 10_000)))
+
+
+# -- trust ------------------------------------------------------------------------------
+
+
+@op("whoami")
+async def whoami(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    return {"admin": link.who}
+
+
+@op("keys.list")
+async def keys_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    return await ns.db.keys()
+
+
+@op("keys.accept")
+async def keys_accept(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    names = _arg(args, "names", list, [])
+    if not names and not args.get("all"):
+        raise ApiError("bad_request", "name the keys to accept, or accept --all pending keys")
+    accepted = await ns.db.decide_keys(
+        None if args.get("all") else [str(n) for n in names], "accepted"
+    )
+    missing = sorted(set(map(str, names)) - set(accepted))
+    if missing and not args.get("all"):
+        raise ApiError(
+            "unknown_key", f"no pending key for: {', '.join(missing)}; `taskfleet keys` lists them"
+        )
+    return {"accepted": accepted}
+
+
+@op("keys.reject")
+async def keys_reject(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    name = _arg(args, "name", str)
+    rejected = await ns.db.decide_keys([name], "rejected", only_pending=False)
+    if not rejected:
+        raise ApiError("unknown_key", f"no key named {name!r}; `taskfleet keys` lists them")
+    return {"rejected": rejected}
+
+
+@op("keys.delete")
+async def keys_delete(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    name = _arg(args, "name", str)
+    if not await ns.db.delete_keys(name):
+        raise ApiError("unknown_key", f"no key named {name!r}; `taskfleet keys` lists them")
+    return {"deleted": name}
+
+
+@op("tokens.create")
+async def tokens_create(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    ttl_s = _arg(args, "ttl_s", int, 3600)
+    uses = _arg(args, "uses", int, 1)
+    if not 1 <= ttl_s <= 365 * 86400 or not 1 <= uses <= 1_000_000:
+        raise ApiError("bad_request", "ttl must be 1 s to 365 days and uses 1 to 1,000,000")
+    token = auth.new_token("tfe")
+    expires_at = time.time() + ttl_s
+    token_id = await ns.db.add_enrol_token(hash_token(token), uses, expires_at, link.who)
+    return {"id": token_id, "token": token, "uses": uses, "expires_at": expires_at}
+
+
+@op("tokens.list")
+async def tokens_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    return await ns.db.enrol_tokens()
+
+
+@op("admins.add")
+async def admins_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    name = _arg(args, "name", str)
+    role = _arg(args, "role", str, "viewer")
+    if role not in auth.ADMIN_ROLES:
+        raise ApiError("bad_request", f"role must be one of {', '.join(auth.ADMIN_ROLES)}")
+    if not name or len(name) > 64:
+        raise ApiError("bad_request", "an admin name has 1 to 64 characters")
+    token = auth.new_token("tfa")
+    await ns.db.add_admin(name, role, hash_token(token))
+    return {"name": name, "role": role, "token": token}
+
+
+@op("admins.list")
+async def admins_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    return await ns.db.admins()
+
+
+@op("admins.revoke")
+async def admins_revoke(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    name = _arg(args, "name", str)
+    if not await ns.db.revoke_admin(name):
+        raise ApiError(
+            "unknown_admin", f"no active admin named {name!r}; `taskfleet admins list` lists them"
+        )
+    return {"revoked": name}
+
+
+@op("audit.list")
+async def audit_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    return await ns.db.audit_trail(max(1, min(_arg(args, "limit", int, 100), 10_000)))
+
+
+@op("messages.list")
+async def messages_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    return await ns.db.messages(max(1, min(_arg(args, "limit", int, 100), 10_000)))
+
+
+@op("stats")
+async def stats(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    """Refusal counters (by code) since the server started."""
+    relay = ns.relay.refused if ns.relay is not None else {}
+    return {"refused": dict(ns.refused), "builtin_relay_refused": dict(relay)}

@@ -22,43 +22,29 @@ import json
 import os
 import socket
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import websockets
-
 from agent import logs
-from agent.link import HANDSHAKE_TIMEOUT_S, Link, accept, listen
+from agent.keys import load_or_create, public_bytes
+from agent.link import HANDSHAKE_TIMEOUT_S, ConnectionCap, Link, listen
 from agent.runner import ScriptRun
-from protocol import PROTOCOL_VERSION
-from protocol.errors import HandshakeError, ProtocolError
+from agent.tls import ensure_certificates, file_fingerprint, server_context
+from protocol.identity import fingerprint
 from protocol.jobs import JobEvent, JobMachine, JobState
 from protocol.messages import (
     Cancel,
     Dispatch,
-    Error,
     Event,
-    Presence,
     Report,
-    Reports,
-    ReportsAck,
-    Request,
-    Response,
     Target,
     Tickle,
-    Welcome,
-)
-from protocol.session import (
-    CLOSE_BAD_MESSAGE,
-    CLOSE_NORMAL,
-    CLOSE_NOT_ALLOWED,
-    CLOSE_REPLACED,
-    Role,
-    Session,
 )
 from protocol.states import InstanceState, RunState, is_terminal, run_outcome
 from protocol.tasks import Kind, replace_tokens
+from server.auth import bootstrap_admin
+from server.connections import serve
 from server.jobs import SERVER_JOB, job_needs_agents, plan_instances, run_server_job
 from server.store import Change, NewInstance, Store
 from taskserver.relay import Relay
@@ -118,7 +104,7 @@ class BuiltinUpstream:
         self.ns = ns
 
     async def deliver(self, reports: list[Report]) -> None:
-        await self.ns.on_reports(reports)
+        await self.ns.on_reports(reports, route=BUILTIN)
 
     async def presence(self, online: list[str], offline: list[str], full: bool) -> None:
         await self.ns.on_presence(None, online, offline, full)
@@ -180,17 +166,35 @@ class NotificationServer:
         self,
         *,
         data_dir: str,
-        token: str,
         host: str = "127.0.0.1",
         port: int = 0,
         name: str = "ns",
         compression: bool = False,
         flush_ms: int = 10,
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+        insecure: bool = False,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        max_connections_per_address: int = 20_000,
+        max_pending_keys: int = 1_000,
+        agent_rate_per_s: float = 200.0,
+        admin_rate_per_s: float = 50.0,
     ):
         self.data_dir = data_dir
         self.handshake_timeout_s = handshake_timeout_s
-        self.token = token
+        self.insecure = insecure
+        self.tls_cert = tls_cert
+        self.tls_key = tls_key
+        self.tls_fingerprint = ""
+        self.ca_file = ""
+        self.connection_cap = ConnectionCap(max_connections_per_address)
+        self.max_pending_keys = max_pending_keys
+        self.agent_rate_per_s = agent_rate_per_s
+        self.admin_rate_per_s = admin_rate_per_s
+        self.refused: Counter[str] = Counter()
+        self.first_admin_token: str | None = None
+        self.server_id = ""
+        self.public_key = b""
         self.host = host
         self.port = port
         self.name = name
@@ -206,8 +210,8 @@ class NotificationServer:
         self.watchers: dict[int, set[Link]] = defaultdict(set)
         self.server_runs: dict[int, ScriptRun] = {}
         self._route_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._assign_lock = asyncio.Lock()
-        self._pending_cancels: dict[str, list[int]] = defaultdict(list)
+        self.assign_lock = asyncio.Lock()
+        self.pending_cancels: dict[str, list[int]] = defaultdict(list)
         self._server: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -221,24 +225,50 @@ class NotificationServer:
 
     async def start(self) -> None:
         os.makedirs(self.data_dir, exist_ok=True)
+        self.key = load_or_create(os.path.join(self.data_dir, "server.key"))
+        self.public_key = public_bytes(self.key)
+        self.server_id = f"{self.name}:{fingerprint(self.public_key)}"
         self.store = await Store.open(os.path.join(self.data_dir, "server.db"))
+        self.first_admin_token = await bootstrap_admin(self)
         await self.store.reset_presence()
         self._relay_store = await RelayStore.open(
             os.path.join(self.data_dir, "builtin-taskservice.db")
         )
         self.relay = Relay(
-            BUILTIN, self._relay_store, log=logs.get("builtin-taskservice"), flush_ms=self.flush_ms
+            BUILTIN,
+            self._relay_store,
+            log=logs.get("builtin-taskservice"),
+            flush_ms=self.flush_ms,
+            agent_rate_per_s=self.agent_rate_per_s,
         )
         await self.relay.start()
         self.relay.set_upstream(BuiltinUpstream(self))
         self.routes[BUILTIN] = BuiltinRoute(self.relay)
         await self._resume_runs()
+        ssl_context = None
+        if not self.insecure:
+            cert, key = self.tls_cert, self.tls_key
+            if not cert or not key:
+                cert, key, self.ca_file = ensure_certificates(
+                    os.path.join(self.data_dir, "tls"), self.name
+                )
+            ssl_context = server_context(cert, key)
+            self.tls_fingerprint = file_fingerprint(cert)
+        else:
+            self.log.warning(
+                "insecure_listener", reason="--insecure: plain ws://, no TLS; use only for tests"
+            )
         self._server, self.port = await listen(
-            self._serve, self.host, self.port, compression=self.compression
+            lambda ws: serve(self, ws),
+            self.host,
+            self.port,
+            compression=self.compression,
+            ssl_context=ssl_context,
         )
-        self.url = f"ws://{self.host}:{self.port}"
+        scheme = "ws" if self.insecure else "wss"
+        self.url = f"{scheme}://{self.host}:{self.port}"
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="ns-sweep")
-        self._spawn(self._dispatch_route(BUILTIN))
+        self.spawn(self.dispatch_route(BUILTIN))
         self.log.info("server_listening", url=self.url, active_runs=len(self.active))
 
     async def stop(self) -> None:
@@ -260,173 +290,13 @@ class NotificationServer:
         if self.store is not None:
             await self.store.close()
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
     # -- connections --------------------------------------------------------------------
-
-    async def _serve(self, ws: Any) -> None:
-        accepted = await accept(
-            ws,
-            token=self.token,
-            roles=frozenset({Role.AGENT, Role.TASKSERVER, Role.ADMIN}),
-            log=self.log,
-            deadline_s=self.handshake_timeout_s,
-        )
-        if accepted is None:
-            return
-        link, hello = accepted
-        try:
-            if hello.role == Role.AGENT:
-                await self._serve_agent(link, hello)
-            elif hello.role == Role.TASKSERVER:
-                await self._serve_taskserver(link, hello)
-            else:
-                await self._serve_admin(link, hello)
-        except websockets.ConnectionClosed:
-            pass
-        except ProtocolError as exc:
-            self.log.warning(
-                "peer_protocol_error", peer=link.peer, code=exc.code, reason=exc.message
-            )
-            await link.refuse(exc)
-
-    async def _serve_agent(self, link: Link, hello: Any) -> None:
-        row = await self.db.register_agent(hello.identity, hello.info)
-        ts = await self._assign(row)
-        config: dict[str, Any] = {"computer_id": row["id"], "taskserver": ts}
-        await link.send(
-            Welcome(
-                id=link.next_id(),
-                reply_to=hello.id,
-                version=PROTOCOL_VERSION,
-                server=self.name,
-                config=config,
-            )
-        )
-        if ts is None:
-            assert self.relay is not None
-            await self.relay.serve_agent(link, hello)
-            return
-        # The agent closes this connection and goes to its TS; do not wait on it for long.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(link.ws.wait_closed(), 30)
-        await link.close(CLOSE_NORMAL, "use your task server")
-
-    async def _assign(self, row: dict[str, Any]) -> dict[str, str] | None:
-        """Pick the agent's TS: keep a connected one, else the connected TS with fewest computers."""
-        async with self._assign_lock:
-            servers = {
-                t["name"]: t for t in await self.db.taskservers() if t["name"] in self.routes
-            }
-            current = row["taskserver"]
-            if current in servers:
-                chosen: str | None = current
-            elif servers:
-                chosen = min(servers.values(), key=lambda t: (t["computers"], t["name"]))["name"]
-            else:
-                chosen = None
-            if chosen != current:
-                await self.db.set_taskserver(row["id"], chosen)
-        if chosen is None:
-            return None
-        return {"name": chosen, "url": servers[chosen]["url"]}
-
-    async def _serve_taskserver(self, link: Link, hello: Any) -> None:
-        name = hello.identity
-        url = hello.info.get("url")
-        if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
-            raise HandshakeError(
-                "a task server's hello must carry info.url (ws:// or wss://)",
-                code="bad_hello",
-                close_code=CLOSE_BAD_MESSAGE,
-            )
-        if name == BUILTIN:
-            raise HandshakeError(
-                f"the name {BUILTIN!r} is reserved",
-                code="bad_identity",
-                close_code=CLOSE_NOT_ALLOWED,
-            )
-        old = self.routes.get(name)
-        if isinstance(old, RemoteRoute):
-            await old.link.close(
-                CLOSE_REPLACED, "replaced by a newer connection from the same task server"
-            )
-        await self.db.upsert_taskserver(name, url, True)
-        await link.send(
-            Welcome(
-                id=link.next_id(), reply_to=hello.id, version=PROTOCOL_VERSION, server=self.name
-            )
-        )
-        route = RemoteRoute(link)
-        self.routes[name] = route
-        self.log.info("taskserver_connected", taskserver=name, url=url)
-        session = Session(Role.TASKSERVER)
-        try:
-            cancels, self._pending_cancels[name] = self._pending_cancels[name], []
-            if cancels:
-                self._spawn(route.cancel(cancels))
-            self._spawn(self._dispatch_route(name))
-            while True:
-                message = await link.recv()
-                session.check(message)
-                if link.resolve(message):
-                    continue
-                if isinstance(message, Reports):
-                    await self.on_reports(message.items, route=name)
-                    await link.send(ReportsAck(id=link.next_id(), reply_to=message.id))
-                elif isinstance(message, Presence):
-                    await self.on_presence(name, message.online, message.offline, message.full)
-        finally:
-            if self.routes.get(name) is route:
-                del self.routes[name]
-                await self.db.upsert_taskserver(name, url, False)
-                await self.db.set_all_offline(name)
-                self.log.info("taskserver_disconnected", taskserver=name)
-            link.fail_waiters(ConnectionError(f"task server {name} disconnected"))
-
-    async def _serve_admin(self, link: Link, hello: Any) -> None:
-        from server.admin_api import ApiError, handle
-
-        await link.send(
-            Welcome(
-                id=link.next_id(), reply_to=hello.id, version=PROTOCOL_VERSION, server=self.name
-            )
-        )
-        session = Session(Role.ADMIN)
-        try:
-            while True:
-                message = await link.recv()
-                session.check(message)
-                assert isinstance(message, Request)
-                try:
-                    data = await handle(self, link, message.op, message.args)
-                except ApiError as exc:
-                    await link.send(
-                        Error(
-                            id=link.next_id(), reply_to=message.id, code=exc.code, message=str(exc)
-                        )
-                    )
-                    continue
-                except Exception:
-                    # A bug must not cost the admin the connection: answer, log, go on.
-                    self.log.exception("admin_request_failed", op=message.op, peer=link.peer)
-                    await link.send(
-                        Error(
-                            id=link.next_id(),
-                            reply_to=message.id,
-                            code="internal_error",
-                            message=f"the server failed on {message.op!r}; its log has the details",
-                        )
-                    )
-                    continue
-                await link.send(Response(id=link.next_id(), reply_to=message.id, data=data))
-        finally:
-            for subs in self.watchers.values():
-                subs.discard(link)
 
     # -- presence -----------------------------------------------------------------------
 
@@ -457,7 +327,7 @@ class NotificationServer:
         for row in runs:
             run_id, active = row["id"], self.active[row["id"]]
             if row["kind"] == SERVER_JOB:
-                active.runner = self._spawn(
+                active.runner = self.spawn(
                     run_server_job(self, run_id, row["definition"], row["targets"], row["machine"])
                 )
                 continue
@@ -493,10 +363,10 @@ class NotificationServer:
             await self._finish(run_id)
         elif kind == Kind.SERVER:
             instance = (await self.db.instances(run_id))[0]
-            self._spawn(self._run_server_task(run_id, instance["id"], definition))
+            self.spawn(self._run_server_task(run_id, instance["id"], definition))
         else:
             for route in sorted({i.route for i in instances if i.route is not None}):
-                self._spawn(self._dispatch_route(route))
+                self.spawn(self.dispatch_route(route))
         return {"run_id": run_id, "targets": len(instances), "no_agent": no_agent}
 
     async def _start_server_job(
@@ -513,7 +383,7 @@ class NotificationServer:
         active = ActiveRun(SERVER_JOB)
         self.active[run_id] = active
         self.log.info("job_started", run_id=run_id, job=definition["name"], targets=len(computers))
-        active.runner = self._spawn(
+        active.runner = self.spawn(
             run_server_job(self, run_id, definition, [c["id"] for c in computers], None)
         )
         return {"run_id": run_id, "targets": len(computers), "no_agent": no_agent}
@@ -538,11 +408,11 @@ class NotificationServer:
         """Send a step's instances on their way (server steps run here)."""
         stage = self.active[run_id].stages[step]
         if task["kind"] == Kind.SERVER:
-            self._spawn(self._start_server_step(run_id, step, task))
+            self.spawn(self._start_server_step(run_id, step, task))
             return
         for route in sorted(stage.routes):
             if route:
-                self._spawn(self._dispatch_route(route))
+                self.spawn(self.dispatch_route(route))
 
     async def _start_server_step(self, run_id: int, step: str, task: dict[str, Any]) -> None:
         rows = await self.db.instance_states(run_id, step)
@@ -560,7 +430,7 @@ class NotificationServer:
             "RUNID": str(run_id),
         }
 
-    async def _dispatch_route(self, route: str) -> None:
+    async def dispatch_route(self, route: str) -> None:
         """Send every pending, undispatched instance of ``route`` in batches, if it is connected."""
         async with self._route_locks[route]:
             handle = self.routes.get(route)
@@ -613,7 +483,11 @@ class NotificationServer:
 
     async def on_reports(self, reports: list[Report], route: str | None = None) -> None:
         """Apply a batch of reports (one transaction), tell watchers, count steps, end runs."""
-        changes = await self.db.apply_reports(reports)
+        before = self.db.refused
+        changes = await self.db.apply_reports(reports, route)
+        if self.db.refused > before:
+            self.refused["foreign_report"] += self.db.refused - before
+            self.log.warning("reports_refused", route=route, count=self.db.refused - before)
         ended: list[int] = []
         for change in changes:
             self._notify(change)
@@ -645,7 +519,7 @@ class NotificationServer:
             "reason": change.reason,
         }
         for link in list(subs):
-            self._spawn(
+            self.spawn(
                 self._send_quietly(
                     link, Event(id=link.next_id(), run_id=change.run_id, kind="instance", data=data)
                 )
@@ -664,7 +538,7 @@ class NotificationServer:
         await self.db.finish_run(run_id, status)
         self.log.info("run_ended", run_id=run_id, status=str(status))
         for link in list(self.watchers.pop(run_id, set())):
-            self._spawn(
+            self.spawn(
                 self._send_quietly(
                     link,
                     Event(
@@ -705,12 +579,12 @@ class NotificationServer:
         for route, ids in by_route.items():
             handle = self.routes.get(route)
             if handle is None:
-                self._pending_cancels[route].extend(ids)
+                self.pending_cancels[route].extend(ids)
                 continue
             try:
                 await handle.cancel(ids)
             except Exception as exc:
-                self._pending_cancels[route].extend(ids)
+                self.pending_cancels[route].extend(ids)
                 self.log.warning("cancel_failed", route=route, error=str(exc) or type(exc).__name__)
         active = self.active.get(run_id)
         if active is not None:

@@ -107,6 +107,52 @@ _MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX instances_parent_step ON instances(parent_id, step) WHERE parent_id IS NOT NULL;
     CREATE INDEX instances_run_step ON instances(run_id, step);
     """,
+    # 3: trust: peer keys, admin tokens with roles, enrolment tokens, the audit trail, messages
+    """
+    CREATE TABLE keys (
+        role TEXT NOT NULL,
+        name TEXT NOT NULL,
+        public_key BLOB NOT NULL,
+        fingerprint TEXT NOT NULL,
+        state TEXT NOT NULL,
+        address TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        decided_at REAL,
+        PRIMARY KEY (role, name)
+    );
+    CREATE TABLE admins (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        revoked_at REAL
+    );
+    CREATE TABLE enrol_tokens (
+        id INTEGER PRIMARY KEY,
+        token_hash TEXT NOT NULL UNIQUE,
+        uses_left INTEGER NOT NULL,
+        expires_at REAL NOT NULL,
+        created_at REAL NOT NULL,
+        created_by TEXT NOT NULL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        who TEXT NOT NULL,
+        action TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        outcome TEXT NOT NULL
+    );
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        severity TEXT NOT NULL,
+        text TEXT NOT NULL,
+        source TEXT NOT NULL
+    );
+    ALTER TABLE taskservers ADD COLUMN public_key BLOB;
+    ALTER TABLE taskservers ADD COLUMN tls_fingerprint TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 _TERMINAL_SQL = "(" + ",".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
@@ -147,6 +193,8 @@ class Store:
 
     def __init__(self, db: aiosqlite.Connection):
         self.db = db
+        self.refused = 0
+        """Reports refused by ``apply_reports`` (unknown instance, wrong computer or route)."""
 
     @classmethod
     async def open(cls, path: str) -> Store:
@@ -262,12 +310,22 @@ class Store:
         await self.db.execute("UPDATE taskservers SET online=0")
         await self.db.commit()
 
-    async def upsert_taskserver(self, name: str, url: str, online: bool) -> None:
+    async def upsert_taskserver(
+        self,
+        name: str,
+        url: str,
+        online: bool,
+        public_key: bytes | None = None,
+        tls_fingerprint: str = "",
+    ) -> None:
         await self.db.execute(
-            "INSERT INTO taskservers(name, url, online, last_seen) VALUES (?, ?, ?, ?)"
+            "INSERT INTO taskservers(name, url, online, last_seen, public_key, tls_fingerprint)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(name) DO UPDATE SET url=excluded.url, online=excluded.online,"
-            " last_seen=excluded.last_seen",
-            (name, url, 1 if online else 0, time.time()),
+            " last_seen=excluded.last_seen, public_key=coalesce(excluded.public_key, public_key),"
+            " tls_fingerprint=CASE WHEN excluded.tls_fingerprint='' THEN tls_fingerprint"
+            " ELSE excluded.tls_fingerprint END",
+            (name, url, 1 if online else 0, time.time(), public_key, tls_fingerprint),
         )
         await self.db.commit()
 
@@ -507,7 +565,7 @@ class Store:
         )
         await self.db.commit()
 
-    async def apply_reports(self, reports: list[Report]) -> list[Change]:
+    async def apply_reports(self, reports: list[Report], route: str | None = None) -> list[Change]:
         """Apply a batch of reports in one transaction; return the instances that moved.
 
         A report that would move a terminal instance, or move progress backwards, is
@@ -545,6 +603,10 @@ class Store:
         for r in reports:
             parent = parents.get(r.instance_id)
             if parent is None or (r.computer and r.computer != parent["computer"]):
+                self.refused += 1
+                continue
+            if route is not None and parent["route"] != route:
+                self.refused += 1  # a TS may report only for computers routed to it
                 continue
             if r.step:
                 step = f"{parent['step']}/{r.step}" if parent["step"] else r.step
@@ -671,6 +733,150 @@ class Store:
             sql += " AND step=?"
             args += (step,)
         return await self._all(sql, args)
+
+    # -- trust --------------------------------------------------------------------------
+
+    async def key(self, role: str, name: str) -> dict[str, Any] | None:
+        return await self._one("SELECT * FROM keys WHERE role=? AND name=?", (role, name))
+
+    async def keys(self) -> list[dict[str, Any]]:
+        return await self._all(
+            "SELECT role, name, fingerprint, state, address, created_at, decided_at FROM keys ORDER BY role, name"
+        )
+
+    async def put_key(
+        self, role: str, name: str, public_key: bytes, fingerprint: str, state: str, address: str
+    ) -> None:
+        now = time.time()
+        await self.db.execute(
+            "INSERT INTO keys(role, name, public_key, fingerprint, state, address, created_at, decided_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(role, name) DO UPDATE SET"
+            " public_key=excluded.public_key, fingerprint=excluded.fingerprint, state=excluded.state,"
+            " address=excluded.address, decided_at=excluded.decided_at",
+            (
+                role,
+                name,
+                public_key,
+                fingerprint,
+                state,
+                address,
+                now,
+                None if state == "pending" else now,
+            ),
+        )
+        await self.db.commit()
+
+    async def decide_keys(
+        self, names: list[str] | None, state: str, *, only_pending: bool = True
+    ) -> list[str]:
+        """Accept or reject keys by name (None: every pending key); return the names changed."""
+        where = "state='pending'" if only_pending else "1=1"
+        rows = await self._all(f"SELECT role, name FROM keys WHERE {where}")
+        chosen = [r for r in rows if names is None or r["name"] in names]
+        await self.db.executemany(
+            "UPDATE keys SET state=?, decided_at=? WHERE role=? AND name=?",
+            [(state, time.time(), r["role"], r["name"]) for r in chosen],
+        )
+        await self.db.commit()
+        return sorted({r["name"] for r in chosen})
+
+    async def delete_keys(self, name: str) -> int:
+        cur = await self.db.execute("DELETE FROM keys WHERE name=?", (name,))
+        count = cur.rowcount
+        await cur.close()
+        await self.db.commit()
+        return count
+
+    async def pending_keys(self) -> int:
+        row = await self._one("SELECT count(*) AS n FROM keys WHERE state='pending'")
+        return int(row["n"]) if row else 0
+
+    async def add_admin(self, name: str, role: str, token_hash: str) -> None:
+        await self.db.execute(
+            "INSERT INTO admins(name, role, token_hash, created_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET role=excluded.role, token_hash=excluded.token_hash,"
+            " created_at=excluded.created_at, revoked_at=NULL",
+            (name, role, token_hash, time.time()),
+        )
+        await self.db.commit()
+
+    async def admin_by_token(self, token_hash: str) -> dict[str, Any] | None:
+        return await self._one(
+            "SELECT name, role FROM admins WHERE token_hash=? AND revoked_at IS NULL", (token_hash,)
+        )
+
+    async def admins(self) -> list[dict[str, Any]]:
+        return await self._all(
+            "SELECT name, role, created_at, revoked_at FROM admins ORDER BY name"
+        )
+
+    async def revoke_admin(self, name: str) -> bool:
+        cur = await self.db.execute(
+            "UPDATE admins SET revoked_at=? WHERE name=? AND revoked_at IS NULL",
+            (time.time(), name),
+        )
+        changed = cur.rowcount > 0
+        await cur.close()
+        await self.db.commit()
+        return changed
+
+    async def add_enrol_token(
+        self, token_hash: str, uses: int, expires_at: float, created_by: str
+    ) -> int:
+        cur = await self.db.execute(
+            "INSERT INTO enrol_tokens(token_hash, uses_left, expires_at, created_at, created_by)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (token_hash, uses, expires_at, time.time(), created_by),
+        )
+        token_id = int(cur.lastrowid or 0)
+        await cur.close()
+        await self.db.commit()
+        return token_id
+
+    async def use_enrol_token(self, token_hash: str) -> str | None:
+        """Spend one use of an enrolment token; return why it cannot be used, or None."""
+        row = await self._one(
+            "SELECT id, uses_left, expires_at FROM enrol_tokens WHERE token_hash=?", (token_hash,)
+        )
+        if row is None:
+            return "unknown enrolment token"
+        if row["expires_at"] < time.time():
+            return "the enrolment token has expired"
+        if row["uses_left"] <= 0:
+            return "the enrolment token is used up"
+        await self.db.execute(
+            "UPDATE enrol_tokens SET uses_left=uses_left-1 WHERE id=?", (row["id"],)
+        )
+        await self.db.commit()
+        return None
+
+    async def enrol_tokens(self) -> list[dict[str, Any]]:
+        return await self._all(
+            "SELECT id, uses_left, expires_at, created_at, created_by FROM enrol_tokens ORDER BY id"
+        )
+
+    async def audit(self, who: str, action: str, detail: str, outcome: str) -> None:
+        await self.db.execute(
+            "INSERT INTO audit(at, who, action, detail, outcome) VALUES (?, ?, ?, ?, ?)",
+            (time.time(), who, action, detail, outcome),
+        )
+        await self.db.commit()
+
+    async def audit_trail(self, limit: int) -> list[dict[str, Any]]:
+        return await self._all("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+
+    async def raise_message(self, severity: str, text: str, source: str) -> int:
+        cur = await self.db.execute(
+            "INSERT INTO messages(at, severity, text, source) VALUES (?, ?, ?, ?)",
+            (time.time(), severity, text, source),
+        )
+        message_id = int(cur.lastrowid or 0)
+        await cur.close()
+        await self.db.commit()
+        return message_id
+
+    async def messages(self, limit: int) -> list[dict[str, Any]]:
+        return await self._all("SELECT * FROM messages ORDER BY id DESC LIMIT ?", (limit,))
 
     # -- server log ---------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections import deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -48,12 +48,13 @@ from protocol.messages import (
     StepResult,
     Tickle,
 )
-from protocol.session import CLOSE_REPLACED, Role, Session
+from protocol.session import CLOSE_RATE_LIMITED, CLOSE_REPLACED, RateLimiter, Role, Session
 from protocol.states import InstanceState, is_terminal
 from taskserver.store import Held, RelayStore
 
 DEADLINE_GRACE_S = 5.0
 BATCH_BYTES = 512 * 1024
+FINISHED_KEPT = 200_000
 """Roll-up batches stay under this many bytes (estimated), well within the 1 MiB frame limit."""
 
 
@@ -114,6 +115,7 @@ class Relay:
         flush_ms: int = 10,
         batch_max: int = 500,
         local_concurrency: int = 8,
+        agent_rate_per_s: float = 200.0,
     ):
         self.name = name
         self.store = store
@@ -138,6 +140,10 @@ class Relay:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self.stats = {"reports_in": 0, "delivered": 0, "dispatched": 0}
+        self.agent_rate_per_s = agent_rate_per_s
+        self.refused: Counter[str] = Counter()
+        # Instances finished lately, by computer: a repeated result is acknowledged, not refused.
+        self._finished: OrderedDict[int, str] = OrderedDict()
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -265,6 +271,7 @@ class Relay:
         self.agents[name] = conn
         self._set_presence(name, True)
         session = Session(Role.AGENT)
+        limiter = RateLimiter(self.agent_rate_per_s, self.agent_rate_per_s * 4)
         try:
             for h in list(self.by_computer.get(name, {}).values()):
                 if not h.local:  # work this relay runs itself is not the agent's
@@ -272,6 +279,13 @@ class Relay:
             while True:
                 message = await link.recv()
                 session.check(message)
+                if not limiter.allow(time.monotonic()):
+                    self.refused["rate_limited"] += 1
+                    raise ProtocolError(
+                        f"more than {self.agent_rate_per_s:g} messages per second",
+                        code="rate_limited",
+                        close_code=CLOSE_RATE_LIMITED,
+                    )
                 if isinstance(message, Reports):
                     self._accept_agent_reports(conn, message)
                 elif isinstance(message, StepRequest):
@@ -289,18 +303,28 @@ class Relay:
                 self._set_presence(name, False)
 
     def _accept_agent_reports(self, conn: AgentConn, message: Reports) -> None:
+        """Take an agent's reports: only for work this relay gave that computer.
+
+        A result for work that finished lately on that computer is a repeat (acknowledged,
+        not stored). Anything else is refused, counted and logged with the peer.
+        """
         items: list[Report] = []
         for r in message.items:
             h = self.held.get(r.instance_id)
-            if h is not None and h.computer != conn.name:
-                self.log.warning(
-                    "report_refused",
-                    peer=conn.link.peer,
-                    instance_id=r.instance_id,
-                    reason="instance belongs to another computer",
-                )
+            if h is not None and h.computer == conn.name and not h.local:
+                items.append(dataclasses.replace(r, computer=conn.name))
                 continue
-            items.append(dataclasses.replace(r, computer=conn.name))
+            if h is None and self._finished.get(r.instance_id) == conn.name:
+                continue
+            why = (
+                "work held for another computer"
+                if h is not None
+                else "work this relay never gave it"
+            )
+            self.refused["foreign_report"] += 1
+            self.log.warning(
+                "report_refused", peer=conn.link.peer, instance_id=r.instance_id, reason=why
+            )
         link = conn.link
         reply_to = message.id
 
@@ -489,7 +513,11 @@ class Relay:
                 continue
             for r in terminal:
                 if not r.step:
-                    self._forget(r.instance_id)
+                    h = self._forget(r.instance_id)
+                    if h is not None:
+                        self._finished[r.instance_id] = h.computer
+                        while len(self._finished) > FINISHED_KEPT:
+                            self._finished.popitem(last=False)
             for _, ack in batch:
                 if ack is not None:
                     with contextlib.suppress(Exception):

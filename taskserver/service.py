@@ -1,20 +1,45 @@
-"""A Task Server process: the relay, a listener for agents, and one link to the NS."""
+"""A Task Server process: the relay, a TLS listener for agents, and one link to the NS.
+
+Trust: the TS proves its own Ed25519 key to the NS (and enrols like an agent). An agent is
+served only with a ticket the NS signed for it and this TS, and after proving the ticket's key;
+the TS in turn proves its key to the agent by signing the agent's nonce.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import time
 from typing import Any
 
 import websockets
 
 from agent import logs
-from agent.link import Link, accept, connect, listen
+from agent.keys import load_or_create, public_bytes
+from agent.link import ConnectionCap, Link, accept, challenge, connect, listen
+from agent.tls import ClientTrust, ensure_certificates, file_fingerprint, server_context
 from protocol import PROTOCOL_VERSION
-from protocol.errors import ProtocolError, RemoteError
-from protocol.messages import Ack, Cancel, Dispatch, Presence, Report, Reports, Tickle, Welcome
-from protocol.session import ALLOWED_DOWN, Role, backoff_delays
+from protocol.errors import HandshakeError, ProtocolError, RemoteError
+from protocol.identity import proof_payload, sign, ticket_payload, verify
+from protocol.messages import (
+    Ack,
+    Cancel,
+    Dispatch,
+    Hello,
+    Presence,
+    Report,
+    Reports,
+    Tickle,
+    Welcome,
+)
+from protocol.session import (
+    ALLOWED_DOWN,
+    CLOSE_TOO_MANY_CONNECTIONS,
+    CLOSE_UNAUTHORIZED,
+    Role,
+    backoff_delays,
+)
 from taskserver.relay import Relay
 from taskserver.store import RelayStore
 
@@ -43,25 +68,42 @@ class TaskServer:
         server_url: str,
         data_dir: str,
         name: str,
-        token: str,
+        trust: ClientTrust,
+        enrol_token: str = "",
         host: str = "127.0.0.1",
         port: int = 0,
         advertise: str | None = None,
         compression: bool = False,
         flush_ms: int = 10,
+        insecure: bool = False,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        max_connections_per_address: int = 20_000,
+        agent_rate_per_s: float = 200.0,
     ):
         self.server_url = server_url
         self.data_dir = data_dir
         self.name = name
-        self.token = token
+        self.trust = trust
+        self.enrol_token = enrol_token
         self.host = host
         self.port = port
         self.advertise = advertise
         self.compression = compression
         self.flush_ms = flush_ms
+        self.insecure = insecure
+        self.tls_cert = tls_cert
+        self.tls_key = tls_key
+        self.tls_fingerprint = ""
+        self.connection_cap = ConnectionCap(max_connections_per_address)
+        self.agent_rate_per_s = agent_rate_per_s
         self.log = logs.get("taskserver", ts=name)
         self.url = ""
         self.connected = asyncio.Event()
+        self.key = load_or_create(os.path.join(data_dir, "taskserver.key"))
+        self.public_key = public_bytes(self.key)
+        self.ns_key_path = os.path.join(data_dir, "server.pub")
+        self.ns_public_key = b""
         self._server: Any = None
         self._ns_task: asyncio.Task[None] | None = None
         self.relay: Relay | None = None
@@ -69,16 +111,37 @@ class TaskServer:
 
     async def start(self) -> None:
         os.makedirs(self.data_dir, exist_ok=True)
+        if os.path.exists(self.ns_key_path):
+            with open(self.ns_key_path) as fh:
+                self.ns_public_key = bytes.fromhex(fh.read().strip())
         self.store = await RelayStore.open(os.path.join(self.data_dir, "taskserver.db"))
-        self.relay = Relay(self.name, self.store, log=self.log, flush_ms=self.flush_ms)
+        self.relay = Relay(
+            self.name,
+            self.store,
+            log=self.log,
+            flush_ms=self.flush_ms,
+            agent_rate_per_s=self.agent_rate_per_s,
+        )
         await self.relay.start()
+        ssl_context = None
+        if not self.insecure:
+            cert, key = self.tls_cert, self.tls_key
+            if not cert or not key:
+                cert, key, _ = ensure_certificates(os.path.join(self.data_dir, "tls"), self.name)
+            ssl_context = server_context(cert, key)
+            self.tls_fingerprint = file_fingerprint(cert)
+        else:
+            self.log.warning(
+                "insecure_listener", reason="--insecure: plain ws://, no TLS; use only for tests"
+            )
         self._server, bound = await listen(
-            self._serve, self.host, self.port, compression=self.compression
+            self._serve, self.host, self.port, compression=self.compression, ssl_context=ssl_context
         )
         self.port = bound
-        self.url = self.advertise or f"ws://{self.host}:{bound}"
+        scheme = "ws" if self.insecure else "wss"
+        self.url = self.advertise or f"{scheme}://{self.host}:{bound}"
         self._ns_task = asyncio.create_task(self._ns_loop(), name="ts-ns-link")
-        self.log.info("taskserver_listening", url=self.url)
+        self.log.info("taskserver_listening", url=self.url, tls_fingerprint=self.tls_fingerprint)
 
     async def stop(self) -> None:
         if self._ns_task is not None:
@@ -93,18 +156,80 @@ class TaskServer:
         if self.store is not None:
             await self.store.close()
 
+    # -- agents -------------------------------------------------------------------------
+
     async def _serve(self, ws: Any) -> None:
-        accepted = await accept(ws, token=self.token, roles=frozenset({Role.AGENT}), log=self.log)
-        if accepted is None:
-            return
-        link, hello = accepted
-        await link.send(
-            Welcome(
-                id=link.next_id(), reply_to=hello.id, version=PROTOCOL_VERSION, server=self.name
+        address = str(ws.remote_address[0]) if ws.remote_address else "?"
+        if not self.connection_cap.take(address):
+            self.log.warning(
+                "too_many_connections", address=address, limit=self.connection_cap.limit
             )
+            await Link(ws, peer=address).refuse(
+                HandshakeError(
+                    f"too many connections from {address}",
+                    code="too_many_connections",
+                    close_code=CLOSE_TOO_MANY_CONNECTIONS,
+                )
+            )
+            return
+        try:
+            accepted = await accept(
+                ws, roles=frozenset({Role.AGENT}), authenticate=self._authenticate, log=self.log
+            )
+            if accepted is None:
+                return
+            link, hello, _ = accepted
+            await link.send(
+                Welcome(
+                    id=link.next_id(), reply_to=hello.id, version=PROTOCOL_VERSION, server=self.name
+                )
+            )
+            assert self.relay is not None
+            await self.relay.serve_agent(link, hello)
+        finally:
+            self.connection_cap.give(address)
+
+    async def _authenticate(self, link: Link, hello: Hello) -> dict[str, Any]:
+        """Serve an agent only on the NS's word (a ticket) and the agent's proof of its key."""
+        creds = hello.credentials
+        ticket, signature, nonce = (
+            creds.get("ticket"),
+            creds.get("ticket_signature"),
+            creds.get("nonce"),
         )
-        assert self.relay is not None
-        await self.relay.serve_agent(link, hello)
+
+        def refuse(why: str) -> HandshakeError:
+            return HandshakeError(
+                f"ticket refused: {why}", code="bad_ticket", close_code=CLOSE_UNAUTHORIZED
+            )
+
+        if not self.ns_public_key:
+            raise refuse("this task server has not reached the NS yet; try again shortly")
+        if (
+            not isinstance(ticket, dict)
+            or not isinstance(signature, bytes)
+            or not isinstance(nonce, bytes)
+        ):
+            raise refuse(
+                "an agent must present the ticket the NS gave it, its signature and a nonce"
+            )
+        if not verify(self.ns_public_key, signature, ticket_payload(ticket)):
+            raise refuse("the NS's signature does not verify")
+        if ticket.get("agent") != hello.identity or ticket.get("taskserver") != self.name:
+            raise refuse(f"it is for {ticket.get('agent')!r} at {ticket.get('taskserver')!r}")
+        expires = ticket.get("expires_at")
+        if not isinstance(expires, int) or expires < time.time():
+            raise refuse("it has expired; register with the NS again")
+        key = hello.credentials.get("public_key")
+        if not isinstance(key, bytes) or key.hex() != ticket.get("public_key"):
+            raise refuse("it names another key")
+        mine = sign(
+            self.key, proof_payload(hello.identity, nonce, "taskserver", self.name, self.public_key)
+        )
+        await challenge(link, hello, self.name, signature=mine)
+        return {"public_key": key}
+
+    # -- the NS -------------------------------------------------------------------------
 
     async def _ns_loop(self) -> None:
         delay = backoff_delays(initial_s=0.2, maximum_s=10.0)
@@ -113,14 +238,17 @@ class TaskServer:
         while True:
             link: Link | None = None
             try:
-                link, _ = await connect(
+                link, welcome = await connect(
                     self.server_url,
                     role=Role.TASKSERVER,
                     identity=self.name,
-                    token=self.token,
-                    info={"url": self.url},
+                    credentials={"enrol_token": self.enrol_token} if self.enrol_token else {},
+                    key=self.key,
+                    trust=self.trust,
+                    info={"url": self.url, "tls_fingerprint": self.tls_fingerprint},
                     compression=self.compression,
                 )
+                self._remember_ns_key(str(welcome.config.get("server_public_key", "")))
                 self.log.info("ns_connected", server=self.server_url)
                 attempt = 0
                 self.relay.set_upstream(RemoteUpstream(link))
@@ -143,6 +271,13 @@ class TaskServer:
                     await link.close()
             await asyncio.sleep(delay(attempt))
             attempt += 1
+
+    def _remember_ns_key(self, hex_key: str) -> None:
+        key = bytes.fromhex(hex_key) if hex_key else b""
+        if key and key != self.ns_public_key:
+            self.ns_public_key = key
+            with open(self.ns_key_path, "w") as fh:
+                fh.write(hex_key + "\n")
 
     async def _read_ns(self, link: Link) -> None:
         assert self.relay is not None

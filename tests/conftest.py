@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import TOKEN, Fleet
-
-
-@pytest.fixture
-def token() -> str:
-    return TOKEN
+from server.core import NotificationServer
+from tests.helpers import Fleet
 
 
 @pytest.fixture
@@ -20,3 +16,14 @@ async def fleet(tmp_path):
         yield f
     finally:
         await f.close()
+
+
+@pytest.fixture
+async def ns(tmp_path):
+    """An in-process NS on loopback port 0, plain ws:// (``insecure``), with its first admin token."""
+    server = NotificationServer(data_dir=str(tmp_path / "ns"), insecure=True)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from admin.client import AdminClient
+from agent.tls import ClientTrust
 
-TOKEN = "test-shared-token"
 READY_TIMEOUT_S = 30.0
+INSECURE = ClientTrust(insecure=True)
+"""Trust for in-process servers started with ``insecure=True`` (plain ws:// on loopback)."""
 
 
 async def until(
@@ -45,6 +47,7 @@ class Proc:
         self.log_path = log_path
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
+        self.fingerprint = ""
 
     async def start(self, wait_ready: bool = True) -> Proc:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
@@ -74,7 +77,9 @@ class Proc:
                 raise AssertionError(f"{self.name} exited before ready; log:\n{self.log()}")
             text = line.decode().strip()
             if " ready url=" in text:
-                self.url = text.split(" ready url=", 1)[1]
+                fields = dict(f.split("=", 1) for f in text.split() if "=" in f)
+                self.url = fields["url"]
+                self.fingerprint = fields.get("fingerprint", "")
                 return
 
     def log(self) -> str:
@@ -94,31 +99,44 @@ class Proc:
 
 
 class Fleet:
-    """Starts an NS, task servers and agents as separate processes in one temporary folder."""
+    """Starts an NS, task servers and agents as separate processes in one temporary folder.
+
+    Everything speaks TLS with the NS's self-made certificate pinned by fingerprint; agents and
+    task servers enrol with a token the fleet creates through the first admin token.
+    """
 
     def __init__(self, root: Path):
         self.root = root
         self.procs: list[Proc] = []
         self.ns: Proc | None = None
+        self.admin_token = ""
+        self.enrol_token = ""
 
     def _proc(self, name: str, args: list[str]) -> Proc:
         p = Proc(name, args, self.root / f"{name}.log")
         self.procs.append(p)
         return p
 
-    async def server(self, name: str = "ns", port: int = 0) -> Proc:
+    @property
+    def fingerprint(self) -> str:
+        assert self.ns is not None
+        return self.ns.fingerprint
+
+    def trust(self) -> ClientTrust:
+        return ClientTrust(fingerprint=self.fingerprint)
+
+    def trust_args(self) -> list[str]:
+        return ["--server-fingerprint", self.fingerprint]
+
+    async def server(self, name: str = "ns", port: int = 0, *extra: str) -> Proc:
+        data = self.root / name
         self.ns = await self._proc(
-            name,
-            [
-                "server",
-                "--data",
-                str(self.root / name),
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--token",
-                TOKEN,
-            ],
+            name, ["server", "--data", str(data), "--listen", f"127.0.0.1:{port}", *extra]
         ).start()
+        self.admin_token = (data / "admin.token").read_text().strip()
+        if not self.enrol_token:
+            async with self.admin() as c:
+                self.enrol_token = (await c.call("tokens.create", ttl_s=3600, uses=10_000))["token"]
         return self.ns
 
     async def taskserver(self, name: str, port: int = 0) -> Proc:
@@ -135,13 +153,15 @@ class Fleet:
                 f"127.0.0.1:{port}",
                 "--name",
                 name,
-                "--token",
-                TOKEN,
+                "--enrol-token",
+                self.enrol_token,
+                *self.trust_args(),
             ],
         ).start()
 
-    async def agent(self, name: str) -> Proc:
+    async def agent(self, name: str, *, enrol: bool = True) -> Proc:
         assert self.ns is not None
+        token = ["--enrol-token", self.enrol_token] if enrol else []
         return await self._proc(
             name,
             [
@@ -152,16 +172,18 @@ class Fleet:
                 str(self.root / name),
                 "--name",
                 name,
-                "--token",
-                TOKEN,
+                *token,
+                *self.trust_args(),
             ],
         ).start(wait_ready=False)
 
-    def admin(self) -> AdminClient:
+    def admin(self, token: str | None = None) -> AdminClient:
         assert self.ns is not None
-        return AdminClient(self.ns.url, TOKEN)
+        return AdminClient(self.ns.url, token or self.admin_token, self.trust())
 
-    async def cli(self, *args: str, timeout_s: float = 60.0) -> tuple[int, str, str]:
+    async def cli(
+        self, *args: str, timeout_s: float = 60.0, token: str | None = None
+    ) -> tuple[int, str, str]:
         """Run an admin verb as a real process; return (exit code, stdout, stderr)."""
         assert self.ns is not None
         proc = await asyncio.create_subprocess_exec(
@@ -172,7 +194,8 @@ class Fleet:
             "--server",
             self.ns.url,
             "--token",
-            TOKEN,
+            token or self.admin_token,
+            *self.trust_args(),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )

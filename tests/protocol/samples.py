@@ -6,6 +6,7 @@ from protocol import PROTOCOL_VERSION
 from protocol.messages import (
     Ack,
     Cancel,
+    Challenge,
     Dispatch,
     Error,
     Event,
@@ -13,6 +14,7 @@ from protocol.messages import (
     Hello,
     Message,
     Presence,
+    Proof,
     Report,
     Reports,
     ReportsAck,
@@ -103,6 +105,8 @@ SAMPLES: dict[str, Message] = {
         id="n12", reply_to="m1", data={"run_id": 17, "instances": [101, 102], "ok": True}
     ),
     "event": Event(id="n13", run_id=17, kind="instance", data={"instance_id": 101, "state": "x"}),
+    "challenge": Challenge(id="n16", reply_to="a1", nonce=b"\x01" * 32, server="ns", signature=b""),
+    "proof": Proof(id="n17", reply_to="n16", signature=b"\x02" * 64),
     "step_request": StepRequest(
         id="n14",
         instance_id=101,

@@ -24,14 +24,15 @@ from protocol.session import (
     ALLOWED,
     CLOSE_NOT_ALLOWED,
     IdSource,
+    RateLimiter,
     Role,
     Session,
     backoff_delays,
     check_hello,
+    public_key_of,
 )
 from tests.protocol.samples import SAMPLES
 
-TOKEN = "the-shared-token"
 ALL_ROLES = frozenset(Role)
 
 
@@ -41,7 +42,7 @@ def _hello(**changes: Any) -> Hello:
         "version": PROTOCOL_VERSION,
         "role": "agent",
         "identity": "pc-0042",
-        "credentials": {"token": TOKEN},
+        "credentials": {"token": "t"},
     }
     fields.update(changes)
     return Hello(**fields)
@@ -49,7 +50,7 @@ def _hello(**changes: Any) -> Hello:
 
 def _refused(message: Message, roles: frozenset[Role] = ALL_ROLES, **kw: Any) -> HandshakeError:
     with pytest.raises(HandshakeError) as info:
-        check_hello(message, token=TOKEN, roles=roles, **kw)
+        check_hello(message, roles=roles, **kw)
     return info.value
 
 
@@ -60,7 +61,7 @@ def _refused(message: Message, roles: frozenset[Role] = ALL_ROLES, **kw: Any) ->
 def test_good_hello_is_accepted(role: str) -> None:
     """A hello with the right version, a served role, a name and the token is returned as is."""
     hello = _hello(role=role)
-    assert check_hello(hello, token=TOKEN, roles=ALL_ROLES) is hello
+    assert check_hello(hello, roles=ALL_ROLES) is hello
 
 
 def test_wrong_version_names_both_versions() -> None:
@@ -82,14 +83,29 @@ def test_version_is_compared_with_the_given_version() -> None:
 
 @pytest.mark.parametrize(
     "credentials",
-    [{"token": "wrong"}, {}, {"token": 12345}, {"token": TOKEN + "x"}, {"token": ""}],
-    ids=["wrong", "absent", "not-a-string", "longer", "empty"],
+    [{}, {"public_key": b"short"}, {"public_key": "not bytes"}, {"public_key": b"k" * 33}],
+    ids=["absent", "short", "not-bytes", "long"],
 )
-def test_bad_token_is_unauthorized(credentials: dict[str, Any]) -> None:
-    """A missing, mistyped or wrong token closes with 4401, code unauthorized."""
-    err = _refused(_hello(credentials=credentials))
-    assert err.close_code == 4401
-    assert err.code == "unauthorized"
+def test_public_key_of_refuses_anything_but_32_raw_bytes(credentials: dict[str, Any]) -> None:
+    """An agent or TS must present a raw 32-byte Ed25519 key: anything else is 4401 bad_credentials."""
+    with pytest.raises(HandshakeError) as info:
+        public_key_of(_hello(credentials=credentials))
+    assert info.value.close_code == 4401
+    assert info.value.code == "bad_credentials"
+
+
+def test_public_key_of_returns_the_key() -> None:
+    """A 32-byte key is returned as given."""
+    assert public_key_of(_hello(credentials={"public_key": b"k" * 32})) == b"k" * 32
+
+
+def test_rate_limiter_allows_the_burst_then_the_rate() -> None:
+    """The bucket lets ``burst`` messages through at once, then ``rate`` per second."""
+    limiter = RateLimiter(rate_per_s=10, burst=3)
+    assert [limiter.allow(0.0) for _ in range(4)] == [True, True, True, False]
+    assert limiter.allow(0.05) is False  # half a token back
+    assert limiter.allow(0.1) is True  # a whole token back
+    assert [limiter.allow(10.0) for _ in range(4)] == [True, True, True, False]  # capped at burst
 
 
 def test_unknown_role_is_refused() -> None:
@@ -119,7 +135,7 @@ def test_bad_identity_is_refused(identity: str) -> None:
 def test_identity_of_255_characters_is_accepted() -> None:
     """255 characters is the longest accepted identity."""
     hello = _hello(identity="x" * 255)
-    assert check_hello(hello, token=TOKEN, roles=ALL_ROLES) is hello
+    assert check_hello(hello, roles=ALL_ROLES) is hello
 
 
 @pytest.mark.parametrize("name", sorted(set(MESSAGE_TYPES) - {"hello"}))

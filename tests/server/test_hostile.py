@@ -21,17 +21,10 @@ from protocol.session import (
     CLOSE_VERSION,
 )
 from server.core import NotificationServer
-from tests.helpers import TOKEN, task_doc, wait_run
+from tests.helpers import INSECURE, task_doc, wait_run
 
-
-@pytest.fixture
-async def ns(tmp_path):
-    server = NotificationServer(data_dir=str(tmp_path / "ns"), token=TOKEN)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+ADMIN = "not-a-real-admin-token"
+GOOD_HELLO = b"<a hello with the real admin token>"
 
 
 def hello(**over):
@@ -39,9 +32,9 @@ def hello(**over):
         "type": "hello",
         "id": "1",
         "version": PROTOCOL_VERSION,
-        "role": "agent",
+        "role": "admin",
         "identity": "intruder",
-        "credentials": {"token": TOKEN},
+        "credentials": {"token": ADMIN},
         "capabilities": [],
         "info": {},
     }
@@ -76,7 +69,8 @@ CASES = [
     ),
     ("wrong type", [hello(version="one")], CLOSE_BAD_MESSAGE),
     ("oversize frame", [b"\x00" * (2 << 20)], CLOSE_TOO_LARGE),
-    ("bad token", [hello(credentials={"token": "wrong"})], CLOSE_UNAUTHORIZED),
+    ("bad admin token", [hello(credentials={"token": "wrong"})], CLOSE_UNAUTHORIZED),
+    ("agent without a key", [hello(role="agent", credentials={})], CLOSE_UNAUTHORIZED),
     ("other version", [hello(version=PROTOCOL_VERSION + 1)], CLOSE_VERSION),
     (
         "first message not hello",
@@ -84,22 +78,40 @@ CASES = [
         CLOSE_NOT_ALLOWED,
     ),
     (
-        "admin verb from an agent",
-        [hello(), msgpack.packb({"type": "request", "id": "2", "op": "tasks.list", "args": {}})],
+        "agent message from an admin",
+        [GOOD_HELLO, msgpack.packb({"type": "reports", "id": "2", "items": []})],
+        CLOSE_NOT_ALLOWED,
+    ),
+    ("garbage after a good hello", [GOOD_HELLO, b"\xff\xfe\xfd"], CLOSE_BAD_FRAME),
+    (
+        "key proof that is not a proof",
+        [
+            hello(role="agent", credentials={"public_key": b"k" * 32}),
+            msgpack.packb({"type": "tickle", "id": "9"}),
+        ],
         CLOSE_NOT_ALLOWED,
     ),
     (
-        "garbage after a good hello",
-        [hello(), b"\xff\xfe\xfd"],
-        CLOSE_BAD_FRAME,
+        "key proof with a forged signature",
+        [
+            hello(role="agent", credentials={"public_key": b"k" * 32}),
+            msgpack.packb({"type": "proof", "id": "9", "reply_to": "1", "signature": b"s" * 64}),
+        ],
+        CLOSE_UNAUTHORIZED,
     ),
 ]
+
+
+def frames_for(ns, frames):
+    """Put the server's real admin token into the hellos that must pass."""
+    good = hello(credentials={"token": ns.first_admin_token})
+    return [good if f is GOOD_HELLO else f for f in frames]
 
 
 @pytest.mark.parametrize("label,frames,code", CASES, ids=[c[0] for c in CASES])
 async def test_bad_peer_is_closed_with_its_code(ns, label, frames, code):
     """Each kind of bad input closes that connection with the documented close code."""
-    got, reason = await close_of(ns.url, *frames)
+    got, reason = await close_of(ns.url, *frames_for(ns, frames))
     assert got == code, f"{label}: closed with {got} ({reason}), expected {code}"
     assert reason, "the close frame carries a reason"
 
@@ -116,12 +128,20 @@ async def test_version_mismatch_names_both_versions(ns):
 async def test_server_keeps_serving_a_real_agent_after_hostile_peers(ns, tmp_path):
     """After every kind of hostile frame, a well-behaved agent registers and runs a task."""
     for _, frames, _ in CASES:
-        await close_of(ns.url, *frames)
-    agent = Agent(server_url=ns.url, name="good", token=TOKEN, data_dir=str(tmp_path / "good"))
+        await close_of(ns.url, *frames_for(ns, frames))
+    async with AdminClient(ns.url, ns.first_admin_token, INSECURE) as c:
+        enrol = (await c.call("tokens.create", uses=1))["token"]
+    agent = Agent(
+        server_url=ns.url,
+        name="good",
+        trust=INSECURE,
+        enrol_token=enrol,
+        data_dir=str(tmp_path / "good"),
+    )
     task = asyncio.create_task(agent.run())
     try:
         await asyncio.wait_for(agent.connected.wait(), 15)
-        async with AdminClient(ns.url, TOKEN) as c:
+        async with AdminClient(ns.url, ns.first_admin_token, INSECURE) as c:
             await c.call("task.add", text=task_doc("t", "echo fine"), filename="t.toml")
             started = await c.call("run.start", task="t", computers=["good"])
             final = await wait_run(c, started["run_id"], 30)
@@ -134,7 +154,9 @@ async def test_server_keeps_serving_a_real_agent_after_hostile_peers(ns, tmp_pat
 
 async def test_slow_handshake_is_dropped_at_the_deadline(tmp_path):
     """A client that connects and never says hello is closed with 4408 at the deadline."""
-    server = NotificationServer(data_dir=str(tmp_path / "ns"), token=TOKEN, handshake_timeout_s=0.5)
+    server = NotificationServer(
+        data_dir=str(tmp_path / "ns"), insecure=True, handshake_timeout_s=0.5
+    )
     await server.start()
     try:
         code, reason = await close_of(server.url)

@@ -2,21 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 from admin.client import AdminClient
-from server.core import NotificationServer
-from tests.helpers import TOKEN, wait_run
-
-
-@pytest.fixture
-async def ns(tmp_path):
-    server = NotificationServer(data_dir=str(tmp_path / "ns"), token=TOKEN)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+from tests.helpers import INSECURE, wait_run
 
 
 async def test_run_script_on_server_runs_once_with_run_tokens(ns):
@@ -27,7 +14,7 @@ async def test_run_script_on_server_runs_once_with_run_tokens(ns):
         "timeout_s": 30,
         "params": {"script": "echo run %RUNID% on %TASKSERVER%"},
     }
-    async with AdminClient(ns.url, TOKEN) as c:
+    async with AdminClient(ns.url, ns.first_admin_token, INSECURE) as c:
         await c.call("task.add", document=doc)
         started = await c.call("run.start", task="on-ns")
         final = await wait_run(c, started["run_id"])
@@ -43,7 +30,7 @@ async def test_write_server_log_stores_an_entry(ns):
         "type": "write-server-log",
         "params": {"level": "warning", "message": "maintenance window for run %RUNID%"},
     }
-    async with AdminClient(ns.url, TOKEN) as c:
+    async with AdminClient(ns.url, ns.first_admin_token, INSECURE) as c:
         await c.call("task.add", document=doc)
         started = await c.call("run.start", task="note")
         final = await wait_run(c, started["run_id"])
@@ -56,7 +43,7 @@ async def test_write_server_log_stores_an_entry(ns):
 async def test_failing_server_script_fails_the_run(ns):
     """A server script with a non-zero exit makes the run fail, with the reason stored."""
     doc = {"name": "bad", "type": "run-script-on-server", "params": {"script": "exit 4"}}
-    async with AdminClient(ns.url, TOKEN) as c:
+    async with AdminClient(ns.url, ns.first_admin_token, INSECURE) as c:
         await c.call("task.add", document=doc)
         started = await c.call("run.start", task="bad")
         final = await wait_run(c, started["run_id"])

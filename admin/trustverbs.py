@@ -1,0 +1,191 @@
+"""Admin verbs for trust: keys, enrolment tokens, admin tokens, the audit trail, messages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from admin.client import AdminClient
+from admin.output import short_time, table
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_s(text: str) -> int:
+    """``90``, ``30m``, ``1h``, ``7d`` → seconds."""
+    m = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90, 30m, 1h or 7d")
+    return int(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def _json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+async def v_keys(c: AdminClient, args: argparse.Namespace) -> int:
+    if args.action == "accept":
+        if not args.names and not args.all:
+            print("taskfleet: keys accept needs NAME ... or --all", file=sys.stderr)
+            return 2
+        result = await c.call("keys.accept", names=args.names, all=args.all)
+        print(f"accepted: {', '.join(result['accepted']) or '(none pending)'}")
+        return 0
+    if args.action in ("reject", "delete"):
+        if len(args.names) != 1:
+            print(f"taskfleet: keys {args.action} needs one NAME", file=sys.stderr)
+            return 2
+        result = await c.call(f"keys.{args.action}", name=args.names[0])
+        print(
+            f"{args.action}ed {args.names[0]}"
+            if args.action == "reject"
+            else f"deleted {result['deleted']}"
+        )
+        return 0
+    rows = await c.call("keys.list")
+    if args.json:
+        _json(rows)
+        return 0
+    for r in rows:
+        r["since"] = short_time(r["created_at"])
+    print(
+        table(
+            rows,
+            [
+                ("name", "name"),
+                ("role", "role"),
+                ("state", "state"),
+                ("fingerprint", "fingerprint"),
+                ("address", "address"),
+                ("since", "since (utc)"),
+            ],
+        )
+    )
+    return 0
+
+
+async def v_tokens(c: AdminClient, args: argparse.Namespace) -> int:
+    if args.action == "create":
+        t = await c.call("tokens.create", ttl_s=args.ttl, uses=args.uses)
+        if args.json:
+            _json(t)
+        else:
+            print(
+                f"enrolment token (shown once; {t['uses']} use(s), expires {short_time(t['expires_at'])} UTC):"
+            )
+            print(t["token"])
+        return 0
+    rows = await c.call("tokens.list")
+    if args.json:
+        _json(rows)
+        return 0
+    now = time.time()
+    for r in rows:
+        r["expires"] = short_time(r["expires_at"]) + (" (expired)" if r["expires_at"] < now else "")
+    print(
+        table(
+            rows,
+            [
+                ("id", "id"),
+                ("uses_left", "uses left"),
+                ("expires", "expires (utc)"),
+                ("created_by", "by"),
+            ],
+        )
+    )
+    return 0
+
+
+async def v_admins(c: AdminClient, args: argparse.Namespace) -> int:
+    if args.action == "add":
+        if not args.name:
+            print("taskfleet: admins add needs a NAME", file=sys.stderr)
+            return 2
+        a = await c.call("admins.add", name=args.name, role=args.role)
+        if args.json:
+            _json(a)
+        else:
+            print(f"admin {a['name']} ({a['role']}); token, shown once:")
+            print(a["token"])
+        return 0
+    if args.action == "revoke":
+        if not args.name:
+            print("taskfleet: admins revoke needs a NAME", file=sys.stderr)
+            return 2
+        await c.call("admins.revoke", name=args.name)
+        print(f"revoked {args.name}")
+        return 0
+    rows = await c.call("admins.list")
+    if args.json:
+        _json(rows)
+        return 0
+    for r in rows:
+        r["state"] = "revoked" if r["revoked_at"] else "active"
+    print(table(rows, [("name", "name"), ("role", "role"), ("state", "state")]))
+    return 0
+
+
+async def v_audit(c: AdminClient, args: argparse.Namespace) -> int:
+    rows = await c.call("audit.list", limit=args.limit)
+    if args.json:
+        _json(rows)
+        return 0
+    for r in rows:
+        r["when"] = short_time(r["at"])
+    print(
+        table(
+            rows,
+            [
+                ("when", "when (utc)"),
+                ("who", "who"),
+                ("action", "action"),
+                ("detail", "detail"),
+                ("outcome", "outcome"),
+            ],
+        )
+    )
+    return 0
+
+
+async def v_messages(c: AdminClient, args: argparse.Namespace) -> int:
+    rows = await c.call("messages.list", limit=args.limit)
+    if args.json:
+        _json(rows)
+        return 0
+    for r in rows:
+        r["when"] = short_time(r["at"])
+    print(table(rows, [("when", "when (utc)"), ("severity", "severity"), ("text", "message")]))
+    return 0
+
+
+def add_trust_verbs(verb: Callable[[str, Any, str], argparse.ArgumentParser]) -> None:
+    """Register the trust verbs on the CLI."""
+    v = verb(
+        "keys",
+        v_keys,
+        "list agent and TS keys; `keys accept NAME|--all`, `keys reject|delete NAME`",
+    )
+    v.add_argument("action", nargs="?", choices=["accept", "reject", "delete"])
+    v.add_argument("names", nargs="*")
+    v.add_argument("--all", action="store_true", help="with accept: every pending key")
+    v = verb("tokens", v_tokens, "enrolment tokens: `tokens create --ttl 1h --uses 100`, `tokens`")
+    v.add_argument("action", nargs="?", choices=["create"])
+    v.add_argument("--ttl", type=duration_s, default=3600, help="lifetime: 90, 30m, 1h, 7d")
+    v.add_argument("--uses", type=int, default=1)
+    v = verb(
+        "admins",
+        v_admins,
+        "admin tokens: `admins add NAME --role R`, `admins list`, `admins revoke NAME`",
+    )
+    v.add_argument("action", nargs="?", choices=["add", "list", "revoke"])
+    v.add_argument("name", nargs="?")
+    v.add_argument("--role", choices=["viewer", "operator", "admin"], default="viewer")
+    v = verb("audit", v_audit, "what admins did: who, what, when")
+    v.add_argument("--limit", type=int, default=100)
+    v = verb("messages", v_messages, "messages and alerts raised by the server")
+    v.add_argument("--limit", type=int, default=100)

@@ -1,0 +1,287 @@
+"""The NS's connections, one function per role: agents, task servers, admins.
+
+Every connection is accepted by ``agent.link.accept`` with ``server.auth.authenticate``: a
+key proof for agents and task servers, a token for admins. Each role may then send only its
+own messages (``protocol.session.Session``), at a bounded rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any
+
+import websockets
+
+from agent.link import ConnectionCap, Link, accept
+from protocol import PROTOCOL_VERSION
+from protocol.errors import HandshakeError, ProtocolError
+from protocol.messages import (
+    Error,
+    Hello,
+    Presence,
+    Reports,
+    ReportsAck,
+    Request,
+    Response,
+    Welcome,
+)
+from protocol.session import (
+    CLOSE_BAD_MESSAGE,
+    CLOSE_NORMAL,
+    CLOSE_NOT_ALLOWED,
+    CLOSE_RATE_LIMITED,
+    CLOSE_REPLACED,
+    CLOSE_TOO_MANY_CONNECTIONS,
+    RateLimiter,
+    Role,
+    Session,
+)
+from server import auth
+
+if TYPE_CHECKING:
+    from server.core import NotificationServer
+
+BUILTIN = "@ns"
+
+
+async def serve(ns: NotificationServer, ws: Any) -> None:
+    """One new connection to the NS, from accept to close."""
+    address = str(ws.remote_address[0]) if ws.remote_address else "?"
+    if not ns.connection_cap.take(address):
+        ns.log.warning("too_many_connections", address=address, limit=ns.connection_cap.limit)
+        await Link(ws, peer=address).refuse(
+            HandshakeError(
+                f"too many connections from {address} (limit {ns.connection_cap.limit})",
+                code="too_many_connections",
+                close_code=CLOSE_TOO_MANY_CONNECTIONS,
+            )
+        )
+        return
+    try:
+        accepted = await accept(
+            ws,
+            roles=frozenset({Role.AGENT, Role.TASKSERVER, Role.ADMIN}),
+            authenticate=lambda link, hello: auth.authenticate(ns, link, hello),
+            log=ns.log,
+            deadline_s=ns.handshake_timeout_s,
+        )
+        if accepted is None:
+            return
+        link, hello, facts = accepted
+        try:
+            if hello.role == Role.AGENT:
+                await serve_agent(ns, link, hello, facts)
+            elif hello.role == Role.TASKSERVER:
+                await serve_taskserver(ns, link, hello, facts)
+            else:
+                await serve_admin(ns, link, hello, facts)
+        except websockets.ConnectionClosed:
+            pass
+        except ProtocolError as exc:
+            ns.refused[exc.code] += 1
+            ns.log.warning("peer_protocol_error", peer=link.peer, code=exc.code, reason=exc.message)
+            await link.refuse(exc)
+    finally:
+        ns.connection_cap.give(address)
+
+
+async def serve_agent(
+    ns: NotificationServer, link: Link, hello: Hello, facts: dict[str, Any]
+) -> None:
+    """Register the agent, tell it its TS (with a ticket), or serve it here."""
+    row = await ns.db.register_agent(hello.identity, hello.info)
+    ts = await assign(ns, row)
+    config: dict[str, Any] = {"computer_id": row["id"], "taskserver": None}
+    if ts is not None:
+        body, signature = auth.ticket(ns, hello.identity, facts["public_key"], ts["name"])
+        config["taskserver"] = ts
+        config["ticket"] = body
+        config["ticket_signature"] = signature.hex()
+    await link.send(
+        Welcome(
+            id=link.next_id(),
+            reply_to=hello.id,
+            version=PROTOCOL_VERSION,
+            server=ns.name,
+            config=config,
+        )
+    )
+    if ts is None:
+        assert ns.relay is not None
+        await ns.relay.serve_agent(link, hello)
+        return
+    # The agent closes this connection and goes to its TS; do not wait on it for long.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(link.ws.wait_closed(), 30)
+    await link.close(CLOSE_NORMAL, "use your task server")
+
+
+async def assign(ns: NotificationServer, row: dict[str, Any]) -> dict[str, Any] | None:
+    """Pick the agent's TS: keep a connected one, else the connected TS with fewest computers."""
+    async with ns.assign_lock:
+        servers = {t["name"]: t for t in await ns.db.taskservers() if t["name"] in ns.routes}
+        current = row["taskserver"]
+        if current in servers:
+            chosen: str | None = current
+        elif servers:
+            chosen = min(servers.values(), key=lambda t: (t["computers"], t["name"]))["name"]
+        else:
+            chosen = None
+        if chosen != current:
+            await ns.db.set_taskserver(row["id"], chosen)
+    if chosen is None:
+        return None
+    t = servers[chosen]
+    return {
+        "name": chosen,
+        "url": t["url"],
+        "public_key": bytes(t["public_key"] or b"").hex(),
+        "tls_fingerprint": t["tls_fingerprint"],
+    }
+
+
+async def serve_taskserver(
+    ns: NotificationServer, link: Link, hello: Hello, facts: dict[str, Any]
+) -> None:
+    """A TS: take its roll-ups and presence, send it dispatches (through ``RemoteRoute``)."""
+    from server.core import RemoteRoute
+
+    name = hello.identity
+    url = hello.info.get("url")
+    if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
+        raise HandshakeError(
+            "a task server's hello must carry info.url (ws:// or wss://)",
+            code="bad_hello",
+            close_code=CLOSE_BAD_MESSAGE,
+        )
+    if name == BUILTIN:
+        raise HandshakeError(
+            f"the name {BUILTIN!r} is reserved", code="bad_identity", close_code=CLOSE_NOT_ALLOWED
+        )
+    tls_fp = hello.info.get("tls_fingerprint", "")
+    old = ns.routes.get(name)
+    if isinstance(old, RemoteRoute):
+        await old.link.close(
+            CLOSE_REPLACED, "replaced by a newer connection from the same task server"
+        )
+    await ns.db.upsert_taskserver(
+        name, url, True, facts["public_key"], tls_fp if isinstance(tls_fp, str) else ""
+    )
+    await link.send(
+        Welcome(
+            id=link.next_id(),
+            reply_to=hello.id,
+            version=PROTOCOL_VERSION,
+            server=ns.name,
+            config={"server_public_key": ns.public_key.hex()},
+        )
+    )
+    route = RemoteRoute(link)
+    ns.routes[name] = route
+    ns.log.info("taskserver_connected", taskserver=name, url=url)
+    session = Session(Role.TASKSERVER)
+    try:
+        cancels, ns.pending_cancels[name] = ns.pending_cancels[name], []
+        if cancels:
+            ns.spawn(route.cancel(cancels))
+        ns.spawn(ns.dispatch_route(name))
+        while True:
+            message = await link.recv()
+            session.check(message)
+            if link.resolve(message):
+                continue
+            if isinstance(message, Reports):
+                await ns.on_reports(message.items, route=name)
+                await link.send(ReportsAck(id=link.next_id(), reply_to=message.id))
+            elif isinstance(message, Presence):
+                await ns.on_presence(name, message.online, message.offline, message.full)
+    finally:
+        if ns.routes.get(name) is route:
+            del ns.routes[name]
+            await ns.db.upsert_taskserver(name, url, False)
+            await ns.db.set_all_offline(name)
+            ns.log.info("taskserver_disconnected", taskserver=name)
+        link.fail_waiters(ConnectionError(f"task server {name} disconnected"))
+
+
+async def serve_admin(
+    ns: NotificationServer, link: Link, hello: Hello, facts: dict[str, Any]
+) -> None:
+    """An admin: requests answered in order, each checked against the admin's role and audited."""
+    from server.admin_api import ApiError, handle
+
+    who, role = str(facts["admin"]), str(facts["role"])
+    link.peer = f"admin:{who}({role})@{link.peer.rsplit('@', 1)[-1]}"
+    await link.send(
+        Welcome(
+            id=link.next_id(),
+            reply_to=hello.id,
+            version=PROTOCOL_VERSION,
+            server=ns.name,
+            config={"admin": who, "role": role},
+        )
+    )
+    session = Session(Role.ADMIN)
+    limiter = RateLimiter(ns.admin_rate_per_s, ns.admin_rate_per_s * 4)
+    try:
+        while True:
+            message = await link.recv()
+            session.check(message)
+            if not limiter.allow(time.monotonic()):
+                raise ProtocolError(
+                    "too many requests per second",
+                    code="rate_limited",
+                    close_code=CLOSE_RATE_LIMITED,
+                )
+            assert isinstance(message, Request)
+            read_only = auth.required_role(message.op) == "viewer"
+            if not auth.allowed(role, message.op):
+                need = auth.required_role(message.op)
+                await ns.db.audit(
+                    who, message.op, _summary(message.args), f"refused: needs role {need}"
+                )
+                await link.send(
+                    Error(
+                        id=link.next_id(),
+                        reply_to=message.id,
+                        code="forbidden",
+                        message=f"{message.op!r} needs the role {need}; you ({who}) are {role}",
+                    )
+                )
+                continue
+            try:
+                data = await handle(ns, link, message.op, message.args, who)
+            except ApiError as exc:
+                if not read_only:
+                    await ns.db.audit(who, message.op, _summary(message.args), f"error: {exc.code}")
+                await link.send(
+                    Error(id=link.next_id(), reply_to=message.id, code=exc.code, message=str(exc))
+                )
+                continue
+            except Exception:
+                # A bug must not cost the admin the connection: answer, log, go on.
+                ns.log.exception("admin_request_failed", op=message.op, peer=link.peer)
+                await link.send(
+                    Error(
+                        id=link.next_id(),
+                        reply_to=message.id,
+                        code="internal_error",
+                        message=f"the server failed on {message.op!r}; its log has the details",
+                    )
+                )
+                continue
+            if not read_only:
+                await ns.db.audit(who, message.op, _summary(message.args), "ok")
+            await link.send(Response(id=link.next_id(), reply_to=message.id, data=data))
+    finally:
+        for subs in ns.watchers.values():
+            subs.discard(link)
+
+
+def _summary(args: dict[str, Any]) -> str:
+    """What an admin asked for, for the audit trail (documents and secrets left out)."""
+    shown = {k: v for k, v in args.items() if k not in ("text", "document", "token")}
+    text = ", ".join(f"{k}={v!r}" for k, v in sorted(shown.items()))
+    return text[:500]
