@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
 import os
 import ssl
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 

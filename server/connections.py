@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import websockets
 
-from agent.link import ConnectionCap, Link, accept
+from agent.link import Link, accept
 from protocol import PROTOCOL_VERSION
 from protocol.errors import HandshakeError, ProtocolError
 from protocol.messages import (
