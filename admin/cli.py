@@ -349,14 +349,16 @@ async def v_types(c: AdminClient, args: argparse.Namespace) -> int:
 
 
 async def v_run(c: AdminClient, args: argparse.Namespace) -> int:
-    started = await c.call("run.start", task=args.name, computers=args.computer or [], all=args.all)
-    run_id = started["run_id"]
-    if started["no_agent"]:
+    target = {"task": args.name, "computers": args.computer or [], "all": args.all}
+    plan = await c.call("run.start", check=True, **target)
+    if plan["no_agent"]:
         print(
-            f"warning: {len(started['no_agent'])} target(s) have no agent and fail at once: "
-            + ", ".join(started["no_agent"]),
+            f"warning: {len(plan['no_agent'])} target(s) have no agent and will fail their client steps "
+            "with reason 'no agent': " + ", ".join(plan["no_agent"]),
             file=sys.stderr,
         )
+    started = await c.call("run.start", **target)
+    run_id = started["run_id"]
     if not args.wait:
         if args.json:
             _print_json(started)

@@ -455,7 +455,11 @@ class Agent:
             await self.store.finish(report, snap)
             await self._send([report])
 
-        ended = await drive(machine, run_step, step_ended)
+        async def job_started(snap: dict[str, Any]) -> None:
+            assert self.store is not None
+            await self.store.start_job(iid, self.store.jobs[iid]["execute"], snap, deadline)
+
+        ended = await drive(machine, run_step, step_ended, job_started)
         state = {
             JobState.SUCCEEDED: InstanceState.SUCCEEDED,
             JobState.STOPPED: InstanceState.STOPPED,

@@ -29,10 +29,14 @@ async def drive(
     machine: JobMachine,
     run_step: Callable[[RunStep], Awaitable[Outcome]],
     step_ended: Callable[[RunStep, Outcome, dict[str, Any]], Awaitable[None]],
+    started: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
 ) -> JobEnded:
-    """Run ``machine`` to its end. ``step_ended(step, outcome, snapshot)`` must store both."""
+    """Run ``machine`` to its end. ``step_ended(step, outcome, snapshot)`` must store both;
+    ``started(snapshot)`` stores the state entered at START, before the first step runs."""
     if machine.state is JobState.READY:
         actions = machine.handle(JobEvent.START)
+        if started is not None:
+            await started(machine.snapshot())
     elif machine.state is JobState.WAITING:
         current = machine.current
         assert current is not None

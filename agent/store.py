@@ -4,6 +4,7 @@ and its last configuration. Simulated agents (``data_dir=None``) keep the same s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -15,22 +16,13 @@ from protocol.messages import Report
 
 
 def report_to_json(r: Report) -> str:
-    return json.dumps(
-        {
-            "instance_id": r.instance_id,
-            "state": r.state,
-            "computer": r.computer,
-            "return_code": r.return_code,
-            "output": r.output,
-            "reason": r.reason,
-            "started_at": r.started_at,
-            "ended_at": r.ended_at,
-        }
-    )
+    """A report as stored in an outbox: every field, so nothing changes on the way back."""
+    return json.dumps({f.name: getattr(r, f.name) for f in dataclasses.fields(Report)})
 
 
 def report_from_json(text: str) -> Report:
-    return Report(**json.loads(text))
+    known = {f.name for f in dataclasses.fields(Report)}
+    return Report(**{k: v for k, v in json.loads(text).items() if k in known})
 
 
 async def open_db(path: str, migrations: list[str]) -> aiosqlite.Connection:

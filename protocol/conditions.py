@@ -2,7 +2,7 @@
 
 A condition step in a job chooses a branch from the results of earlier steps::
 
-    install.status == "failed" and not (install.exit_code == 3 or install-again.exit_code >= 10)
+    install.status == "failed" and not (install.return_code == 3 or install-again.return_code >= 10)
 
 Grammar, loosest binding first (``or`` < ``and`` < ``not`` < comparison)::
 

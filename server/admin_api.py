@@ -16,6 +16,7 @@ from protocol.jobs import JobCompileError, JobType, compile_job, is_job_document
 from protocol.states import InstanceState
 from protocol.tasks import CATALOG, parse_document, validate_task
 from server import auth
+from server.jobs import no_agent_targets
 
 if TYPE_CHECKING:
     from server.core import NotificationServer
@@ -251,6 +252,13 @@ async def run_start(ns: NotificationServer, link: Link, args: dict[str, Any]) ->
                 "no_targets",
                 f"{name!r} is a {what}: give --computer NAME (repeatable) or --all",
             )
+    if args.get("check"):
+        # Look before leaping: what would fail at once, without starting anything.
+        return {
+            "run_id": None,
+            "targets": len(computers),
+            "no_agent": no_agent_targets(definition, computers),
+        }
     return await ns.start_run(definition, computers)
 
 

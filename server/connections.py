@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from server.core import NotificationServer
 
 BUILTIN = "@ns"
+TS_GRACE_S = 120.0
+"""How long agents stay with a TS that went away before they are moved elsewhere."""
 
 
 async def serve(ns: NotificationServer, ws: Any) -> None:
@@ -119,12 +121,17 @@ async def serve_agent(
 
 
 async def assign(ns: NotificationServer, row: dict[str, Any]) -> dict[str, Any] | None:
-    """Pick the agent's TS: keep a connected one, else the connected TS with fewest computers."""
+    """Pick the agent's TS: keep its own while that TS is connected or was seen within
+    ``TS_GRACE_S`` (a restarting TS keeps its agents, and the work it holds for them); else the
+    connected TS with the fewest computers; else none (the built-in service)."""
     async with ns.assign_lock:
-        servers = {t["name"]: t for t in await ns.db.taskservers() if t["name"] in ns.routes}
+        known = {t["name"]: t for t in await ns.db.taskservers()}
+        servers = {name: t for name, t in known.items() if name in ns.routes}
         current = row["taskserver"]
-        if current in servers:
+        recent = current in known and time.time() - (known[current]["last_seen"] or 0) < TS_GRACE_S
+        if current in servers or (current is not None and recent):
             chosen: str | None = current
+            servers = known
         elif servers:
             chosen = min(servers.values(), key=lambda t: (t["computers"], t["name"]))["name"]
         else:

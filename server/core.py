@@ -148,6 +148,8 @@ class ActiveRun:
     kind: str
     stages: dict[str, Stage] = field(default_factory=dict)
     runner: asyncio.Task[None] | None = None
+    deadline: float = float("inf")
+    """For server jobs: the job's own time limit, over all its steps."""
 
 
 def _stage(deadline: float, routes: list[str | None]) -> Stage:
@@ -316,7 +318,7 @@ class NotificationServer:
         """After a restart: rebuild the count of every open step; resume server jobs."""
         runs = await self.db.active_runs()
         for row in runs:
-            self.active[row["id"]] = ActiveRun(row["kind"])
+            self.active[row["id"]] = ActiveRun(row["kind"], deadline=row["deadline"])
         for row in await self.db.open_steps():
             active = self.active.get(row["run_id"])
             if active is None:
@@ -380,7 +382,7 @@ class NotificationServer:
         run_id = await self.db.create_run(
             definition, [], deadline, targets=[c["id"] for c in computers], first_step=False
         )
-        active = ActiveRun(SERVER_JOB)
+        active = ActiveRun(SERVER_JOB, deadline=deadline)
         self.active[run_id] = active
         self.log.info("job_started", run_id=run_id, job=definition["name"], targets=len(computers))
         active.runner = self.spawn(
@@ -535,6 +537,8 @@ class NotificationServer:
         if status is None:
             rows = await self.db.instance_states(run_id)
             status = run_outcome([r["status"] for r in rows])
+        # Step rows whose result never arrived (lost with a relay) must not read "running" forever.
+        await self.db.end_instances(run_id, InstanceState.FAILED, "no result before the run ended")
         await self.db.finish_run(run_id, status)
         self.log.info("run_ended", run_id=run_id, status=str(status))
         for link in list(self.watchers.pop(run_id, set())):
@@ -624,6 +628,14 @@ class NotificationServer:
             await asyncio.sleep(0.5)
             now = time.time()
             for run_id, active in list(self.active.items()):
+                if active.kind == SERVER_JOB and now > active.deadline + ROLLUP_GRACE_S:
+                    try:
+                        await self.end_run(
+                            run_id, InstanceState.TIMED_OUT, "the job's time limit passed"
+                        )
+                    except Exception:
+                        self.log.exception("sweep_failed", run_id=run_id)
+                    continue
                 for step, stage in list(active.stages.items()):
                     if now <= stage.deadline + ROLLUP_GRACE_S:
                         continue

@@ -61,6 +61,16 @@ def plan_instances(
     return instances, no_agent
 
 
+def no_agent_targets(definition: dict[str, Any], computers: list[dict[str, Any]]) -> list[str]:
+    """The computers of a run that cannot do their part for want of an agent."""
+    if definition["kind"] == SERVER_JOB:
+        needs = job_needs_agents(definition["job"])
+        return sorted(c["name"] for c in computers if needs and not c["has_agent"])
+    if definition["kind"] == Kind.SERVER:
+        return []
+    return plan_instances(definition, computers)[1]
+
+
 def job_needs_agents(job: dict[str, Any]) -> bool:
     """True when a server job has a step that a computer without an agent cannot run."""
     for ins in job["program"]:

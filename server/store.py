@@ -411,7 +411,8 @@ class Store:
             " VALUES (?, ?, ?, 'running', ?, ?, ?)",
             (
                 definition["name"],
-                definition["kind"],
+                # A client job dispatches like a client task but is listed as what it is.
+                "client-job" if definition.get("type") == "client-job" else definition["kind"],
                 json.dumps(definition),
                 now,
                 deadline,

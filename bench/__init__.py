@@ -1,0 +1,1 @@
+"""Benchmarks of the taskfleet control plane (see bench/README.md)."""
