@@ -153,6 +153,10 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE taskservers ADD COLUMN public_key BLOB;
     ALTER TABLE taskservers ADD COLUMN tls_fingerprint TEXT NOT NULL DEFAULT '';
     """,
+    # 4: counting computers per TS at every registration must not scan the whole table
+    """
+    CREATE INDEX computers_taskserver ON computers(taskserver);
+    """,
 ]
 
 _TERMINAL_SQL = "(" + ",".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"

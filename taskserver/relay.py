@@ -126,6 +126,7 @@ class Relay:
         self.by_computer: dict[str, dict[int, Held]] = {}
         self.agents: dict[str, AgentConn] = {}
         self.local: dict[int, LocalRun] = {}
+        self._cancel_later: dict[str, set[int]] = {}
         self._steps: dict[tuple[int, str], asyncio.Future[Outcome]] = {}
         self._local_sem = asyncio.Semaphore(local_concurrency)
         self._inbox: list[tuple[list[Report], Callable[[], Awaitable[None]] | None]] = []
@@ -229,15 +230,21 @@ class Relay:
         """Forget held work, stop local runs, and tell agents to kill what they run."""
         per_agent: dict[str, list[int]] = {}
         for iid in instance_ids:
-            h = self._forget(iid)
+            h = self.held.get(iid)
+            if h is not None:
+                conn = self.agents.get(h.computer)
+                if conn is not None and iid in conn.sent:
+                    per_agent.setdefault(h.computer, []).append(iid)
+                elif not h.local:
+                    # Sent on an earlier connection, maybe: tell the agent when it is back.
+                    self._cancel_later.setdefault(h.computer, set()).add(iid)
+            self._forget(iid)
             local = self.local.get(iid)
             if local is not None:
                 local.stop()
-            if h is None:
-                continue
-            conn = self.agents.get(h.computer)
-            if conn is not None and iid in conn.sent:
-                per_agent.setdefault(h.computer, []).append(iid)
+            for key, step in list(self._steps.items()):
+                if key[0] == iid and not step.done():
+                    step.cancel()  # a task-server step run for an agent's client job
         await self.store.drop(instance_ids)
         for name, ids in per_agent.items():
             conn = self.agents.get(name)
@@ -273,6 +280,9 @@ class Relay:
         session = Session(Role.AGENT)
         limiter = RateLimiter(self.agent_rate_per_s, self.agent_rate_per_s * 4)
         try:
+            late = self._cancel_later.pop(name, None)
+            if late:
+                await link.send(Cancel(id=link.next_id(), instance_ids=sorted(late)))
             for h in list(self.by_computer.get(name, {}).values()):
                 if not h.local:  # work this relay runs itself is not the agent's
                     await self._send_execute(conn, h)
@@ -505,6 +515,8 @@ class Relay:
                         final[key] = r
                     # else: a repeated result for work already finished; acknowledged, not stored.
             terminal = list(final.values())
+            # Progress that its own result overtook in this batch is news to no one upstream.
+            progress = [r for r in progress if (r.instance_id, r.step) not in final]
             try:
                 seqs = await self.store.finish(terminal)
             except Exception:
@@ -613,6 +625,9 @@ class Relay:
     def _forget(self, instance_id: int) -> Held | None:
         h = self.held.pop(instance_id, None)
         if h is not None:
+            conn = self.agents.get(h.computer)
+            if conn is not None:
+                conn.sent.discard(instance_id)
             per = self.by_computer.get(h.computer)
             if per is not None:
                 per.pop(instance_id, None)
