@@ -127,6 +127,10 @@ class Agent:
     async def run(self) -> None:
         """Register, connect, serve; reconnect with backoff and jitter, forever."""
         self.store = await AgentStore.open(self.data_dir)
+        if self.trust.insecure:
+            self.log.warning(
+                "insecure", reason="--insecure: plain ws:// is allowed; use only for tests"
+            )
         try:
             await self._recover()
             attempt = 0
