@@ -360,15 +360,7 @@ class Agent:
             )
         finally:
             self._running.pop(iid, None)
-        report = Report(
-            instance_id=iid,
-            state=outcome.state,
-            return_code=outcome.return_code,
-            output=outcome.output,
-            reason=outcome.reason,
-            started_at=outcome.started_at,
-            ended_at=outcome.ended_at,
-        )
+        report = outcome.report(iid)
         await self.store.finish(report)
         await self._send([report])
 
@@ -446,16 +438,7 @@ class Agent:
 
         async def step_ended(step: RunStep, outcome: Outcome, snap: dict[str, Any]) -> None:
             assert self.store is not None
-            report = Report(
-                instance_id=iid,
-                step=step.step,
-                state=outcome.state,
-                return_code=outcome.return_code,
-                output=outcome.output,
-                reason=outcome.reason,
-                started_at=outcome.started_at,
-                ended_at=outcome.ended_at,
-            )
+            report = outcome.report(iid, step=step.step)
             await self.store.finish(report, snap)
             await self._send([report])
 

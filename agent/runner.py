@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from protocol.messages import Report
 from protocol.states import InstanceState
 from protocol.tasks import output_limit, replace_tokens
 
@@ -34,6 +35,20 @@ class Outcome:
     reason: str = ""
     started_at: float | None = None
     ended_at: float | None = None
+
+    def report(self, instance_id: int, *, computer: str = "", step: str = "") -> Report:
+        """This outcome as the report that carries it upstream."""
+        return Report(
+            instance_id=instance_id,
+            state=self.state,
+            step=step,
+            computer=computer,
+            return_code=self.return_code,
+            output=self.output,
+            reason=self.reason,
+            started_at=self.started_at,
+            ended_at=self.ended_at,
+        )
 
 
 def _command(interpreter: str, path: str) -> list[str] | None:

@@ -685,13 +685,5 @@ class NotificationServer:
                 outcome = await run.run()
             finally:
                 self.server_runs.pop(instance_id, None)
-            report = Report(
-                instance_id=instance_id,
-                state=outcome.state,
-                return_code=outcome.return_code,
-                output=outcome.output,
-                reason=outcome.reason,
-                started_at=outcome.started_at,
-                ended_at=outcome.ended_at,
-            )
+            report = outcome.report(instance_id)
         await self.on_reports([report])

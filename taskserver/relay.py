@@ -71,19 +71,6 @@ class LocalRun:
         self.task.cancel()
 
 
-def _report(instance_id: int, computer: str, outcome: Outcome) -> Report:
-    return Report(
-        instance_id=instance_id,
-        state=outcome.state,
-        computer=computer,
-        return_code=outcome.return_code,
-        output=outcome.output,
-        reason=outcome.reason,
-        started_at=outcome.started_at,
-        ended_at=outcome.ended_at,
-    )
-
-
 class Upstream(Protocol):
     """Where a relay's results and presence go (the NS, over a link or in-process)."""
 
@@ -394,7 +381,7 @@ class Relay:
             outcome = Outcome(
                 InstanceState.STOPPED, reason="stopped by an administrator", ended_at=time.time()
             )
-        self._report([_report(iid, h.computer, outcome)])
+        self._report([outcome.report(iid, computer=h.computer)])
 
     async def _script(
         self, iid: int, task: dict[str, Any], tokens: dict[str, str], timeout_s: float
@@ -426,9 +413,7 @@ class Relay:
             return await self._script(h.instance_id, step.task, h.tokens, timeout_s)
 
         async def step_ended(step: RunStep, outcome: Outcome, snapshot: dict[str, Any]) -> None:
-            self._report(
-                [dataclasses.replace(_report(h.instance_id, h.computer, outcome), step=step.step)]
-            )
+            self._report([outcome.report(h.instance_id, computer=h.computer, step=step.step)])
 
         ended = await drive(machine, run_step, step_ended)
         state = (
@@ -472,9 +457,7 @@ class Relay:
         outcome = (
             await asyncio.shield(result) if isinstance(result, asyncio.Future) else await result
         )
-        report = dataclasses.replace(
-            _report(message.instance_id, conn.name, outcome), step=message.step
-        )
+        report = outcome.report(message.instance_id, computer=conn.name, step=message.step)
         with contextlib.suppress(websockets.ConnectionClosed):
             await conn.link.send(
                 StepResult(id=conn.link.next_id(), reply_to=message.id, result=report)
