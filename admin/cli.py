@@ -27,7 +27,7 @@ from agent import logs
 from agent.tls import ClientTrust
 from protocol.errors import RemoteError
 
-DEFAULT_SERVER = "ws://127.0.0.1:8470"
+DEFAULT_SERVER = "wss://127.0.0.1:8470"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 USAGE_CODES = {
     "bad_request",
@@ -63,6 +63,23 @@ async def _serve_forever(component: Any, ready: str) -> None:
     await component.stop()
 
 
+def _smtp(args: argparse.Namespace) -> dict[str, Any]:
+    """The NS's SMTP settings for send-email, from --smtp and friends."""
+    if not args.smtp:
+        return {}
+    from agent.link import split_hostport
+
+    host, port = split_hostport(args.smtp, 25)
+    return {
+        "host": host,
+        "port": port,
+        "security": args.smtp_security,
+        "user": args.smtp_user or "",
+        "password": os.environ.get("TASKFLEET_SMTP_PASSWORD", ""),
+        "sender": args.smtp_from or "",
+    }
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     from agent.link import split_hostport
     from server.core import NotificationServer
@@ -80,6 +97,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         max_connections_per_address=args.max_connections_per_address,
         max_pending_keys=args.max_pending_keys,
+        smtp=_smtp(args),
     )
 
     async def main() -> None:
@@ -143,10 +161,12 @@ def cmd_taskserver(args: argparse.Namespace) -> int:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     from agent.agent import Agent
+    from agent.commands import CommandTable
 
     agent = Agent(
         server_url=args.server,
         name=args.name,
+        commands=CommandTable.load(args.commands),
         trust=_trust(args),
         enrol_token=args.enrol_token or "",
         data_dir=args.data,
@@ -195,7 +215,9 @@ async def v_computers(c: AdminClient, args: argparse.Namespace) -> int:
         if not args.name:
             print("taskfleet: computers add needs a NAME", file=sys.stderr)
             return EXIT_USAGE
-        row = await c.call("computers.add", name=args.name, address=args.address or "")
+        row = await c.call(
+            "computers.add", name=args.name, address=args.address or "", mac=args.mac or ""
+        )
         if args.json:
             _print_json(row)
         else:
@@ -477,6 +499,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--insecure", action="store_true", help="plain ws://, no TLS (tests only)")
     s.add_argument("--max-connections-per-address", type=int, default=20_000)
     s.add_argument("--max-pending-keys", type=int, default=1_000)
+    s.add_argument("--smtp", help="HOST:PORT of the mail server for send-email")
+    s.add_argument("--smtp-security", choices=["none", "starttls", "tls"], default="starttls")
+    s.add_argument("--smtp-user", help="login (the password comes from TASKFLEET_SMTP_PASSWORD)")
+    s.add_argument("--smtp-from", help="sender address")
     s.add_argument("--data", required=True, help="data folder (created on first start)")
     s.add_argument("--listen", default="127.0.0.1:8470", help="HOST:PORT (port 0: any free port)")
     s.add_argument("--name", default="ns")
@@ -497,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--data", required=True)
     a.add_argument("--name", default=os.uname().nodename)
     a.add_argument("--concurrency", type=int, default=4)
+    a.add_argument(
+        "--commands", help="TOML file overriding the platform command table (docs/tasks.md)"
+    )
     a.set_defaults(func=cmd_agent)
 
     d = sub.add_parser("demo", help="NS, one TS and N agents in one process: run a task on all")
@@ -521,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("action", nargs="?", choices=["add"])
     v.add_argument("name", nargs="?")
     v.add_argument("--address", default="")
+    v.add_argument("--mac", default="", help="the device's MAC address (for wake-on-lan)")
     verb("taskservers", v_taskservers, "list task servers")
     v = verb("task", v_task, "`task add FILE`: save a task document (TOML or JSON)")
     v.add_argument("action", choices=["add"])

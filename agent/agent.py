@@ -20,6 +20,7 @@ import platform
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,11 +28,13 @@ import websockets
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent import __version__, logs
+from agent.commands import CommandTable
 from agent.jobrunner import drive
 from agent.keys import load_or_create
 from agent.link import Link, connect
-from agent.runner import Outcome, ScriptRun, run_noop
+from agent.runner import Outcome, ScriptRun
 from agent.store import AgentStore, Key
+from agent.tasktypes import RUNNERS, TaskContext
 from agent.tls import ClientTrust
 from protocol.errors import ProtocolError, RemoteError
 from protocol.identity import NONCE_BYTES, proof_payload, verify
@@ -88,6 +91,7 @@ class Agent:
         lightweight: bool = False,
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
+        commands: CommandTable | None = None,
     ):
         self.server_url = server_url
         self.name = name
@@ -111,6 +115,9 @@ class Agent:
         self._inflight: dict[str, list[Key]] = {}
         self._step_waiters: dict[str, asyncio.Future[Report]] = {}
         self._delay = backoff_delays(initial_s=backoff_initial_s, maximum_s=backoff_max_s)
+        self.commands = commands or CommandTable()
+        self._after: dict[int, list[Callable[[], Awaitable[None]]]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
 
     def info(self) -> dict[str, Any]:
         if self.lightweight:
@@ -363,31 +370,62 @@ class Agent:
         report = outcome.report(iid)
         await self.store.finish(report)
         await self._send([report])
+        await self._reported(iid)
 
     async def _run_task(
         self, iid: int, task: dict[str, Any], tokens: dict[str, str], timeout_s: float
     ) -> Outcome:
         """Run one client task here (a plain instance, or a step of a client job)."""
-        params = task.get("params", {})
-        kind = task.get("type")
-        if kind == "noop":
-            return await run_noop(params, timeout_s)
-        if kind == "run-script":
-            run = ScriptRun(params, tokens, timeout_s)
-            running = self._running.get(iid)
+        kind = str(task.get("type"))
+        runner = RUNNERS.get(kind)
+        if runner is None:
+            now = time.time()
+            return Outcome(
+                InstanceState.FAILED,
+                reason=f"this agent ({__version__}) cannot run task type {kind!r}; upgrade it",
+                started_at=now,
+                ended_at=now,
+            )
+        running = self._running.get(iid)
+
+        def track(run: ScriptRun | None) -> None:
             if running is not None:
                 running.run = run
+
+        ctx = TaskContext(task.get("params", {}), tokens, timeout_s, self.commands, self, track)
+        outcome = await runner(ctx)
+        self._after.setdefault(iid, []).extend(ctx.after_report)
+        return outcome
+
+    async def _reported(self, iid: int) -> None:
+        """Carry out what a task asked to do once its result is reported."""
+        for action in self._after.pop(iid, []):
             try:
-                return await run.run()
-            finally:
-                if running is not None:
-                    running.run = None
-        return Outcome(
-            InstanceState.FAILED,
-            reason=f"this agent ({__version__}) cannot run task type {kind!r}",
-            started_at=time.time(),
-            ended_at=time.time(),
-        )
+                await action()
+            except Exception:
+                self.log.exception("after_report_failed", instance_id=iid)
+
+    def keep(self, task: asyncio.Task[Any]) -> None:
+        """Hold a background task until it ends."""
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def reconnect(self) -> None:
+        """Drop the live connection: the run loop registers again and gets fresh configuration."""
+        if self.link is not None:
+            await self.link.close(1000, "re-registering")
+
+    async def reset(self) -> int:
+        """reset-task-agent: stop every other running task and forget queued work and job state."""
+        assert self.store is not None
+        current = asyncio.current_task()
+        others = [r for r in self._running.values() if r.task is not current]
+        for r in others:
+            if r.run is not None:
+                r.run.stop()
+            r.task.cancel()
+        await self.store.clear_jobs()
+        return len(others)
 
     # -- client jobs --------------------------------------------------------------------
 
@@ -441,6 +479,7 @@ class Agent:
             report = outcome.report(iid, step=step.step)
             await self.store.finish(report, snap)
             await self._send([report])
+            await self._reported(iid)
 
         async def job_started(snap: dict[str, Any]) -> None:
             assert self.store is not None

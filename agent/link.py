@@ -183,11 +183,13 @@ async def connect(
     )
     try:
         await link.send(hello)
+        proven = check_server is None
         while True:
             reply = await asyncio.wait_for(link.recv(), open_timeout_s)
             if not isinstance(reply, Challenge):
                 break
             if check_server is not None:
+                proven = True
                 reason = check_server(reply)
                 if reason is not None:
                     raise RemoteError("untrusted_server", f"refusing {url}: {reason}")
@@ -210,6 +212,11 @@ async def connect(
     if not isinstance(reply, Welcome):
         await link.close()
         raise RemoteError("bad_handshake", f"expected 'welcome', got {reply.TYPE!r}")
+    if not proven:
+        await link.close()
+        raise RemoteError(
+            "untrusted_server", f"refusing {url}: it welcomed us without proving its key"
+        )
     return link, reply
 
 

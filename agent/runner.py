@@ -72,10 +72,18 @@ _SUFFIX = {"python": ".py", "powershell": ".ps1", "cmd": ".cmd", "sh": ".sh", "b
 class ScriptRun:
     """One script execution that can be stopped from outside (``stop``)."""
 
-    def __init__(self, params: dict[str, Any], tokens: dict[str, str], timeout_s: float):
+    def __init__(
+        self,
+        params: dict[str, Any],
+        tokens: dict[str, str],
+        timeout_s: float,
+        argv: list[str] | None = None,
+    ):
         self.params = params
         self.tokens = tokens
         self.timeout_s = timeout_s
+        self.argv = argv
+        """When given, run this program with these arguments instead of a script."""
         self._proc: asyncio.subprocess.Process | None = None
         self._stopped = False
 
@@ -98,11 +106,12 @@ class ScriptRun:
             path = os.path.join(tmp, "script" + _SUFFIX.get(interpreter, ""))
             with open(path, "w", encoding="utf-8") as fh:
                 fh.write(replace_tokens(str(self.params.get("script", "")), self.tokens))
-            cmd = _command(interpreter, path)
-            if cmd is None:
+            cmd = list(self.argv) if self.argv else _command(interpreter, path)
+            if cmd is None or (self.argv and shutil.which(cmd[0]) is None):
+                missing = repr(cmd[0]) if cmd else f"interpreter {interpreter!r}"
                 return Outcome(
                     InstanceState.FAILED,
-                    reason=f"interpreter {interpreter!r} is not installed on this computer",
+                    reason=f"{missing} is not installed on this computer",
                     started_at=started,
                     ended_at=time.time(),
                 )

@@ -176,6 +176,13 @@ class AgentStore:
             )
             await self.db.commit()
 
+    async def clear_jobs(self) -> None:
+        """reset-task-agent: forget every client job's state (their results stay in the outbox)."""
+        self.jobs.clear()
+        if self.db is not None:
+            await self.db.execute("DELETE FROM jobs")
+            await self.db.commit()
+
     async def delivered(self, keys: list[Key]) -> None:
         for k in keys:
             self.outbox.pop(k, None)

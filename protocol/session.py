@@ -27,12 +27,16 @@ Close codes (also in docs/protocol.md):
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from enum import StrEnum
 
 from protocol import PROTOCOL_VERSION
 from protocol.errors import HandshakeError, SessionError
 from protocol.messages import Hello, Message
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+"""What a computer, TS or admin may be called: host-name characters only."""
 
 CLOSE_NORMAL = 1000
 CLOSE_TOO_LARGE = 1009
@@ -111,9 +115,10 @@ def check_hello(
             code="bad_role",
             close_code=CLOSE_NOT_ALLOWED,
         )
-    if not message.identity or len(message.identity) > 255:
+    if not NAME.fullmatch(message.identity):
         raise HandshakeError(
-            "identity must be a non-empty name of at most 255 characters",
+            "identity must be 1-255 characters: letters, digits, '.', '_', '-', starting with a "
+            "letter or digit (names reach scripts as %COMPUTERNAME%, so nothing else is allowed)",
             code="bad_identity",
             close_code=CLOSE_NOT_ALLOWED,
         )

@@ -47,6 +47,8 @@ class Param:
     maximum: int | None = None
     item_type: builtins.type | None = None
     doc: str = ""
+    pattern: str = ""
+    """For strings: a regular expression the whole value must match."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,19 @@ _SCRIPT_PARAMS: dict[str, Param] = {
         int, default=65_536, minimum=0, maximum=512 * 1024, doc="output kept; the rest is cut"
     ),
 }
+
+_HTTP_PARAMS: dict[str, Param] = {
+    "method": Param(str, default="GET", choices=("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")),
+    "url": Param(str, required=True, pattern=r"https?://\S+", doc="an http:// or https:// URL"),
+    "headers": Param(dict, default={}, item_type=str),
+    "body": Param(str, default=""),
+    "request_timeout_s": Param(int, default=30, minimum=1, maximum=3600),
+    "expected_status": Param(
+        list, default=[], item_type=int, doc="status codes that mean success; empty: 2xx"
+    ),
+    "output_limit_bytes": Param(int, default=65_536, minimum=0, maximum=512 * 1024),
+}
+_SERVICE = r"[A-Za-z0-9@_.:-]{1,200}"
 
 CATALOG: dict[str, TaskType] = {
     t.id: t
@@ -104,6 +119,152 @@ CATALOG: dict[str, TaskType] = {
                 "message": Param(str, required=True, doc="text; tokens like %RUNID% are replaced"),
             },
             "Write an entry to the Notification Server's log.",
+        ),
+        TaskType(
+            "raise-message",
+            Kind.SERVER,
+            {
+                "severity": Param(
+                    str, default="warning", choices=("info", "warning", "error", "critical")
+                ),
+                "text": Param(
+                    str, required=True, doc="the message; tokens like %RUNID% are replaced"
+                ),
+            },
+            "Raise a message (alert) visible in `taskfleet messages`.",
+        ),
+        TaskType(
+            "call-web-service-server",
+            Kind.SERVER,
+            _HTTP_PARAMS,
+            "Make an HTTP(S) request from the NS.",
+        ),
+        TaskType(
+            "call-web-service-client",
+            Kind.CLIENT,
+            _HTTP_PARAMS,
+            "Make an HTTP(S) request from each agent.",
+        ),
+        TaskType(
+            "run-sql-query-on-server",
+            Kind.SERVER,
+            {
+                "query": Param(str, required=True, doc="one SQL statement"),
+                "allow_write": Param(
+                    bool, default=False, doc="without it the database is opened read-only"
+                ),
+                "row_limit": Param(int, default=1000, minimum=1, maximum=100_000),
+            },
+            "Run SQL on the NS database, read-only unless allow_write; columns and rows as output.",
+        ),
+        TaskType(
+            "send-email",
+            Kind.SERVER,
+            {
+                "to": Param(list, required=True, item_type=str, doc="recipients"),
+                "subject": Param(str, required=True),
+                "body": Param(str, default="", doc="text; tokens like %RUNID% are replaced"),
+            },
+            "Send mail through the NS's configured SMTP server (--smtp).",
+        ),
+        TaskType(
+            "tickle-client",
+            Kind.SERVER,
+            {"computers": Param(list, default=[], item_type=str, doc="names; empty: every agent")},
+            "Tell agents to check in now: they fetch configuration and pending work.",
+        ),
+        TaskType(
+            "replicate-hierarchy",
+            Kind.SERVER,
+            {},
+            "Run hierarchy replication with parent and child servers now (no hierarchy yet: fails).",
+        ),
+        TaskType(
+            "send-basic-inventory",
+            Kind.CLIENT,
+            {},
+            "Collect host name, OS, CPUs, memory, disks, addresses, uptime, users; the NS keeps it.",
+        ),
+        TaskType(
+            "get-ip-configuration",
+            Kind.CLIENT,
+            {},
+            "Report interfaces, addresses, masks, MACs, gateways and DNS servers.",
+        ),
+        TaskType(
+            "update-client-configuration",
+            Kind.CLIENT,
+            {},
+            "Have the agent fetch its configuration from the NS now.",
+        ),
+        TaskType(
+            "reset-task-agent",
+            Kind.CLIENT,
+            {},
+            "Stop every running task, clear the agent's queue and job state, re-register.",
+        ),
+        TaskType(
+            "control-service-state",
+            Kind.CLIENT,
+            {
+                "service": Param(str, required=True, pattern=_SERVICE, doc="a service name"),
+                "action": Param(str, required=True, choices=("start", "stop", "restart", "query")),
+            },
+            "Start, stop, restart or query a service through the platform's service manager.",
+        ),
+        TaskType(
+            "unix-service-control",
+            Kind.CLIENT,
+            {
+                "service": Param(str, required=True, pattern=_SERVICE, doc="a service name"),
+                "action": Param(
+                    str,
+                    required=True,
+                    choices=("start", "stop", "restart", "reload", "enable", "disable", "status"),
+                ),
+            },
+            "Control a service through systemctl, service or launchctl.",
+        ),
+        TaskType(
+            "defragment-computer",
+            Kind.CLIENT,
+            {
+                "volume": Param(
+                    str,
+                    default="/",
+                    pattern=r"[A-Za-z0-9_./:\\-]{1,200}",
+                    doc="a volume or mount point",
+                )
+            },
+            "Run the platform's defragment / trim command for a volume.",
+        ),
+        TaskType(
+            "power-control",
+            Kind.CLIENT,
+            {
+                "action": Param(str, required=True, choices=("restart", "shutdown", "logoff")),
+                "delay_s": Param(int, default=60, minimum=0, maximum=86_400),
+                "message": Param(
+                    str, default="", doc="shown to logged-on users where the platform can"
+                ),
+            },
+            "Restart, shut down or log off, after a delay; the agent reports before it acts.",
+        ),
+        TaskType(
+            "wake-on-lan",
+            Kind.TASKSERVER,
+            {
+                "mac": Param(
+                    str,
+                    default="%MACADDRESS%",
+                    doc="the target's MAC; default: the one the NS knows",
+                ),
+                "broadcast": Param(
+                    str, default="255.255.255.255", doc="where the magic packet goes"
+                ),
+                "port": Param(int, default=9, minimum=1, maximum=65535),
+            },
+            "Send the Wake-on-LAN magic packet for each target from the task server's network.",
         ),
         TaskType(
             "noop",
@@ -183,6 +344,11 @@ def validate_params(ttype: TaskType, params: Any, problems: list[Problem]) -> di
         if spec.choices and value not in spec.choices:
             problems.append(Problem(path, f"must be one of {', '.join(map(str, spec.choices))}"))
             continue
+        if spec.pattern and isinstance(value, str) and not re.fullmatch(spec.pattern, value):
+            problems.append(
+                Problem(path, f"must match {spec.pattern} ({spec.doc or 'see docs/tasks.md'})")
+            )
+            continue
         if spec.minimum is not None and value < spec.minimum:
             problems.append(Problem(path, f"must be at least {spec.minimum}"))
             continue
@@ -261,7 +427,7 @@ def parse_task(text: str, *, filename: str = "") -> TaskDefinition:
     return validate_task(parse_document(text, filename=filename))
 
 
-TOKENS = ("COMPUTERNAME", "COMPUTERID", "TASKSERVER", "RUNID")
+TOKENS = ("COMPUTERNAME", "COMPUTERID", "TASKSERVER", "RUNID", "MACADDRESS")
 _TOKEN = re.compile(r"%(" + "|".join(TOKENS) + r")%")
 
 

@@ -13,6 +13,7 @@ from agent.link import Link
 from protocol.errors import ValidationError
 from protocol.identity import hash_token
 from protocol.jobs import JobCompileError, JobType, compile_job, is_job_document, validate_job
+from protocol.session import NAME
 from protocol.states import InstanceState
 from protocol.tasks import CATALOG, parse_document, validate_task
 from server import auth
@@ -91,13 +92,16 @@ async def computers_list(ns: NotificationServer, link: Link, args: dict[str, Any
 async def computers_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
     name = _arg(args, "name", str)
     address = _arg(args, "address", str, "")
-    if not name or len(name) > 255:
-        raise ApiError("bad_request", "a computer name must have 1 to 255 characters")
+    if not NAME.fullmatch(name):
+        raise ApiError(
+            "bad_request",
+            "a computer name has 1-255 characters: letters, digits, '.', '_', '-', starting with a letter or digit",
+        )
     # A device is served by the connected TS with the fewest computers (or the built-in service).
     servers = [t for t in await ns.db.taskservers() if t["name"] in ns.routes]
     ts = min(servers, key=lambda t: (t["computers"], t["name"]))["name"] if servers else None
     try:
-        row = await ns.db.add_device(name, address, ts)
+        row = await ns.db.add_device(name, address, ts, _arg(args, "mac", str, ""))
     except ValueError as exc:
         raise ApiError("exists", str(exc)) from None
     return _computer_view(row)
@@ -411,3 +415,9 @@ async def stats(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any
     """Refusal counters (by code) since the server started."""
     relay = ns.relay.refused if ns.relay is not None else {}
     return {"refused": dict(ns.refused), "builtin_relay_refused": dict(relay)}
+
+
+@op("inventory.show")
+async def inventory_show(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    """The latest basic inventory of a computer (``history``: every one, newest first)."""
+    return await ns.db.inventory(_arg(args, "computer", str), bool(args.get("history", False)))

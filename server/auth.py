@@ -47,6 +47,7 @@ OP_ROLE: dict[str, str] = {
     "messages.list": "viewer",
     "whoami": "viewer",
     "stats": "viewer",
+    "inventory.show": "viewer",
     "run.start": "operator",
     "run.stop": "operator",
 }
@@ -98,10 +99,17 @@ async def authenticate(ns: NotificationServer, link: Link, hello: Hello) -> dict
     enrol = hello.credentials.get("enrol_token")
     if row is not None and bytes(row["public_key"]) != key:
         text = (
-            f"{role} {name!r} presented key {fp}, not its accepted key {row['fingerprint']} (from {address}); "
-            f"refused. If the machine was reinstalled, `taskfleet keys delete {name}` lets it enrol again."
+            f"{role} {name!r} presented key {fp}, not its registered key {row['fingerprint']} "
+            f"({row['state']}; from {address}); refused. If the machine was reinstalled, "
+            f"`taskfleet keys delete {name}` lets it enrol again."
         )
-        await ns.db.raise_message("warning", text, "enrolment")
+        if (
+            role,
+            name,
+            fp,
+        ) not in ns.mismatches_raised:  # one message per key, however often it knocks
+            ns.mismatches_raised.add((role, name, fp))
+            await ns.db.raise_message("warning", text, "enrolment")
         ns.log.warning("key_mismatch", role=role, name=name, fingerprint=fp, peer=link.peer)
         raise HandshakeError(text, code="key_mismatch", close_code=CLOSE_UNAUTHORIZED)
     if row is not None and row["state"] == "rejected":

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from agent import logs
 from agent.keys import load_or_create, public_bytes
 from agent.link import HANDSHAKE_TIMEOUT_S, ConnectionCap, Link, listen
-from agent.runner import ScriptRun
+from agent.runner import Outcome, ScriptRun
 from agent.tls import ensure_certificates, file_fingerprint, server_context
 from protocol.identity import fingerprint
 from protocol.jobs import JobEvent, JobMachine, JobState
@@ -42,11 +42,12 @@ from protocol.messages import (
     Tickle,
 )
 from protocol.states import InstanceState, RunState, is_terminal, run_outcome
-from protocol.tasks import Kind, replace_tokens
+from protocol.tasks import Kind
 from server.auth import bootstrap_admin
 from server.connections import serve
 from server.jobs import SERVER_JOB, job_needs_agents, plan_instances, run_server_job
 from server.store import Change, NewInstance, Store
+from server.tasktypes import SERVER_RUNNERS, ServerContext
 from taskserver.relay import Relay
 from taskserver.store import RelayStore
 
@@ -146,6 +147,7 @@ class ActiveRun:
     """What the NS keeps in memory about a run that has not ended."""
 
     kind: str
+    task_type: str = ""
     stages: dict[str, Stage] = field(default_factory=dict)
     runner: asyncio.Task[None] | None = None
     deadline: float = float("inf")
@@ -181,8 +183,12 @@ class NotificationServer:
         max_pending_keys: int = 1_000,
         agent_rate_per_s: float = 200.0,
         admin_rate_per_s: float = 50.0,
+        smtp: dict[str, Any] | None = None,
     ):
         self.data_dir = data_dir
+        self.db_path = os.path.join(data_dir, "server.db")
+        self.smtp = smtp or {}
+        """SMTP server for send-email: host, port, security (none|starttls|tls), user, password, sender."""
         self.handshake_timeout_s = handshake_timeout_s
         self.insecure = insecure
         self.tls_cert = tls_cert
@@ -194,6 +200,7 @@ class NotificationServer:
         self.agent_rate_per_s = agent_rate_per_s
         self.admin_rate_per_s = admin_rate_per_s
         self.refused: Counter[str] = Counter()
+        self.mismatches_raised: set[tuple[str, str, str]] = set()
         self.first_admin_token: str | None = None
         self.server_id = ""
         self.public_key = b""
@@ -230,7 +237,7 @@ class NotificationServer:
         self.key = load_or_create(os.path.join(self.data_dir, "server.key"))
         self.public_key = public_bytes(self.key)
         self.server_id = f"{self.name}:{fingerprint(self.public_key)}"
-        self.store = await Store.open(os.path.join(self.data_dir, "server.db"))
+        self.store = await Store.open(self.db_path)
         self.first_admin_token = await bootstrap_admin(self)
         await self.store.reset_presence()
         self._relay_store = await RelayStore.open(
@@ -248,6 +255,10 @@ class NotificationServer:
         self.routes[BUILTIN] = BuiltinRoute(self.relay)
         await self._resume_runs()
         ssl_context = None
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError(
+                "give both --tls-cert and --tls-key, or neither (a certificate is then made)"
+            )
         if not self.insecure:
             cert, key = self.tls_cert, self.tls_key
             if not cert or not key:
@@ -318,7 +329,9 @@ class NotificationServer:
         """After a restart: rebuild the count of every open step; resume server jobs."""
         runs = await self.db.active_runs()
         for row in runs:
-            self.active[row["id"]] = ActiveRun(row["kind"], deadline=row["deadline"])
+            self.active[row["id"]] = ActiveRun(
+                row["kind"], str(row["definition"].get("type", "")), deadline=row["deadline"]
+            )
         for row in await self.db.open_steps():
             active = self.active.get(row["run_id"])
             if active is None:
@@ -359,7 +372,7 @@ class NotificationServer:
             definition, instances, deadline, targets=[c["id"] for c in computers]
         )
         stage = _stage(deadline, [i.route for i in instances if not is_terminal(i.status)])
-        self.active[run_id] = ActiveRun(kind, {"": stage})
+        self.active[run_id] = ActiveRun(kind, str(definition.get("type", "")), {"": stage})
         self.log.info("run_started", run_id=run_id, task=definition["name"], targets=len(instances))
         if stage.remaining == 0:
             await self._finish(run_id)
@@ -423,13 +436,14 @@ class NotificationServer:
                 await self._run_server_task(run_id, row["id"], task)
 
     def _tokens(
-        self, run_id: int, computer: str, computer_id: int | None, route: str
+        self, run_id: int, computer: str, computer_id: int | None, route: str, mac: str = ""
     ) -> dict[str, str]:
         return {
             "COMPUTERNAME": computer,
             "COMPUTERID": str(computer_id or ""),
             "TASKSERVER": self.name if route == BUILTIN else route,
             "RUNID": str(run_id),
+            "MACADDRESS": mac,
         }
 
     async def dispatch_route(self, route: str) -> None:
@@ -465,7 +479,9 @@ class NotificationServer:
                                 instance_id=r["id"],
                                 computer=r["computer"],
                                 computer_id=r["computer_id"] or 0,
-                                tokens=self._tokens(run_id, r["computer"], r["computer_id"], route),
+                                tokens=self._tokens(
+                                    run_id, r["computer"], r["computer_id"], route, r["mac"]
+                                ),
                                 local=local_capable and not r["has_agent"],
                             )
                             for r in chunk
@@ -491,11 +507,18 @@ class NotificationServer:
             self.refused["foreign_report"] += self.db.refused - before
             self.log.warning("reports_refused", route=route, count=self.db.refused - before)
         ended: list[int] = []
+        inventories: list[int] = []
         for change in changes:
             self._notify(change)
             if change.parent_id is not None or not is_terminal(change.state):
                 continue
             active = self.active.get(change.run_id)
+            if (
+                active is not None
+                and active.task_type == "send-basic-inventory"
+                and change.state == "succeeded"
+            ):
+                inventories.append(change.instance_id)
             stage = active.stages.get(change.step) if active is not None else None
             if active is None or stage is None:
                 continue
@@ -504,8 +527,24 @@ class NotificationServer:
                 del active.stages[change.step]
                 if active.kind != SERVER_JOB:
                     ended.append(change.run_id)
+        if inventories:
+            await self.db.save_inventories(inventories)
         for run_id in ended:
             await self._finish(run_id)
+
+    async def tickle(self, computers: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+        """Tell these agents to check in now; return (reached, offline) names."""
+        by_route: dict[str, list[str]] = defaultdict(list)
+        offline: list[str] = []
+        for c in computers:
+            route = c["taskserver"] or BUILTIN
+            if c["online"] and route in self.routes:
+                by_route[route].append(c["name"])
+            else:
+                offline.append(c["name"])
+        for route, names in by_route.items():
+            await self.routes[route].tickle(names)
+        return [n for names in by_route.values() for n in names], offline
 
     def _notify(self, change: Change) -> None:
         subs = self.watchers.get(change.run_id)
@@ -657,33 +696,45 @@ class NotificationServer:
     async def _run_server_task(
         self, run_id: int, instance_id: int, definition: dict[str, Any]
     ) -> None:
+        """Run a server task here, once, through the NS's catalog (``server.tasktypes``)."""
         tokens = self._tokens(run_id, socket.gethostname(), None, BUILTIN)
         started = time.time()
         await self.on_reports(
             [Report(instance_id=instance_id, state=InstanceState.RUNNING, started_at=started)]
         )
-        params = definition.get("params", {})
-        if definition["type"] == "write-server-log":
-            message = replace_tokens(str(params.get("message", "")), tokens)
-            level = str(params.get("level", "info"))
-            entry = await self.db.write_log(level, message, f"run {run_id}")
-            getattr(self.log, level, self.log.info)(
-                "server_log", message=message, entry=entry, run_id=run_id
-            )
-            report = Report(
-                instance_id=instance_id,
-                state=InstanceState.SUCCEEDED,
-                return_code=0,
-                output=f"log entry {entry}",
+
+        def track(run: ScriptRun | None) -> None:
+            if run is None:
+                self.server_runs.pop(instance_id, None)
+            else:
+                self.server_runs[instance_id] = run
+
+        ctx = ServerContext(
+            self,
+            run_id,
+            instance_id,
+            definition.get("params", {}),
+            tokens,
+            float(definition["timeout_s"]),
+            track,
+        )
+        runner = SERVER_RUNNERS.get(str(definition["type"]))
+        if runner is None:
+            outcome = Outcome(
+                InstanceState.FAILED,
+                reason=f"this server cannot run {definition['type']!r}",
                 started_at=started,
                 ended_at=time.time(),
             )
         else:
-            run = ScriptRun(params, tokens, float(definition["timeout_s"]))
-            self.server_runs[instance_id] = run
             try:
-                outcome = await run.run()
-            finally:
-                self.server_runs.pop(instance_id, None)
-            report = outcome.report(instance_id)
-        await self.on_reports([report])
+                outcome = await runner(ctx)
+            except Exception as exc:
+                self.log.exception("server_task_failed", run_id=run_id, type=definition["type"])
+                outcome = Outcome(
+                    InstanceState.FAILED,
+                    reason=f"the server task failed: {exc}",
+                    started_at=started,
+                    ended_at=time.time(),
+                )
+        await self.on_reports([outcome.report(instance_id)])

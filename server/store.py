@@ -157,6 +157,17 @@ _MIGRATIONS: list[str] = [
     """
     CREATE INDEX computers_taskserver ON computers(taskserver);
     """,
+    # 5: basic inventory, with history
+    """
+    CREATE TABLE inventory (
+        id INTEGER PRIMARY KEY,
+        computer_id INTEGER NOT NULL REFERENCES computers(id),
+        at REAL NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX inventory_computer ON inventory(computer_id, at);
+    ALTER TABLE computers ADD COLUMN mac TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 _TERMINAL_SQL = "(" + ",".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
@@ -243,15 +254,17 @@ class Store:
         assert row is not None
         return row
 
-    async def add_device(self, name: str, address: str, taskserver: str | None) -> dict[str, Any]:
+    async def add_device(
+        self, name: str, address: str, taskserver: str | None, mac: str = ""
+    ) -> dict[str, Any]:
         """Add a computer with no agent. Raises ValueError if the name exists."""
         existing = await self._one("SELECT id FROM computers WHERE name=?", (name,))
         if existing is not None:
             raise ValueError(f"a computer named {name!r} already exists")
         await self.db.execute(
-            "INSERT INTO computers(name, has_agent, addresses, taskserver, created_at)"
-            " VALUES (?, 0, ?, ?, ?)",
-            (name, json.dumps([address] if address else []), taskserver, time.time()),
+            "INSERT INTO computers(name, has_agent, addresses, taskserver, created_at, mac)"
+            " VALUES (?, 0, ?, ?, ?, ?)",
+            (name, json.dumps([address] if address else []), taskserver, time.time(), mac),
         )
         await self.db.commit()
         row = await self._one("SELECT * FROM computers WHERE name=?", (name,))
@@ -555,7 +568,7 @@ class Store:
         """Pending instances routed to ``route`` and not yet taken by it, with their step's task."""
         return await self._all(
             "SELECT i.id, i.run_id, i.step, i.computer, i.computer_id, s.task, s.deadline,"
-            " coalesce(c.has_agent, 0) AS has_agent"
+            " coalesce(c.has_agent, 0) AS has_agent, coalesce(c.mac, '') AS mac"
             " FROM instances i JOIN runs r ON r.id=i.run_id"
             " JOIN steps s ON s.run_id=i.run_id AND s.step=i.step"
             " LEFT JOIN computers c ON c.id=i.computer_id"
@@ -739,6 +752,37 @@ class Store:
             args += (step,)
         return await self._all(sql, args)
 
+    # -- inventory ----------------------------------------------------------------------
+
+    async def save_inventories(self, instance_ids: list[int]) -> None:
+        """Keep the inventory that these send-basic-inventory instances reported (history kept)."""
+        now = time.time()
+        marks = ",".join("?" * len(instance_ids))
+        rows = await self._all(
+            f"SELECT computer_id, output FROM instances WHERE id IN ({marks}) AND computer_id IS NOT NULL",
+            instance_ids,
+        )
+        keep = []
+        for r in rows:
+            try:
+                data = json.loads(r["output"])
+            except json.JSONDecodeError:
+                continue
+            if isinstance(data, dict):
+                keep.append((r["computer_id"], now, json.dumps(data)))
+        await self.db.executemany(
+            "INSERT INTO inventory(computer_id, at, data) VALUES (?, ?, ?)", keep
+        )
+        await self.db.commit()
+
+    async def inventory(self, computer: str, history: bool = False) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT i.at, i.data FROM inventory i JOIN computers c ON c.id=i.computer_id"
+            " WHERE c.name=? ORDER BY i.at DESC LIMIT ?",
+            (computer, 1000 if history else 1),
+        )
+        return [{"at": r["at"], **json.loads(r["data"])} for r in rows]
+
     # -- trust --------------------------------------------------------------------------
 
     async def key(self, role: str, name: str) -> dict[str, Any] | None:
@@ -839,21 +883,28 @@ class Store:
         return token_id
 
     async def use_enrol_token(self, token_hash: str) -> str | None:
-        """Spend one use of an enrolment token; return why it cannot be used, or None."""
+        """Spend one use of an enrolment token; return why it cannot be used, or None.
+
+        One conditional UPDATE: concurrent enrolments can never spend more uses than there are.
+        """
+        cur = await self.db.execute(
+            "UPDATE enrol_tokens SET uses_left=uses_left-1"
+            " WHERE token_hash=? AND uses_left>0 AND expires_at>=?",
+            (token_hash, time.time()),
+        )
+        spent = cur.rowcount == 1
+        await cur.close()
+        await self.db.commit()
+        if spent:
+            return None
         row = await self._one(
-            "SELECT id, uses_left, expires_at FROM enrol_tokens WHERE token_hash=?", (token_hash,)
+            "SELECT uses_left, expires_at FROM enrol_tokens WHERE token_hash=?", (token_hash,)
         )
         if row is None:
             return "unknown enrolment token"
         if row["expires_at"] < time.time():
             return "the enrolment token has expired"
-        if row["uses_left"] <= 0:
-            return "the enrolment token is used up"
-        await self.db.execute(
-            "UPDATE enrol_tokens SET uses_left=uses_left-1 WHERE id=?", (row["id"],)
-        )
-        await self.db.commit()
-        return None
+        return "the enrolment token is used up"
 
     async def enrol_tokens(self) -> list[dict[str, Any]]:
         return await self._all(

@@ -51,6 +51,7 @@ from protocol.messages import (
 from protocol.session import CLOSE_RATE_LIMITED, CLOSE_REPLACED, RateLimiter, Role, Session
 from protocol.states import InstanceState, is_terminal
 from taskserver.store import Held, RelayStore
+from taskserver.tasktypes import TS_RUNNERS
 
 DEADLINE_GRACE_S = 5.0
 BATCH_BYTES = 512 * 1024
@@ -69,6 +70,16 @@ class LocalRun:
         if self.run is not None:
             self.run.stop()
         self.task.cancel()
+
+
+def _job_step(task: dict[str, Any], step: str) -> dict[str, Any] | None:
+    """The ``run`` instruction for ``step`` in a held client job, if there is one."""
+    if task.get("type") != "client-job":
+        return None
+    for ins in task.get("job", {}).get("program", []):
+        if ins.get("op") == "run" and ins.get("step") == step:
+            return dict(ins)
+    return None
 
 
 class Upstream(Protocol):
@@ -386,11 +397,23 @@ class Relay:
     async def _script(
         self, iid: int, task: dict[str, Any], tokens: dict[str, str], timeout_s: float
     ) -> Outcome:
-        run = ScriptRun(task.get("params", {}), tokens, timeout_s)
+        """Run one task-server task here, through the TS's catalog."""
+        runner = TS_RUNNERS.get(str(task.get("type")))
+        if runner is None:
+            now = time.time()
+            return Outcome(
+                InstanceState.FAILED,
+                reason=f"this task server cannot run {task.get('type')!r}",
+                started_at=now,
+                ended_at=now,
+            )
         local = self.local.get(iid)
-        if local is not None:
-            local.run = run
-        return await run.run()
+
+        def track(run: ScriptRun) -> None:
+            if local is not None:
+                local.run = run
+
+        return await runner(task.get("params", {}), tokens, timeout_s, track)
 
     async def _run_local_job(self, h: Held) -> Outcome:
         started = time.time()
@@ -422,10 +445,18 @@ class Relay:
         return Outcome(state, None, "", ended.reason, started, time.time())
 
     def _step_request(self, conn: AgentConn, message: StepRequest) -> None:
-        """An agent asks this relay to run a task-server step of its client job."""
+        """An agent asks this relay to run a task-server step of its client job.
+
+        The relay runs the step as the NS sent it (from the job it holds for that computer, with
+        the held tokens), never the task or tokens in the request: scripts come only from the NS.
+        """
         h = self.held.get(message.instance_id)
         key = (message.instance_id, message.step)
-        if h is None or h.computer != conn.name or message.task.get("kind") != "taskserver":
+        step = (
+            _job_step(h.task, message.step) if h is not None and h.computer == conn.name else None
+        )
+        if h is None or step is None or step.get("kind") != "taskserver":
+            self.refused["foreign_step"] += 1
             self.log.warning(
                 "step_request_refused",
                 peer=conn.link.peer,
@@ -439,10 +470,12 @@ class Relay:
             )
             self._spawn(self._answer_step(conn, message, asyncio.sleep(0, outcome)))
             return
+        task = step["task"]
+        timeout_s = max(0.0, min(float(task.get("timeout_s", 300)), h.deadline - time.time()))
         running = self._steps.get(key)
         if running is None:
             running = asyncio.ensure_future(
-                self._script(message.instance_id, message.task, message.tokens, message.timeout_s)
+                self._script(message.instance_id, task, h.tokens, timeout_s)
             )
             self._steps[key] = running
             # Keep the answer for a while: an agent that reconnects asks again.

@@ -124,6 +124,10 @@ class TaskServer:
         )
         await self.relay.start()
         ssl_context = None
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError(
+                "give both --tls-cert and --tls-key, or neither (a certificate is then made)"
+            )
         if not self.insecure:
             cert, key = self.tls_cert, self.tls_key
             if not cert or not key:

@@ -53,7 +53,7 @@ async def test_a_known_name_with_another_key_is_refused_and_raised(fleet: Fleet)
             return [m for m in await c.call("messages.list") if "pc-9" in m["text"]]
 
         (message,) = await until(raised, "a message about pc-9's key")
-        assert "not its accepted key" in message["text"] and "keys delete pc-9" in message["text"]
+        assert "not its registered key" in message["text"] and "keys delete pc-9" in message["text"]
         rows = {r["name"]: r for r in await c.call("computers.list")}
         assert not rows["pc-9"]["online"]
         await c.call("keys.delete", name="pc-9")

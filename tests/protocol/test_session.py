@@ -124,9 +124,14 @@ def test_role_not_served_is_refused() -> None:
     assert "agent, taskserver" in err.message
 
 
-@pytest.mark.parametrize("identity", ["", "x" * 256], ids=["empty", "too-long"])
+@pytest.mark.parametrize(
+    "identity",
+    ["", "x" * 256, "pc`reboot`", "pc; rm -rf /", "pc name", "-pc", "pc$(id)"],
+    ids=["empty", "too-long", "backquote", "semicolon", "space", "leading-dash", "dollar"],
+)
 def test_bad_identity_is_refused(identity: str) -> None:
-    """An empty identity, or one over 255 characters, is refused with bad_identity."""
+    """An empty identity, one over 255 characters, or one with characters beyond a host name's
+    (it reaches scripts as %COMPUTERNAME%) is refused with bad_identity."""
     err = _refused(_hello(identity=identity))
     assert err.code == "bad_identity"
     assert err.close_code == 4403

@@ -120,3 +120,20 @@ async def test_step_reports_of_a_nested_client_job_make_one_row_per_step(tmp_pat
         assert [(r["step"], r["status"]) for r in rows] == [("sub/a", "succeeded")]
     finally:
         await store.close()
+
+
+async def test_an_enrolment_token_is_never_spent_more_often_than_it_allows(tmp_path):
+    """Five enrolments racing for a one-use token: exactly one gets it, the others are told why."""
+    import asyncio
+    import time
+
+    store = await Store.open(str(tmp_path / "server.db"))
+    try:
+        await store.add_enrol_token("h", 1, time.time() + 60, "admin")
+        answers = await asyncio.gather(*(store.use_enrol_token("h") for _ in range(5)))
+        assert answers.count(None) == 1
+        assert answers.count("the enrolment token is used up") == 4
+        (row,) = await store.enrol_tokens()
+        assert row["uses_left"] == 0
+    finally:
+        await store.close()

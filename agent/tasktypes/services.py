@@ -1,0 +1,34 @@
+"""control-service-state and unix-service-control: the platform's service manager."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from agent.runner import Outcome, ScriptRun
+from protocol.states import InstanceState
+
+if TYPE_CHECKING:
+    from agent.tasktypes import TaskContext
+
+
+async def _service(ctx: TaskContext) -> Outcome:
+    action, service = str(ctx.params["action"]), str(ctx.params["service"])
+    argv = ctx.commands.argv(f"service.{action}", service=service)
+    if argv is None:
+        now = time.time()
+        return Outcome(
+            InstanceState.FAILED,
+            reason=f"'{action}' of a service is not supported on this platform",
+            started_at=now,
+            ended_at=now,
+        )
+    return await ctx.run(ScriptRun({}, ctx.tokens, ctx.timeout_s, argv=argv))
+
+
+async def control_service_state(ctx: TaskContext) -> Outcome:
+    return await _service(ctx)
+
+
+async def unix_service_control(ctx: TaskContext) -> Outcome:
+    return await _service(ctx)

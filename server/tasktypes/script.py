@@ -1,0 +1,14 @@
+"""run-script-on-server: a script run once on the NS."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agent.runner import Outcome, ScriptRun
+
+if TYPE_CHECKING:
+    from server.tasktypes import ServerContext
+
+
+async def run(ctx: ServerContext) -> Outcome:
+    return await ctx.run(ScriptRun(ctx.params, ctx.tokens, ctx.timeout_s))

@@ -1,0 +1,15 @@
+"""call-web-service-server: an HTTP(S) request from the NS."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agent.httpcall import call
+from agent.runner import Outcome
+
+if TYPE_CHECKING:
+    from server.tasktypes import ServerContext
+
+
+async def run(ctx: ServerContext) -> Outcome:
+    return await call(ctx.params, ctx.tokens)
