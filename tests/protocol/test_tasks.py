@@ -278,3 +278,18 @@ def test_output_limit() -> None:
     assert output_limit({"output_limit_bytes": 100}) == 100
     assert output_limit({}) == 65_536
     assert output_limit({"output_limit_bytes": "big"}) == 65_536
+
+
+@pytest.mark.parametrize("type_id", sorted(CATALOG))
+def test_every_type_refuses_a_bad_parameter_by_its_path(type_id: str) -> None:
+    """For every type: a parameter of the wrong type (or an unknown one, for types without
+    parameters) is refused when the task is saved, naming ``params.<name>``."""
+    params = CATALOG[type_id].params
+    if params:
+        name, spec = next(iter(params.items()))
+        wrong: object = 12345 if spec.type is not int else "not a number"
+    else:
+        name, wrong = "surprise", 1
+    with pytest.raises(ValidationError) as info:
+        validate_task({"name": "t", "type": type_id, "params": {name: wrong}})
+    assert f"params.{name}" in [p.path for p in info.value.problems]
