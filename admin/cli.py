@@ -41,6 +41,8 @@ USAGE_CODES = {
     "unknown_key",
     "unknown_admin",
     "forbidden",
+    "unknown_group",
+    "unknown_filter",
 }
 
 
@@ -371,7 +373,13 @@ async def v_types(c: AdminClient, args: argparse.Namespace) -> int:
 
 
 async def v_run(c: AdminClient, args: argparse.Namespace) -> int:
-    target = {"task": args.name, "computers": args.computer or [], "all": args.all}
+    target = {
+        "task": args.name,
+        "computers": args.computer or [],
+        "groups": args.group or [],
+        "filters": args.filter or [],
+        "all": args.all,
+    }
     plan = await c.call("run.start", check=True, **target)
     if plan["no_agent"]:
         print(
@@ -564,6 +572,10 @@ def build_parser() -> argparse.ArgumentParser:
     v = verb("run", v_run, "run a saved task or job")
     v.add_argument("name")
     v.add_argument("--computer", action="append", help="target computer (repeatable)")
+    v.add_argument(
+        "--group", action="append", help="computers of an organizational group (repeatable)"
+    )
+    v.add_argument("--filter", action="append", help="computers a filter holds (repeatable)")
     v.add_argument("--all", action="store_true", help="every known computer")
     v.add_argument(
         "--wait", action="store_true", help="follow the run; exit 0 only if all succeeded"

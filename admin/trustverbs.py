@@ -163,6 +163,59 @@ async def v_messages(c: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
+async def v_groups(c: AdminClient, args: argparse.Namespace) -> int:
+    if args.action == "add":
+        if not args.name:
+            print("taskfleet: groups add needs a NAME", file=sys.stderr)
+            return 2
+        g = await c.call("groups.add", name=args.name, parent=args.parent or "")
+        print(f"added group {g['name']}")
+        return 0
+    rows = await c.call("groups.list")
+    if args.json:
+        _json(rows)
+    else:
+        print(table(rows, [("name", "name"), ("parent", "parent"), ("computers", "computers")]))
+    return 0
+
+
+async def _add_document(c: AdminClient, op: str, path: str) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return await c.call(op, text=fh.read(), filename=path)
+
+
+async def v_filter(c: AdminClient, args: argparse.Namespace) -> int:
+    saved = await _add_document(c, "filter.add", args.file)
+    print(
+        f"{'replaced' if saved['replaced'] else 'added'} filter {saved['name']}: {len(saved['members'])} computer(s) now match"
+    )
+    return 0
+
+
+async def v_filters(c: AdminClient, args: argparse.Namespace) -> int:
+    rows = await c.call("filters.list")
+    if args.json:
+        _json(rows)
+    else:
+        print(table(rows, [("name", "name"), ("members", "computers"), ("query", "query")]))
+    return 0
+
+
+async def v_report(c: AdminClient, args: argparse.Namespace) -> int:
+    saved = await _add_document(c, "report.add", args.file)
+    print(f"{'replaced' if saved['replaced'] else 'added'} report {saved['name']}")
+    return 0
+
+
+async def v_reports(c: AdminClient, args: argparse.Namespace) -> int:
+    rows = await c.call("reports.list")
+    if args.json:
+        _json(rows)
+    else:
+        print(table(rows, [("name", "name"), ("snapshots", "snapshots"), ("query", "query")]))
+    return 0
+
+
 def add_trust_verbs(verb: Callable[[str, Any, str], argparse.ArgumentParser]) -> None:
     """Register the trust verbs on the CLI."""
     v = verb(
@@ -189,3 +242,17 @@ def add_trust_verbs(verb: Callable[[str, Any, str], argparse.ArgumentParser]) ->
     v.add_argument("--limit", type=int, default=100)
     v = verb("messages", v_messages, "messages and alerts raised by the server")
     v.add_argument("--limit", type=int, default=100)
+    v = verb("groups", v_groups, "organizational groups; `groups add NAME [--parent P]`")
+    v.add_argument("action", nargs="?", choices=["add"])
+    v.add_argument("name", nargs="?")
+    v.add_argument("--parent")
+    v = verb(
+        "filter", v_filter, "`filter add FILE`: save a filter (name, query over computer.<field>)"
+    )
+    v.add_argument("action", choices=["add"])
+    v.add_argument("file")
+    verb("filters", v_filters, "list filters with their cached membership")
+    v = verb("report", v_report, "`report add FILE`: save a report (name, query: read-only SQL)")
+    v.add_argument("action", choices=["add"])
+    v.add_argument("file")
+    verb("reports", v_reports, "list reports")

@@ -267,6 +267,40 @@ CATALOG: dict[str, TaskType] = {
             "Send the Wake-on-LAN magic packet for each target from the task server's network.",
         ),
         TaskType(
+            "assign-to-group",
+            Kind.SERVER,
+            {
+                "group": Param(str, required=True, doc="the organizational group"),
+                "computers": Param(list, required=True, item_type=str, doc="computer names"),
+                "create": Param(bool, default=False, doc="create the group when it does not exist"),
+            },
+            "Add computers to an organizational group (creating it if asked).",
+        ),
+        TaskType(
+            "update-filter-membership",
+            Kind.SERVER,
+            {"filter": Param(str, default="", doc="one filter; empty: every filter")},
+            "Recompute the cached membership of one or every filter.",
+        ),
+        TaskType(
+            "run-report",
+            Kind.SERVER,
+            {
+                "report": Param(str, required=True),
+                "row_limit": Param(int, default=10_000, minimum=1, maximum=100_000),
+            },
+            "Run a saved report (read-only SQL) and keep a snapshot of its rows.",
+        ),
+        TaskType(
+            "purge-report",
+            Kind.SERVER,
+            {
+                "older_than_days": Param(int, required=True, minimum=0, maximum=36_500),
+                "runs": Param(bool, default=False, doc="also delete ended runs and their results"),
+            },
+            "Delete report snapshots (and, if asked, run history) older than N days.",
+        ),
+        TaskType(
             "noop",
             Kind.CLIENT,
             {"delay_ms": Param(int, default=0, minimum=0, maximum=3_600_000)},

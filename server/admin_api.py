@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.link import Link
 from protocol.errors import ValidationError
+from protocol.filters import validate_filter
 from protocol.identity import hash_token
 from protocol.jobs import JobCompileError, JobType, compile_job, is_job_document, validate_job
 from protocol.session import NAME
@@ -225,24 +226,50 @@ async def run_start(ns: NotificationServer, link: Link, args: dict[str, Any]) ->
     name = _arg(args, "task", str)
     definition = await runnable(ns, name)
     names = _arg(args, "computers", list, [])
+    groups = _arg(args, "groups", list, [])
+    filters = _arg(args, "filters", list, [])
     every = bool(args.get("all", False))
     computers: list[dict[str, Any]] = []
     if definition["kind"] != "server":
-        if every and names:
-            raise ApiError("bad_request", "give either computer names or all, not both")
+        if every and (names or groups or filters):
+            raise ApiError(
+                "bad_request", "give either computers, groups and filters, or all, not both"
+            )
+        if not all(isinstance(n, str) for n in [*names, *groups, *filters]):
+            raise ApiError("bad_request", "computer, group and filter names must be strings")
         if every:
             computers = await ns.db.computers()
-        elif names:
-            if not all(isinstance(n, str) for n in names):
-                raise ApiError("bad_request", "computer names must be strings")
+        chosen: dict[int, dict[str, Any]] = {}
+        if names:
             wanted = list(dict.fromkeys(names))
-            computers = await ns.db.computers(wanted)
-            missing = sorted(set(wanted) - {c["name"] for c in computers})
+            found = await ns.db.computers(wanted)
+            missing = sorted(set(wanted) - {c["name"] for c in found})
             if missing:
                 raise ApiError(
                     "unknown_computer",
                     f"unknown computer(s): {', '.join(missing)}; `taskfleet computers` lists them",
                 )
+            chosen.update((c["id"], c) for c in found)
+        if groups:
+            known = {g["name"] for g in await ns.db.groups()}
+            missing = sorted(set(groups) - known)
+            if missing:
+                raise ApiError(
+                    "unknown_group",
+                    f"unknown group(s): {', '.join(missing)}; `taskfleet groups` lists them",
+                )
+            chosen.update((c["id"], c) for c in await ns.db.group_computers(groups))
+        if filters:
+            known = {f["name"] for f in await ns.db.filters()}
+            missing = sorted(set(filters) - known)
+            if missing:
+                raise ApiError(
+                    "unknown_filter",
+                    f"unknown filter(s): {', '.join(missing)}; `taskfleet filters` lists them",
+                )
+            chosen.update((c["id"], c) for c in await ns.db.filter_computers(filters))
+        if not every:
+            computers = sorted(chosen.values(), key=lambda c: c["name"])
         only_server_steps = definition["kind"] == "server-job" and all(
             i["kind"] == "server" for i in definition["job"]["program"] if i["op"] == "run"
         )
@@ -254,7 +281,8 @@ async def run_start(ns: NotificationServer, link: Link, args: dict[str, Any]) ->
                 what = "client job"
             raise ApiError(
                 "no_targets",
-                f"{name!r} is a {what}: give --computer NAME (repeatable) or --all",
+                f"{name!r} is a {what}: give --computer, --group or --filter NAME (repeatable), or --all"
+                + ("; the groups and filters given hold no computers" if groups or filters else ""),
             )
     if args.get("check"):
         # Look before leaping: what would fail at once, without starting anything.
@@ -421,3 +449,66 @@ async def stats(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any
 async def inventory_show(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
     """The latest basic inventory of a computer (``history``: every one, newest first)."""
     return await ns.db.inventory(_arg(args, "computer", str), bool(args.get("history", False)))
+
+
+# -- groups, filters, reports ------------------------------------------------------------
+
+
+@op("groups.list")
+async def groups_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    return await ns.db.groups()
+
+
+@op("groups.add")
+async def groups_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    name = _arg(args, "name", str)
+    if not NAME.fullmatch(name):
+        raise ApiError(
+            "bad_request",
+            "a group name has letters, digits, '.', '_', '-', starting with a letter or digit",
+        )
+    try:
+        group_id = await ns.db.add_group(name, _arg(args, "parent", str, "") or None)
+    except ValueError as exc:
+        raise ApiError("unknown_group", str(exc)) from None
+    except Exception:
+        raise ApiError("exists", f"a group named {name!r} exists") from None
+    return {"id": group_id, "name": name}
+
+
+@op("filter.add")
+async def filter_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    from server.tasktypes.fleet import recompute_filters
+
+    try:
+        definition, _ = validate_filter(_document(args))
+    except ValidationError as exc:
+        raise ApiError("invalid_document", str(exc)) from None
+    replaced = await ns.db.save_filter(definition)
+    changes = await recompute_filters(ns, definition["name"])
+    return {**definition, "replaced": replaced, "members": changes[definition["name"]]["added"]}
+
+
+@op("filters.list")
+async def filters_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    return await ns.db.filters()
+
+
+@op("report.add")
+async def report_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    doc = _document(args)
+    name, query = doc.get("name"), doc.get("query")
+    problems = []
+    if not isinstance(name, str) or not name:
+        problems.append("name: required")
+    if not isinstance(query, str) or not query.strip():
+        problems.append("query: required, one read-only SQL statement")
+    if problems:
+        raise ApiError("invalid_document", "report is invalid:\n  - " + "\n  - ".join(problems))
+    replaced = await ns.db.save_report(str(name), str(query), str(doc.get("description", "")))
+    return {"name": name, "query": query, "replaced": replaced}
+
+
+@op("reports.list")
+async def reports_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    return await ns.db.reports()

@@ -48,6 +48,9 @@ OP_ROLE: dict[str, str] = {
     "whoami": "viewer",
     "stats": "viewer",
     "inventory.show": "viewer",
+    "groups.list": "viewer",
+    "filters.list": "viewer",
+    "reports.list": "viewer",
     "run.start": "operator",
     "run.stop": "operator",
 }

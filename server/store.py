@@ -168,6 +168,46 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX inventory_computer ON inventory(computer_id, at);
     ALTER TABLE computers ADD COLUMN mac TEXT NOT NULL DEFAULT '';
     """,
+    # 6: organizational groups, filters with cached membership, reports with snapshots
+    """
+    CREATE TABLE groups (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        parent_id INTEGER REFERENCES groups(id),
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE group_members (
+        group_id INTEGER NOT NULL REFERENCES groups(id),
+        computer_id INTEGER NOT NULL REFERENCES computers(id),
+        PRIMARY KEY (group_id, computer_id)
+    );
+    CREATE TABLE filters (
+        name TEXT PRIMARY KEY,
+        definition TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        members_at REAL
+    );
+    CREATE TABLE filter_members (
+        filter TEXT NOT NULL REFERENCES filters(name) ON DELETE CASCADE,
+        computer_id INTEGER NOT NULL REFERENCES computers(id),
+        PRIMARY KEY (filter, computer_id)
+    );
+    CREATE TABLE reports (
+        name TEXT PRIMARY KEY,
+        query TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE report_snapshots (
+        id INTEGER PRIMARY KEY,
+        report TEXT NOT NULL,
+        at REAL NOT NULL,
+        run_id INTEGER,
+        columns TEXT NOT NULL,
+        rows TEXT NOT NULL
+    );
+    CREATE INDEX report_snapshots_at ON report_snapshots(at);
+    """,
 ]
 
 _TERMINAL_SQL = "(" + ",".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
@@ -782,6 +822,173 @@ class Store:
             (computer, 1000 if history else 1),
         )
         return [{"at": r["at"], **json.loads(r["data"])} for r in rows]
+
+    # -- groups, filters, reports -------------------------------------------------------
+
+    async def groups(self) -> list[dict[str, Any]]:
+        return await self._all(
+            "SELECT g.id, g.name, p.name AS parent, (SELECT count(*) FROM group_members m WHERE m.group_id=g.id)"
+            " AS computers FROM groups g LEFT JOIN groups p ON p.id=g.parent_id ORDER BY g.name"
+        )
+
+    async def add_group(self, name: str, parent: str | None) -> int:
+        parent_id = None
+        if parent:
+            row = await self._one("SELECT id FROM groups WHERE name=?", (parent,))
+            if row is None:
+                raise ValueError(f"no group named {parent!r}")
+            parent_id = row["id"]
+        cur = await self.db.execute(
+            "INSERT INTO groups(name, parent_id, created_at) VALUES (?, ?, ?)",
+            (name, parent_id, time.time()),
+        )
+        group_id = int(cur.lastrowid or 0)
+        await cur.close()
+        await self.db.commit()
+        return group_id
+
+    async def group_id(self, name: str) -> int | None:
+        row = await self._one("SELECT id FROM groups WHERE name=?", (name,))
+        return int(row["id"]) if row else None
+
+    async def add_to_group(self, group_id: int, computer_ids: list[int]) -> int:
+        """Add computers to a group; return how many were not in it already."""
+        before = await self._one(
+            "SELECT count(*) AS n FROM group_members WHERE group_id=?", (group_id,)
+        )
+        await self.db.executemany(
+            "INSERT OR IGNORE INTO group_members(group_id, computer_id) VALUES (?, ?)",
+            [(group_id, c) for c in computer_ids],
+        )
+        await self.db.commit()
+        after = await self._one(
+            "SELECT count(*) AS n FROM group_members WHERE group_id=?", (group_id,)
+        )
+        return int(after["n"] if after else 0) - int(before["n"] if before else 0)
+
+    async def group_computers(self, names: list[str]) -> list[dict[str, Any]]:
+        """Computers in these groups or in groups below them."""
+        return await self._all(
+            "WITH RECURSIVE tree(id) AS ("
+            f" SELECT id FROM groups WHERE name IN ({','.join('?' * len(names))})"
+            " UNION SELECT g.id FROM groups g JOIN tree t ON g.parent_id=t.id)"
+            " SELECT DISTINCT c.* FROM computers c JOIN group_members m ON m.computer_id=c.id"
+            " WHERE m.group_id IN (SELECT id FROM tree) ORDER BY c.name",
+            names,
+        )
+
+    async def memberships(self) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {}
+        for r in await self._all(
+            "SELECT m.computer_id, g.name FROM group_members m JOIN groups g ON g.id=m.group_id ORDER BY g.name"
+        ):
+            out.setdefault(int(r["computer_id"]), []).append(str(r["name"]))
+        return out
+
+    async def latest_inventories(self) -> dict[int, dict[str, Any]]:
+        rows = await self._all(
+            "SELECT i.computer_id, i.data FROM inventory i JOIN ("
+            " SELECT computer_id, max(at) AS at FROM inventory GROUP BY computer_id) last"
+            " ON last.computer_id=i.computer_id AND last.at=i.at"
+        )
+        return {int(r["computer_id"]): json.loads(r["data"]) for r in rows}
+
+    async def save_filter(self, definition: dict[str, Any]) -> bool:
+        old = await self._one("SELECT name FROM filters WHERE name=?", (definition["name"],))
+        await self.db.execute(
+            "INSERT INTO filters(name, definition, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET definition=excluded.definition, updated_at=excluded.updated_at",
+            (definition["name"], json.dumps(definition), time.time()),
+        )
+        await self.db.commit()
+        return old is not None
+
+    async def filters(self) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT f.definition, f.members_at, (SELECT count(*) FROM filter_members m WHERE m.filter=f.name)"
+            " AS members FROM filters f ORDER BY f.name"
+        )
+        return [
+            {**json.loads(r["definition"]), "members": r["members"], "members_at": r["members_at"]}
+            for r in rows
+        ]
+
+    async def set_filter_members(
+        self, name: str, computer_ids: set[int]
+    ) -> tuple[list[int], list[int]]:
+        """Replace a filter's cached membership; return (added, removed) computer ids."""
+        rows = await self._all("SELECT computer_id FROM filter_members WHERE filter=?", (name,))
+        before = {int(r["computer_id"]) for r in rows}
+        added, removed = sorted(computer_ids - before), sorted(before - computer_ids)
+        await self.db.executemany(
+            "DELETE FROM filter_members WHERE filter=? AND computer_id=?",
+            [(name, c) for c in removed],
+        )
+        await self.db.executemany(
+            "INSERT INTO filter_members(filter, computer_id) VALUES (?, ?)",
+            [(name, c) for c in added],
+        )
+        await self.db.execute("UPDATE filters SET members_at=? WHERE name=?", (time.time(), name))
+        await self.db.commit()
+        return added, removed
+
+    async def filter_computers(self, names: list[str]) -> list[dict[str, Any]]:
+        return await self._all(
+            "SELECT DISTINCT c.* FROM computers c JOIN filter_members m ON m.computer_id=c.id"
+            f" WHERE m.filter IN ({','.join('?' * len(names))}) ORDER BY c.name",
+            names,
+        )
+
+    async def save_report(self, name: str, query: str, description: str) -> bool:
+        old = await self._one("SELECT name FROM reports WHERE name=?", (name,))
+        await self.db.execute(
+            "INSERT INTO reports(name, query, description, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET query=excluded.query, description=excluded.description,"
+            " updated_at=excluded.updated_at",
+            (name, query, description, time.time()),
+        )
+        await self.db.commit()
+        return old is not None
+
+    async def report(self, name: str) -> dict[str, Any] | None:
+        return await self._one("SELECT * FROM reports WHERE name=?", (name,))
+
+    async def reports(self) -> list[dict[str, Any]]:
+        return await self._all(
+            "SELECT r.name, r.query, r.description, (SELECT count(*) FROM report_snapshots s WHERE s.report=r.name)"
+            " AS snapshots FROM reports r ORDER BY r.name"
+        )
+
+    async def add_snapshot(
+        self, report: str, run_id: int, columns: list[str], rows: list[list[Any]]
+    ) -> int:
+        cur = await self.db.execute(
+            "INSERT INTO report_snapshots(report, at, run_id, columns, rows) VALUES (?, ?, ?, ?, ?)",
+            (report, time.time(), run_id, json.dumps(columns), json.dumps(rows, default=str)),
+        )
+        snapshot_id = int(cur.lastrowid or 0)
+        await cur.close()
+        await self.db.commit()
+        return snapshot_id
+
+    async def purge(self, older_than: float, runs: bool) -> dict[str, int]:
+        """Delete report snapshots (and ended runs, if asked) older than ``older_than``."""
+        cur = await self.db.execute("DELETE FROM report_snapshots WHERE at < ?", (older_than,))
+        out = {"snapshots": cur.rowcount}
+        await cur.close()
+        if runs:
+            old = "SELECT id FROM runs WHERE status != 'running' AND coalesce(ended_at, created_at) < ?"
+            cur = await self.db.execute(
+                f"DELETE FROM instances WHERE run_id IN ({old})", (older_than,)
+            )
+            out["instances"] = cur.rowcount
+            await cur.close()
+            await self.db.execute(f"DELETE FROM steps WHERE run_id IN ({old})", (older_than,))
+            cur = await self.db.execute(f"DELETE FROM runs WHERE id IN ({old})", (older_than,))
+            out["runs"] = cur.rowcount
+            await cur.close()
+        await self.db.commit()
+        return out
 
     # -- trust --------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ class ServerContext:
 ServerRunner = Callable[[ServerContext], Awaitable[Outcome]]
 
 from server.tasktypes import (  # noqa: E402  (the registry below needs ServerContext first)
+    fleet,
     hierarchy,
     messages,
     script,
@@ -54,4 +55,8 @@ SERVER_RUNNERS: dict[str, ServerRunner] = {
     "send-email": send_email.run,
     "tickle-client": tickle.run,
     "replicate-hierarchy": hierarchy.run,
+    "assign-to-group": fleet.assign_to_group,
+    "update-filter-membership": fleet.update_filter_membership,
+    "run-report": fleet.run_report,
+    "purge-report": fleet.purge_report,
 }

@@ -32,6 +32,13 @@ def _query(
         db.close()
 
 
+async def query(
+    path: str, sql: str, allow_write: bool, limit: int
+) -> tuple[list[str], list[list[Any]], bool]:
+    """Run SQL on its own connection (read-only unless ``allow_write``), in a thread."""
+    return await asyncio.to_thread(_query, path, sql, allow_write, limit)
+
+
 async def run(ctx: ServerContext) -> Outcome:
     started = time.time()
     limit = int(ctx.params.get("row_limit", 1000))

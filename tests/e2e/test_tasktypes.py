@@ -426,3 +426,66 @@ async def test_wake_on_lan_sends_the_magic_packet_for_the_device(world):
         assert inst["status"] == "failed" and "--mac" in inst["reason"]
     finally:
         listener.close()
+
+
+async def test_groups_filters_and_reports(world):
+    """assign-to-group builds a group (creating it) that `run --group` targets; a filter over
+    groups and inventory keeps a cached membership that update-filter-membership refreshes and
+    `run --filter` targets; run-report keeps a snapshot that purge-report removes."""
+    async with world.admin() as c:
+        await c.call("computers.add", name="dev-1")
+    inst = await world.run(
+        {
+            "name": "g",
+            "type": "assign-to-group",
+            "params": {"group": "web", "computers": ["pc-1"], "create": True},
+        }
+    )
+    assert inst["status"] == "succeeded" and json.loads(inst["output"])["added"] == 1
+    async with world.admin() as c:
+        assert [(g["name"], g["computers"]) for g in await c.call("groups.list")] == [("web", 1)]
+        await c.call(
+            "task.add",
+            document={"name": "hi", "type": "run-script", "params": {"script": "echo hi"}},
+        )
+        final = await wait_run(c, (await c.call("run.start", task="hi", groups=["web"]))["run_id"])
+        assert [i["computer"] for i in final["instances"]] == ["pc-1"]
+
+        saved = await c.call(
+            "filter.add", document={"name": "f", "query": "computer.groups contains 'web'"}
+        )
+        assert saved["members"] == ["pc-1"]
+        try:
+            await c.call("filter.add", document={"name": "x", "query": "computer.color == 'red'"})
+        except Exception as exc:  # RemoteError with the field path
+            assert "query: unknown field computer.color" in str(exc)
+        else:
+            raise AssertionError("a filter on an unknown field was saved")
+    inst = await world.run(
+        {
+            "name": "g2",
+            "type": "assign-to-group",
+            "params": {"group": "web", "computers": ["dev-1"]},
+        }
+    )
+    assert inst["status"] == "succeeded"
+    inst = await world.run(
+        {"name": "u", "type": "update-filter-membership", "params": {"filter": "f"}}
+    )
+    assert json.loads(inst["output"]) == {"f": {"added": ["dev-1"], "removed": []}}
+    async with world.admin() as c:
+        started = await c.call("run.start", task="hi", filters=["f"])
+        assert started["no_agent"] == ["dev-1"] and started["targets"] == 2
+        await c.call(
+            "report.add",
+            document={"name": "fleet-size", "query": "SELECT count(*) AS n FROM computers"},
+        )
+    inst = await world.run({"name": "r", "type": "run-report", "params": {"report": "fleet-size"}})
+    out = json.loads(inst["output"])
+    assert out["columns"] == ["n"] and out["rows"] == [[2]]
+    inst = await world.run(
+        {"name": "purge", "type": "purge-report", "params": {"older_than_days": 0}}
+    )
+    assert json.loads(inst["output"]) == {"snapshots": 1}
+    async with world.admin() as c:
+        assert (await c.call("reports.list"))[0]["snapshots"] == 0

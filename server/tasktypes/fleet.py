@@ -1,0 +1,99 @@
+"""assign-to-group, update-filter-membership, run-report, purge-report: the NS's own model."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from agent.runner import Outcome
+from protocol.filters import matches, record, validate_filter
+from protocol.states import InstanceState
+from server.tasktypes.sql_query import query
+
+if TYPE_CHECKING:
+    from server.core import NotificationServer
+    from server.tasktypes import ServerContext
+
+
+def _done(started: float, output: Any) -> Outcome:
+    return Outcome(InstanceState.SUCCEEDED, 0, json.dumps(output), "", started, time.time())
+
+
+def _failed(started: float, reason: str) -> Outcome:
+    return Outcome(InstanceState.FAILED, reason=reason, started_at=started, ended_at=time.time())
+
+
+async def recompute_filters(
+    ns: NotificationServer, only: str = ""
+) -> dict[str, dict[str, list[str]]]:
+    """Recompute cached filter membership; return, per filter, the computers added and removed."""
+    computers = await ns.db.computers()
+    names = {c["id"]: c["name"] for c in computers}
+    groups = await ns.db.memberships()
+    inventories = await ns.db.latest_inventories()
+    records = []
+    for c in computers:
+        c = {**c, "addresses": json.loads(c["addresses"] or "[]")}
+        records.append((c["id"], record(c, groups.get(c["id"], []), inventories.get(c["id"]))))
+    changes: dict[str, dict[str, list[str]]] = {}
+    for f in await ns.db.filters():
+        if only and f["name"] != only:
+            continue
+        _, condition = validate_filter({k: f[k] for k in ("name", "query", "description")})
+        members = {cid for cid, values in records if matches(condition, values)}
+        added, removed = await ns.db.set_filter_members(f["name"], members)
+        changes[f["name"]] = {
+            "added": [names[i] for i in added],
+            "removed": [names[i] for i in removed],
+        }
+    return changes
+
+
+async def assign_to_group(ctx: ServerContext) -> Outcome:
+    started = time.time()
+    group, names = str(ctx.params["group"]), [str(n) for n in ctx.params["computers"]]
+    group_id = await ctx.ns.db.group_id(group)
+    if group_id is None:
+        if not ctx.params.get("create"):
+            return _failed(started, f"no group named {group!r}; set create = true to make it")
+        group_id = await ctx.ns.db.add_group(group, None)
+    rows = await ctx.ns.db.computers(names)
+    missing = sorted(set(names) - {r["name"] for r in rows})
+    if missing:
+        return _failed(started, f"unknown computer(s): {', '.join(missing)}")
+    added = await ctx.ns.db.add_to_group(group_id, [r["id"] for r in rows])
+    return _done(started, {"group": group, "added": added, "already": len(rows) - added})
+
+
+async def update_filter_membership(ctx: ServerContext) -> Outcome:
+    started = time.time()
+    only = str(ctx.params.get("filter", ""))
+    changes = await recompute_filters(ctx.ns, only)
+    if only and only not in changes:
+        return _failed(started, f"no filter named {only!r}")
+    return _done(started, changes)
+
+
+async def run_report(ctx: ServerContext) -> Outcome:
+    started = time.time()
+    name = str(ctx.params["report"])
+    report = await ctx.ns.db.report(name)
+    if report is None:
+        return _failed(started, f"no report named {name!r}")
+    try:
+        columns, rows, more = await query(
+            ctx.ns.db_path, report["query"], False, int(ctx.params.get("row_limit", 10_000))
+        )
+    except Exception as exc:
+        return _failed(started, f"the report's query failed: {exc}")
+    snapshot = await ctx.ns.db.add_snapshot(name, ctx.run_id, columns, rows)
+    return _done(
+        started, {"snapshot": snapshot, "columns": columns, "rows": rows, "truncated": more}
+    )
+
+
+async def purge_report(ctx: ServerContext) -> Outcome:
+    started = time.time()
+    older = time.time() - int(ctx.params["older_than_days"]) * 86400
+    return _done(started, await ctx.ns.db.purge(older, bool(ctx.params.get("runs"))))
