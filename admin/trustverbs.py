@@ -216,6 +216,24 @@ async def v_reports(c: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
+async def v_items(c: AdminClient, args: argparse.Namespace) -> int:
+    rows = await c.call("items.list", folder=args.folder or "")
+    if args.json:
+        _json(rows)
+    else:
+        print(table(rows, [("id", "id"), ("kind", "kind"), ("path", "path")]))
+    return 0
+
+
+async def v_folders(c: AdminClient, args: argparse.Namespace) -> int:
+    rows = await c.call("folders.list")
+    if args.json:
+        _json(rows)
+    else:
+        print(table(rows, [("path", "folder"), ("items", "items")]))
+    return 0
+
+
 def add_trust_verbs(verb: Callable[[str, Any, str], argparse.ArgumentParser]) -> None:
     """Register the trust verbs on the CLI."""
     v = verb(
@@ -256,3 +274,6 @@ def add_trust_verbs(verb: Callable[[str, Any, str], argparse.ArgumentParser]) ->
     v.add_argument("action", choices=["add"])
     v.add_argument("file")
     verb("reports", v_reports, "list reports")
+    v = verb("items", v_items, "tasks, jobs, reports and filters, by folder")
+    v.add_argument("--folder")
+    verb("folders", v_folders, "folders and how many items each holds")

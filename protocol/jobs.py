@@ -243,7 +243,7 @@ def _check_reference(
         return
     if w.job_type is JobType.SERVER and sub_type == JobType.CLIENT:
         w.task_kinds.append((where, Kind.CLIENT))  # one barrier step: counts as a client step
-    for name in _referenced_names(definition.get("steps", [])):
+    for name in referenced_names(definition.get("steps", [])):
         sub = w.lookup(name)
         if sub is None:
             w.problems.append(
@@ -260,7 +260,7 @@ def _check_reference(
         _check_reference(w, sub, name, where, [*chain, ref])
 
 
-def _referenced_names(steps: Any) -> list[str]:
+def referenced_names(steps: Any) -> list[str]:
     out: list[str] = []
     stack: list[Any] = [steps]
     while stack:
@@ -319,7 +319,7 @@ def validate_job(doc: Any, lookup: Lookup) -> dict[str, Any]:
 
     w = _Walk(job_type, guarded, problems, all_ids=set(_referenced_ids({"then": doc.get("steps")})))
     _check_steps(w, doc.get("steps"), "steps", set())
-    if isinstance(name, str) and name in _referenced_names(doc.get("steps", [])):
+    if isinstance(name, str) and name in referenced_names(doc.get("steps", [])):
         problems.append(Problem("steps", f"job {name!r} refers to itself: jobs form a cycle"))
     if (
         job_type is JobType.SERVER

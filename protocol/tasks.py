@@ -301,6 +301,27 @@ CATALOG: dict[str, TaskType] = {
             "Delete report snapshots (and, if asked, run history) older than N days.",
         ),
         TaskType(
+            "delete-item",
+            Kind.SERVER,
+            {
+                "item": Param(
+                    str, required=True, doc="an id (task:NAME) or a path (/Jobs and Tasks/NAME)"
+                )
+            },
+            "Delete an item; a task or job still used by a job is refused, naming the job.",
+        ),
+        TaskType(
+            "move-item",
+            Kind.SERVER,
+            {
+                "item": Param(str, required=True, doc="an id (task:NAME) or a path"),
+                "folder": Param(
+                    str, required=True, pattern=r"/[^\x00]{0,255}", doc="an absolute folder path"
+                ),
+            },
+            "Move an item to another folder (made if it does not exist).",
+        ),
+        TaskType(
             "noop",
             Kind.CLIENT,
             {"delay_ms": Param(int, default=0, minimum=0, maximum=3_600_000)},

@@ -512,3 +512,13 @@ async def report_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -
 @op("reports.list")
 async def reports_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
     return await ns.db.reports()
+
+
+@op("items.list")
+async def items_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    return await ns.db.items(_arg(args, "folder", str, "") or None)
+
+
+@op("folders.list")
+async def folders_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    return await ns.db.folders()

@@ -51,6 +51,8 @@ OP_ROLE: dict[str, str] = {
     "groups.list": "viewer",
     "filters.list": "viewer",
     "reports.list": "viewer",
+    "items.list": "viewer",
+    "folders.list": "viewer",
     "run.start": "operator",
     "run.stop": "operator",
 }

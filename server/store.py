@@ -208,7 +208,19 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX report_snapshots_at ON report_snapshots(at);
     """,
+    # 7: items live in folders
+    """
+    CREATE TABLE folders (path TEXT PRIMARY KEY);
+    INSERT INTO folders(path) VALUES ('/Jobs and Tasks'), ('/Reports'), ('/Policies'), ('/Filters');
+    ALTER TABLE tasks ADD COLUMN folder TEXT NOT NULL DEFAULT '/Jobs and Tasks';
+    ALTER TABLE jobs ADD COLUMN folder TEXT NOT NULL DEFAULT '/Jobs and Tasks';
+    ALTER TABLE reports ADD COLUMN folder TEXT NOT NULL DEFAULT '/Reports';
+    ALTER TABLE filters ADD COLUMN folder TEXT NOT NULL DEFAULT '/Filters';
+    """,
 ]
+
+ITEM_TABLES = {"task": "tasks", "job": "jobs", "report": "reports", "filter": "filters"}
+"""Item kind → its table; every item table has ``name`` and ``folder``."""
 
 _TERMINAL_SQL = "(" + ",".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
 
@@ -989,6 +1001,57 @@ class Store:
             await cur.close()
         await self.db.commit()
         return out
+
+    # -- items and folders --------------------------------------------------------------
+
+    async def items(self, folder: str | None = None) -> list[dict[str, Any]]:
+        """Every item (kind, name, folder, path, id), optionally in one folder (and below it)."""
+        union = " UNION ALL ".join(
+            f"SELECT '{kind}' AS kind, name, folder FROM {table}"
+            for kind, table in ITEM_TABLES.items()
+        )
+        rows = await self._all(f"SELECT * FROM ({union}) ORDER BY folder, kind, name")
+        out = []
+        for r in rows:
+            if folder and not (
+                r["folder"] == folder or r["folder"].startswith(folder.rstrip("/") + "/")
+            ):
+                continue
+            out.append(
+                {**r, "path": f"{r['folder']}/{r['name']}", "id": f"{r['kind']}:{r['name']}"}
+            )
+        return out
+
+    async def folders(self) -> list[dict[str, Any]]:
+        items = await self.items()
+        paths = {r["path"] for r in await self._all("SELECT path FROM folders")} | {
+            i["folder"] for i in items
+        }
+        return [
+            {"path": p, "items": sum(1 for i in items if i["folder"] == p)} for p in sorted(paths)
+        ]
+
+    async def find_item(self, ref: str) -> dict[str, Any] | None:
+        """An item by id (``task:NAME``) or by path (``/Jobs and Tasks/NAME``)."""
+        for item in await self.items():
+            if ref in (item["id"], item["path"]):
+                return item
+        return None
+
+    async def move_item(self, kind: str, name: str, folder: str) -> None:
+        await self.db.execute("INSERT OR IGNORE INTO folders(path) VALUES (?)", (folder,))
+        await self.db.execute(
+            f"UPDATE {ITEM_TABLES[kind]} SET folder=? WHERE name=?", (folder, name)
+        )
+        await self.db.commit()
+
+    async def delete_item(self, kind: str, name: str) -> None:
+        if kind == "filter":
+            await self.db.execute("DELETE FROM filter_members WHERE filter=?", (name,))
+        if kind == "report":
+            await self.db.execute("DELETE FROM report_snapshots WHERE report=?", (name,))
+        await self.db.execute(f"DELETE FROM {ITEM_TABLES[kind]} WHERE name=?", (name,))
+        await self.db.commit()
 
     # -- trust --------------------------------------------------------------------------
 

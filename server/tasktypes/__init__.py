@@ -59,4 +59,6 @@ SERVER_RUNNERS: dict[str, ServerRunner] = {
     "update-filter-membership": fleet.update_filter_membership,
     "run-report": fleet.run_report,
     "purge-report": fleet.purge_report,
+    "delete-item": fleet.delete_item,
+    "move-item": fleet.move_item,
 }

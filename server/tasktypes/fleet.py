@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.runner import Outcome
 from protocol.filters import matches, record, validate_filter
+from protocol.jobs import referenced_names
 from protocol.states import InstanceState
 from server.tasktypes.sql_query import query
 
@@ -97,3 +98,39 @@ async def purge_report(ctx: ServerContext) -> Outcome:
     started = time.time()
     older = time.time() - int(ctx.params["older_than_days"]) * 86400
     return _done(started, await ctx.ns.db.purge(older, bool(ctx.params.get("runs"))))
+
+
+def _uses(definition: dict[str, Any]) -> set[str]:
+    return set(referenced_names(definition.get("steps", [])))
+
+
+async def delete_item(ctx: ServerContext) -> Outcome:
+    started = time.time()
+    ref = str(ctx.params["item"])
+    item = await ctx.ns.db.find_item(ref)
+    if item is None:
+        return _failed(
+            started, f"no item {ref!r}; `taskfleet items` lists them (ids look like task:NAME)"
+        )
+    if item["kind"] in ("task", "job"):
+        users = sorted(j["name"] for j in await ctx.ns.db.jobs() if item["name"] in _uses(j))
+        if users:
+            return _failed(
+                started,
+                f"{item['kind']} {item['name']!r} is used by job(s) {', '.join(users)}; "
+                "change or delete those first",
+            )
+    await ctx.ns.db.delete_item(item["kind"], item["name"])
+    return _done(started, {"deleted": [item["id"]]})
+
+
+async def move_item(ctx: ServerContext) -> Outcome:
+    started = time.time()
+    ref, folder = str(ctx.params["item"]), str(ctx.params["folder"]).rstrip("/") or "/"
+    item = await ctx.ns.db.find_item(ref)
+    if item is None:
+        return _failed(
+            started, f"no item {ref!r}; `taskfleet items` lists them (ids look like task:NAME)"
+        )
+    await ctx.ns.db.move_item(item["kind"], item["name"], folder)
+    return _done(started, {"id": item["id"], "path": f"{folder}/{item['name']}"})

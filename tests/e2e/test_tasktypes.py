@@ -489,3 +489,44 @@ async def test_groups_filters_and_reports(world):
     assert json.loads(inst["output"]) == {"snapshots": 1}
     async with world.admin() as c:
         assert (await c.call("reports.list"))[0]["snapshots"] == 0
+
+
+async def test_items_live_in_folders_and_can_be_moved_and_deleted(world):
+    """Tasks, jobs, reports and filters are items in folders; move-item moves one (making the
+    folder); delete-item refuses a task a job still uses, naming the job, and deletes one unused."""
+    async with world.admin() as c:
+        for name in ("used", "spare"):
+            await c.call(
+                "task.add",
+                document={"name": name, "type": "run-script", "params": {"script": "true"}},
+            )
+        await c.call(
+            "job.add",
+            document={"name": "uses-it", "type": "client-job", "steps": [{"task": "used"}]},
+        )
+        paths = {i["id"]: i["path"] for i in await c.call("items.list")}
+    assert (
+        paths["task:used"] == "/Jobs and Tasks/used"
+        and paths["job:uses-it"] == "/Jobs and Tasks/uses-it"
+    )
+    inst = await world.run(
+        {
+            "name": "mv",
+            "type": "move-item",
+            "params": {"item": "task:spare", "folder": "/Jobs and Tasks/Linux"},
+        }
+    )
+    assert json.loads(inst["output"])["path"] == "/Jobs and Tasks/Linux/spare"
+    inst = await world.run(
+        {"name": "rm1", "type": "delete-item", "params": {"item": "/Jobs and Tasks/used"}}
+    )
+    assert inst["status"] == "failed" and "used by job(s) uses-it" in inst["reason"]
+    inst = await world.run(
+        {"name": "rm2", "type": "delete-item", "params": {"item": "/Jobs and Tasks/Linux/spare"}}
+    )
+    assert json.loads(inst["output"]) == {"deleted": ["task:spare"]}
+    async with world.admin() as c:
+        folders = {f["path"]: f["items"] for f in await c.call("folders.list")}
+        ids = {i["id"] for i in await c.call("items.list")}
+    assert folders["/Jobs and Tasks/Linux"] == 0 and "/Reports" in folders
+    assert "task:spare" not in ids and "task:used" in ids
