@@ -234,6 +234,29 @@ async def v_folders(c: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
+async def v_policy(c: AdminClient, args: argparse.Namespace) -> int:
+    saved = await _add_document(c, "policy.add", args.file)
+    state = "enabled" if saved["enabled"] else "disabled"
+    print(f"{'replaced' if saved['replaced'] else 'added'} policy {saved['name']} ({state})")
+    return 0
+
+
+async def v_policies(c: AdminClient, args: argparse.Namespace) -> int:
+    rows = await c.call("policies.list")
+    if args.json:
+        _json(rows)
+    else:
+        for r in rows:
+            r["when"] = ", ".join(f"{k}={v}" for k, v in r["schedule"].items())
+        print(
+            table(
+                rows,
+                [("name", "name"), ("task", "task"), ("enabled", "enabled"), ("when", "schedule")],
+            )
+        )
+    return 0
+
+
 def add_trust_verbs(verb: Callable[[str, Any, str], argparse.ArgumentParser]) -> None:
     """Register the trust verbs on the CLI."""
     v = verb(
@@ -277,3 +300,7 @@ def add_trust_verbs(verb: Callable[[str, Any, str], argparse.ArgumentParser]) ->
     v = verb("items", v_items, "tasks, jobs, reports and filters, by folder")
     v.add_argument("--folder")
     verb("folders", v_folders, "folders and how many items each holds")
+    v = verb("policy", v_policy, "`policy add FILE`: a client task, a schedule, targets")
+    v.add_argument("action", choices=["add"])
+    v.add_argument("file")
+    verb("policies", v_policies, "list policies")

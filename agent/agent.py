@@ -50,6 +50,7 @@ from protocol.messages import (
     StepResult,
     Tickle,
 )
+from protocol.policies import next_due
 from protocol.session import ALLOWED_DOWN, Role, backoff_delays
 from protocol.states import InstanceState, is_terminal
 
@@ -117,6 +118,10 @@ class Agent:
         self._delay = backoff_delays(initial_s=backoff_initial_s, maximum_s=backoff_max_s)
         self.commands = commands or CommandTable()
         self._after: dict[int, list[Callable[[], Awaitable[None]]]] = {}
+        self.policies: dict[str, dict[str, Any]] = {}
+        self.policy_results: dict[str, Outcome] = {}
+        self._policy_last: dict[str, float] = {}
+        self._policy_busy: set[str] = set()
         self._background: set[asyncio.Task[Any]] = set()
 
     def info(self) -> dict[str, Any]:
@@ -138,6 +143,8 @@ class Agent:
             self.log.warning(
                 "insecure", reason="--insecure: plain ws:// is allowed; use only for tests"
             )
+        self._set_policies(self.store.config)
+        self.keep(asyncio.create_task(self._policy_loop(), name="agent-policies"))
         try:
             await self._recover()
             attempt = 0
@@ -165,6 +172,11 @@ class Agent:
             for r in list(self._running.values()):
                 with contextlib.suppress(BaseException):
                     await r.task
+            for t in list(self._background):
+                t.cancel()
+            for t in list(self._background):
+                with contextlib.suppress(BaseException):
+                    await t
             await self.store.close()
 
     async def _recover(self) -> None:
@@ -208,6 +220,7 @@ class Agent:
             self.log.info("ns_unreachable_using_cached_ts", error=str(exc) or type(exc).__name__)
         else:
             await self.store.save_config(welcome.config)
+            self._set_policies(welcome.config)
             ts = welcome.config.get("taskserver")
             if not ts:
                 self.taskserver = None
@@ -404,6 +417,43 @@ class Agent:
                 await action()
             except Exception:
                 self.log.exception("after_report_failed", instance_id=iid)
+
+    def _set_policies(self, config: dict[str, Any]) -> None:
+        """Take the policies that came with the configuration (replacing the old set)."""
+        self.policies = {p["name"]: p for p in config.get("policies") or [] if isinstance(p, dict)}
+
+    async def _policy_loop(self) -> None:
+        """Run each policy's task when its schedule says so (one run of a policy at a time)."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.time()
+            for name, policy in list(self.policies.items()):
+                if name in self._policy_busy:
+                    continue
+                if now >= next_due(policy["schedule"], self._policy_last.get(name), now):
+                    self._policy_last[name] = now
+                    self._policy_busy.add(name)
+                    self.keep(asyncio.create_task(self._run_policy(name, policy)))
+
+    async def _run_policy(self, name: str, policy: dict[str, Any]) -> None:
+        task = policy["task"]
+        tokens = {
+            "COMPUTERNAME": self.name,
+            "COMPUTERID": str(self.store.config.get("computer_id", "") if self.store else ""),
+            "TASKSERVER": self.taskserver or "",
+            "RUNID": f"policy:{name}",
+            "MACADDRESS": "",
+        }
+        try:
+            async with self._sem:
+                outcome = await self._run_task(0, task, tokens, float(task.get("timeout_s", 300)))
+            self.policy_results[name] = outcome
+            self.log.info(
+                "policy_ran", policy=name, state=str(outcome.state), reason=outcome.reason
+            )
+            await self._reported(0)
+        finally:
+            self._policy_busy.discard(name)
 
     def keep(self, task: asyncio.Task[Any]) -> None:
         """Hold a background task until it ends."""

@@ -322,6 +322,12 @@ CATALOG: dict[str, TaskType] = {
             "Move an item to another folder (made if it does not exist).",
         ),
         TaskType(
+            "enable-disable-policy",
+            Kind.SERVER,
+            {"policy": Param(str, required=True), "enabled": Param(bool, required=True)},
+            "Enable or disable a policy; the agents it targets are tickled to fetch it now.",
+        ),
+        TaskType(
             "noop",
             Kind.CLIENT,
             {"delay_ms": Param(int, default=0, minimum=0, maximum=3_600_000)},

@@ -14,6 +14,7 @@ from protocol.errors import ValidationError
 from protocol.filters import validate_filter
 from protocol.identity import hash_token
 from protocol.jobs import JobCompileError, JobType, compile_job, is_job_document, validate_job
+from protocol.policies import validate_policy
 from protocol.session import NAME
 from protocol.states import InstanceState
 from protocol.tasks import CATALOG, parse_document, validate_task
@@ -522,3 +523,20 @@ async def items_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -
 @op("folders.list")
 async def folders_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
     return await ns.db.folders()
+
+
+@op("policy.add")
+async def policy_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    doc = _document(args)
+    task = await ns.db.task(str(doc.get("task"))) if isinstance(doc, dict) else None
+    try:
+        definition = validate_policy(doc, task["kind"] if task else None)
+    except ValidationError as exc:
+        raise ApiError("invalid_document", str(exc)) from None
+    replaced = await ns.db.save_policy(definition)
+    return {**definition, "replaced": replaced}
+
+
+@op("policies.list")
+async def policies_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    return await ns.db.policies()

@@ -53,6 +53,7 @@ OP_ROLE: dict[str, str] = {
     "reports.list": "viewer",
     "items.list": "viewer",
     "folders.list": "viewer",
+    "policies.list": "viewer",
     "run.start": "operator",
     "run.stop": "operator",
 }

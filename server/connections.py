@@ -38,7 +38,7 @@ from protocol.session import (
     Role,
     Session,
 )
-from server import auth
+from server import auth, policies
 
 if TYPE_CHECKING:
     from server.core import NotificationServer
@@ -95,7 +95,11 @@ async def serve_agent(
     """Register the agent, tell it its TS (with a ticket), or serve it here."""
     row = await ns.db.register_agent(hello.identity, hello.info)
     ts = await assign(ns, row)
-    config: dict[str, Any] = {"computer_id": row["id"], "taskserver": None}
+    config: dict[str, Any] = {
+        "computer_id": row["id"],
+        "taskserver": None,
+        "policies": await policies.for_computer(ns, row["id"]),
+    }
     if ts is not None:
         body, signature = auth.ticket(ns, hello.identity, facts["public_key"], ts["name"])
         config["taskserver"] = ts

@@ -217,9 +217,25 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE reports ADD COLUMN folder TEXT NOT NULL DEFAULT '/Reports';
     ALTER TABLE filters ADD COLUMN folder TEXT NOT NULL DEFAULT '/Filters';
     """,
+    # 8: policies
+    """
+    CREATE TABLE policies (
+        name TEXT PRIMARY KEY,
+        definition TEXT NOT NULL,
+        enabled INTEGER NOT NULL,
+        folder TEXT NOT NULL DEFAULT '/Policies',
+        updated_at REAL NOT NULL
+    );
+    """,
 ]
 
-ITEM_TABLES = {"task": "tasks", "job": "jobs", "report": "reports", "filter": "filters"}
+ITEM_TABLES = {
+    "task": "tasks",
+    "job": "jobs",
+    "report": "reports",
+    "filter": "filters",
+    "policy": "policies",
+}
 """Item kind → its table; every item table has ``name`` and ``folder``."""
 
 _TERMINAL_SQL = "(" + ",".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
@@ -1001,6 +1017,35 @@ class Store:
             await cur.close()
         await self.db.commit()
         return out
+
+    # -- policies -----------------------------------------------------------------------
+
+    async def save_policy(self, definition: dict[str, Any]) -> bool:
+        old = await self._one("SELECT name FROM policies WHERE name=?", (definition["name"],))
+        await self.db.execute(
+            "INSERT INTO policies(name, definition, enabled, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET definition=excluded.definition, enabled=excluded.enabled,"
+            " updated_at=excluded.updated_at",
+            (definition["name"], json.dumps(definition), int(definition["enabled"]), time.time()),
+        )
+        await self.db.commit()
+        return old is not None
+
+    async def policies(self) -> list[dict[str, Any]]:
+        rows = await self._all("SELECT definition, enabled FROM policies ORDER BY name")
+        return [{**json.loads(r["definition"]), "enabled": bool(r["enabled"])} for r in rows]
+
+    async def set_policy_enabled(self, name: str, enabled: bool) -> bool:
+        row = await self._one("SELECT definition FROM policies WHERE name=?", (name,))
+        if row is None:
+            return False
+        definition = {**json.loads(row["definition"]), "enabled": enabled}
+        await self.db.execute(
+            "UPDATE policies SET enabled=?, definition=?, updated_at=? WHERE name=?",
+            (int(enabled), json.dumps(definition), time.time(), name),
+        )
+        await self.db.commit()
+        return True
 
     # -- items and folders --------------------------------------------------------------
 

@@ -61,4 +61,5 @@ SERVER_RUNNERS: dict[str, ServerRunner] = {
     "purge-report": fleet.purge_report,
     "delete-item": fleet.delete_item,
     "move-item": fleet.move_item,
+    "enable-disable-policy": fleet.enable_disable_policy,
 }

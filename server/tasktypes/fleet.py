@@ -134,3 +134,25 @@ async def move_item(ctx: ServerContext) -> Outcome:
         )
     await ctx.ns.db.move_item(item["kind"], item["name"], folder)
     return _done(started, {"id": item["id"], "path": f"{folder}/{item['name']}"})
+
+
+async def enable_disable_policy(ctx: ServerContext) -> Outcome:
+    from server.policies import targets
+
+    started = time.time()
+    name, enabled = str(ctx.params["policy"]), bool(ctx.params["enabled"])
+    if not await ctx.ns.db.set_policy_enabled(name, enabled):
+        return _failed(started, f"no policy named {name!r}; `taskfleet policies` lists them")
+    policy = next(p for p in await ctx.ns.db.policies() if p["name"] == name)
+    reached, offline = await ctx.ns.tickle(
+        [c for c in await targets(ctx.ns, policy) if c["has_agent"]]
+    )
+    return _done(
+        started,
+        {
+            "policy": name,
+            "enabled": enabled,
+            "tickled": sorted(reached),
+            "offline": sorted(offline),
+        },
+    )

@@ -530,3 +530,68 @@ async def test_items_live_in_folders_and_can_be_moved_and_deleted(world):
         ids = {i["id"] for i in await c.call("items.list")}
     assert folders["/Jobs and Tasks/Linux"] == 0 and "/Reports" in folders
     assert "task:spare" not in ids and "task:used" in ids
+
+
+async def test_policies_reach_their_agents_and_run_on_schedule(world, tmp_path):
+    """A policy (client task, schedule, targets) reaches the agents it targets with their
+    configuration and runs on schedule; enable-disable-policy turns it off and tickles them."""
+    marks = tmp_path / "policy.log"
+    async with world.admin() as c:
+        await c.call(
+            "task.add",
+            document={
+                "name": "stamp",
+                "type": "run-script",
+                "params": {"script": f"echo %COMPUTERNAME% >> {marks}"},
+            },
+        )
+        await c.call(
+            "task.add",
+            document={"name": "ns-only", "type": "raise-message", "params": {"text": "x"}},
+        )
+        try:
+            await c.call(
+                "policy.add",
+                document={"name": "bad", "task": "ns-only", "schedule": {"every_s": 1}},
+            )
+        except Exception as exc:
+            assert "task: 'ns-only' is a server task" in str(exc)
+        else:
+            raise AssertionError("a policy with a server task was saved")
+        saved = await c.call(
+            "policy.add",
+            document={
+                "name": "stamper",
+                "task": "stamp",
+                "enabled": False,
+                "schedule": {"every_s": 1},
+                "targets": {"computers": ["pc-1"]},
+            },
+        )
+        assert saved["enabled"] is False
+    inst = await world.run(
+        {
+            "name": "on",
+            "type": "enable-disable-policy",
+            "params": {"policy": "stamper", "enabled": True},
+        }
+    )
+    assert json.loads(inst["output"])["tickled"] == ["pc-1"]
+
+    async def stamped_twice():
+        return marks.exists() and marks.read_text().count("pc-1") >= 2
+
+    await until(stamped_twice, "the policy to run twice on pc-1", 20)
+    inst = await world.run(
+        {
+            "name": "off",
+            "type": "enable-disable-policy",
+            "params": {"policy": "stamper", "enabled": False},
+        }
+    )
+    assert inst["status"] == "succeeded"
+
+    async def dropped():
+        return "stamper" not in world.agent.policies
+
+    await until(dropped, "the agent to drop the disabled policy", 20)
