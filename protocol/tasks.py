@@ -328,6 +328,28 @@ CATALOG: dict[str, TaskType] = {
             "Enable or disable a policy; the agents it targets are tickled to fetch it now.",
         ),
         TaskType(
+            "restart-server-services",
+            Kind.SERVER,
+            {
+                "services": Param(
+                    list,
+                    default=["scheduler", "task-service"],
+                    item_type=str,
+                    doc="any of scheduler, task-service, listeners",
+                )
+            },
+            "Restart internal services of the NS in place; agents and task servers reconnect.",
+        ),
+        TaskType(
+            "file-resource-cleanup",
+            Kind.SERVER,
+            {
+                "older_than_days": Param(int, default=30, minimum=0, maximum=36_500),
+                "unreferenced": Param(bool, default=True, doc="also delete files no item names"),
+            },
+            "Delete files in the NS's resource folder that are old, or that no item references.",
+        ),
+        TaskType(
             "noop",
             Kind.CLIENT,
             {"delay_ms": Param(int, default=0, minimum=0, maximum=3_600_000)},

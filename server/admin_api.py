@@ -540,3 +540,10 @@ async def policy_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -
 @op("policies.list")
 async def policies_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
     return await ns.db.policies()
+
+
+@op("messages.watch")
+async def messages_watch(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+    """Push every new message to this admin (as ``event`` kind ``message``) until it disconnects."""
+    ns.message_watchers.add(link)
+    return {"watching": True}

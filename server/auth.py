@@ -54,6 +54,7 @@ OP_ROLE: dict[str, str] = {
     "items.list": "viewer",
     "folders.list": "viewer",
     "policies.list": "viewer",
+    "messages.watch": "viewer",
     "run.start": "operator",
     "run.stop": "operator",
 }
@@ -115,7 +116,7 @@ async def authenticate(ns: NotificationServer, link: Link, hello: Hello) -> dict
             fp,
         ) not in ns.mismatches_raised:  # one message per key, however often it knocks
             ns.mismatches_raised.add((role, name, fp))
-            await ns.db.raise_message("warning", text, "enrolment")
+            await ns.raise_message("warning", text, "enrolment")
         ns.log.warning("key_mismatch", role=role, name=name, fingerprint=fp, peer=link.peer)
         raise HandshakeError(text, code="key_mismatch", close_code=CLOSE_UNAUTHORIZED)
     if row is not None and row["state"] == "rejected":

@@ -289,6 +289,7 @@ async def serve_admin(
     finally:
         for subs in ns.watchers.values():
             subs.discard(link)
+        ns.message_watchers.discard(link)
 
 
 def _summary(args: dict[str, Any]) -> str:

@@ -222,6 +222,8 @@ class NotificationServer:
         self.assign_lock = asyncio.Lock()
         self.pending_cancels: dict[str, list[int]] = defaultdict(list)
         self._server: Any = None
+        self._ssl_context: Any = None
+        self.message_watchers: set[Link] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -243,16 +245,7 @@ class NotificationServer:
         self._relay_store = await RelayStore.open(
             os.path.join(self.data_dir, "builtin-taskservice.db")
         )
-        self.relay = Relay(
-            BUILTIN,
-            self._relay_store,
-            log=logs.get("builtin-taskservice"),
-            flush_ms=self.flush_ms,
-            agent_rate_per_s=self.agent_rate_per_s,
-        )
-        await self.relay.start()
-        self.relay.set_upstream(BuiltinUpstream(self))
-        self.routes[BUILTIN] = BuiltinRoute(self.relay)
+        await self._start_task_service()
         await self._resume_runs()
         ssl_context = None
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -271,18 +264,63 @@ class NotificationServer:
             self.log.warning(
                 "insecure_listener", reason="--insecure: plain ws://, no TLS; use only for tests"
             )
-        self._server, self.port = await listen(
-            lambda ws: serve(self, ws),
-            self.host,
-            self.port,
-            compression=self.compression,
-            ssl_context=ssl_context,
-        )
+        self._ssl_context = ssl_context
+        await self._start_listener()
         scheme = "ws" if self.insecure else "wss"
         self.url = f"{scheme}://{self.host}:{self.port}"
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="ns-sweep")
         self.spawn(self.dispatch_route(BUILTIN))
         self.log.info("server_listening", url=self.url, active_runs=len(self.active))
+
+    async def _start_task_service(self) -> None:
+        assert self._relay_store is not None
+        self.relay = Relay(
+            BUILTIN,
+            self._relay_store,
+            log=logs.get("builtin-taskservice"),
+            flush_ms=self.flush_ms,
+            agent_rate_per_s=self.agent_rate_per_s,
+        )
+        await self.relay.start()
+        self.relay.set_upstream(BuiltinUpstream(self))
+        self.routes[BUILTIN] = BuiltinRoute(self.relay)
+
+    async def _start_listener(self) -> None:
+        self._server, self.port = await listen(
+            lambda ws: serve(self, ws),
+            self.host,
+            self.port,
+            compression=self.compression,
+            ssl_context=self._ssl_context,
+        )
+
+    SERVICES = ("scheduler", "task-service", "listeners")
+    """What ``restart_service`` can restart in place."""
+
+    async def restart_service(self, name: str) -> None:
+        """Restart one internal service in place; peers reconnect by themselves."""
+        if name == "scheduler":
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._sweeper
+            self._sweeper = asyncio.create_task(self._sweep_loop(), name="ns-sweep")
+        elif name == "task-service":
+            old = self.relay
+            if old is not None:
+                for conn in list(old.agents.values()):
+                    await conn.link.close(1012, "the task service restarts; reconnect")
+                await old.stop()
+            await self._start_task_service()
+            self.spawn(self.dispatch_route(BUILTIN))
+        elif name == "listeners":
+            if self._server is not None:
+                self._server.close()
+                await self._server.wait_closed()
+            await self._start_listener()
+        else:
+            raise ValueError(f"unknown service {name!r}; known: {', '.join(self.SERVICES)}")
+        self.log.warning("service_restarted", service=name)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -545,6 +583,18 @@ class NotificationServer:
         for route, names in by_route.items():
             await self.routes[route].tickle(names)
         return [n for names in by_route.values() for n in names], offline
+
+    async def raise_message(self, severity: str, text: str, source: str) -> int:
+        """Keep a message and push it to the admins who watch messages."""
+        message_id = await self.db.raise_message(severity, text, source)
+        data = {"id": message_id, "severity": severity, "text": text, "source": source}
+        for link in list(self.message_watchers):
+            self.spawn(
+                self._send_quietly(
+                    link, Event(id=link.next_id(), run_id=0, kind="message", data=data)
+                )
+            )
+        return message_id
 
     def _notify(self, change: Change) -> None:
         subs = self.watchers.get(change.run_id)

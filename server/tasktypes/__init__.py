@@ -62,4 +62,6 @@ SERVER_RUNNERS: dict[str, ServerRunner] = {
     "delete-item": fleet.delete_item,
     "move-item": fleet.move_item,
     "enable-disable-policy": fleet.enable_disable_policy,
+    "restart-server-services": fleet.restart_server_services,
+    "file-resource-cleanup": fleet.file_resource_cleanup,
 }

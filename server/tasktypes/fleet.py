@@ -156,3 +156,40 @@ async def enable_disable_policy(ctx: ServerContext) -> Outcome:
             "offline": sorted(offline),
         },
     )
+
+
+async def restart_server_services(ctx: ServerContext) -> Outcome:
+    started = time.time()
+    names = [str(n) for n in ctx.params.get("services") or []]
+    unknown = sorted(set(names) - set(ctx.ns.SERVICES))
+    if unknown:
+        return _failed(
+            started, f"unknown service(s) {', '.join(unknown)}; known: {', '.join(ctx.ns.SERVICES)}"
+        )
+    for name in names:
+        await ctx.ns.restart_service(name)
+    return _done(started, {"restarted": names})
+
+
+async def file_resource_cleanup(ctx: ServerContext) -> Outcome:
+    import os
+
+    started = time.time()
+    root = os.path.join(ctx.ns.data_dir, "resources")
+    cutoff = time.time() - int(ctx.params.get("older_than_days", 30)) * 86400
+    referenced = " ".join(
+        json.dumps(i) for i in [*await ctx.ns.db.tasks(), *await ctx.ns.db.jobs()]
+    )
+    deleted, freed = [], 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            relative = os.path.relpath(path, root)
+            info = os.stat(path)
+            old = info.st_mtime < cutoff
+            unused = bool(ctx.params.get("unreferenced", True)) and relative not in referenced
+            if old or unused:
+                os.remove(path)
+                deleted.append(relative)
+                freed += info.st_size
+    return _done(started, {"files": sorted(deleted), "bytes_freed": freed})

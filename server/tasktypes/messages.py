@@ -17,6 +17,6 @@ async def run(ctx: ServerContext) -> Outcome:
     started = time.time()
     text = replace_tokens(str(ctx.params["text"]), ctx.tokens)
     severity = str(ctx.params.get("severity", "warning"))
-    message_id = await ctx.ns.db.raise_message(severity, text, f"run {ctx.run_id}")
+    message_id = await ctx.ns.raise_message(severity, text, f"run {ctx.run_id}")
     ctx.ns.log.warning("message_raised", id=message_id, severity=severity, text=text)
     return Outcome(InstanceState.SUCCEEDED, 0, f"message {message_id}", "", started, time.time())

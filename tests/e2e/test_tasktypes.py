@@ -595,3 +595,87 @@ async def test_policies_reach_their_agents_and_run_on_schedule(world, tmp_path):
         return "stamper" not in world.agent.policies
 
     await until(dropped, "the agent to drop the disabled policy", 20)
+
+
+async def test_restart_server_services_in_place(world):
+    """Restarting the scheduler, the built-in task service and the listeners keeps the NS up:
+    the TS and agent reconnect by themselves and the next task runs."""
+    async with world.admin() as c:
+        await c.call(
+            "task.add",
+            document={
+                "name": "rs",
+                "type": "restart-server-services",
+                "params": {"services": ["scheduler", "task-service", "listeners"]},
+            },
+        )
+        run_id = (await c.call("run.start", task="rs"))["run_id"]
+
+    async def ended():
+        try:  # a fresh connection each time: the restart of the listeners drops open ones
+            async with world.admin() as c:
+                view = await c.call("run.show", run_id=run_id)
+        except (ConnectionError, OSError):
+            return None
+        return view if view["status"] != "running" else None
+
+    view = await until(ended, "the restart run to end")
+    inst = view["instances"][0]
+    assert inst["status"] == "succeeded", inst
+    assert json.loads(inst["output"]) == {"restarted": ["scheduler", "task-service", "listeners"]}
+    async with world.admin() as c:
+
+        async def back():
+            rows = await c.call("computers.list")
+            return any(r["name"] == "pc-1" and r["online"] for r in rows)
+
+        await until(back, "pc-1 online again", 30)
+        await c.call(
+            "task.add",
+            document={"name": "after", "type": "run-script", "params": {"script": "echo ok"}},
+        )
+        final = await wait_run(
+            c, (await c.call("run.start", task="after", computers=["pc-1"]))["run_id"]
+        )
+    assert final["status"] == "succeeded"
+
+
+async def test_file_resource_cleanup_and_message_push(world):
+    """file-resource-cleanup deletes old files and files no item names, keeps a referenced one;
+    a raised message is pushed to an admin watching messages."""
+    root = world.tmp / "ns" / "resources"
+    (root / "pkgs").mkdir(parents=True)
+    for name in ("old.bin", "kept.bin", "stray.bin"):
+        (root / "pkgs" / name).write_bytes(b"x" * 10)
+    os.utime(root / "pkgs" / "old.bin", (0, 0))
+    async with world.admin() as c:
+        await c.call(
+            "task.add",
+            document={
+                "name": "uses-file",
+                "type": "run-script",
+                "params": {"script": "cat resources/pkgs/kept.bin"},
+            },
+        )
+    inst = await world.run(
+        {"name": "clean", "type": "file-resource-cleanup", "params": {"older_than_days": 30}}
+    )
+    out = json.loads(inst["output"])
+    assert out == {"files": ["pkgs/old.bin", "pkgs/stray.bin"], "bytes_freed": 20}
+    assert (root / "pkgs" / "kept.bin").exists()
+
+    async with world.admin() as watcher:
+        await watcher.call("messages.watch")
+        await world.run(
+            {
+                "name": "alert",
+                "type": "raise-message",
+                "params": {"text": "fire", "severity": "critical"},
+            }
+        )
+        event = await asyncio.wait_for(watcher._events.get(), 10)
+    assert (
+        event.kind == "message"
+        and event.data["text"] == "fire"
+        and event.data["severity"] == "critical"
+    )
