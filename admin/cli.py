@@ -165,10 +165,15 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from agent.agent import Agent
     from agent.commands import CommandTable
 
+    try:
+        commands = CommandTable.load(args.commands)
+    except (OSError, ValueError) as exc:
+        print(f"taskfleet: cannot use the command table {args.commands}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     agent = Agent(
         server_url=args.server,
         name=args.name,
-        commands=CommandTable.load(args.commands),
+        commands=commands,
         trust=_trust(args),
         enrol_token=args.enrol_token or "",
         data_dir=args.data,

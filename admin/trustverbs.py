@@ -257,6 +257,27 @@ async def v_policies(c: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
+async def v_log(c: AdminClient, args: argparse.Namespace) -> int:
+    rows = await c.call("log.list", limit=args.limit)
+    if args.json:
+        _json(rows)
+        return 0
+    for r in rows:
+        r["when"] = short_time(r["at"])
+    print(
+        table(
+            rows,
+            [
+                ("when", "when (utc)"),
+                ("level", "level"),
+                ("message", "message"),
+                ("source", "source"),
+            ],
+        )
+    )
+    return 0
+
+
 def add_trust_verbs(verb: Callable[[str, Any, str], argparse.ArgumentParser]) -> None:
     """Register the trust verbs on the CLI."""
     v = verb(
@@ -304,3 +325,5 @@ def add_trust_verbs(verb: Callable[[str, Any, str], argparse.ArgumentParser]) ->
     v.add_argument("action", choices=["add"])
     v.add_argument("file")
     verb("policies", v_policies, "list policies")
+    v = verb("log", v_log, "the server log (write-server-log entries)")
+    v.add_argument("--limit", type=int, default=100)

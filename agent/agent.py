@@ -122,6 +122,7 @@ class Agent:
         self.policy_results: dict[str, Outcome] = {}
         self._policy_last: dict[str, float] = {}
         self._policy_busy: set[str] = set()
+        self._policy_runs = 0
         self._background: set[asyncio.Task[Any]] = set()
 
     def info(self) -> dict[str, Any]:
@@ -406,7 +407,17 @@ class Agent:
                 running.run = run
 
         ctx = TaskContext(task.get("params", {}), tokens, timeout_s, self.commands, self, track)
-        outcome = await runner(ctx)
+        try:
+            outcome = await runner(ctx)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A task type that breaks must still end its instance, with a reason to act on.
+            self.log.exception("task_type_failed", type=kind)
+            now = time.time()
+            outcome = Outcome(
+                InstanceState.FAILED, reason=f"{kind} failed on the agent: {exc}", ended_at=now
+            )
         self._after.setdefault(iid, []).extend(ctx.after_report)
         return outcome
 

@@ -89,4 +89,10 @@ class CommandTable:
         template = self.table.get(name)
         if not template:
             return None
-        return [part.format(**{k: str(v) for k, v in values.items()}) for part in template]
+        try:
+            return [part.format(**{k: str(v) for k, v in values.items()}) for part in template]
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"command {name!r} in the command table uses an unknown placeholder {exc}; "
+                f"known here: {', '.join('{' + k + '}' for k in values)}"
+            ) from None

@@ -66,7 +66,7 @@ async def call(params: dict[str, Any], tokens: dict[str, str]) -> Outcome:
         )
     text = data.decode("utf-8", errors="replace")
     if cut:
-        text += f"\n[output cut: {cut} more bytes]"
+        text += f"\n[output cut at {limit} bytes]"
     output = json.dumps({"status": status, "headers": resp_headers, "body": text}, indent=1)
     expected = params.get("expected_status") or []
     ok = status in expected if expected else 200 <= status < 300

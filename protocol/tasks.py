@@ -164,6 +164,9 @@ CATALOG: dict[str, TaskType] = {
                 "to": Param(list, required=True, item_type=str, doc="recipients"),
                 "subject": Param(str, required=True),
                 "body": Param(str, default="", doc="text; tokens like %RUNID% are replaced"),
+                "attach_report": Param(
+                    str, default="", doc="a report whose latest snapshot goes along as CSV"
+                ),
             },
             "Send mail through the NS's configured SMTP server (--smtp).",
         ),

@@ -999,6 +999,19 @@ class Store:
         await self.db.commit()
         return snapshot_id
 
+    async def latest_snapshot(self, report: str) -> dict[str, Any] | None:
+        row = await self._one(
+            "SELECT at, columns, rows FROM report_snapshots WHERE report=? ORDER BY at DESC, id DESC LIMIT 1",
+            (report,),
+        )
+        if row is None:
+            return None
+        return {
+            "at": row["at"],
+            "columns": json.loads(row["columns"]),
+            "rows": json.loads(row["rows"]),
+        }
+
     async def purge(self, older_than: float, runs: bool) -> dict[str, int]:
         """Delete report snapshots (and ended runs, if asked) older than ``older_than``."""
         cur = await self.db.execute("DELETE FROM report_snapshots WHERE at < ?", (older_than,))

@@ -133,7 +133,7 @@ async def move_item(ctx: ServerContext) -> Outcome:
             started, f"no item {ref!r}; `taskfleet items` lists them (ids look like task:NAME)"
         )
     await ctx.ns.db.move_item(item["kind"], item["name"], folder)
-    return _done(started, {"id": item["id"], "path": f"{folder}/{item['name']}"})
+    return _done(started, {"id": item["id"], "path": f"{folder.rstrip('/')}/{item['name']}"})
 
 
 async def enable_disable_policy(ctx: ServerContext) -> Outcome:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import smtplib
 import ssl
 import time
@@ -53,6 +55,23 @@ async def run(ctx: ServerContext) -> Outcome:
     message["Subject"] = replace_tokens(str(ctx.params["subject"]), ctx.tokens)
     message["Message-ID"] = make_msgid(domain="taskfleet")
     message.set_content(replace_tokens(str(ctx.params.get("body", "")), ctx.tokens))
+    report = str(ctx.params.get("attach_report", ""))
+    if report:
+        snapshot = await ctx.ns.db.latest_snapshot(report)
+        if snapshot is None:
+            return Outcome(
+                InstanceState.FAILED,
+                reason=f"report {report!r} has no snapshot: run it first (run-report)",
+                started_at=started,
+                ended_at=time.time(),
+            )
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(snapshot["columns"])
+        writer.writerows(snapshot["rows"])
+        message.add_attachment(
+            out.getvalue().encode(), maintype="text", subtype="csv", filename=f"{report}.csv"
+        )
     try:
         await asyncio.to_thread(_send, cfg, message)
     except (OSError, smtplib.SMTPException) as exc:
