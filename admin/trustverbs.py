@@ -153,6 +153,16 @@ async def v_audit(c: AdminClient, args: argparse.Namespace) -> int:
 
 
 async def v_messages(c: AdminClient, args: argparse.Namespace) -> int:
+    if args.watch:
+        await c.call("messages.watch")
+        print("watching messages (Ctrl-C to stop)", file=sys.stderr)
+        while True:
+            event = await c._events.get()
+            if event is None:
+                return 3
+            if event.kind == "message":
+                d = event.data
+                print(f"{short_time(time.time())}  {d['severity']:<8}  {d['text']}", flush=True)
     rows = await c.call("messages.list", limit=args.limit)
     if args.json:
         _json(rows)
@@ -278,6 +288,18 @@ async def v_log(c: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
+async def v_inventory(c: AdminClient, args: argparse.Namespace) -> int:
+    rows = await c.call("inventory.show", computer=args.computer, history=args.history)
+    if not rows:
+        print(
+            f"no inventory for {args.computer}: run a send-basic-inventory task on it",
+            file=sys.stderr,
+        )
+        return 1
+    _json(rows if args.history else rows[0])
+    return 0
+
+
 def add_trust_verbs(verb: Callable[[str, Any, str], argparse.ArgumentParser]) -> None:
     """Register the trust verbs on the CLI."""
     v = verb(
@@ -302,8 +324,14 @@ def add_trust_verbs(verb: Callable[[str, Any, str], argparse.ArgumentParser]) ->
     v.add_argument("--role", choices=["viewer", "operator", "admin"], default="viewer")
     v = verb("audit", v_audit, "what admins did: who, what, when")
     v.add_argument("--limit", type=int, default=100)
-    v = verb("messages", v_messages, "messages and alerts raised by the server")
+    v = verb(
+        "messages", v_messages, "messages and alerts raised by the server; --watch follows them"
+    )
     v.add_argument("--limit", type=int, default=100)
+    v.add_argument("--watch", action="store_true", help="print new messages as they are raised")
+    v = verb("inventory", v_inventory, "a computer's basic inventory (--history: every one kept)")
+    v.add_argument("computer")
+    v.add_argument("--history", action="store_true")
     v = verb("groups", v_groups, "organizational groups; `groups add NAME [--parent P]`")
     v.add_argument("action", nargs="?", choices=["add"])
     v.add_argument("name", nargs="?")

@@ -173,7 +173,14 @@ CATALOG: dict[str, TaskType] = {
         TaskType(
             "tickle-client",
             Kind.SERVER,
-            {"computers": Param(list, default=[], item_type=str, doc="names; empty: every agent")},
+            {
+                "computers": Param(
+                    list,
+                    default=[],
+                    item_type=str,
+                    doc="names; empty: the run's targets, or every agent",
+                )
+            },
             "Tell agents to check in now: they fetch configuration and pending work.",
         ),
         TaskType(
@@ -274,7 +281,9 @@ CATALOG: dict[str, TaskType] = {
             Kind.SERVER,
             {
                 "group": Param(str, required=True, doc="the organizational group"),
-                "computers": Param(list, required=True, item_type=str, doc="computer names"),
+                "computers": Param(
+                    list, default=[], item_type=str, doc="computer names; empty: the run's targets"
+                ),
                 "create": Param(bool, default=False, doc="create the group when it does not exist"),
             },
             "Add computers to an organizational group (creating it if asked).",

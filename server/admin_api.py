@@ -231,60 +231,57 @@ async def run_start(ns: NotificationServer, link: Link, args: dict[str, Any]) ->
     filters = _arg(args, "filters", list, [])
     every = bool(args.get("all", False))
     computers: list[dict[str, Any]] = []
-    if definition["kind"] != "server":
-        if every and (names or groups or filters):
+    # A server task takes targets too: it may act on them (assign-to-group, tickle-client).
+    if every and (names or groups or filters):
+        raise ApiError("bad_request", "give either computers, groups and filters, or all, not both")
+    if not all(isinstance(n, str) for n in [*names, *groups, *filters]):
+        raise ApiError("bad_request", "computer, group and filter names must be strings")
+    if every:
+        computers = await ns.db.computers()
+    chosen: dict[int, dict[str, Any]] = {}
+    if names:
+        wanted = list(dict.fromkeys(names))
+        found = await ns.db.computers(wanted)
+        missing = sorted(set(wanted) - {c["name"] for c in found})
+        if missing:
             raise ApiError(
-                "bad_request", "give either computers, groups and filters, or all, not both"
+                "unknown_computer",
+                f"unknown computer(s): {', '.join(missing)}; `taskfleet computers` lists them",
             )
-        if not all(isinstance(n, str) for n in [*names, *groups, *filters]):
-            raise ApiError("bad_request", "computer, group and filter names must be strings")
-        if every:
-            computers = await ns.db.computers()
-        chosen: dict[int, dict[str, Any]] = {}
-        if names:
-            wanted = list(dict.fromkeys(names))
-            found = await ns.db.computers(wanted)
-            missing = sorted(set(wanted) - {c["name"] for c in found})
-            if missing:
-                raise ApiError(
-                    "unknown_computer",
-                    f"unknown computer(s): {', '.join(missing)}; `taskfleet computers` lists them",
-                )
-            chosen.update((c["id"], c) for c in found)
-        if groups:
-            known = {g["name"] for g in await ns.db.groups()}
-            missing = sorted(set(groups) - known)
-            if missing:
-                raise ApiError(
-                    "unknown_group",
-                    f"unknown group(s): {', '.join(missing)}; `taskfleet groups` lists them",
-                )
-            chosen.update((c["id"], c) for c in await ns.db.group_computers(groups))
-        if filters:
-            known = {f["name"] for f in await ns.db.filters()}
-            missing = sorted(set(filters) - known)
-            if missing:
-                raise ApiError(
-                    "unknown_filter",
-                    f"unknown filter(s): {', '.join(missing)}; `taskfleet filters` lists them",
-                )
-            chosen.update((c["id"], c) for c in await ns.db.filter_computers(filters))
-        if not every:
-            computers = sorted(chosen.values(), key=lambda c: c["name"])
-        only_server_steps = definition["kind"] == "server-job" and all(
-            i["kind"] == "server" for i in definition["job"]["program"] if i["op"] == "run"
+        chosen.update((c["id"], c) for c in found)
+    if groups:
+        known = {g["name"] for g in await ns.db.groups()}
+        missing = sorted(set(groups) - known)
+        if missing:
+            raise ApiError(
+                "unknown_group",
+                f"unknown group(s): {', '.join(missing)}; `taskfleet groups` lists them",
+            )
+        chosen.update((c["id"], c) for c in await ns.db.group_computers(groups))
+    if filters:
+        known = {f["name"] for f in await ns.db.filters()}
+        missing = sorted(set(filters) - known)
+        if missing:
+            raise ApiError(
+                "unknown_filter",
+                f"unknown filter(s): {', '.join(missing)}; `taskfleet filters` lists them",
+            )
+        chosen.update((c["id"], c) for c in await ns.db.filter_computers(filters))
+    if not every:
+        computers = sorted(chosen.values(), key=lambda c: c["name"])
+    only_server_steps = definition["kind"] == "server" or (
+        definition["kind"] == "server-job"
+        and all(i["kind"] == "server" for i in definition["job"]["program"] if i["op"] == "run")
+    )
+    if not computers and not only_server_steps:
+        what = "server job" if definition["kind"] == "server-job" else f"{definition['kind']} task"
+        if definition.get("type") == "client-job":
+            what = "client job"
+        raise ApiError(
+            "no_targets",
+            f"{name!r} is a {what}: give --computer, --group or --filter NAME (repeatable), or --all"
+            + ("; the groups and filters given hold no computers" if groups or filters else ""),
         )
-        if not computers and not only_server_steps:
-            what = (
-                "server job" if definition["kind"] == "server-job" else f"{definition['kind']} task"
-            )
-            if definition.get("type") == "client-job":
-                what = "client job"
-            raise ApiError(
-                "no_targets",
-                f"{name!r} is a {what}: give --computer, --group or --filter NAME (repeatable), or --all"
-                + ("; the groups and filters given hold no computers" if groups or filters else ""),
-            )
     if args.get("check"):
         # Look before leaping: what would fail at once, without starting anything.
         return {

@@ -743,6 +743,11 @@ class NotificationServer:
 
     # -- server tasks -------------------------------------------------------------------
 
+    async def _target_names(self, run_id: int) -> list[str]:
+        run = await self.db.run(run_id)
+        ids = run["targets"] if run is not None else []
+        return [c["name"] for c in await self.db.computers_by_id(ids)] if ids else []
+
     async def _run_server_task(
         self, run_id: int, instance_id: int, definition: dict[str, Any]
     ) -> None:
@@ -767,6 +772,7 @@ class NotificationServer:
             tokens,
             float(definition["timeout_s"]),
             track,
+            await self._target_names(run_id),
         )
         runner = SERVER_RUNNERS.get(str(definition["type"]))
         if runner is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agent.runner import Outcome, ScriptRun
@@ -23,6 +23,8 @@ class ServerContext:
     tokens: dict[str, str]
     timeout_s: float
     track: Callable[[ScriptRun | None], None]
+    targets: list[str] = field(default_factory=list)
+    """Names of the computers the run was given (a server task may act on them)."""
 
     async def run(self, run: ScriptRun) -> Outcome:
         self.track(run)

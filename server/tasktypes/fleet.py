@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from agent.runner import Outcome
 from protocol.filters import matches, record, validate_filter
 from protocol.jobs import referenced_names
+from protocol.session import NAME
 from protocol.states import InstanceState
 from server.tasktypes.sql_query import query
 
@@ -53,16 +54,25 @@ async def recompute_filters(
 
 async def assign_to_group(ctx: ServerContext) -> Outcome:
     started = time.time()
-    group, names = str(ctx.params["group"]), [str(n) for n in ctx.params["computers"]]
-    group_id = await ctx.ns.db.group_id(group)
-    if group_id is None:
-        if not ctx.params.get("create"):
-            return _failed(started, f"no group named {group!r}; set create = true to make it")
-        group_id = await ctx.ns.db.add_group(group, None)
+    group = str(ctx.params["group"])
+    names = [str(n) for n in ctx.params.get("computers") or []] or ctx.targets
+    if not names:
+        return _failed(
+            started, "no computers: list them in params.computers or run the task with targets"
+        )
     rows = await ctx.ns.db.computers(names)
     missing = sorted(set(names) - {r["name"] for r in rows})
     if missing:
         return _failed(started, f"unknown computer(s): {', '.join(missing)}")
+    group_id = await ctx.ns.db.group_id(group)
+    if group_id is None:
+        if not ctx.params.get("create"):
+            return _failed(started, f"no group named {group!r}; set create = true to make it")
+        if not NAME.fullmatch(group):
+            return _failed(
+                started, f"{group!r} is not a valid group name (letters, digits, '.', '_', '-')"
+            )
+        group_id = await ctx.ns.db.add_group(group, None)
     added = await ctx.ns.db.add_to_group(group_id, [r["id"] for r in rows])
     return _done(started, {"group": group, "added": added, "already": len(rows) - added})
 
@@ -114,6 +124,9 @@ async def delete_item(ctx: ServerContext) -> Outcome:
         )
     if item["kind"] in ("task", "job"):
         users = sorted(j["name"] for j in await ctx.ns.db.jobs() if item["name"] in _uses(j))
+        users += sorted(
+            f"policy {p['name']}" for p in await ctx.ns.db.policies() if p["task"] == item["name"]
+        )
         if users:
             return _failed(
                 started,

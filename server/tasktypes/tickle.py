@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 async def run(ctx: ServerContext) -> Outcome:
     started = time.time()
-    names = [str(n) for n in ctx.params.get("computers") or []]
+    names = [str(n) for n in ctx.params.get("computers") or []] or ctx.targets
     rows = await ctx.ns.db.computers(names or None)
     missing = sorted(set(names) - {r["name"] for r in rows})
     if missing:

@@ -461,14 +461,12 @@ async def test_groups_filters_and_reports(world):
             assert "query: unknown field computer.color" in str(exc)
         else:
             raise AssertionError("a filter on an unknown field was saved")
+    # Without params.computers, the run's own targets are assigned.
     inst = await world.run(
-        {
-            "name": "g2",
-            "type": "assign-to-group",
-            "params": {"group": "web", "computers": ["dev-1"]},
-        }
+        {"name": "g2", "type": "assign-to-group", "params": {"group": "web"}}, ["dev-1"]
     )
-    assert inst["status"] == "succeeded"
+    assert inst["status"] == "succeeded", inst
+    assert json.loads(inst["output"])["added"] == 1
     inst = await world.run(
         {"name": "u", "type": "update-filter-membership", "params": {"filter": "f"}}
     )
