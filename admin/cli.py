@@ -541,6 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.set_defaults(func=cmd_agent)
 
+    from admin.simulate import add_parser as add_simulate
+
+    add_simulate(sub, [trust, enrol])
+
     d = sub.add_parser("demo", help="NS, one TS and N agents in one process: run a task on all")
     d.add_argument("--agents", type=int, default=20)
     d.set_defaults(func=cmd_demo)

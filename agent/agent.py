@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import os
 import platform
+import random
 import socket
 import time
 import uuid
@@ -93,6 +94,7 @@ class Agent:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         commands: CommandTable | None = None,
+        simulate: dict[str, float] | None = None,
     ):
         self.server_url = server_url
         self.name = name
@@ -117,6 +119,10 @@ class Agent:
         self._step_waiters: dict[str, asyncio.Future[Report]] = {}
         self._delay = backoff_delays(initial_s=backoff_initial_s, maximum_s=backoff_max_s)
         self.commands = commands or CommandTable()
+        self.simulate = simulate
+        """For `taskfleet simulate`: every task is a no-op that takes ``delay_ms`` and fails at
+        ``fail_rate`` (the draws are seeded by the agent's name, so a fleet fails alike each time)."""
+        self._rng = random.Random(name)
         self._after: dict[int, list[Callable[[], Awaitable[None]]]] = {}
         self.policies: dict[str, dict[str, Any]] = {}
         self.policy_results: dict[str, Outcome] = {}
@@ -391,6 +397,8 @@ class Agent:
     ) -> Outcome:
         """Run one client task here (a plain instance, or a step of a client job)."""
         kind = str(task.get("type"))
+        if self.simulate is not None:
+            return await self._simulated(timeout_s)
         runner = RUNNERS.get(kind)
         if runner is None:
             now = time.time()
@@ -420,6 +428,16 @@ class Agent:
             )
         self._after.setdefault(iid, []).extend(ctx.after_report)
         return outcome
+
+    async def _simulated(self, timeout_s: float) -> Outcome:
+        assert self.simulate is not None
+        started = time.time()
+        delay_s = float(self.simulate.get("delay_ms", 0)) / 1000
+        if delay_s:
+            await asyncio.sleep(min(delay_s, timeout_s))
+        if self._rng.random() < float(self.simulate.get("fail_rate", 0)):
+            return Outcome(InstanceState.FAILED, 1, "", "simulated failure", started, time.time())
+        return Outcome(InstanceState.SUCCEEDED, 0, "", "", started, time.time())
 
     async def _reported(self, iid: int) -> None:
         """Carry out what a task asked to do once its result is reported."""

@@ -1,0 +1,110 @@
+"""`taskfleet simulate`: many lightweight agents speaking the real protocol with real keys.
+
+Each agent enrols with the given token, keeps its state in memory, and runs every task as a
+no-op that takes ``--task-delay-ms`` and fails at ``--fail-rate``. The agents are spread over
+``--processes`` worker processes (this one included), so one Python process is not the limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import resource
+import signal
+import subprocess
+import sys
+
+from agent import logs
+from agent.agent import Agent
+from agent.tls import ClientTrust
+
+
+def _raise_open_files() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def run_agents(args: argparse.Namespace, names: list[str]) -> None:
+    trust = ClientTrust(
+        ca_file=args.ca, fingerprint=args.server_fingerprint, insecure=args.insecure
+    )
+    agents = [
+        Agent(
+            server_url=args.server,
+            name=name,
+            trust=trust,
+            enrol_token=args.enrol_token or "",
+            lightweight=True,
+            simulate={"fail_rate": args.fail_rate, "delay_ms": args.task_delay_ms},
+            backoff_initial_s=1.0,
+            backoff_max_s=30.0,
+        )
+        for name in names
+    ]
+    tasks = [asyncio.create_task(a.run()) for a in agents]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def report() -> None:
+        while True:
+            await asyncio.gather(*(a.connected.wait() for a in agents))
+            print(
+                f"taskfleet simulate: {len(agents)} agents connected ({names[0]}..{names[-1]})",
+                flush=True,
+            )
+            return
+
+    reporter = asyncio.create_task(report())
+    await stop.wait()
+    reporter.cancel()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, reporter, return_exceptions=True)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Start the workers (this process is worker 0) and wait for a signal."""
+    logs.configure(args.log_level if args.log_level != "info" else "warning")
+    _raise_open_files()
+    processes = max(1, min(args.processes, args.agents))
+    worker = args.worker
+    names = [f"{args.prefix}-{i:05d}" for i in range(args.agents)]
+    mine = names[worker::processes]
+    children: list[subprocess.Popen[bytes]] = []
+    if worker == 0:
+        base = [a for a in sys.argv[1:] if not a.startswith("--worker")]
+        for w in range(1, processes):
+            children.append(
+                subprocess.Popen([sys.executable, "-m", "admin", *base, "--worker", str(w)])
+            )
+    try:
+        asyncio.run(run_agents(args, mine))
+    finally:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]) -> None:
+    s = sub.add_parser(
+        "simulate", parents=parents, help="many lightweight agents, for load and fault tests"
+    )
+    s.add_argument("--server", required=True)
+    s.add_argument("--agents", type=int, required=True)
+    s.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    s.add_argument("--fail-rate", type=float, default=0.0)
+    s.add_argument("--task-delay-ms", type=int, default=0)
+    s.add_argument("--prefix", default="sim")
+    s.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
+    s.set_defaults(func=main)
