@@ -96,7 +96,9 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]) -> None:
+def add_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
+) -> None:
     s = sub.add_parser(
         "simulate", parents=parents, help="many lightweight agents, for load and fault tests"
     )
