@@ -28,6 +28,20 @@ def _json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
+def _show(
+    rows: list[dict[str, Any]], args: argparse.Namespace, columns: list[tuple[str, str]]
+) -> int:
+    """``--json``: the rows as they came; else a table (an ``at`` time shows as ``when``)."""
+    if args.json:
+        _json(rows)
+        return 0
+    for r in rows:
+        if "at" in r:
+            r["when"] = short_time(r["at"])
+    print(table(rows, columns))
+    return 0
+
+
 async def v_keys(c: AdminClient, args: argparse.Namespace) -> int:
     if args.action == "accept":
         if not args.names and not args.all:
@@ -132,24 +146,8 @@ async def v_admins(c: AdminClient, args: argparse.Namespace) -> int:
 
 async def v_audit(c: AdminClient, args: argparse.Namespace) -> int:
     rows = await c.call("audit.list", limit=args.limit)
-    if args.json:
-        _json(rows)
-        return 0
-    for r in rows:
-        r["when"] = short_time(r["at"])
-    print(
-        table(
-            rows,
-            [
-                ("when", "when (utc)"),
-                ("who", "who"),
-                ("action", "action"),
-                ("detail", "detail"),
-                ("outcome", "outcome"),
-            ],
-        )
-    )
-    return 0
+    columns = [("when", "when (utc)"), ("who", "who"), ("action", "action"), ("detail", "detail")]
+    return _show(rows, args, [*columns, ("outcome", "outcome")])
 
 
 async def v_messages(c: AdminClient, args: argparse.Namespace) -> int:
@@ -204,11 +202,7 @@ async def v_filter(c: AdminClient, args: argparse.Namespace) -> int:
 
 async def v_filters(c: AdminClient, args: argparse.Namespace) -> int:
     rows = await c.call("filters.list")
-    if args.json:
-        _json(rows)
-    else:
-        print(table(rows, [("name", "name"), ("members", "computers"), ("query", "query")]))
-    return 0
+    return _show(rows, args, [("name", "name"), ("members", "computers"), ("query", "query")])
 
 
 async def v_report(c: AdminClient, args: argparse.Namespace) -> int:
@@ -219,29 +213,16 @@ async def v_report(c: AdminClient, args: argparse.Namespace) -> int:
 
 async def v_reports(c: AdminClient, args: argparse.Namespace) -> int:
     rows = await c.call("reports.list")
-    if args.json:
-        _json(rows)
-    else:
-        print(table(rows, [("name", "name"), ("snapshots", "snapshots"), ("query", "query")]))
-    return 0
+    return _show(rows, args, [("name", "name"), ("snapshots", "snapshots"), ("query", "query")])
 
 
 async def v_items(c: AdminClient, args: argparse.Namespace) -> int:
     rows = await c.call("items.list", folder=args.folder or "")
-    if args.json:
-        _json(rows)
-    else:
-        print(table(rows, [("id", "id"), ("kind", "kind"), ("path", "path")]))
-    return 0
+    return _show(rows, args, [("id", "id"), ("kind", "kind"), ("path", "path")])
 
 
 async def v_folders(c: AdminClient, args: argparse.Namespace) -> int:
-    rows = await c.call("folders.list")
-    if args.json:
-        _json(rows)
-    else:
-        print(table(rows, [("path", "folder"), ("items", "items")]))
-    return 0
+    return _show(await c.call("folders.list"), args, [("path", "folder"), ("items", "items")])
 
 
 async def v_policy(c: AdminClient, args: argparse.Namespace) -> int:
@@ -269,23 +250,13 @@ async def v_policies(c: AdminClient, args: argparse.Namespace) -> int:
 
 async def v_log(c: AdminClient, args: argparse.Namespace) -> int:
     rows = await c.call("log.list", limit=args.limit)
-    if args.json:
-        _json(rows)
-        return 0
-    for r in rows:
-        r["when"] = short_time(r["at"])
-    print(
-        table(
-            rows,
-            [
-                ("when", "when (utc)"),
-                ("level", "level"),
-                ("message", "message"),
-                ("source", "source"),
-            ],
-        )
-    )
-    return 0
+    columns = [
+        ("when", "when (utc)"),
+        ("level", "level"),
+        ("message", "message"),
+        ("source", "source"),
+    ]
+    return _show(rows, args, columns)
 
 
 async def v_inventory(c: AdminClient, args: argparse.Namespace) -> int:
