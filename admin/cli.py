@@ -100,6 +100,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         max_connections_per_address=args.max_connections_per_address,
         max_pending_keys=args.max_pending_keys,
         smtp=_smtp(args),
+        ts_grace_s=args.ts_grace_s,
     )
 
     async def main() -> None:
@@ -512,6 +513,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--insecure", action="store_true", help="plain ws://, no TLS (tests only)")
     s.add_argument("--max-connections-per-address", type=int, default=20_000)
     s.add_argument("--max-pending-keys", type=int, default=1_000)
+    s.add_argument(
+        "--ts-grace-s",
+        type=float,
+        default=120.0,
+        help="how long agents wait for their TS to come back before they move",
+    )
     s.add_argument("--smtp", help="HOST:PORT of the mail server for send-email")
     s.add_argument("--smtp-security", choices=["none", "starttls", "tls"], default="starttls")
     s.add_argument("--smtp-user", help="login (the password comes from TASKFLEET_SMTP_PASSWORD)")

@@ -21,6 +21,7 @@ import random
 import socket
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -129,6 +130,7 @@ class Agent:
         self._policy_last: dict[str, float] = {}
         self._policy_busy: set[str] = set()
         self._policy_runs = 0
+        self._recent: OrderedDict[int, Report] = OrderedDict()
         self._background: set[asyncio.Task[Any]] = set()
 
     def info(self) -> dict[str, Any]:
@@ -337,7 +339,8 @@ class Agent:
         assert self.store is not None
         iid = message.instance_id
         if self.store.seen.get(iid) is not None:
-            report = self.store.outbox.get((iid, ""))
+            # Sent again (by a relay that took over this agent's work): say again how it ended.
+            report = self.store.outbox.get((iid, "")) or self._recent.get(iid)
             if report is not None:
                 await self._send([report])
             return
@@ -389,6 +392,9 @@ class Agent:
             self._running.pop(iid, None)
         report = outcome.report(iid)
         await self.store.finish(report)
+        self._recent[iid] = report
+        while len(self._recent) > 10_000:
+            self._recent.popitem(last=False)
         await self._send([report])
         await self._reported(iid)
 

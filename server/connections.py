@@ -44,8 +44,6 @@ if TYPE_CHECKING:
     from server.core import NotificationServer
 
 BUILTIN = "@ns"
-TS_GRACE_S = 120.0
-"""How long agents stay with a TS that went away before they are moved elsewhere."""
 
 
 async def serve(ns: NotificationServer, ws: Any) -> None:
@@ -126,13 +124,15 @@ async def serve_agent(
 
 async def assign(ns: NotificationServer, row: dict[str, Any]) -> dict[str, Any] | None:
     """Pick the agent's TS: keep its own while that TS is connected or was seen within
-    ``TS_GRACE_S`` (a restarting TS keeps its agents, and the work it holds for them); else the
+    ``ns.ts_grace_s`` (a restarting TS keeps its agents, and the work it holds for them); else the
     connected TS with the fewest computers; else none (the built-in service)."""
     async with ns.assign_lock:
         known = {t["name"]: t for t in await ns.db.taskservers()}
         servers = {name: t for name, t in known.items() if name in ns.routes}
         current = row["taskserver"]
-        recent = current in known and time.time() - (known[current]["last_seen"] or 0) < TS_GRACE_S
+        recent = (
+            current in known and time.time() - (known[current]["last_seen"] or 0) < ns.ts_grace_s
+        )
         if current in servers or (current is not None and recent):
             chosen: str | None = current
             servers = known
@@ -142,6 +142,9 @@ async def assign(ns: NotificationServer, row: dict[str, Any]) -> dict[str, Any] 
             chosen = None
         if chosen != current:
             await ns.db.set_taskserver(row["id"], chosen)
+            if current is not None or row["has_agent"]:
+                # Its unfinished work follows it to its new relay.
+                await ns.reroute(row["id"], current or BUILTIN, chosen or BUILTIN)
     if chosen is None:
         return None
     t = servers[chosen]

@@ -138,8 +138,12 @@ class Stage:
                 rc.done.set()
 
     async def barrier(self) -> None:
-        """Wait until every route's instances ended: an asyncio gather across connections."""
-        await asyncio.gather(*(rc.done.wait() for rc in self.routes.values()))
+        """Wait until every route's instances ended: an asyncio gather across connections.
+
+        Checked again after each wake: work that moved to another route adds a route to wait on.
+        """
+        while pending := [rc for rc in self.routes.values() if not rc.done.is_set()]:
+            await asyncio.gather(*(rc.done.wait() for rc in pending))
 
 
 @dataclass
@@ -184,10 +188,13 @@ class NotificationServer:
         agent_rate_per_s: float = 200.0,
         admin_rate_per_s: float = 50.0,
         smtp: dict[str, Any] | None = None,
+        ts_grace_s: float = 120.0,
     ):
         self.data_dir = data_dir
         self.db_path = os.path.join(data_dir, "server.db")
         self.smtp = smtp or {}
+        self.ts_grace_s = ts_grace_s
+        """How long agents stay with a TS that went away before they move (and their work with them)."""
         """SMTP server for send-email: host, port, security (none|starttls|tls), user, password, sender."""
         self.handshake_timeout_s = handshake_timeout_s
         self.insecure = insecure
@@ -569,6 +576,36 @@ class NotificationServer:
             await self.db.save_inventories(inventories)
         for run_id in ended:
             await self._finish(run_id)
+
+    async def reroute(self, computer_id: int, old: str, new: str) -> None:
+        """An agent moved from relay ``old`` to ``new``: its unfinished work goes with it.
+
+        The old relay is told to forget it (now, or when it comes back); the counts of the steps
+        waiting on it move to the new route, so their barriers still close.
+        """
+        rows = await self.db.reroute(computer_id, old, new)
+        if not rows:
+            return
+        for r in rows:
+            stage = self.active.get(r["run_id"])
+            counts = stage.stages.get(r["step"]) if stage is not None else None
+            if counts is not None and old in counts.routes and counts.routes[old].remaining > 0:
+                rc = counts.routes.get(new)
+                if rc is None or rc.done.is_set():
+                    counts.routes[new] = RouteCount(1)
+                else:
+                    rc.remaining += 1
+                counts.count(old)
+        ids = [r["id"] for r in rows]
+        handle = self.routes.get(old)
+        if handle is None:
+            self.pending_cancels[old].extend(ids)
+        else:
+            self.spawn(handle.cancel(ids))
+        self.log.info(
+            "work_rerouted", computer_id=computer_id, old=old, new=new, instances=len(ids)
+        )
+        self.spawn(self.dispatch_route(new))
 
     async def tickle(self, computers: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
         """Tell these agents to check in now; return (reached, offline) names."""

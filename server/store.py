@@ -640,10 +640,24 @@ class Store:
             " FROM instances i JOIN runs r ON r.id=i.run_id"
             " JOIN steps s ON s.run_id=i.run_id AND s.step=i.step"
             " LEFT JOIN computers c ON c.id=i.computer_id"
-            " WHERE i.route=? AND i.dispatched=0 AND i.status='pending' AND r.status='running'"
+            " WHERE i.route=? AND i.dispatched=0 AND r.status='running'"
+            f" AND i.status NOT IN {_TERMINAL_SQL}"
             " AND i.parent_id IS NULL ORDER BY i.run_id, i.step, i.id",
             (route,),
         )
+
+    async def reroute(self, computer_id: int, old: str, new: str) -> list[dict[str, Any]]:
+        """Move a computer's unfinished instances from one route to another, to be dispatched anew."""
+        rows = await self._all(
+            "SELECT id, run_id, step FROM instances WHERE computer_id=? AND route=? AND parent_id IS NULL"
+            f" AND status NOT IN {_TERMINAL_SQL}",
+            (computer_id, old),
+        )
+        await self.db.executemany(
+            "UPDATE instances SET route=?, dispatched=0 WHERE id=?", [(new, r["id"]) for r in rows]
+        )
+        await self.db.commit()
+        return rows
 
     async def mark_dispatched(self, instance_ids: list[int]) -> None:
         await self.db.executemany(

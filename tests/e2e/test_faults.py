@@ -141,3 +141,38 @@ async def test_stop_kills_a_running_sleep_and_marks_it_stopped(fleet: Fleet, tmp
             return not _alive(pid)
 
         await until(dead, f"process {pid} killed", timeout_s=15)
+
+
+async def test_agents_of_a_task_server_that_stays_down_move_and_their_work_follows(
+    fleet: Fleet, tmp_path
+):
+    """A TS killed for good: after the grace period its agents move to the NS's built-in task
+    service, and the work they held (pending and running) follows them; the run completes with
+    each script run once."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    await fleet.server("ns", 0, "--ts-grace-s", "2")
+    ts = await fleet.taskserver("ts-1")
+    names = ["m-1", "m-2", "m-3"]
+    for n in names:
+        await fleet.agent(n)
+    await fleet.wait_online(names)
+    async with fleet.admin() as c:
+        script = f"echo run >> {marks}/%COMPUTERNAME%\nsleep 2\necho done on %COMPUTERNAME%"
+        await c.call("task.add", text=task_doc("slow", script, timeout_s=120), filename="s.toml")
+        run_id = (await c.call("run.start", task="slow", all=True))["run_id"]
+
+        async def all_running():
+            view = await c.call("run.show", run_id=run_id)
+            return all(i["status"] == "running" for i in view["instances"])
+
+        await until(all_running, "all three instances running")
+        ts.kill(signal.SIGKILL)
+        await ts.wait()
+        final = await wait_run(c, run_id, timeout_s=90)
+        moved = {r["name"]: r["taskserver"] for r in await c.call("computers.list")}
+    assert final["status"] == "succeeded", final
+    assert moved == {n: "(built-in)" for n in names}
+    for inst in final["instances"]:
+        assert inst["output"].strip() == f"done on {inst['computer']}"
+        assert (marks / inst["computer"]).read_text() == "run\n"
