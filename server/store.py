@@ -291,6 +291,14 @@ class Store:
             rows = await cur.fetchall()
             return [_row(cur, tuple(r)) for r in rows]
 
+    async def _insert(self, sql: str, args: tuple[Any, ...]) -> int:
+        """Insert one row in its own transaction; return its rowid."""
+        cur = await self.db.execute(sql, args)
+        rowid = int(cur.lastrowid or 0)
+        await cur.close()
+        await self.db.commit()
+        return rowid
+
     async def _one(self, sql: str, args: tuple[Any, ...] = ()) -> dict[str, Any] | None:
         rows = await self._all(sql, args)
         return rows[0] if rows else None
@@ -1004,14 +1012,10 @@ class Store:
     async def add_snapshot(
         self, report: str, run_id: int, columns: list[str], rows: list[list[Any]]
     ) -> int:
-        cur = await self.db.execute(
+        return await self._insert(
             "INSERT INTO report_snapshots(report, at, run_id, columns, rows) VALUES (?, ?, ?, ?, ?)",
             (report, time.time(), run_id, json.dumps(columns), json.dumps(rows, default=str)),
         )
-        snapshot_id = int(cur.lastrowid or 0)
-        await cur.close()
-        await self.db.commit()
-        return snapshot_id
 
     async def latest_snapshot(self, report: str) -> dict[str, Any] | None:
         row = await self._one(
@@ -1214,15 +1218,11 @@ class Store:
     async def add_enrol_token(
         self, token_hash: str, uses: int, expires_at: float, created_by: str
     ) -> int:
-        cur = await self.db.execute(
+        return await self._insert(
             "INSERT INTO enrol_tokens(token_hash, uses_left, expires_at, created_at, created_by)"
             " VALUES (?, ?, ?, ?, ?)",
             (token_hash, uses, expires_at, time.time(), created_by),
         )
-        token_id = int(cur.lastrowid or 0)
-        await cur.close()
-        await self.db.commit()
-        return token_id
 
     async def use_enrol_token(self, token_hash: str) -> str | None:
         """Spend one use of an enrolment token; return why it cannot be used, or None.
@@ -1264,14 +1264,10 @@ class Store:
         return await self._all("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
 
     async def raise_message(self, severity: str, text: str, source: str) -> int:
-        cur = await self.db.execute(
+        return await self._insert(
             "INSERT INTO messages(at, severity, text, source) VALUES (?, ?, ?, ?)",
             (time.time(), severity, text, source),
         )
-        message_id = int(cur.lastrowid or 0)
-        await cur.close()
-        await self.db.commit()
-        return message_id
 
     async def messages(self, limit: int) -> list[dict[str, Any]]:
         return await self._all("SELECT * FROM messages ORDER BY id DESC LIMIT ?", (limit,))
@@ -1279,14 +1275,10 @@ class Store:
     # -- server log ---------------------------------------------------------------------
 
     async def write_log(self, level: str, message: str, source: str) -> int:
-        cur = await self.db.execute(
+        return await self._insert(
             "INSERT INTO server_log(at, level, message, source) VALUES (?, ?, ?, ?)",
             (time.time(), level, message, source),
         )
-        entry = int(cur.lastrowid or 0)
-        await cur.close()
-        await self.db.commit()
-        return entry
 
     async def server_log(self, limit: int = 100) -> list[dict[str, Any]]:
         return await self._all("SELECT * FROM server_log ORDER BY id DESC LIMIT ?", (limit,))
