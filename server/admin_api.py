@@ -476,7 +476,7 @@ async def groups_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -
 
 @op("filter.add")
 async def filter_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
-    from server.tasktypes.fleet import recompute_filters
+    from server.tasktypes.filters import recompute_filters
 
     try:
         definition, _ = validate_filter(_document(args))

@@ -47,6 +47,7 @@ from agent.tasktypes import (  # noqa: E402  (the registry below needs TaskConte
     power_control,
     run_script,
     services,
+    unix_service,
     web_service,
 )
 
@@ -57,7 +58,7 @@ RUNNERS: dict[str, Runner] = {
     "send-basic-inventory": basic_inventory.run,
     "get-ip-configuration": ip_configuration.run,
     "control-service-state": services.control_service_state,
-    "unix-service-control": services.unix_service_control,
+    "unix-service-control": unix_service.run,
     "defragment-computer": defragment.run,
     "power-control": power_control.run,
     "update-client-configuration": agent_control.update_configuration,

@@ -1,4 +1,4 @@
-"""control-service-state and unix-service-control: the platform's service manager."""
+"""control-service-state: start, stop, restart or query a service through the platform's manager."""
 
 from __future__ import annotations
 
@@ -12,23 +12,23 @@ if TYPE_CHECKING:
     from agent.tasktypes import TaskContext
 
 
+def not_supported(action: str) -> Outcome:
+    now = time.time()
+    return Outcome(
+        InstanceState.FAILED,
+        reason=f"'{action}' of a service is not supported on this platform",
+        started_at=now,
+        ended_at=now,
+    )
+
+
 async def _service(ctx: TaskContext) -> Outcome:
     action, service = str(ctx.params["action"]), str(ctx.params["service"])
     argv = ctx.commands.argv(f"service.{action}", service=service)
     if argv is None:
-        now = time.time()
-        return Outcome(
-            InstanceState.FAILED,
-            reason=f"'{action}' of a service is not supported on this platform",
-            started_at=now,
-            ended_at=now,
-        )
+        return not_supported(action)
     return await ctx.run(ScriptRun({}, ctx.tokens, ctx.timeout_s, argv=argv))
 
 
 async def control_service_state(ctx: TaskContext) -> Outcome:
-    return await _service(ctx)
-
-
-async def unix_service_control(ctx: TaskContext) -> Outcome:
     return await _service(ctx)

@@ -1,0 +1,52 @@
+"""delete-item and move-item: items (tasks, jobs, reports, filters, policies) in folders."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from agent.runner import Outcome
+from protocol.jobs import referenced_names
+from server.tasktypes.result import done, failed
+
+if TYPE_CHECKING:
+    from server.tasktypes import ServerContext
+
+
+def _uses(definition: dict[str, Any]) -> set[str]:
+    return set(referenced_names(definition.get("steps", [])))
+
+
+async def delete_item(ctx: ServerContext) -> Outcome:
+    started = time.time()
+    ref = str(ctx.params["item"])
+    item = await ctx.ns.db.find_item(ref)
+    if item is None:
+        return failed(
+            started, f"no item {ref!r}; `taskfleet items` lists them (ids look like task:NAME)"
+        )
+    if item["kind"] in ("task", "job"):
+        users = sorted(j["name"] for j in await ctx.ns.db.jobs() if item["name"] in _uses(j))
+        users += sorted(
+            f"policy {p['name']}" for p in await ctx.ns.db.policies() if p["task"] == item["name"]
+        )
+        if users:
+            return failed(
+                started,
+                f"{item['kind']} {item['name']!r} is used by job(s) {', '.join(users)}; "
+                "change or delete those first",
+            )
+    await ctx.ns.db.delete_item(item["kind"], item["name"])
+    return done(started, {"deleted": [item["id"]]})
+
+
+async def move_item(ctx: ServerContext) -> Outcome:
+    started = time.time()
+    ref, folder = str(ctx.params["item"]), str(ctx.params["folder"]).rstrip("/") or "/"
+    item = await ctx.ns.db.find_item(ref)
+    if item is None:
+        return failed(
+            started, f"no item {ref!r}; `taskfleet items` lists them (ids look like task:NAME)"
+        )
+    await ctx.ns.db.move_item(item["kind"], item["name"], folder)
+    return done(started, {"id": item["id"], "path": f"{folder.rstrip('/')}/{item['name']}"})

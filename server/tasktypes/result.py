@@ -1,0 +1,20 @@
+"""Small helpers for server task types: a JSON result, or a failure with its reason."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from agent.runner import Outcome
+from protocol.states import InstanceState
+
+
+def done(started: float, output: Any) -> Outcome:
+    """Success, with ``output`` as JSON."""
+    return Outcome(InstanceState.SUCCEEDED, 0, json.dumps(output), "", started, time.time())
+
+
+def failed(started: float, reason: str) -> Outcome:
+    """Failure, with a reason a person can act on."""
+    return Outcome(InstanceState.FAILED, reason=reason, started_at=started, ended_at=time.time())
