@@ -43,6 +43,7 @@ USAGE_CODES = {
     "forbidden",
     "unknown_group",
     "unknown_filter",
+    "disk_full",
 }
 
 
@@ -101,6 +102,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         max_pending_keys=args.max_pending_keys,
         smtp=_smtp(args),
         ts_grace_s=args.ts_grace_s,
+        min_free_bytes=int(args.min_free_mb * (1 << 20)),
     )
 
     async def main() -> None:
@@ -513,6 +515,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--insecure", action="store_true", help="plain ws://, no TLS (tests only)")
     s.add_argument("--max-connections-per-address", type=int, default=20_000)
     s.add_argument("--max-pending-keys", type=int, default=1_000)
+    s.add_argument(
+        "--min-free-mb",
+        type=float,
+        default=16.0,
+        help="refuse new runs when the data folder's disk has less free space",
+    )
     s.add_argument(
         "--ts-grace-s",
         type=float,

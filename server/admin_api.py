@@ -5,6 +5,9 @@ Every error a user can meet is an :class:`ApiError` whose message says what to d
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -48,14 +51,35 @@ def op(name: str) -> Callable[[Handler], Handler]:
 async def handle(
     ns: NotificationServer, link: Link, name: str, args: dict[str, Any], who: str = ""
 ) -> Any:
-    """Run one admin operation for the admin ``who`` (their role was checked by the caller)."""
+    """Run one admin operation for the admin ``who`` (their role was checked by the caller).
+
+    A full disk refuses what would write (``disk_full``) and keeps serving reads.
+    """
     link.who = who
     fn = _OPS.get(name)
     if fn is None:
         raise ApiError(
             "unknown_op", f"unknown operation {name!r}; known: {', '.join(sorted(_OPS))}"
         )
-    return await fn(ns, link, args)
+    if name == "run.start" and not args.get("check"):
+        free = shutil.disk_usage(ns.data_dir).free
+        if free < ns.min_free_bytes:
+            raise ApiError(
+                "disk_full",
+                f"the server's disk is nearly full ({free // 1024} KiB free under {ns.data_dir}, "
+                f"at least {ns.min_free_bytes // 1024} KiB needed): free some space; reads still work",
+            )
+    try:
+        return await fn(ns, link, args)
+    except sqlite3.OperationalError as exc:
+        if "full" not in str(exc):
+            raise
+        with contextlib.suppress(Exception):
+            await ns.db.db.rollback()
+        raise ApiError(
+            "disk_full",
+            f"the server's disk is full ({exc}): free space under {ns.data_dir}; nothing stored was lost",
+        ) from None
 
 
 def _arg(args: dict[str, Any], key: str, kind: type, default: Any = ...) -> Any:

@@ -253,8 +253,8 @@ async def serve_admin(
             read_only = auth.required_role(message.op) == "viewer"
             if not auth.allowed(role, message.op):
                 need = auth.required_role(message.op)
-                await ns.db.audit(
-                    who, message.op, _summary(message.args), f"refused: needs role {need}"
+                await _audit(
+                    ns, who, message.op, _summary(message.args), f"refused: needs role {need}"
                 )
                 await link.send(
                     Error(
@@ -269,7 +269,7 @@ async def serve_admin(
                 data = await handle(ns, link, message.op, message.args, who)
             except ApiError as exc:
                 if not read_only:
-                    await ns.db.audit(who, message.op, _summary(message.args), f"error: {exc.code}")
+                    await _audit(ns, who, message.op, _summary(message.args), f"error: {exc.code}")
                 await link.send(
                     Error(id=link.next_id(), reply_to=message.id, code=exc.code, message=str(exc))
                 )
@@ -287,12 +287,29 @@ async def serve_admin(
                 )
                 continue
             if not read_only:
-                await ns.db.audit(who, message.op, _summary(message.args), "ok")
+                await _audit(ns, who, message.op, _summary(message.args), "ok")
             await link.send(Response(id=link.next_id(), reply_to=message.id, data=data))
     finally:
         for subs in ns.watchers.values():
             subs.discard(link)
         ns.message_watchers.discard(link)
+
+
+async def _audit(ns: NotificationServer, who: str, action: str, detail: str, outcome: str) -> None:
+    """Write the audit row; when the database cannot take it (a full disk), log it instead."""
+    try:
+        await ns.db.audit(who, action, detail, outcome)
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            await ns.db.db.rollback()
+        ns.log.error(
+            "audit_write_failed",
+            who=who,
+            action=action,
+            detail=detail,
+            outcome=outcome,
+            error=str(exc),
+        )
 
 
 def _summary(args: dict[str, Any]) -> str:

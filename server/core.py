@@ -189,11 +189,14 @@ class NotificationServer:
         admin_rate_per_s: float = 50.0,
         smtp: dict[str, Any] | None = None,
         ts_grace_s: float = 120.0,
+        min_free_bytes: int = 16 << 20,
     ):
         self.data_dir = data_dir
         self.db_path = os.path.join(data_dir, "server.db")
         self.smtp = smtp or {}
         self.ts_grace_s = ts_grace_s
+        self.min_free_bytes = min_free_bytes
+        """Below this much free disk under the data folder, new runs are refused (reads go on)."""
         """How long agents stay with a TS that went away before they move (and their work with them)."""
         """SMTP server for send-email: host, port, security (none|starttls|tls), user, password, sender."""
         self.handshake_timeout_s = handshake_timeout_s

@@ -128,8 +128,10 @@ class Fleet:
     def trust_args(self) -> list[str]:
         return ["--server-fingerprint", self.fingerprint]
 
-    async def server(self, name: str = "ns", port: int = 0, *extra: str) -> Proc:
-        data = self.root / name
+    async def server(
+        self, name: str = "ns", port: int = 0, *extra: str, data_root: Path | None = None
+    ) -> Proc:
+        data = (data_root or self.root) / name
         self.ns = await self._proc(
             name, ["server", "--data", str(data), "--listen", f"127.0.0.1:{port}", *extra]
         ).start()
