@@ -295,13 +295,7 @@ async def v_taskservers(c: AdminClient, args: argparse.Namespace) -> int:
 
 
 async def v_task(c: AdminClient, args: argparse.Namespace) -> int:
-    try:
-        with open(args.file, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        print(f"taskfleet: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-        return EXIT_USAGE
-    saved = await c.call("task.add", text=text, filename=args.file)
+    saved = await c.add_document("task.add", args.file)
     if args.json:
         _print_json(saved)
     else:
@@ -313,13 +307,7 @@ async def v_task(c: AdminClient, args: argparse.Namespace) -> int:
 
 
 async def v_job(c: AdminClient, args: argparse.Namespace) -> int:
-    try:
-        with open(args.file, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        print(f"taskfleet: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-        return EXIT_USAGE
-    saved = await c.call("job.add", text=text, filename=args.file)
+    saved = await c.add_document("job.add", args.file)
     if args.json:
         _print_json(saved)
     else:

@@ -83,6 +83,18 @@ class AdminClient:
         assert isinstance(reply, Response)
         return reply.data
 
+    async def add_document(self, op: str, path: str) -> Any:
+        """Send a document file (TOML or JSON) to an ``*.add`` operation.
+
+        A file that cannot be read is a usage error (``bad_request``), like a bad document.
+        """
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise RemoteError("bad_request", f"cannot read {path}: {exc.strerror or exc}") from None
+        return await self.call(op, text=text, filename=path)
+
     async def watch(self, run_id: int) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """Yield ``("snapshot", run)`` first, then ``("instance", change)`` events, then
         ``("run", final run)`` when it ends."""

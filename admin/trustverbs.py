@@ -187,13 +187,8 @@ async def v_groups(c: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _add_document(c: AdminClient, op: str, path: str) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return await c.call(op, text=fh.read(), filename=path)
-
-
 async def v_filter(c: AdminClient, args: argparse.Namespace) -> int:
-    saved = await _add_document(c, "filter.add", args.file)
+    saved = await c.add_document("filter.add", args.file)
     print(
         f"{'replaced' if saved['replaced'] else 'added'} filter {saved['name']}: {len(saved['members'])} computer(s) now match"
     )
@@ -206,7 +201,7 @@ async def v_filters(c: AdminClient, args: argparse.Namespace) -> int:
 
 
 async def v_report(c: AdminClient, args: argparse.Namespace) -> int:
-    saved = await _add_document(c, "report.add", args.file)
+    saved = await c.add_document("report.add", args.file)
     print(f"{'replaced' if saved['replaced'] else 'added'} report {saved['name']}")
     return 0
 
@@ -226,7 +221,7 @@ async def v_folders(c: AdminClient, args: argparse.Namespace) -> int:
 
 
 async def v_policy(c: AdminClient, args: argparse.Namespace) -> int:
-    saved = await _add_document(c, "policy.add", args.file)
+    saved = await c.add_document("policy.add", args.file)
     state = "enabled" if saved["enabled"] else "disabled"
     print(f"{'replaced' if saved['replaced'] else 'added'} policy {saved['name']} ({state})")
     return 0
