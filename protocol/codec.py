@@ -13,7 +13,7 @@ from typing import Any
 import msgpack
 
 from protocol.errors import FrameError
-from protocol.messages import Message, from_wire, to_wire
+from protocol.messages import Message, depth_ok, from_wire, to_wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,23 +35,8 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise FrameError(f"msgpack extension type {code} is not allowed")
 
 
-def _depth_ok(obj: Any, max_depth: int) -> bool:
-    stack: list[tuple[Any, int]] = [(obj, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict):
-            if depth > max_depth:
-                return False
-            stack.extend((v, depth + 1) for v in value.values())
-        elif isinstance(value, list):
-            if depth > max_depth:
-                return False
-            stack.extend((v, depth + 1) for v in value)
-    return True
-
-
-def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
-    """Decode one frame to a plain object, enforcing every limit. Raises :class:`FrameError`."""
+def _unpack(data: bytes, limits: Limits) -> Any:
+    """msgpack-decode one frame within every limit but nesting depth."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise FrameError("text frames are not accepted; send binary msgpack")
     if len(data) > limits.max_frame_bytes:
@@ -77,16 +62,26 @@ def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
         raise
     except Exception as exc:  # msgpack raises a family of unrelated exceptions
         raise FrameError(f"not a valid msgpack frame: {type(exc).__name__}: {exc}") from None
-    if not _depth_ok(obj, limits.max_depth):
-        raise FrameError(f"frame nests deeper than {limits.max_depth} levels")
     if not isinstance(obj, dict):
         raise FrameError(f"a frame must hold one msgpack map, got {type(obj).__name__}")
     return obj
 
 
+def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """Decode one frame to a plain object, enforcing every limit. Raises :class:`FrameError`."""
+    obj = _unpack(data, limits)
+    if not depth_ok(obj, limits.max_depth):
+        raise FrameError(f"frame nests deeper than {limits.max_depth} levels")
+    return obj
+
+
 def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
-    """Decode one frame into a checked :class:`Message`."""
-    return from_wire(decode_frame(data, limits))
+    """Decode one frame into a checked :class:`Message`.
+
+    The nesting limit is enforced by the message's compiled checker in the same walk that
+    checks the fields (``from_wire``), not by a second pass over the frame.
+    """
+    return from_wire(_unpack(data, limits), limits.max_depth)
 
 
 def encode(message: Message) -> bytes:

@@ -14,10 +14,11 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, Union
 
-from protocol.errors import MessageError
+from protocol.errors import FrameError, MessageError
 
 # -- nested records ---------------------------------------------------------------------
 
@@ -291,79 +292,223 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 
 
 # -- conversion to and from plain maps --------------------------------------------------
+#
+# Each dataclass gets a checker compiled once from its annotations: a tuple of (field name,
+# value checker, required) and closures per hint, so decoding a report costs a few dict lookups
+# and isinstance calls, not ``typing`` reflection per value. Paths are built only on error: a
+# checker raises ``_Bad`` and each enclosing level adds its part of the path as it goes up.
+# The same walk enforces the nesting limit: typed containers use up one level each, and values
+# typed ``Any`` (and unknown fields) are walked for depth (``depth_ok``).
 
 T = TypeVar("T")
 
-_HINTS: dict[type[Any], dict[str, Any]] = {}
+Checker = Callable[[Any, int], Any]
+"""``check(value, budget)``: the checked value; ``budget`` is how many container levels may
+still open at ``value`` (a container needs at least 1)."""
 
 
-def _hints(cls: type[Any]) -> dict[str, Any]:
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = typing.get_type_hints(cls)
-        hints = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-        _HINTS[cls] = hints
-    return hints
+class _Bad(Exception):
+    """A value does not fit its annotation; ``where`` collects the path, innermost first."""
+
+    def __init__(self, message: str, where: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.where: list[str] = [where] if where else []
 
 
-def _check(value: Any, hint: Any, path: str) -> Any:
-    """Check ``value`` against a field annotation; return it (records become dataclasses)."""
-    if hint is Any:
-        return value
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _check(value, inner[0], path)
-    if origin is list:
-        if not isinstance(value, list):
-            raise MessageError(f"{path}: expected a list, got {type(value).__name__}")
-        (item,) = typing.get_args(hint)
-        return [_check(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise MessageError(f"{path}: expected a map, got {type(value).__name__}")
-        _, vhint = typing.get_args(hint)
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise MessageError(f"{path}: map keys must be strings, got {type(k).__name__}")
-            if vhint is not Any:
-                _check(v, vhint, f"{path}.{k}")
-        return value
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise MessageError(f"{path}: expected a map, got {type(value).__name__}")
-        return _build(typing.cast(type[Any], hint), value, path)
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise MessageError(f"{path}: expected a number, got {type(value).__name__}")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise MessageError(f"{path}: expected an integer, got {type(value).__name__}")
-        return value
-    if isinstance(hint, type) and not isinstance(value, hint):
-        raise MessageError(f"{path}: expected {hint.__name__}, got {type(value).__name__}")
+class _TooDeep(Exception):
+    """Containers nest deeper than the frame limit allows."""
+
+
+def depth_ok(obj: Any, budget: int) -> bool:
+    """True when ``obj`` opens at most ``budget`` nested containers (a scalar needs none)."""
+    level = [obj]
+    while level:
+        below: list[Any] = []
+        for value in level:
+            if isinstance(value, dict):
+                below.extend(v for v in value.values() if isinstance(v, (dict, list)))
+            elif isinstance(value, list):
+                below.extend(v for v in value if isinstance(v, (dict, list)))
+            else:
+                continue
+            if budget < 1:
+                return False
+        budget -= 1
+        level = below
+    return True
+
+
+def _check_any(value: Any, budget: int) -> Any:
+    if isinstance(value, (dict, list)) and not depth_ok(value, budget):
+        raise _TooDeep
     return value
 
 
-def _build(cls: type[T], data: dict[Any, Any], path: str) -> T:
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        where = f"{path}.{f.name}" if path else f.name
-        if f.name in data:
-            kwargs[f.name] = _check(data[f.name], _hints(cls)[f.name], where)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise MessageError(f"{where}: required field is missing")
-    return cls(**kwargs)
+def _type_name(value: Any) -> str:
+    return type(value).__name__
 
 
-def from_wire(data: Any) -> Message:
+def _check_int(value: Any, budget: int) -> Any:
+    if type(value) is not int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise _Bad(f"expected an integer, got {_type_name(value)}")
+    return value
+
+
+def _check_float(value: Any, budget: int) -> Any:
+    if type(value) is float:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Bad(f"expected a number, got {_type_name(value)}")
+    return float(value)
+
+
+def _check_instance(kind: type[Any]) -> Checker:
+    def check(value: Any, budget: int) -> Any:
+        if not isinstance(value, kind):
+            raise _Bad(f"expected {kind.__name__}, got {_type_name(value)}")
+        return value
+
+    return check
+
+
+def _check_optional(inner: Checker) -> Checker:
+    def check(value: Any, budget: int) -> Any:
+        return None if value is None else inner(value, budget)
+
+    return check
+
+
+def _check_list(item: Checker) -> Checker:
+    def check(value: Any, budget: int) -> Any:
+        if not isinstance(value, list):
+            raise _Bad(f"expected a list, got {_type_name(value)}")
+        if budget < 1:
+            raise _TooDeep
+        out = []
+        for i, v in enumerate(value):
+            try:
+                out.append(item(v, budget - 1))
+            except _Bad as bad:
+                bad.where.append(f"[{i}]")
+                raise
+        return out
+
+    return check
+
+
+def _check_dict(item: Checker | None) -> Checker:
+    def check(value: Any, budget: int) -> Any:
+        if not isinstance(value, dict):
+            raise _Bad(f"expected a map, got {_type_name(value)}")
+        if budget < 1:
+            raise _TooDeep
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise _Bad(f"map keys must be strings, got {_type_name(k)}")
+            if item is None:
+                _check_any(v, budget - 1)
+            else:
+                try:
+                    item(v, budget - 1)
+                except _Bad as bad:
+                    bad.where.append(f".{k}")
+                    raise
+        return value
+
+    return check
+
+
+_COMPILED: dict[type[Any], tuple[Callable[[dict[Any, Any], int], Any], frozenset[str]]] = {}
+
+
+def _compile_hint(hint: Any) -> Checker:
+    if hint is Any:
+        return _check_any
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(hint)
+        inner = [a for a in args if a is not type(None)]
+        checker = _compile_hint(inner[0])
+        return _check_optional(checker) if type(None) in args else checker
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return _check_list(_compile_hint(item))
+    if origin is dict:
+        _, vhint = typing.get_args(hint)
+        return _check_dict(None if vhint is Any else _compile_hint(vhint))
+    if dataclasses.is_dataclass(hint):
+        record = typing.cast(type[Any], hint)
+
+        def check_record(value: Any, budget: int) -> Any:
+            if not isinstance(value, dict):
+                raise _Bad(f"expected a map, got {_type_name(value)}")
+            if budget < 1:
+                raise _TooDeep
+            return _builder(record)(value, budget - 1)
+
+        return check_record
+    if hint is float:
+        return _check_float
+    if hint is int:
+        return _check_int
+    if isinstance(hint, type):
+        return _check_instance(hint)
+    return _check_any
+
+
+def _builder(cls: type[T]) -> Callable[[dict[Any, Any], int], T]:
+    """The compiled constructor of ``cls`` from a map (``budget`` counts below the map)."""
+    compiled = _COMPILED.get(cls)
+    if compiled is not None:
+        return typing.cast(Callable[[dict[Any, Any], int], T], compiled[0])
+    hints = typing.get_type_hints(cls)
+    fields = tuple(
+        (
+            f.name,
+            _compile_hint(hints[f.name]),
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+        )
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+    )
+    names = frozenset(name for name, _, _ in fields)
+
+    def build(data: dict[Any, Any], budget: int) -> T:
+        kwargs: dict[str, Any] = {}
+        for name, check, required in fields:
+            if name in data:
+                try:
+                    kwargs[name] = check(data[name], budget)
+                except _Bad as bad:
+                    bad.where.append(f".{name}")
+                    raise
+            elif required:
+                raise _Bad("required field is missing", f".{name}")
+        if len(data) > len(kwargs):
+            for k, v in data.items():  # unknown fields are ignored, but bounded too
+                if k not in names and isinstance(v, (dict, list)) and not depth_ok(v, budget):
+                    raise _TooDeep
+        return cls(**kwargs)
+
+    _COMPILED[cls] = (build, names)
+    return build
+
+
+def _build(cls: type[T], data: dict[Any, Any], path: str, max_depth: int = 1 << 30) -> T:
+    try:
+        return _builder(cls)(data, max_depth - 1)
+    except _Bad as bad:
+        where = (path + "".join(reversed(bad.where))).lstrip(".")
+        raise MessageError(f"{where}: {bad.message}") from None
+    except _TooDeep:
+        raise FrameError(f"frame nests deeper than {max_depth} levels") from None
+
+
+def from_wire(data: Any, max_depth: int = 1 << 30) -> Message:
     """Turn a decoded msgpack object into a message, or raise :class:`MessageError`.
 
-    Unknown extra fields are ignored, so a newer peer may add optional fields.
+    Unknown extra fields are ignored, so a newer peer may add optional fields. Containers
+    nested deeper than ``max_depth`` (the frame counting as 1) raise :class:`FrameError`.
     """
     if not isinstance(data, dict):
         raise MessageError(f"a frame must hold a map, got {type(data).__name__}")
@@ -373,19 +518,48 @@ def from_wire(data: Any) -> Message:
     cls = MESSAGE_TYPES.get(kind)
     if cls is None:
         raise MessageError(f"type: unknown message type {kind!r}", code="unknown_type")
-    return _build(cls, data, "")
+    return _build(cls, data, "", max_depth)
 
 
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
+_ENCODERS: dict[type[Any], Callable[[Any], dict[str, Any]]] = {}
+
+
+def _encoder(cls: type[Any]) -> Callable[[Any], dict[str, Any]]:
+    """The compiled ``record → plain map`` of a dataclass (nested records become maps)."""
+    enc = _ENCODERS.get(cls)
+    if enc is not None:
+        return enc
+    hints = typing.get_type_hints(cls)
+    plain: list[str] = []
+    records: list[tuple[str, Callable[[Any], dict[str, Any]]]] = []
+    lists: list[tuple[str, Callable[[Any], dict[str, Any]]]] = []
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        if dataclasses.is_dataclass(hint):
+            records.append((f.name, _encoder(typing.cast(type[Any], hint))))
+        elif typing.get_origin(hint) is list and dataclasses.is_dataclass(inner[0]):
+            lists.append((f.name, _encoder(typing.cast(type[Any], inner[0]))))
+        elif inner and dataclasses.is_dataclass(inner[0]):
+            records.append((f.name, _encoder(typing.cast(type[Any], inner[0]))))
+        else:
+            plain.append(f.name)
+
+    def encode(value: Any) -> dict[str, Any]:
+        out = {name: getattr(value, name) for name in plain}
+        for name, sub in records:
+            v = getattr(value, name)
+            out[name] = None if v is None else sub(v)
+        for name, sub in lists:
+            out[name] = [sub(v) for v in getattr(value, name)]
+        return out
+
+    _ENCODERS[cls] = encode
+    return encode
 
 
 def to_wire(message: Message) -> dict[str, Any]:
     """The plain map that goes on the wire for ``message``."""
     out: dict[str, Any] = {"type": message.TYPE}
-    out.update(_plain(message))
+    out.update(_encoder(type(message))(message))
     return out

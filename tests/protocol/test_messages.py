@@ -7,8 +7,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from protocol.codec import decode
-from protocol.errors import MessageError, ProtocolError
+from protocol.codec import Limits, decode, decode_frame
+from protocol.errors import FrameError, MessageError, ProtocolError
 from protocol.messages import Cancel, Dispatch, Hello, Presence, Report, Reports, from_wire
 
 
@@ -218,3 +218,55 @@ def test_map_fields_refuse_non_string_keys():
                 "credentials": {b"token": "x"},
             }
         )
+
+
+# -- nesting limit, enforced by the compiled checker in the same walk ---------------------------
+
+SHALLOW = Limits(max_depth=4)
+
+
+def _nested(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("where", ["field", "unknown"])
+def test_decode_refuses_nesting_below_an_any_field(where: str) -> None:
+    """A map under a free-form field (``info``) or an unknown field nests too deep: 4400, not 4422."""
+    # The frame is level 1 and ``info`` level 2, so two more maps reach the limit of 4.
+    key = "info" if where == "field" else "extra"
+    assert isinstance(decode(msgpack.packb(_hello(**{key: _nested(3)})), SHALLOW), Hello)
+    with pytest.raises(FrameError) as info:
+        decode(msgpack.packb(_hello(**{key: _nested(4)})), SHALLOW)
+    assert info.value.close_code == 4400
+    assert "deeper than 4" in info.value.message
+
+
+def test_decode_counts_typed_containers_towards_the_limit() -> None:
+    """reports (2) → a report (3): with max_depth 2 the report map itself is one level too deep."""
+    frame = msgpack.packb(
+        {"type": "reports", "id": "1", "items": [{"instance_id": 1, "state": "x"}]}
+    )
+    assert isinstance(decode(frame, Limits(max_depth=3)), Reports)
+    with pytest.raises(FrameError):
+        decode(frame, Limits(max_depth=2))
+
+
+def test_decode_and_decode_frame_agree_on_depth() -> None:
+    """The checker's depth rule is the raw frame rule: same frames pass and fail."""
+    for levels in range(1, 8):
+        frame = msgpack.packb(_hello(info=_nested(levels)))
+        limits = Limits(max_depth=5)
+        try:
+            decode_frame(frame, limits)
+            raw_ok = True
+        except FrameError:
+            raw_ok = False
+        try:
+            decode(frame, limits)
+            ok = True
+        except FrameError:
+            ok = False
+        assert ok == raw_ok, levels
