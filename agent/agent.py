@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import platform
 import random
@@ -79,6 +80,8 @@ class Agent:
     """One agent. ``await run()`` serves until cancelled."""
 
     SEND_CHUNK_BYTES = 256 * 1024
+    PROGRESS_HOLD_S = 0.05
+    """How long a progress report waits for a later state of its instance (see ``_progress``)."""
     STEP_GRACE_S = 10.0
 
     def __init__(
@@ -132,6 +135,8 @@ class Agent:
         self._policy_runs = 0
         self._recent: OrderedDict[int, Report] = OrderedDict()
         self._background: set[asyncio.Task[Any]] = set()
+        self._held: dict[Key, Report] = {}
+        self._held_timer: asyncio.TimerHandle | None = None
 
     def info(self) -> dict[str, Any]:
         if self.lightweight:
@@ -308,8 +313,39 @@ class Agent:
             self._step_waiters.clear()
             await link.close()
 
+    def _progress(self, report: Report) -> None:
+        """Queue a progress report (``received``, ``running``): it waits up to
+        ``PROGRESS_HOLD_S`` and is replaced by a later state of the same instance or step.
+
+        A task that ends at once thus costs one message up, not three, all the way to the NS;
+        a long task still shows ``running`` a moment after it starts.
+        """
+        key = (report.instance_id, report.step)
+        old = self._held.get(key)
+        if old is not None and report.started_at is None:
+            report = dataclasses.replace(report, started_at=old.started_at)
+        self._held[key] = report
+        if self._held_timer is None:
+            loop = asyncio.get_running_loop()
+            self._held_timer = loop.call_later(self.PROGRESS_HOLD_S, self._flush_progress)
+
+    def _flush_progress(self) -> None:
+        self._held_timer = None
+        if self._held:
+            reports, self._held = list(self._held.values()), {}
+            self.keep(asyncio.ensure_future(self._send(reports)))
+
     async def _send(self, reports: list[Report]) -> None:
-        """Send reports in messages that stay well under the frame limit."""
+        """Send reports now, with every held progress report, in messages that stay well under
+        the frame limit. A held report that one of ``reports`` supersedes is dropped (its
+        ``started_at`` carried over)."""
+        if self._held:
+            for i, r in enumerate(reports):
+                old = self._held.pop((r.instance_id, r.step), None)
+                if old is not None and r.started_at is None:
+                    reports[i] = dataclasses.replace(r, started_at=old.started_at)
+            reports = [*self._held.values(), *reports]
+            self._held = {}
         link = self.link
         if link is None:
             return
@@ -345,7 +381,7 @@ class Agent:
                 await self._send([report])
             return
         await self.store.mark(iid, InstanceState.RECEIVED)
-        await self._send([Report(instance_id=iid, state=InstanceState.RECEIVED)])
+        self._progress(Report(instance_id=iid, state=InstanceState.RECEIVED))
         self._start(message, None)
 
     def _start(
@@ -374,12 +410,8 @@ class Agent:
             else:
                 async with self._sem:
                     await self.store.mark(iid, InstanceState.RUNNING)
-                    await self._send(
-                        [
-                            Report(
-                                instance_id=iid, state=InstanceState.RUNNING, started_at=time.time()
-                            )
-                        ]
+                    self._progress(
+                        Report(instance_id=iid, state=InstanceState.RUNNING, started_at=time.time())
                     )
                     outcome = await self._run_task(
                         iid, message.task, message.tokens, message.timeout_s
@@ -531,9 +563,7 @@ class Agent:
                 "timeout_s": message.timeout_s,
             }
             await self.store.start_job(iid, execute, machine.snapshot(), deadline)
-            await self._send(
-                [Report(instance_id=iid, state=InstanceState.RUNNING, started_at=started)]
-            )
+            self._progress(Report(instance_id=iid, state=InstanceState.RUNNING, started_at=started))
         pending_restart = restarted and machine.state is JobState.WAITING
 
         async def run_step(step: RunStep) -> Outcome:
@@ -547,12 +577,8 @@ class Agent:
                 )
             now = time.time()
             timeout_s = max(0.0, min(float(step.task.get("timeout_s", 300)), deadline - now))
-            await self._send(
-                [
-                    Report(
-                        instance_id=iid, step=step.step, state=InstanceState.RUNNING, started_at=now
-                    )
-                ]
+            self._progress(
+                Report(instance_id=iid, step=step.step, state=InstanceState.RUNNING, started_at=now)
             )
             if step.kind == "taskserver":
                 return await self._ask_relay(iid, step, message.tokens, timeout_s)
