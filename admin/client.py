@@ -96,8 +96,8 @@ class AdminClient:
         return await self.call(op, text=text, filename=path)
 
     async def watch(self, run_id: int) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """Yield ``("snapshot", run)`` first, then ``("instance", change)`` events, then
-        ``("run", final run)`` when it ends."""
+        """Yield ``("snapshot", run)`` first, then one ``("instance", change)`` per change (the
+        NS sends them in ``instances`` batches), then ``("run", final run)`` when it ends."""
         view = await self.call("run.watch", run_id=run_id)
         yield "snapshot", view
         if view["status"] != "running":
@@ -114,4 +114,8 @@ class AdminClient:
             if event.kind == "run":
                 yield "run", await self.call("run.show", run_id=run_id)
                 return
-            yield event.kind, event.data
+            if event.kind == "instances":  # a batch of changes, one per roll-up
+                for item in event.data.get("items") or ():
+                    yield "instance", item
+            else:
+                yield event.kind, event.data

@@ -56,6 +56,8 @@ BUILTIN = "@ns"
 
 DISPATCH_CHUNK = 1_000
 ROLLUP_GRACE_S = 10.0
+WATCH_EVENT_ITEMS = 1_000
+"""Instance changes per `instances` event (a watcher gets one event per roll-up batch)."""
 
 
 class Route(Protocol):
@@ -234,6 +236,8 @@ class NotificationServer:
         self._server: Any = None
         self._ssl_context: Any = None
         self.message_watchers: set[Link] = set()
+        self._changes: dict[int, list[dict[str, Any]]] = {}
+        self._changes_handle: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -637,24 +641,43 @@ class NotificationServer:
         return message_id
 
     def _notify(self, change: Change) -> None:
-        subs = self.watchers.get(change.run_id)
-        if not subs:
+        """Queue a change for the run's watchers. Changes queued in one pass of the event loop
+        (a roll-up batch, a stop) go out together as one ``instances`` event per watcher."""
+        if not self.watchers.get(change.run_id):
             return
-        data = {
-            "instance_id": change.instance_id,
-            "parent_id": change.parent_id,
-            "step": change.step,
-            "computer": change.computer,
-            "state": change.state,
-            "return_code": change.return_code,
-            "reason": change.reason,
-        }
-        for link in list(subs):
-            self.spawn(
-                self._send_quietly(
-                    link, Event(id=link.next_id(), run_id=change.run_id, kind="instance", data=data)
+        self._changes.setdefault(change.run_id, []).append(
+            {
+                "instance_id": change.instance_id,
+                "parent_id": change.parent_id,
+                "step": change.step,
+                "computer": change.computer,
+                "state": change.state,
+                "return_code": change.return_code,
+                "reason": change.reason,
+            }
+        )
+        if self._changes_handle is None:
+            self._changes_handle = asyncio.get_running_loop().call_soon(self._flush_changes)
+
+    def _flush_changes(self) -> None:
+        if self._changes_handle is not None:
+            self._changes_handle.cancel()
+            self._changes_handle = None
+        pending, self._changes = self._changes, {}
+        for run_id, items in pending.items():
+            events = [
+                {"items": items[i : i + WATCH_EVENT_ITEMS]}
+                for i in range(0, len(items), WATCH_EVENT_ITEMS)
+            ]
+            for link in list(self.watchers.get(run_id, ())):
+                self.spawn(self._send_events(link, run_id, events))
+
+    async def _send_events(self, link: Link, run_id: int, events: list[dict[str, Any]]) -> None:
+        with contextlib.suppress(Exception):
+            for data in events:
+                await link.send(
+                    Event(id=link.next_id(), run_id=run_id, kind="instances", data=data)
                 )
-            )
 
     async def _send_quietly(self, link: Link, message: Any) -> None:
         with contextlib.suppress(Exception):
@@ -670,6 +693,7 @@ class NotificationServer:
         await self.db.end_instances(run_id, InstanceState.FAILED, "no result before the run ended")
         await self.db.finish_run(run_id, status)
         self.log.info("run_ended", run_id=run_id, status=str(status))
+        self._flush_changes()  # the run's last instance events go before its end
         for link in list(self.watchers.pop(run_id, set())):
             self.spawn(
                 self._send_quietly(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from tests.helpers import Fleet, task_doc, until, wait_run
@@ -104,3 +105,34 @@ async def test_usage_errors_exit_2_with_a_clear_message(fleet: Fleet, tmp_path):
     assert code == 2 and "unknown computer(s): ghost" in err
     code, _, err = await fleet.cli("run", "ok")
     assert code == 2 and "--all" in err
+
+
+async def test_watch_gets_the_changes_of_one_pass_as_one_event(fleet: Fleet, tmp_path):
+    """Changes the NS makes together reach a watcher as one ``instances`` event: stopping a
+    run on four agents gives one event with four ``stopped`` items, and then the ``run`` event."""
+    names = [f"w-{i}" for i in range(4)]
+    await fleet.server()
+    for name in names:
+        await fleet.agent(name)
+    await fleet.wait_online(names)
+    async with fleet.admin() as c:
+        await c.call("task.add", text=task_doc("long", "sleep 60", timeout_s=120), filename="t")
+        run_id = (await c.call("run.start", task="long", computers=names))["run_id"]
+        await c.call("run.watch", run_id=run_id)
+        running: set[int] = set()
+
+        async def next_event():
+            return await asyncio.wait_for(c._events.get(), 30)
+
+        while len(running) < len(names):  # progress, in however many events it came
+            event = await next_event()
+            assert event.kind == "instances", event
+            running.update(i["instance_id"] for i in event.data["items"] if i["state"] == "running")
+        await c.call("run.stop", run_id=run_id)
+        event = await next_event()
+        assert event.kind == "instances"
+        items = event.data["items"]
+        assert sorted(i["instance_id"] for i in items) == sorted(running)
+        assert {i["state"] for i in items} == {"stopped"}
+        event = await next_event()
+        assert (event.kind, event.data) == ("run", {"status": "stopped"})
