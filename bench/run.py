@@ -31,7 +31,6 @@ import os
 import platform
 import re
 import resource
-import secrets
 import shutil
 import signal
 import statistics
@@ -51,17 +50,30 @@ import structlog  # noqa: E402
 
 from admin.client import AdminClient  # noqa: E402
 from agent.agent import Agent  # noqa: E402
-from protocol.states import TERMINAL  # noqa: E402
+from agent.tls import ClientTrust  # noqa: E402
+from bench import floor  # noqa: E402
 
-try:  # the trust model (keys, enrolment, TLS, admin tokens) landed with commit e72817d
-    from agent.tls import ClientTrust  # noqa: E402
-except ImportError:  # before it: one shared token (--token) for every role
-    ClientTrust = None  # type: ignore[assignment,misc]
-TRUST_MODEL = ClientTrust is not None
-
-TS_NAME = "ts-1"
-TASK_NAME = "bench-noop"
-NOOP_TASK = f'name = "{TASK_NAME}"\ntype = "noop"\ntimeout_s = 600\n'
+NOOP = 'name = "bench-noop"\ntype = "noop"\ntimeout_s = 600\n'
+LOG = 'name = "bench-log"\ntype = "write-server-log"\n[params]\nmessage = "bench %RUNID%"\n'
+NOOP_STEP = '[[steps]]\ntask = "bench-noop"\n'
+NOOP3 = "".join(f'[[steps]]\nid = "noop{i}"\ntask = "bench-noop"\n' for i in (1, 2, 3))
+LOG_STEP = '[[steps]]\ntask = "bench-log"\n'
+# A server job may not hold only client tasks (DOMAIN.md), so each server job ends with one
+# server task (a line in the NS's log): the time to the start of that step is the barrier's.
+DOCUMENTS = {
+    "task.add": [NOOP, LOG],
+    "job.add": [
+        f'name = "bench-step"\ntype = "server-job"\n{NOOP_STEP}{LOG_STEP}',
+        f'name = "bench-job3"\ntype = "server-job"\n{NOOP3}{LOG_STEP}',
+        f'name = "bench-client3"\ntype = "client-job"\n{NOOP3}',
+    ],
+}
+SCENARIOS = {
+    "task": ("bench-noop", "a noop task run on every computer"),
+    "step": ("bench-step", "a one-step server job (noop client task): the barrier"),
+    "job3": ("bench-job3", "a three-step server job (three barriers)"),
+    "client3": ("bench-client3", "a three-step client job (each agent runs its own)"),
+}
 READY_TIMEOUT_S = 30.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -405,10 +417,11 @@ async def connect_fleet(
     client: AdminClient,
     agents: list[Agent],
     tasks: list[asyncio.Task[None]],
+    ts_names: list[str],
     timeout_s: float,
     t0: float,
-) -> dict[str, float]:
-    """Wait until every agent is connected to ts-1 and the NS lists it online there.
+) -> dict[str, Any]:
+    """Wait until every agent is connected to a TS and the NS lists it online there.
 
     Times count from ``t0``, when the first agent was started.
     """
@@ -419,107 +432,106 @@ async def connect_fleet(
         _check_agents(tasks)
         now = time.perf_counter() - t0
         for a in agents:
-            if a.name not in first_seen and a.connected.is_set() and a.taskserver == TS_NAME:
+            if a.name not in first_seen and a.connected.is_set() and a.taskserver in ts_names:
                 first_seen[a.name] = now
         return len(first_seen) >= n
 
     left = max(1.0, timeout_s - (time.perf_counter() - t0))
-    await until(all_connected, f"{n} agents connected to {TS_NAME}", left, 0.05)
+    await until(all_connected, f"{n} agents connected to {ts_names}", left, 0.05)
     t_connected = time.perf_counter() - t0
+    per_ts: Counter[str] = Counter()
 
     async def all_online() -> bool:
         _check_agents(tasks)
         rows = await client.call("computers.list")
-        online = sum(
-            1
+        per_ts.clear()
+        per_ts.update(
+            r["taskserver"]
             for r in rows
-            if r["online"] and r["taskserver"] == TS_NAME and r["name"].startswith("sim-")
+            if r["online"] and r["taskserver"] in ts_names and r["name"].startswith("sim-")
         )
-        return online >= n
+        return sum(per_ts.values()) >= n
 
     left = max(1.0, timeout_s - t_connected)
-    await until(all_online, f"{n} agents online on {TS_NAME} at the NS", left, 0.1)
+    await until(all_online, f"{n} agents online on {ts_names} at the NS", left, 0.1)
     t_online = time.perf_counter() - t0
     times = sorted(first_seen.values())
     return {
         "agents_connected_s": t_connected,
         "all_online_s": t_online,
         "half_connected_s": times[len(times) // 2] if times else 0.0,
+        "per_taskserver": dict(per_ts),
     }
 
 
+def _cpu(procs: dict[str, ServerProc]) -> dict[str, float]:
+    return {k: p.cpu_s() for k, p in procs.items()}
+
+
+def _cpu_delta(
+    procs: dict[str, ServerProc], cpu0: dict[str, float], bench0: float, busy0: float
+) -> dict[str, float]:
+    cpu = {k: p.cpu_s() - cpu0[k] for k, p in procs.items()}
+    cpu["ts"] = sum(v for k, v in cpu.items() if k.startswith("ts-"))
+    cpu["bench"] = time.process_time() - bench0
+    # CPU that other processes on this machine took meanwhile: it distorts the figures.
+    ours = sum(v for k, v in cpu.items() if k != "ts")
+    cpu["others"] = max(0.0, machine_busy_s() - busy0 - ours)
+    return cpu
+
+
 async def one_run(
-    client: AdminClient, n: int, timeout_s: float, procs: dict[str, ServerProc]
+    client: AdminClient, name: str, timeout_s: float, procs: dict[str, ServerProc]
 ) -> dict[str, Any]:
-    cpu0 = {k: p.cpu_s() for k, p in procs.items()}
-    bench_cpu0 = time.process_time()
-    busy0 = machine_busy_s()
+    """Start ``name`` on every computer and follow it to its end (the last barrier released,
+    every result stored: the NS ends a run only after storing its last result)."""
+    cpu0, bench0, busy0 = _cpu(procs), time.process_time(), machine_busy_s()
     t0 = time.perf_counter()
-    started = await client.call("run.start", task=TASK_NAME, all=True)
+    started = await client.call("run.start", task=name, all=True)
     t_started = time.perf_counter() - t0
     run_id = int(started["run_id"])
-    targets = int(started["targets"])
-    done: set[int] = set()
-    t_last: float | None = None
-    final: dict[str, Any] = {}
     events = 0
+    t_last_event = 0.0
 
     async def follow() -> None:
-        nonlocal t_last, final, events
-        async for kind, data in client.watch(run_id):
-            if kind == "snapshot":
-                done.update(i["id"] for i in data["instances"] if i["status"] in TERMINAL)
-            elif kind == "instance":
+        nonlocal events, t_last_event
+        async for kind, _data in client.watch(run_id):
+            if kind == "instance":
                 events += 1
-                if data["state"] in TERMINAL:
-                    done.add(data["instance_id"])
+                t_last_event = time.perf_counter() - t0
             elif kind == "run":
-                final = data
-            if t_last is None and len(done) >= targets:
-                t_last = time.perf_counter() - t0
+                return
 
     await asyncio.wait_for(follow(), timeout_s)
     t_end = time.perf_counter() - t0
-    cpu = {k: p.cpu_s() - cpu0[k] for k, p in procs.items()}
-    cpu["bench"] = time.process_time() - bench_cpu0
-    # CPU that other processes on this machine took during the run: they distort the figures.
-    cpu["others"] = max(0.0, machine_busy_s() - busy0 - sum(cpu.values()))
-    rss_after = {k: p.rss_kib() for k, p in procs.items()}
-    instances = final.get("instances", [])
-    statuses = Counter(i["status"] for i in instances)
-    # Where the time went, on the NS's clock (every process runs on this machine): from the
-    # run's creation to the first and last agent start, the last agent end, the run's end.
-    phases: dict[str, float] | None = None
-    created, ended = final.get("created_at"), final.get("ended_at")
-    starts = [i["started_at"] for i in instances if i.get("started_at")]
-    ends = [i["ended_at"] for i in instances if i.get("ended_at")]
-    if created and ended and starts and ends:
-        phases = {
-            "first_agent_start_s": min(starts) - created,
-            "last_agent_start_s": max(starts) - created,
-            "last_agent_end_s": max(ends) - created,
-            "run_ended_s": ended - created,
-        }
+    cpu = _cpu_delta(procs, cpu0, bench0, busy0)
+    final = await client.call("run.show", run_id=run_id)
+    rows = final.get("instances", [])
+    steps = final.get("steps") or []
+    created = final.get("created_at")
+    # A server job: its last step (the server task) starts when the barriers before it release.
+    barrier_s = (
+        steps[-1]["started_at"] - created
+        if len(steps) > 1 and created and steps[-1].get("started_at")
+        else None
+    )
+    statuses = Counter(r["status"] for r in rows)
     return {
         "run_id": run_id,
-        "targets": targets,
+        "targets": int(started["targets"]),
         "status": final.get("status"),
+        "rows": len(rows),
         "statuses": dict(statuses),
-        "succeeded": statuses.get("succeeded", 0),
-        "ok": final.get("status") == "succeeded"
-        and targets == n
-        and statuses.get("succeeded", 0) == n,
+        "ok": final.get("status") == "succeeded" and statuses.get("succeeded", 0) == len(rows),
         "start_call_s": t_started,
-        # time of the last terminal instance event; the run's end if events were missed
-        "last_result_s": t_last if t_last is not None else t_end,
-        "watch_end_s": t_end,
+        "end_s": t_end,
+        "last_event_s": t_last_event,
+        "barrier_s": barrier_s,
         "server_s": (final["ended_at"] - final["created_at"])
         if final.get("ended_at") and final.get("created_at")
         else None,
-        "phases": phases,
         "instance_events": events,
         "cpu_s": cpu,
-        "rss_kib_after": rss_after,
     }
 
 
@@ -536,96 +548,71 @@ def find_py_spy() -> str | None:
     return str(beside) if beside.exists() else shutil.which("py-spy")
 
 
-async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    n = args.agents
-    token = secrets.token_urlsafe(16)
-    result: dict[str, Any] = {
-        "agents": n,
-        "repeat": args.repeat,
-        "machine": {
-            "nproc": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "nofile": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
-        },
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-    }
-    result["source"] = source_fingerprint()
-    result["machine"]["calibration_before"] = calibrate()
-    if args.label:
-        result["label"] = args.label
-    result["security"] = (
-        ("plain ws:// (--insecure)" if args.insecure else "TLS, pinned fingerprint")
-        + ", agents enrolled with keys"
-        if TRUST_MODEL
-        else "plain ws://, one shared token (before the trust model)"
-    )
+def _hwm_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def bench(args: argparse.Namespace, n: int, k_ts: int, root: Path) -> dict[str, Any]:
+    """One configuration: an NS, ``k_ts`` TS processes, N agents, every scenario R times."""
+    result: dict[str, Any] = {"agents": n, "taskservers": k_ts, "repeat": args.repeat}
     ns_args = ["server", "--data", str(root / "ns"), "--listen", "127.0.0.1:0"]
-    if not TRUST_MODEL:
-        ns_args += ["--token", token]
-    elif args.insecure:
+    if args.insecure:
         ns_args += ["--insecure"]
     ns = ServerProc("ns", ns_args, root / "ns.log")
     servers = [ns]
     tasks: list[asyncio.Task[None]] = []
     profilers: dict[str, Profiler] = {}
+    ts_names = [f"ts-{i + 1}" for i in range(k_ts)]
     try:
         await ns.start()
-        ts_args = [
-            "taskserver", "--server", ns.url, "--data", str(root / TS_NAME),
-            "--listen", "127.0.0.1:0", "--name", TS_NAME,
-        ]  # fmt: skip
-        agent_auth: dict[str, Any]
-        if TRUST_MODEL:
-            admin_token = (root / "ns" / "admin.token").read_text().strip()
-            assert ClientTrust is not None
-            trust = (
-                ClientTrust(insecure=True)
-                if args.insecure
-                else ClientTrust(fingerprint=ns.fingerprint)
-            )
-            client = AdminClient(ns.url, admin_token, trust, identity="bench")
-        else:
-            client = AdminClient(ns.url, token, identity="bench")  # type: ignore[call-arg]
-        async with client:
-            if TRUST_MODEL:
-                created = await client.call("tokens.create", ttl_s=86_400, uses=n + 10)
-                enrol = created["token"]
-                ts_args += ["--enrol-token", enrol]
-                ts_args += (
-                    ["--insecure"] if args.insecure else ["--server-fingerprint", ns.fingerprint]
-                )
-                agent_auth = {"trust": trust, "enrol_token": enrol}
-            else:
-                ts_args += ["--token", token]
-                agent_auth = {"token": token}
-            ts = ServerProc(TS_NAME, ts_args, root / f"{TS_NAME}.log")
-            servers.append(ts)
-            await ts.start()
+        admin_token = (root / "ns" / "admin.token").read_text().strip()
+        trust = (
+            ClientTrust(insecure=True) if args.insecure else ClientTrust(fingerprint=ns.fingerprint)
+        )
+        async with AdminClient(ns.url, admin_token, trust, identity="bench") as client:
+            created = await client.call("tokens.create", ttl_s=86_400, uses=n + k_ts + 10)
+            enrol = created["token"]
+            procs: dict[str, ServerProc] = {"ns": ns}
+            for name in ts_names:
+                ts_args = [
+                    "taskserver", "--server", ns.url, "--data", str(root / name),
+                    "--listen", "127.0.0.1:0", "--name", name, "--enrol-token", enrol,
+                    *(["--insecure"] if args.insecure else ["--server-fingerprint", ns.fingerprint]),
+                ]  # fmt: skip
+                ts = ServerProc(name, ts_args, root / f"{name}.log")
+                servers.append(ts)
+                await ts.start()
+                procs[name] = ts
 
             async def ts_online() -> bool:
                 rows = await client.call("taskservers.list")
-                return any(r["name"] == TS_NAME and r["online"] for r in rows)
+                return sum(1 for r in rows if r["name"] in ts_names and r["online"]) == k_ts
 
-            await until(ts_online, f"{TS_NAME} connected to the NS", 30, 0.05)
-            await client.call("task.add", text=NOOP_TASK, filename="bench-noop.toml")
+            await until(ts_online, f"{ts_names} connected to the NS", 30, 0.05)
+            for op, texts in DOCUMENTS.items():
+                for text in texts:
+                    await client.call(op, text=text, filename="bench.toml")
             await asyncio.sleep(0.5)
-            rss0 = {"ns": ns.rss_kib(), "ts": ts.rss_kib(), "bench": _rss_kib("self")}
-            fds0 = {"ns": ns.fds(), "ts": ts.fds()}
-            procs = {"ns": ns, "ts": ts}
+            rss0 = {k: p.rss_kib() for k, p in procs.items()}
+            rss0["bench"] = _rss_kib("self")
 
             async def start_profiles(phase: str) -> None:
-                if args.profile_phase != phase:
+                if args.profile_phase != phase or not args.profile:
                     return
                 py_spy = find_py_spy()
                 if py_spy is None:
                     print("bench: --profile needs py-spy (pip install py-spy)", file=sys.stderr)
                     return
                 for which in args.profile:
+                    target = procs["ns" if which == "ns" else ts_names[0]]
                     out_dir = Path(args.profile_dir or root)
                     out_dir.mkdir(parents=True, exist_ok=True)
-                    out = out_dir / f"profile-{which}-{phase}.txt"
-                    p = Profiler(py_spy, procs[which], out, args.rate)
+                    out = out_dir / f"profile-{which}-{phase}-n{n}-ts{k_ts}.txt"
+                    p = Profiler(py_spy, target, out, args.rate)
                     await p.start()
                     profilers[which] = p
 
@@ -647,78 +634,59 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                     lightweight=True,
                     backoff_initial_s=args.backoff_initial_s,
                     backoff_max_s=args.backoff_max_s,
-                    **agent_auth,
+                    trust=trust,
+                    enrol_token=enrol,
                 )
                 for i in range(n)
             ]
-            print(f"bench: NS {ns.url} (pid {ns.pid}), {TS_NAME} {ts.url} (pid {ts.pid})")
-            print(f"bench: starting {n} agents ...", flush=True)
-            cpu0 = {k: p.cpu_s() for k, p in procs.items()}
-            bench_cpu0 = time.process_time()
-            busy0 = machine_busy_s()
+            print(f"bench: N={n}, {k_ts} TS: starting agents ...", flush=True)
+            cpu0, bench0, busy0 = _cpu(procs), time.process_time(), machine_busy_s()
             t_spawn = time.perf_counter()
-
-            async def spawn_all() -> None:
-                for i, a in enumerate(agents):
-                    tasks.append(asyncio.create_task(a.run(), name=a.name))
-                    if args.spread_s > 0:
-                        await asyncio.sleep(
-                            t_spawn + args.spread_s * (i + 1) / n - time.perf_counter()
-                        )
-
-            spawner = asyncio.create_task(spawn_all())
-            try:
-                connect = await connect_fleet(client, agents, tasks, args.connect_timeout, t_spawn)
-            finally:
-                spawner.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await spawner
-            connect_cpu = {k: p.cpu_s() - cpu0[k] for k, p in procs.items()}
-            connect_cpu["bench"] = time.process_time() - bench_cpu0
-            connect_cpu["others"] = max(0.0, machine_busy_s() - busy0 - sum(connect_cpu.values()))
-            await stop_profiles()
-            result["connect"] = {**connect, "cpu_s": connect_cpu}
-            print(
-                f"bench: {n} agents online on {TS_NAME} after {connect['all_online_s']:.2f} s",
-                flush=True,
+            for a in agents:
+                tasks.append(asyncio.create_task(a.run(), name=a.name))
+            connect = await connect_fleet(
+                client, agents, tasks, ts_names, args.connect_timeout, t_spawn
             )
-            await asyncio.sleep(0.5)
-            rss1 = {"ns": ns.rss_kib(), "ts": ts.rss_kib(), "bench": _rss_kib("self")}
+            connect["cpu_s"] = _cpu_delta(procs, cpu0, bench0, busy0)
+            await stop_profiles()
+            result["connect"] = connect
+            print(f"bench: all online after {connect['all_online_s']:.2f} s", flush=True)
+            await asyncio.sleep(1.0)
+            rss1 = {k: p.rss_kib() for k, p in procs.items()}
+            rss1["bench"] = _rss_kib("self")
+
+            await start_profiles("runs")
+            scenarios: dict[str, list[dict[str, Any]]] = {}
+            for scenario in args.scenarios:
+                name = SCENARIOS[scenario][0]
+                runs = scenarios[scenario] = []
+                for rep in range(args.repeat):
+                    await asyncio.sleep(args.pause_s)
+                    r = await one_run(client, name, args.run_timeout, procs)
+                    runs.append(r)
+                    print(
+                        f"bench: {scenario} {rep + 1}/{args.repeat} (run {r['run_id']}): "
+                        f"{r['end_s']:.3f} s, {r['statuses']}",
+                        flush=True,
+                    )
+            await stop_profiles()
+            result["scenarios"] = scenarios
+            rss2 = {k: p.rss_kib() for k, p in procs.items()}
+            rss2["bench"] = _rss_kib("self")
             result["rss_kib"] = {
                 k: {
                     "before": rss0[k],
                     "after_connect": rss1[k],
-                    "per_agent": (rss1[k] - rss0[k]) / n,
+                    "after_runs": rss2[k],
+                    "peak": _hwm_kib(procs[k].pid if k in procs else os.getpid()),
                 }
                 for k in rss0
             }
-            result["open_fds"] = {
-                k: {"before": fds0[k], "after_connect": p.fds()}
-                for k, p in (("ns", ns), ("ts", ts))
-            }
-            events_after_connect = Counter(EVENTS)
-
-            await start_profiles("runs")
-            runs: list[dict[str, Any]] = []
-            for rep in range(args.repeat):
-                if rep and args.pause_s:
-                    await asyncio.sleep(args.pause_s)
-                r = await one_run(client, n, args.run_timeout, procs)
-                runs.append(r)
-                print(
-                    f"bench: run {rep + 1}/{args.repeat} (id {r['run_id']}): "
-                    f"last result {r['last_result_s']:.3f} s, watch end {r['watch_end_s']:.3f} s, "
-                    f"{r['succeeded']}/{n} succeeded",
-                    flush=True,
-                )
-            await stop_profiles()
-            result["runs"] = runs
-            for k, p in procs.items():
-                result["rss_kib"][k]["after_runs"] = p.rss_kib()
-            result["rss_kib"]["bench"]["after_runs"] = _rss_kib("self")
-            result["agent_events"] = {
-                "connect_phase": dict(events_after_connect),
-                "run_phase": dict(Counter(EVENTS) - events_after_connect),
+            ts_grow = sum(rss1[k] - rss0[k] for k in ts_names)
+            result["ts_kib_per_agent"] = ts_grow / n
+            result["ns_rss_mib"] = {
+                "after_runs": rss2["ns"] / 1024,
+                "peak": result["rss_kib"]["ns"]["peak"] / 1024,
             }
     except Exception:
         for s in servers:
@@ -732,46 +700,35 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         for s in reversed(servers):
             await s.stop()
     result["server_log_problems"] = {s.name: dict(s.log_problems()) for s in servers}
-    result["machine"]["calibration_after"] = calibrate()
-    end = source_fingerprint()
-    if end["sources_sha256"] != result["source"]["sources_sha256"]:
-        result["source"]["changed_during_bench"] = end
     return result
 
 
 # -- the report --------------------------------------------------------------------------------
 
 
-def _median_phases(runs: list[dict[str, Any]]) -> dict[str, float]:
-    with_phases = [r["phases"] for r in runs if r["phases"]]
-    if not with_phases:
-        return {}
-    return {k: statistics.median(p[k] for p in with_phases) for k in with_phases[0]}
-
-
 def summarise(result: dict[str, Any]) -> dict[str, Any]:
-    runs = result.get("runs", [])
-    n = result["agents"]
-    if not runs:
-        return {}
-    last = [r["last_result_s"] for r in runs]
-    end = [r["watch_end_s"] for r in runs]
-    server = [r["server_s"] for r in runs if r["server_s"] is not None]
-    med = statistics.median(last)
-    cpu_keys = runs[0]["cpu_s"].keys()
-    return {
-        "last_result_median_s": med,
-        "last_result_min_s": min(last),
-        "last_result_max_s": max(last),
-        "watch_end_median_s": statistics.median(end),
-        "server_median_s": statistics.median(server) if server else None,
-        "results_per_s": n / med if med > 0 else None,
-        "cpu_median_s": {k: statistics.median(r["cpu_s"][k] for r in runs) for k in cpu_keys},
-        "phases_median_s": _median_phases(runs),
-        "instance_events_per_run": statistics.median(r["instance_events"] for r in runs),
-        "all_ok": all(r["ok"] for r in runs),
-        "lost_or_failed": sum(n - r["succeeded"] for r in runs),
-    }
+    """Medians per scenario (each over ``repeat`` runs)."""
+    out: dict[str, Any] = {}
+    for scenario, runs in result.get("scenarios", {}).items():
+        ends = [r["end_s"] for r in runs]
+        med = statistics.median(ends)
+        barriers = [r["barrier_s"] for r in runs if r["barrier_s"] is not None]
+        out[scenario] = {
+            "median_s": med,
+            "barrier_median_s": statistics.median(barriers) if barriers else None,
+            "min_s": min(ends),
+            "max_s": max(ends),
+            "rows": runs[0]["rows"],
+            "results_per_s": runs[0]["rows"] / med if med > 0 else None,
+            "events_per_run": statistics.median(r["instance_events"] for r in runs),
+            "cpu_median_s": {
+                k: statistics.median(r["cpu_s"][k] for r in runs)
+                for k in ("ns", "ts", "bench", "others")
+            },
+            "all_ok": all(r["ok"] for r in runs),
+            "not_succeeded": sum(r["rows"] - r["statuses"].get("succeeded", 0) for r in runs),
+        }
+    return out
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
@@ -793,169 +750,142 @@ def _source_line(src: dict[str, Any]) -> str:
     return line
 
 
-def render(result: dict[str, Any]) -> str:
-    s = result["summary"]
-    m = result["machine"]
-    c = result["connect"]
-    rss = result["rss_kib"]
-    n = result["agents"]
+def render(suite: dict[str, Any]) -> str:
+    m = suite["machine"]
     lines = [
         "",
-        f"taskfleet benchmark: {n} agents, {result['repeat']} noop runs "
-        f"(NS + 1 TS as processes, agents in the bench process)",
-        f"machine: {m['nproc']} CPUs, Python {m['python']}, {m['platform']}",
+        "taskfleet benchmark (NS and TS as processes, agents and floor clients in the bench process)",
+        f"machine: {m['nproc']} CPUs, Python {m['python']}, {m['platform']}, "
+        f"open files {m['nofile'][0]}",
         f"CPU speed (plain Python loop, M steps/s, before / after): "
         f"{m.get('calibration_before', 0):.1f} / {m.get('calibration_after', 0):.1f}",
-        f"command: {result['command']}",
-        _source_line(result["source"]),
-        f"security: {result.get('security', '?')}",
-        *([f"label: {result['label']}"] if result.get("label") else []),
+        f"command: {suite['command']}",
+        _source_line(suite["source"]),
+        f"transport: {'plain ws:// (--insecure)' if suite['insecure'] else 'TLS, pinned'}; "
+        f"every time is the median of {suite['repeat']} runs (floor: of {suite['repeat']} rounds)",
+        *([f"label: {suite['label']}"] if suite.get("label") else []),
         "",
     ]
-    cpu = s["cpu_median_s"]
-    rows = [
-        ("metric", "value"),
-        ("agents (N)", f"{n}"),
-        ("connect + register: all N online on ts-1 at the NS", f"{c['all_online_s']:.2f} s"),
-        ("  all N connected to ts-1 (agent side)", f"{c['agents_connected_s']:.2f} s"),
-        ("  half connected (agent side)", f"{c['half_connected_s']:.2f} s"),
-        (
-            "  CPU while connecting: NS / TS / bench (agents + admin) / others",
-            " / ".join(f"{c['cpu_s'][k]:.2f}" for k in ("ns", "ts", "bench", "others")) + " s",
-        ),
-        (
-            f"run.start -> last result stored (median of {len(result['runs'])})",
-            f"{s['last_result_median_s']:.3f} s "
-            f"(min {s['last_result_min_s']:.3f}, max {s['last_result_max_s']:.3f})",
-        ),
-        ("run.start -> watch returns the ended run (median)", f"{s['watch_end_median_s']:.3f} s"),
-        (
-            "run duration stored by the NS (ended_at - created_at, median)",
-            f"{s['server_median_s']:.3f} s" if s["server_median_s"] is not None else "-",
-        ),
-        ("results stored per second (N / median)", f"{s['results_per_s']:.0f} /s"),
-    ]
-    ph = s["phases_median_s"]
-    if ph:
-        rows += [
-            ("  run created -> first agent starts (median)", f"{ph['first_agent_start_s']:.3f} s"),
-            ("  run created -> last agent starts (median)", f"{ph['last_agent_start_s']:.3f} s"),
-            ("  run created -> last agent finishes (median)", f"{ph['last_agent_end_s']:.3f} s"),
-        ]
-    rows += [
-        (
-            "watch events per run (instance changes sent to the admin)",
-            f"{s['instance_events_per_run']:.0f}",
-        ),
-        (
-            "CPU per run, median: NS / TS / bench (agents + admin) / others",
-            f"{cpu['ns']:.2f} / {cpu['ts']:.2f} / {cpu['bench']:.2f} / {cpu['others']:.2f} s",
-        ),
-    ]
-    for k, label in (("ns", "NS"), ("ts", "TS"), ("bench", "bench process (N agents)")):
-        r = rss[k]
-        rows.append(
-            (
-                f"{label} RSS before / after connect / after runs",
-                f"{r['before'] / 1024:.1f} / {r['after_connect'] / 1024:.1f} / "
-                f"{r['after_runs'] / 1024:.1f} MiB",
-            )
-        )
-        rows.append((f"{label} RSS per connected agent", f"{r['per_agent']:.1f} KiB"))
-        fds = result.get("open_fds", {}).get(k)
-        if fds:
-            rows.append(
-                (
-                    f"{label} open files before / after connect",
-                    f"{fds['before']} / {fds['after_connect']}",
-                )
-            )
-    rows.append(
-        (
-            "every instance succeeded in every run",
-            "yes" if s["all_ok"] else f"NO ({s['lost_or_failed']} lost or failed)",
-        )
+    head: tuple[str, ...] = ("N", "TS", "floor round", "connect+enrol")
+    head += tuple(f"{s} s" for s in suite["scenarios"])
+    head += (
+        "step barrier",
+        "barrier/floor",
+        "results/s (step)",
+        "NS RSS MiB (peak)",
+        "TS KiB/agent",
+        "all ok",
     )
+    rows: list[tuple[str, ...]] = [head]
+    for res in suite["results"]:
+        n = res["agents"]
+        fl = suite["floors"].get(str(n))
+        summ = res["summary"]
+        cells: tuple[str, ...] = (
+            f"{n}",
+            f"{res['taskservers']}",
+            f"{fl['round_median_s']:.3f} s" if fl else "-",
+            f"{res['connect']['all_online_s']:.1f} s",
+        )
+        cells += tuple(
+            f"{summ[s]['median_s']:.3f}" if s in summ else "-" for s in suite["scenarios"]
+        )
+        step = summ.get("step")
+        barrier = step["barrier_median_s"] if step else None
+        cells += (
+            f"{barrier:.3f} s" if barrier is not None else "-",
+            f"{barrier / fl['round_median_s']:.2f}x" if barrier is not None and fl else "-",
+            f"{res['agents'] / barrier:.0f}" if barrier else "-",
+            f"{res['ns_rss_mib']['after_runs']:.0f} ({res['ns_rss_mib']['peak']:.0f})",
+            f"{res['ts_kib_per_agent']:.1f}",
+            "yes" if all(v["all_ok"] for v in summ.values()) else "NO",
+        )
+        rows.append(cells)
     lines.append(_table(rows))
-    ours = cpu["ns"] + cpu["ts"] + cpu["bench"]
-    if cpu["others"] > 0.1 * ours:
-        lines.append(
-            f"WARNING: other processes took {cpu['others']:.2f} CPU-s per run (ours: {ours:.2f}): "
-            "the machine was not quiet, the times above are pessimistic"
-        )
-    lines.append("")
-    per_run = [
-        (
-            "run",
-            "id",
-            "last result s",
-            "watch end s",
-            "NS-stored s",
-            "ok",
-            "CPU NS/TS/bench/others s",
-        )
-    ]
-    for i, r in enumerate(result["runs"], 1):
-        per_run.append(
-            (
-                f"{i}",
-                f"{r['run_id']}",
-                f"{r['last_result_s']:.3f}",
-                f"{r['watch_end_s']:.3f}",
-                f"{r['server_s']:.3f}" if r["server_s"] is not None else "-",
-                f"{r['succeeded']}/{n}",
-                "/".join(f"{r['cpu_s'][k]:.2f}" for k in ("ns", "ts", "bench", "others")),
-            )
-        )
-    lines.append(_table(per_run))
-    ev = result.get("agent_events", {})
-    conn_ev = ev.get("connect_phase", {})
-    reconnects = conn_ev.get("info:connected", 0) - n
     lines.append("")
     lines.append(
-        f"agent log events while connecting: {conn_ev.get('info:connected', 0)} connected "
-        f"({max(reconnects, 0)} more than N), "
-        f"{conn_ev.get('info:connection_lost', 0)} connection_lost"
+        "floor: bare websockets + msgpack, one message to each of N connections and every reply "
+        "back (bench/floor.py); step: a one-step server job, run.start until the run's end "
+        "(barrier released, every result stored); step barrier: on the NS's clock, from the run's "
+        "creation to the barrier's release (the next step's start); job3 / client3: three noop steps; "
+        "results/s: N / step barrier; TS KiB/agent: growth of every TS's RSS while the N connect, / N"
     )
-    run_ev = {k: v for k, v in ev.get("run_phase", {}).items()}
-    if run_ev:
-        lines.append(f"agent log events during runs: {run_ev}")
-    for name, problems in result.get("server_log_problems", {}).items():
-        if problems:
-            lines.append(f"{name} log warnings/errors: {problems}")
-    for which, prof in result.get("profiles", {}).items():
+    for res in suite["results"]:
+        lines.append("")
+        c = res["connect"]
+        lines.append(
+            f"N={res['agents']}, {res['taskservers']} TS: connected {c['agents_connected_s']:.1f} s, "
+            f"online at the NS {c['all_online_s']:.1f} s, per TS {c['per_taskserver']}, connect CPU "
+            + " / ".join(f"{k} {c['cpu_s'][k]:.1f}" for k in ("ns", "ts", "bench", "others"))
+            + " s"
+        )
+        for s, v in res["summary"].items():
+            cpu = v["cpu_median_s"]
+            lines.append(
+                f"  {s}: median {v['median_s']:.3f} s (min {v['min_s']:.3f}, max {v['max_s']:.3f})"
+                + (
+                    f", barriers released at {v['barrier_median_s']:.3f} s"
+                    if v["barrier_median_s"] is not None
+                    else ""
+                )
+                + ", "
+                f"{v['rows']} rows, {v['events_per_run']:.0f} watch changes, CPU per run NS "
+                f"{cpu['ns']:.2f} / TS {cpu['ts']:.2f} / bench {cpu['bench']:.2f} / others "
+                f"{cpu['others']:.2f} s" + ("" if v["all_ok"] else f", {v['not_succeeded']} NOT OK")
+            )
+            if cpu["others"] > 0.1 * (cpu["ns"] + cpu["ts"] + cpu["bench"]):
+                lines.append("    WARNING: other processes were busy during these runs")
+        for k, r in res["rss_kib"].items():
+            lines.append(
+                f"  RSS {k}: before {r['before'] / 1024:.0f}, after connect "
+                f"{r['after_connect'] / 1024:.0f}, after runs {r['after_runs'] / 1024:.0f}, "
+                f"peak {r['peak'] / 1024:.0f} MiB"
+            )
+        for name, problems in res.get("server_log_problems", {}).items():
+            if problems:
+                lines.append(f"  {name} log warnings/errors: {problems}")
+        for which, prof in res.get("profiles", {}).items():
+            lines.append(
+                f"  py-spy profile of the {which.upper()} ({prof['phase']} phase, "
+                f"{prof['samples']} samples, raw stacks {prof['raw']})"
+            )
+            top = [("incl %", "function")] + [
+                (f"{f['percent']:.1f}", f["function"]) for f in prof["top_inclusive"]
+            ]
+            lines.append(_table(top))
+    for n, fl in suite["floors"].items():
         lines.append("")
         lines.append(
-            f"py-spy profile of the {which.upper()} ({prof['phase']} phase, "
-            f"{prof['samples']} samples, raw stacks {prof['raw']})"
+            f"floor N={n} ({fl['transport']}): rounds "
+            + ", ".join(f"{t:.3f}" for t in fl["rounds_s"])
+            + f" s; connect {fl['connect_s']:.1f} s; server RSS {fl['server_rss_per_conn_kib']:.1f}"
+            " KiB per connection"
         )
-        if prof["threads"]:
-            lines.append("  samples per thread: " + ", ".join(
-                f"{t} {c}" for t, c in prof["threads"].items()
-            ))  # fmt: skip
-        top = [("own %", "function")] + [
-            (f"{f['percent']:.1f}", f["function"]) for f in prof["top_own"]
-        ]
-        lines.append(_table(top))
-        lines.append("")
-        top = [("incl %", "function")] + [
-            (f"{f['percent']:.1f}", f["function"]) for f in prof["top_inclusive"]
-        ]
-        lines.append(_table(top))
     return "\n".join(lines)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--agents", type=int, default=1000, help="number of simulated agents (N)")
-    p.add_argument("--repeat", type=int, default=5, help="number of noop runs (R)")
-    p.add_argument("--json-out", help="also write every figure as JSON to this file")
-    p.add_argument("--connect-timeout", type=float, default=300.0, help="seconds")
-    p.add_argument("--run-timeout", type=float, default=300.0, help="seconds, per run")
-    p.add_argument("--pause-s", type=float, default=1.0, help="pause between runs")
+    p.add_argument("--agents", type=_ints, default=[1000], help="N, or a list: 1000,5000,10000")
     p.add_argument(
-        "--spread-s", type=float, default=0.0, help="start the agents over this many seconds"
+        "--taskservers", type=_ints, default=[2], help="TS processes, or a list: 1,2 (default 2)"
     )
+    p.add_argument("--repeat", type=int, default=3, help="runs per scenario (and floor rounds)")
+    p.add_argument(
+        "--scenarios",
+        type=lambda t: t.split(","),
+        default=list(SCENARIOS),
+        help=f"comma-separated, of {', '.join(SCENARIOS)} (default: all)",
+    )
+    p.add_argument("--no-floor", action="store_true", help="skip the floor measurement")
+    p.add_argument("--json-out", help="also write every figure as JSON to this file")
+    p.add_argument("--connect-timeout", type=float, default=600.0, help="seconds")
+    p.add_argument("--run-timeout", type=float, default=600.0, help="seconds, per run")
+    p.add_argument("--pause-s", type=float, default=1.0, help="pause before each run")
     p.add_argument("--backoff-initial-s", type=float, default=1.0)
     p.add_argument("--backoff-max-s", type=float, default=10.0)
     p.add_argument(
@@ -963,21 +893,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         choices=["ns", "ts"],
         default=[],
-        help="attach py-spy to this server (repeatable)",
+        help="attach py-spy to the NS or to ts-1 (repeatable)",
     )
     p.add_argument("--profile-phase", choices=["connect", "runs"], default="runs")
     p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     p.add_argument("--profile-dir", help="where py-spy's raw stacks go (default: the temp folder)")
-    p.add_argument(
-        "--insecure",
-        action="store_true",
-        help="plain ws:// instead of TLS (the trust model only; for comparison)",
-    )
-    p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, DBs)")
+    p.add_argument("--insecure", action="store_true", help="plain ws:// instead of TLS")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folders (logs, DBs)")
     p.add_argument("--label", help="a note kept with the figures (e.g. which build was measured)")
     args = p.parse_args(argv)
-    if args.agents < 1 or args.repeat < 1:
-        p.error("--agents and --repeat must be at least 1")
+    if min(args.agents) < 1 or args.repeat < 1 or min(args.taskservers) < 1:
+        p.error("--agents, --taskservers and --repeat must be at least 1")
+    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    if unknown:
+        p.error(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
     return args
 
 
@@ -986,32 +915,59 @@ async def amain(args: argparse.Namespace) -> int:
     me = asyncio.current_task()
     assert me is not None
     loop.add_signal_handler(signal.SIGTERM, me.cancel)
-    tmp = tempfile.mkdtemp(prefix="taskfleet-bench-")
-    try:
-        result = await bench(args, Path(tmp))
-    finally:
-        if args.keep:
-            print(f"bench: kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    result["summary"] = summarise(result)
-    if args.keep:
-        result["workdir"] = tmp
-    print(render(result))
+    suite: dict[str, Any] = {
+        "machine": {
+            "nproc": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "nofile": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
+            "calibration_before": calibrate(),
+        },
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "source": source_fingerprint(),
+        "insecure": args.insecure,
+        "repeat": args.repeat,
+        "scenarios": args.scenarios,
+        "label": args.label,
+        "floors": {},
+        "results": [],
+    }
+    for n in args.agents:
+        if not args.no_floor:
+            print(f"bench: floor, N={n} ...", flush=True)
+            suite["floors"][str(n)] = await floor.measure(n, args.repeat, args.insecure)
+            print(f"bench: floor round {suite['floors'][str(n)]['round_median_s']:.3f} s")
+        for k in args.taskservers:
+            tmp = tempfile.mkdtemp(prefix="taskfleet-bench-")
+            try:
+                res = await bench(args, n, k, Path(tmp))
+            finally:
+                if args.keep:
+                    print(f"bench: kept {tmp}", file=sys.stderr)
+                else:
+                    shutil.rmtree(tmp, ignore_errors=True)
+            res["summary"] = summarise(res)
+            suite["results"].append(res)
+    suite["machine"]["calibration_after"] = calibrate()
+    end = source_fingerprint()
+    if end["sources_sha256"] != suite["source"]["sources_sha256"]:
+        suite["source"]["changed_during_bench"] = end
+    print(render(suite))
     if args.json_out:
         with open(args.json_out, "w", encoding="utf-8") as fh:
-            json.dump(result, fh, indent=2, sort_keys=True)
+            json.dump(suite, fh, indent=2, sort_keys=True)
         print(f"\nbench: figures written to {args.json_out}")
-    if result["source"].get("changed_during_bench"):
+    if suite["source"].get("changed_during_bench"):
         return 1
-    return 0 if result["summary"].get("all_ok") else 1
+    ok = all(v["all_ok"] for r in suite["results"] for v in r["summary"].values())
+    return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     soft, hard = raise_nofile()
-    if soft < args.agents * 2 + 100:
-        print(f"bench: warning: open-file limit {soft} may be short for {args.agents} agents")
+    if soft < max(args.agents) * 2 + 100:
+        print(f"bench: warning: open-file limit {soft} may be short for {max(args.agents)} agents")
     configure_logging()
     try:
         return asyncio.run(amain(args))

@@ -1,0 +1,278 @@
+"""The floor: one barrier round over bare websockets + msgpack, with no taskfleet code.
+
+    python bench/floor.py --agents 1000 --rounds 5 [--insecure]
+
+A server process (``python bench/floor.py serve``, started by this script, as the NS and TS are
+in ``bench/run.py``) accepts N WebSocket connections. For each round the bench asks it, over one
+control connection, to send one msgpack message to every connection (an ``execute``-shaped map)
+and to wait until every connection has answered (a ``reports``-shaped map); the server then
+answers the control connection. The round is timed by the bench, from its request to that answer,
+as ``bench/run.py`` times a taskfleet barrier from ``run.start`` to the run's end.
+
+The N clients run as asyncio tasks in the bench process, as taskfleet's lightweight agents do, and
+with the same transport: TLS (a self-signed certificate, verified) unless ``--insecure``. Nothing
+here imports taskfleet, so the figure is what websockets, msgpack and asyncio cost on this machine
+for the same exchange: the bound a taskfleet barrier is compared with (``docs/performance.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import ipaddress
+import json
+import os
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+
+CONTROL = "/control"
+
+
+def _pack(obj: Any) -> bytes:
+    return bytes(msgpack.packb(obj, use_bin_type=True))
+
+
+def make_cert(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (Ed25519, as taskfleet's own)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.x509.oid import NameOID
+
+    key = Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "floor")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, None)
+    )
+    cert_path, key_path = folder / "floor.crt", folder / "floor.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+# -- the server process -------------------------------------------------------------------------
+
+
+async def serve_floor(cert: str | None, key: str | None) -> None:
+    conns: dict[int, ServerConnection] = {}
+    replies: asyncio.Queue[int] = asyncio.Queue()
+
+    async def handler(ws: ServerConnection) -> None:
+        if ws.request is not None and ws.request.path == CONTROL:
+            await control(ws)
+            return
+        me = id(ws)
+        conns[me] = ws
+        try:
+            async for frame in ws:
+                msgpack.unpackb(frame)  # a report, decoded as the relay would
+                replies.put_nowait(me)
+        finally:
+            conns.pop(me, None)
+
+    async def control(ws: ServerConnection) -> None:
+        async for frame in ws:
+            request = msgpack.unpackb(frame)
+            if request["op"] == "count":
+                await ws.send(_pack({"connections": len(conns)}))
+                continue
+            round_no = request["round"]
+            while not replies.empty():
+                replies.get_nowait()
+            targets = list(conns.values())
+            for i, c in enumerate(targets):
+                await c.send(
+                    _pack(
+                        {
+                            "type": "execute",
+                            "id": str(i),
+                            "run_id": round_no,
+                            "instance_id": round_no * 1_000_000 + i,
+                            "task": {"name": "noop", "type": "noop", "timeout_s": 600},
+                            "tokens": {"COMPUTERNAME": f"sim-{i:05d}"},
+                            "timeout_s": 600.0,
+                        }
+                    )
+                )
+            waiting = {id(c) for c in targets}
+            while waiting:
+                waiting.discard(await replies.get())
+            await ws.send(_pack({"round": round_no, "answered": len(targets)}))
+
+    context = None
+    if cert and key:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+    async with serve(
+        handler, "127.0.0.1", 0, ssl=context, compression=None, max_queue=None
+    ) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        print(f"ready port={port}", flush=True)
+        await asyncio.Future()
+
+
+# -- the bench side -----------------------------------------------------------------------------
+
+
+async def _client(url: str, context: ssl.SSLContext | None, connected: asyncio.Event) -> None:
+    async with connect(url, ssl=context, compression=None, open_timeout=120) as ws:
+        connected.set()
+        async for frame in ws:
+            m = msgpack.unpackb(frame)
+            await ws.send(
+                _pack(
+                    {
+                        "type": "reports",
+                        "id": m["id"],
+                        "items": [
+                            {
+                                "instance_id": m["instance_id"],
+                                "state": "succeeded",
+                                "return_code": 0,
+                                "started_at": time.time(),
+                                "ended_at": time.time(),
+                            }
+                        ],
+                    }
+                )
+            )
+
+
+async def measure(
+    n: int, rounds: int, insecure: bool = False, folder: Path | None = None
+) -> dict[str, Any]:
+    """Start the floor server, connect N clients, time ``rounds`` barrier rounds."""
+    own = folder is None
+    tmp = Path(tempfile.mkdtemp(prefix="floor-")) if folder is None else folder
+    argv = [sys.executable, str(Path(__file__).resolve()), "serve"]
+    client_ctx = None
+    if not insecure:
+        cert, key = make_cert(tmp)
+        argv += ["--cert", str(cert), "--key", str(key)]
+        client_ctx = ssl.create_default_context(cafile=str(cert))
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
+    clients: list[asyncio.Task[None]] = []
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        if not line.startswith("ready port="):
+            raise RuntimeError(f"floor server did not start: {line!r}")
+        port = int(line.split("=", 1)[1])
+        scheme = "ws" if insecure else "wss"
+        url = f"{scheme}://127.0.0.1:{port}"
+        rss_before = _rss_kib(proc.pid)
+        t0 = time.perf_counter()
+        events = []
+        for _ in range(n):
+            ev = asyncio.Event()
+            events.append(ev)
+            clients.append(asyncio.create_task(_client(url + "/", client_ctx, ev)))
+        async with connect(url + CONTROL, ssl=client_ctx, compression=None) as ctl:
+
+            async def count() -> int:
+                await ctl.send(_pack({"op": "count"}))
+                return int(msgpack.unpackb(await ctl.recv())["connections"])
+
+            deadline = time.monotonic() + 600
+            while await count() < n:
+                for c in clients:
+                    if c.done() and c.exception() is not None:
+                        raise RuntimeError(f"a floor client failed: {c.exception()!r}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError("floor clients did not all connect in 600 s")
+                await asyncio.sleep(0.1)
+            connect_s = time.perf_counter() - t0
+            await asyncio.sleep(0.5)
+            rss_after = _rss_kib(proc.pid)
+            times = []
+            for r in range(rounds):
+                t = time.perf_counter()
+                await ctl.send(_pack({"op": "round", "round": r + 1}))
+                answer = msgpack.unpackb(await asyncio.wait_for(ctl.recv(), 600))
+                times.append(time.perf_counter() - t)
+                if answer["answered"] != n:
+                    raise RuntimeError(f"floor round answered {answer['answered']} of {n}")
+                await asyncio.sleep(0.3)
+        return {
+            "agents": n,
+            "transport": "plain ws://" if insecure else "TLS",
+            "connect_s": connect_s,
+            "rounds_s": times,
+            "round_median_s": statistics.median(times),
+            "server_rss_per_conn_kib": (rss_after - rss_before) / n,
+        }
+    finally:
+        for c in clients:
+            c.cancel()
+        await asyncio.gather(*clients, return_exceptions=True)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        if own:
+            for p in tmp.iterdir():
+                p.unlink()
+            tmp.rmdir()
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd")
+    s = sub.add_parser("serve", help="(internal) the floor's server process")
+    s.add_argument("--cert")
+    s.add_argument("--key")
+    p.add_argument("--agents", type=int, default=1000)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--insecure", action="store_true", help="plain ws:// instead of TLS")
+    args = p.parse_args(argv)
+    if args.cmd == "serve":
+        asyncio.run(serve_floor(args.cert, args.key))
+        return 0
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    result = asyncio.run(measure(args.agents, args.rounds, args.insecure))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
