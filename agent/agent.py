@@ -290,13 +290,14 @@ class Agent:
                     self.log.warning("unexpected_message", type=message.TYPE)
                     continue
                 if isinstance(message, Execute):
+                    if message.acks:
+                        await self._acked(message.acks)
                     await self._on_execute(message)
                 elif isinstance(message, Cancel):
                     for iid in message.instance_ids:
                         self._stop(iid)
                 elif isinstance(message, ReportsAck):
-                    done = self._inflight.pop(message.reply_to, [])
-                    await self.store.delivered(done)
+                    await self._acked([message.reply_to, *message.more])
                 elif isinstance(message, StepResult):
                     waiter = self._step_waiters.pop(message.reply_to, None)
                     if waiter is not None and not waiter.done():
@@ -363,11 +364,18 @@ class Agent:
 
     async def _send_one(self, link: Link, reports: list[Report]) -> None:
         message = Reports(id=link.next_id(), items=reports)
-        self._inflight[message.id] = [
-            (r.instance_id, r.step) for r in reports if is_terminal(r.state)
-        ]
+        results = [(r.instance_id, r.step) for r in reports if is_terminal(r.state)]
+        if results:  # the relay acknowledges messages that carry results
+            self._inflight[message.id] = results
         with contextlib.suppress(websockets.ConnectionClosed):
             await link.send(message)
+
+    async def _acked(self, message_ids: list[str]) -> None:
+        """The relay stored these ``reports`` messages: their results leave the outbox."""
+        assert self.store is not None
+        done = [key for mid in message_ids for key in self._inflight.pop(mid, [])]
+        if done:
+            await self.store.delivered(done)
 
     # -- work ---------------------------------------------------------------------------
 

@@ -167,6 +167,9 @@ class Execute(Message):
     task: dict[str, Any]
     tokens: dict[str, str]
     timeout_s: float
+    acks: list[str] = field(default_factory=list)
+    """Ids of this agent's ``reports`` messages the relay has stored since its last ack: an
+    acknowledgement riding on the next work instead of a ``reports_ack`` of its own."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -199,6 +202,8 @@ class ReportsAck(Message):
 
     TYPE: ClassVar[str] = "reports_ack"
     reply_to: str
+    more: list[str] = field(default_factory=list)
+    """Further ``reports`` messages acknowledged at once (a relay's deferred acks)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

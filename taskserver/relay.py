@@ -25,7 +25,7 @@ import contextlib
 import dataclasses
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -56,6 +56,8 @@ from taskserver.tasktypes import TS_RUNNERS
 DEADLINE_GRACE_S = 5.0
 BATCH_BYTES = 512 * 1024
 FINISHED_KEPT = 200_000
+ACK_DELAY_S = 1.0
+"""Longest an agent's stored reports wait for their ack when no ``execute`` carries it."""
 """Roll-up batches stay under this many bytes (estimated), well within the 1 MiB frame limit."""
 
 
@@ -99,6 +101,8 @@ class AgentConn:
     name: str
     link: Link
     sent: set[int] = field(default_factory=set)
+    acks: list[str] = field(default_factory=list)
+    """Its ``reports`` messages stored and not yet acknowledged (see ``Relay._ack_later``)."""
 
 
 class Relay:
@@ -127,7 +131,9 @@ class Relay:
         self._cancel_later: dict[str, set[int]] = {}
         self._steps: dict[tuple[int, str], asyncio.Future[Outcome]] = {}
         self._local_sem = asyncio.Semaphore(local_concurrency)
-        self._inbox: list[tuple[list[Report], Callable[[], Awaitable[None]] | None]] = []
+        self._inbox: list[tuple[list[Report], AgentConn | None, str]] = []
+        self._acks_due: dict[int, AgentConn] = {}
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._inbox_count = 0
         self._unsent: deque[tuple[int | None, Report]] = deque()
         self._presence_on: set[str] = set()
@@ -333,19 +339,16 @@ class Relay:
             self.log.warning(
                 "report_refused", peer=conn.link.peer, instance_id=r.instance_id, reason=why
             )
-        link = conn.link
-        reply_to = message.id
-
-        async def ack() -> None:
-            await link.send(ReportsAck(id=link.next_id(), reply_to=reply_to))
-
-        self._report(items, ack)
+        # Only results wait in the agent's outbox for an ack; progress needs none.
+        needs_ack = any(is_terminal(r.state) for r in message.items)
+        self._report(items, conn, message.id if needs_ack else "")
 
     async def _send_execute(self, conn: AgentConn, h: Held) -> None:
         left_s = h.deadline - time.time()
         if left_s <= 0 or h.instance_id in conn.sent:
             return
         conn.sent.add(h.instance_id)
+        acks, conn.acks = conn.acks, []
         with contextlib.suppress(websockets.ConnectionClosed):
             await conn.link.send(
                 Execute(
@@ -355,6 +358,7 @@ class Relay:
                     task=h.task,
                     tokens=h.tokens,
                     timeout_s=left_s,
+                    acks=acks,
                 )
             )
 
@@ -503,10 +507,10 @@ class Relay:
 
     # -- roll-up ------------------------------------------------------------------------
 
-    def _report(
-        self, items: list[Report], ack: Callable[[], Awaitable[None]] | None = None
-    ) -> None:
-        self._inbox.append((items, ack))
+    def _report(self, items: list[Report], conn: AgentConn | None = None, ack: str = "") -> None:
+        """Queue reports for the next flush; ``ack`` names the agent message to acknowledge
+        once they are stored."""
+        self._inbox.append((items, conn, ack))
         self._inbox_count += len(items)
         self.stats["reports_in"] += len(items)
         self._wake_flush.set()
@@ -522,7 +526,7 @@ class Relay:
                 continue
             final: dict[tuple[int, str], Report] = {}
             progress: list[Report] = []
-            for items, _ in batch:
+            for items, _, _ in batch:
                 for r in items:
                     key = (r.instance_id, r.step)
                     if not is_terminal(r.state):
@@ -536,8 +540,12 @@ class Relay:
             try:
                 seqs = await self.store.finish(terminal)
             except Exception:
-                # Not acknowledged: the agents keep their results and send them again.
+                # Not acknowledged, not dropped: the batch goes back and is tried again.
                 self.log.exception("relay_store_failed", reports=len(terminal))
+                self._inbox[:0] = batch
+                self._inbox_count += sum(len(items) for items, _, _ in batch)
+                await asyncio.sleep(1.0)
+                self._wake_flush.set()
                 continue
             for r in terminal:
                 if not r.step:
@@ -546,13 +554,40 @@ class Relay:
                         self._finished[r.instance_id] = h.computer
                         while len(self._finished) > FINISHED_KEPT:
                             self._finished.popitem(last=False)
-            for _, ack in batch:
-                if ack is not None:
-                    with contextlib.suppress(Exception):
-                        await ack()
+            for _, conn, ack in batch:
+                if conn is not None and ack:
+                    self._ack_later(conn, ack)
             self._unsent.extend((None, r) for r in progress)
             self._unsent.extend(zip(seqs, terminal, strict=True))
             self._wake_up.set()
+
+    def _ack_later(self, conn: AgentConn, message_id: str) -> None:
+        """Acknowledge an agent's stored reports off the critical path of a run: with the next
+        ``execute`` sent to that agent, or within ``ACK_DELAY_S`` in one ``reports_ack``.
+
+        A result waits in the agent's outbox until then; should the agent reconnect first, it
+        sends it again and the relay recognises the repeat (``_finished``, ``seen``).
+        """
+        conn.acks.append(message_id)
+        self._acks_due[id(conn)] = conn
+        if self._ack_timer is None:
+            loop = asyncio.get_running_loop()
+            self._ack_timer = loop.call_later(ACK_DELAY_S, self._acks_now)
+
+    def _acks_now(self) -> None:
+        self._ack_timer = None
+        due, self._acks_due = list(self._acks_due.values()), {}
+        self._spawn(self._send_acks(due))
+
+    async def _send_acks(self, due: list[AgentConn]) -> None:
+        for conn in due:
+            if not conn.acks or self.agents.get(conn.name) is not conn:
+                continue
+            acks, conn.acks = conn.acks, []
+            with contextlib.suppress(Exception):
+                await conn.link.send(
+                    ReportsAck(id=conn.link.next_id(), reply_to=acks[0], more=acks[1:])
+                )
 
     async def _upstream_loop(self) -> None:
         while True:

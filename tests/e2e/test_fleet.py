@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 
 from tests.helpers import Fleet, task_doc, until, wait_run
 
@@ -136,3 +137,28 @@ async def test_watch_gets_the_changes_of_one_pass_as_one_event(fleet: Fleet, tmp
         assert {i["state"] for i in items} == {"stopped"}
         event = await next_event()
         assert (event.kind, event.data) == ("run", {"status": "stopped"})
+
+
+async def test_results_leave_the_agent_outbox_once_acknowledged(fleet: Fleet, tmp_path):
+    """Acks are deferred off a run's critical path, not skipped: after a run, and after the
+    next run whose executes carry them, every agent's outbox (its SQLite file) is empty."""
+    names = ["ack-1", "ack-2"]
+    await fleet.server()
+    await fleet.taskserver("ts-ack")
+    for name in names:
+        await fleet.agent(name)
+    await fleet.wait_online(names)
+    async with fleet.admin() as c:
+        await c.call("task.add", text=task_doc("quick", "echo hi"), filename="t")
+        for _ in range(2):  # the second run's executes carry the first run's acks
+            run_id = (await c.call("run.start", task="quick", computers=names))["run_id"]
+            assert (await wait_run(c, run_id))["status"] == "succeeded"
+
+    async def outbox_empty() -> bool:
+        total = 0
+        for name in names:
+            with sqlite3.connect(fleet.root / name / "agent.db") as db:
+                total += db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        return total == 0
+
+    await until(outbox_empty, "the agents' outboxes to empty", timeout_s=15)
