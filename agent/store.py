@@ -14,15 +14,16 @@ import aiosqlite
 
 from protocol.messages import Report
 
+_REPORT_FIELDS = tuple(f.name for f in dataclasses.fields(Report))
+
 
 def report_to_json(r: Report) -> str:
     """A report as stored in an outbox: every field, so nothing changes on the way back."""
-    return json.dumps({f.name: getattr(r, f.name) for f in dataclasses.fields(Report)})
+    return json.dumps({name: getattr(r, name) for name in _REPORT_FIELDS})
 
 
 def report_from_json(text: str) -> Report:
-    known = {f.name for f in dataclasses.fields(Report)}
-    return Report(**{k: v for k, v in json.loads(text).items() if k in known})
+    return Report(**{k: v for k, v in json.loads(text).items() if k in _REPORT_FIELDS})
 
 
 async def open_db(path: str, migrations: list[str]) -> aiosqlite.Connection:

@@ -88,6 +88,15 @@ class RelayStore:
                 seen.update(int(r[0]) for r in await cur.fetchall())
         fresh = [h for h in items if h.instance_id not in seen]
         now = time.time()
+        # A dispatch shares one task among all its targets: encode it once.
+        tasks: dict[int, str] = {}
+
+        def task_json(task: dict[str, Any]) -> str:
+            text = tasks.get(id(task))
+            if text is None:
+                text = tasks[id(task)] = json.dumps(task)
+            return text
+
         await self.db.executemany(
             "INSERT OR IGNORE INTO seen(instance_id, at) VALUES (?, ?)",
             [(h.instance_id, now) for h in fresh],
@@ -100,7 +109,7 @@ class RelayStore:
                     h.instance_id,
                     h.run_id,
                     h.computer,
-                    json.dumps(h.task),
+                    task_json(h.task),
                     json.dumps(h.tokens),
                     h.deadline,
                     int(h.local),
