@@ -41,11 +41,13 @@ from protocol.session import (
 
 HANDSHAKE_TIMEOUT_S = 10.0
 
-# asyncio gives every TLS connection a 256 KiB read buffer, zero-filled (sslproto.py). A TS with
-# ten thousand agents would spend GiBs on it; taskfleet frames are small, 16 KiB is plenty
-# (measured: 310 KiB per agent on a TS with the default, 68 KiB with this; same run times).
+# asyncio gives every TLS connection a 256 KiB read buffer, zero-filled (sslproto.py), for the
+# life of the connection. A TS with ten thousand agents would spend GiBs on it. taskfleet frames
+# from agents are small; a larger frame (a dispatch) is simply read in more steps. Measured per
+# idle TLS connection (websockets server, OpenSSL 3.0): 256 KiB -> ~290 KiB, 16 KiB -> 50 KiB,
+# 4 KiB -> 38 KiB, against 14.5 KiB without TLS; run times unchanged (docs/performance.md).
 if hasattr(sslproto.SSLProtocol, "max_size"):
-    sslproto.SSLProtocol.max_size = 16 * 1024
+    sslproto.SSLProtocol.max_size = 4 * 1024
 
 
 class Link:

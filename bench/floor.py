@@ -133,7 +133,7 @@ async def serve_floor(cert: str | None, key: str | None) -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
     async with serve(
-        handler, "127.0.0.1", 0, ssl=context, compression=None, max_queue=None
+        handler, "127.0.0.1", 0, ssl=context, compression=None, max_queue=None, ping_interval=None
     ) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         print(f"ready port={port}", flush=True)
@@ -144,7 +144,9 @@ async def serve_floor(cert: str | None, key: str | None) -> None:
 
 
 async def _client(url: str, context: ssl.SSLContext | None, connected: asyncio.Event) -> None:
-    async with connect(url, ssl=context, compression=None, open_timeout=120) as ws:
+    async with connect(
+        url, ssl=context, compression=None, open_timeout=120, ping_interval=None
+    ) as ws:
         connected.set()
         async for frame in ws:
             m = msgpack.unpackb(frame)
