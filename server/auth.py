@@ -8,6 +8,7 @@ message: no silent takeover. Admins present a token; its role bounds their opera
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import time
@@ -128,7 +129,11 @@ async def authenticate(ns: NotificationServer, link: Link, hello: Hello) -> dict
     if row is not None and row["state"] == "accepted":
         return {"public_key": key}
     if isinstance(enrol, str) and enrol:
-        why = await ns.db.use_enrol_token(hash_token(enrol))
+        # Shielded: once started, the spend and the key's acceptance finish together even if
+        # this handshake is cut (a deadline, a lost connection); the agent's retry is then known.
+        why = await asyncio.shield(
+            ns.db.enrol_with_token(hash_token(enrol), role, name, key, fp, address)
+        )
         if why is not None:
             ns.log.warning("enrol_token_refused", peer=link.peer, reason=why)
             raise HandshakeError(
@@ -136,7 +141,6 @@ async def authenticate(ns: NotificationServer, link: Link, hello: Hello) -> dict
                 code="enrol_token_refused",
                 close_code=CLOSE_UNAUTHORIZED,
             )
-        await ns.db.put_key(role, name, key, fp, "accepted", address)
         await ns.db.audit(
             f"{role}:{name}", "keys.enrol", f"key {fp} accepted with an enrolment token", "ok"
         )

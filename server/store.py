@@ -1224,10 +1224,15 @@ class Store:
             (token_hash, uses, expires_at, time.time(), created_by),
         )
 
-    async def use_enrol_token(self, token_hash: str) -> str | None:
-        """Spend one use of an enrolment token; return why it cannot be used, or None.
+    async def enrol_with_token(
+        self, token_hash: str, role: str, name: str, key: bytes, fingerprint: str, address: str
+    ) -> str | None:
+        """Spend one use of an enrolment token and accept the key, in one transaction; return
+        why the token cannot be used, or None.
 
         One conditional UPDATE: concurrent enrolments can never spend more uses than there are.
+        The key is stored in the same commit, so a use is never spent without its key (a
+        handshake cut in between would otherwise cost a use per retry).
         """
         cur = await self.db.execute(
             "UPDATE enrol_tokens SET uses_left=uses_left-1"
@@ -1236,8 +1241,8 @@ class Store:
         )
         spent = cur.rowcount == 1
         await cur.close()
-        await self.db.commit()
         if spent:
+            await self.put_key(role, name, key, fingerprint, "accepted", address)  # commits both
             return None
         row = await self._one(
             "SELECT uses_left, expires_at FROM enrol_tokens WHERE token_hash=?", (token_hash,)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 
 import pytest
@@ -130,10 +131,43 @@ async def test_an_enrolment_token_is_never_spent_more_often_than_it_allows(tmp_p
     store = await Store.open(str(tmp_path / "server.db"))
     try:
         await store.add_enrol_token("h", 1, time.time() + 60, "admin")
-        answers = await asyncio.gather(*(store.use_enrol_token("h") for _ in range(5)))
+        answers = await asyncio.gather(
+            *(
+                store.enrol_with_token("h", "agent", f"pc-{i}", bytes([i]) * 32, f"fp{i}", "x")
+                for i in range(5)
+            )
+        )
         assert answers.count(None) == 1
         assert answers.count("the enrolment token is used up") == 4
         (row,) = await store.enrol_tokens()
         assert row["uses_left"] == 0
+        winner = answers.index(None)
+        assert (await store.key("agent", f"pc-{winner}"))["state"] == "accepted"
+        assert await store.key("agent", f"pc-{(winner + 1) % 5}") is None
+    finally:
+        await store.close()
+
+
+async def test_an_enrolment_cut_mid_way_still_stores_the_key_it_paid_for(tmp_path):
+    """The use of a token and the key's acceptance are one commit: a handshake cancelled while
+    enrolling (``server/auth.py`` shields the call the same way) leaves the key accepted, so the
+    agent's retry spends nothing more."""
+    import asyncio
+    import time
+
+    store = await Store.open(str(tmp_path / "server.db"))
+    try:
+        await store.add_enrol_token("h", 2, time.time() + 60, "admin")
+        task = asyncio.ensure_future(
+            asyncio.shield(store.enrol_with_token("h", "agent", "pc-1", b"k" * 32, "fp", "x"))
+        )
+        await asyncio.sleep(0)
+        task.cancel()  # the handshake deadline, say
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.2)  # the shielded enrolment finishes on its own
+        assert (await store.key("agent", "pc-1"))["state"] == "accepted"
+        (row,) = await store.enrol_tokens()
+        assert row["uses_left"] == 1
     finally:
         await store.close()
