@@ -22,6 +22,7 @@ import asyncio
 import datetime
 import ipaddress
 import json
+import logging
 import os
 import ssl
 import statistics
@@ -83,6 +84,8 @@ def make_cert(folder: Path) -> tuple[Path, Path]:
 
 
 async def serve_floor(cert: str | None, key: str | None) -> None:
+    # Clients closing as the bench ends are no news.
+    logging.getLogger("websockets").setLevel(logging.CRITICAL)
     conns: dict[int, ServerConnection] = {}
     replies: asyncio.Queue[int] = asyncio.Queue()
 

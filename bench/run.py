@@ -948,6 +948,10 @@ async def amain(args: argparse.Namespace) -> int:
                     shutil.rmtree(tmp, ignore_errors=True)
             res["summary"] = summarise(res)
             suite["results"].append(res)
+            print(render(suite), flush=True)  # so far: a long suite shows each result as it lands
+            if args.json_out:
+                with open(args.json_out, "w", encoding="utf-8") as fh:
+                    json.dump(suite, fh, indent=2, sort_keys=True)
     suite["machine"]["calibration_after"] = calibrate()
     end = source_fingerprint()
     if end["sources_sha256"] != suite["source"]["sources_sha256"]:
