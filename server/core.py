@@ -26,7 +26,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agent import logs
+from agent import heap, logs
 from agent.keys import load_or_create, public_bytes
 from agent.link import HANDSHAKE_TIMEOUT_S, ConnectionCap, Link, listen
 from agent.runner import Outcome, ScriptRun
@@ -283,6 +283,7 @@ class NotificationServer:
         scheme = "ws" if self.insecure else "wss"
         self.url = f"{scheme}://{self.host}:{self.port}"
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="ns-sweep")
+        self.spawn(heap.trim_periodically())  # registration bursts leave the heap large
         self.spawn(self.dispatch_route(BUILTIN))
         self.log.info("server_listening", url=self.url, active_runs=len(self.active))
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import websockets
 
-from agent import logs
+from agent import heap, logs
 from agent.keys import load_or_create, public_bytes
 from agent.link import ConnectionCap, Link, accept, challenge, connect, listen
 from agent.tls import ClientTrust, ensure_certificates, file_fingerprint, server_context
@@ -106,6 +106,7 @@ class TaskServer:
         self.ns_public_key = b""
         self._server: Any = None
         self._ns_task: asyncio.Task[None] | None = None
+        self._trimmer: asyncio.Task[None] | None = None
         self.relay: Relay | None = None
         self.store: RelayStore | None = None
 
@@ -145,9 +146,12 @@ class TaskServer:
         scheme = "ws" if self.insecure else "wss"
         self.url = self.advertise or f"{scheme}://{self.host}:{bound}"
         self._ns_task = asyncio.create_task(self._ns_loop(), name="ts-ns-link")
+        self._trimmer = asyncio.create_task(heap.trim_periodically(), name="ts-heap-trim")
         self.log.info("taskserver_listening", url=self.url, tls_fingerprint=self.tls_fingerprint)
 
     async def stop(self) -> None:
+        if self._trimmer is not None:
+            self._trimmer.cancel()
         if self._ns_task is not None:
             self._ns_task.cancel()
             with contextlib.suppress(BaseException):

@@ -1,0 +1,45 @@
+"""Hand freed heap memory back to the operating system after a burst (glibc's ``malloc_trim``).
+
+A burst of connections (ten thousand agents registering at once, a reconnect storm) leaves the
+servers' C heap large once the connections are gone: glibc keeps freed blocks for reuse, and
+the process stays at its high-water mark. ``malloc_trim(0)`` returns those free pages. It is
+cheap (a walk over free blocks, milliseconds) and harmless; where there is no glibc it does
+nothing. The NS and the TS call it every ``TRIM_EVERY_S`` (measured: ``docs/performance.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+from collections.abc import Callable
+
+TRIM_EVERY_S = 15.0
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        fn = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_size_t]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_TRIM = _malloc_trim()
+
+
+def trim() -> bool:
+    """Return free heap pages to the OS; True if any were (False where unsupported)."""
+    return bool(_TRIM(0)) if _TRIM is not None else False
+
+
+async def trim_periodically(every_s: float = TRIM_EVERY_S) -> None:
+    """Trim every ``every_s`` seconds until cancelled."""
+    while True:
+        await asyncio.sleep(every_s)
+        trim()
