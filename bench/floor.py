@@ -195,13 +195,13 @@ async def measure(
         scheme = "ws" if insecure else "wss"
         url = f"{scheme}://127.0.0.1:{port}"
         rss_before = _rss_kib(proc.pid)
-        t0 = time.perf_counter()
-        events = []
-        for _ in range(n):
-            ev = asyncio.Event()
-            events.append(ev)
-            clients.append(asyncio.create_task(_client(url + "/", client_ctx, ev)))
-        async with connect(url + CONTROL, ssl=client_ctx, compression=None) as ctl:
+        # The control connection first: N handshakes at once would starve its own.
+        async with connect(
+            url + CONTROL, ssl=client_ctx, compression=None, open_timeout=600, ping_interval=None
+        ) as ctl:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                clients.append(asyncio.create_task(_client(url + "/", client_ctx, asyncio.Event())))
 
             async def count() -> int:
                 await ctl.send(_pack({"op": "count"}))
