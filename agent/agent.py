@@ -76,6 +76,13 @@ class _Running:
     task: asyncio.Task[None]
 
 
+def _superseding(old: Report | None, new: Report) -> Report:
+    """``new`` in place of the held ``old`` of the same instance or step, keeping its start."""
+    if old is not None and new.started_at is None:
+        return dataclasses.replace(new, started_at=old.started_at)
+    return new
+
+
 class Agent:
     """One agent. ``await run()`` serves until cancelled."""
 
@@ -322,10 +329,7 @@ class Agent:
         a long task still shows ``running`` a moment after it starts.
         """
         key = (report.instance_id, report.step)
-        old = self._held.get(key)
-        if old is not None and report.started_at is None:
-            report = dataclasses.replace(report, started_at=old.started_at)
-        self._held[key] = report
+        self._held[key] = _superseding(self._held.get(key), report)
         if self._held_timer is None:
             loop = asyncio.get_running_loop()
             self._held_timer = loop.call_later(self.PROGRESS_HOLD_S, self._flush_progress)
@@ -342,9 +346,7 @@ class Agent:
         ``started_at`` carried over)."""
         if self._held:
             for i, r in enumerate(reports):
-                old = self._held.pop((r.instance_id, r.step), None)
-                if old is not None and r.started_at is None:
-                    reports[i] = dataclasses.replace(r, started_at=old.started_at)
+                reports[i] = _superseding(self._held.pop((r.instance_id, r.step), None), r)
             reports = [*self._held.values(), *reports]
             self._held = {}
         link = self.link
