@@ -24,10 +24,15 @@ from admin.output import ago, iso, short_time, table
 from admin.trustverbs import add_trust_verbs
 from admin.views import follow, print_run, run_json
 from agent import logs
+from agent.gate import HANDSHAKES_AT_ONCE
 from agent.tls import ClientTrust
 from protocol.errors import RemoteError
 
 DEFAULT_SERVER = "wss://127.0.0.1:8470"
+HANDSHAKES_HELP = (
+    "handshakes (TLS, key proof, registration) worked on at once; more connections wait their"
+    " turn before TLS, so a burst of agents drains instead of timing out"
+)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 USAGE_CODES = {
     "bad_request",
@@ -99,6 +104,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         max_connections_per_address=args.max_connections_per_address,
+        max_handshakes=args.max_handshakes,
         max_pending_keys=args.max_pending_keys,
         smtp=_smtp(args),
         ts_grace_s=args.ts_grace_s,
@@ -157,6 +163,7 @@ def cmd_taskserver(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        max_handshakes=args.max_handshakes,
     )
     asyncio.run(
         _serve_forever(ts, "taskfleet taskserver ready url={c.url} fingerprint={c.tls_fingerprint}")
@@ -503,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--insecure", action="store_true", help="plain ws://, no TLS (tests only)")
     s.add_argument("--max-connections-per-address", type=int, default=20_000)
     s.add_argument("--max-pending-keys", type=int, default=1_000)
+    s.add_argument("--max-handshakes", type=int, default=HANDSHAKES_AT_ONCE, help=HANDSHAKES_HELP)
     s.add_argument(
         "--min-free-mb",
         type=float,
@@ -532,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--name", default=os.uname().nodename)
     t.add_argument("--advertise", help="URL agents use to reach this TS (default: wss://LISTEN)")
     t.add_argument("--flush-ms", type=int, default=10)
+    t.add_argument("--max-handshakes", type=int, default=HANDSHAKES_AT_ONCE, help=HANDSHAKES_HELP)
     t.set_defaults(func=cmd_taskserver)
 
     a = sub.add_parser("agent", parents=[token, trust, enrol], help="run an agent")

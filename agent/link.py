@@ -23,6 +23,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 
+from agent.gate import Gate, connection_class, handshake_done
 from agent.keys import public_bytes
 from agent.tls import ClientTrust
 from protocol import PROTOCOL_VERSION, codec
@@ -40,6 +41,8 @@ from protocol.session import (
 )
 
 HANDSHAKE_TIMEOUT_S = 10.0
+LISTEN_BACKLOG = 2048
+"""Connections the kernel holds before we accept them: a burst is accepted, then gated."""
 
 # asyncio gives every TLS connection a 256 KiB read buffer, zero-filled (sslproto.py), for the
 # life of the connection. A TS with ten thousand agents would spend GiBs on it. taskfleet frames
@@ -116,6 +119,10 @@ class Link:
             if not fut.done():
                 fut.set_exception(exc)
         self._waiting.clear()
+
+    def handshake_done(self) -> None:
+        """The ``welcome`` is out: let the listener's gate start the next waiting handshake."""
+        handshake_done(self.ws)
 
     async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """Close with a code and a reason (reasons are cut to fit a close frame)."""
@@ -321,18 +328,28 @@ async def listen(
     *,
     compression: bool = False,
     ssl_context: ssl.SSLContext | None = None,
+    gate: Gate | None = None,
+    tls_timeout_s: float = HANDSHAKE_TIMEOUT_S,
 ) -> tuple[Server, int]:
-    """Start a WebSocket listener (TLS when ``ssl_context``); return it and the bound port."""
+    """Start a WebSocket listener (TLS when ``ssl_context``); return it and the bound port.
+
+    Connections pass ``gate`` (``agent.gate``) before TLS: at most ``gate.limit`` handshakes run
+    at once, the rest wait their turn. The handler calls :meth:`Link.handshake_done` once it
+    has sent its ``welcome``; the caller calls ``gate.close()`` when it stops the listener.
+    """
+    gate = gate if gate is not None else Gate()
     server = await ws_serve(
         handler,
         host,
         port,
-        ssl=ssl_context,
+        ssl=None,  # the gated connection runs TLS itself, once admitted
+        create_connection=connection_class(gate, ssl_context, tls_timeout_s),
         compression="deflate" if compression else None,
         max_size=codec.DEFAULT_LIMITS.max_frame_bytes,
         ping_interval=20,
         ping_timeout=20,
         server_header="taskfleet",
+        backlog=LISTEN_BACKLOG,
     )
     bound = next(iter(server.sockets)).getsockname()[1]
     return server, int(bound)

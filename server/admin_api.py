@@ -130,6 +130,8 @@ async def computers_add(ns: NotificationServer, link: Link, args: dict[str, Any]
         row = await ns.db.add_device(name, address, ts, _arg(args, "mac", str, ""))
     except ValueError as exc:
         raise ApiError("exists", str(exc)) from None
+    finally:
+        ns.forget_taskserver_load()
     return _computer_view(row)
 
 
@@ -462,9 +464,13 @@ async def messages_list(ns: NotificationServer, link: Link, args: dict[str, Any]
 
 @op("stats")
 async def stats(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
-    """Refusal counters (by code) since the server started."""
+    """Refusal counters (by code) since the server started, and the handshake gate's state."""
     relay = ns.relay.refused if ns.relay is not None else {}
-    return {"refused": dict(ns.refused), "builtin_relay_refused": dict(relay)}
+    return {
+        "refused": dict(ns.refused),
+        "builtin_relay_refused": dict(relay),
+        "handshake_gate": ns.gate.stats(),
+    }
 
 
 @op("inventory.show")

@@ -112,6 +112,7 @@ async def serve_agent(
             config=config,
         )
     )
+    link.handshake_done()
     if ts is None:
         assert ns.relay is not None
         await ns.relay.serve_agent(link, hello)
@@ -127,7 +128,8 @@ async def assign(ns: NotificationServer, row: dict[str, Any]) -> dict[str, Any] 
     ``ns.ts_grace_s`` (a restarting TS keeps its agents, and the work it holds for them); else the
     connected TS with the fewest computers; else none (the built-in service)."""
     async with ns.assign_lock:
-        known = {t["name"]: t for t in await ns.db.taskservers()}
+        known = {t["name"]: t for t in await ns.db.taskserver_rows()}
+        load = await ns.taskserver_load()
         servers = {name: t for name, t in known.items() if name in ns.routes}
         current = row["taskserver"]
         recent = (
@@ -137,11 +139,15 @@ async def assign(ns: NotificationServer, row: dict[str, Any]) -> dict[str, Any] 
             chosen: str | None = current
             servers = known
         elif servers:
-            chosen = min(servers.values(), key=lambda t: (t["computers"], t["name"]))["name"]
+            chosen = min(servers, key=lambda name: (load[name], name))
         else:
             chosen = None
         if chosen != current:
             await ns.db.set_taskserver(row["id"], chosen)
+            if current is not None:
+                load[current] -= 1
+            if chosen is not None:
+                load[chosen] += 1
             if current is not None or row["has_agent"]:
                 # Its unfinished work follows it to its new relay.
                 await ns.reroute(row["id"], current or BUILTIN, chosen or BUILTIN)
@@ -192,6 +198,7 @@ async def serve_taskserver(
             config={"server_public_key": ns.public_key.hex()},
         )
     )
+    link.handshake_done()
     route = RemoteRoute(link)
     ns.routes[name] = route
     ns.log.info("taskserver_connected", taskserver=name, url=url)
@@ -237,6 +244,7 @@ async def serve_admin(
             config={"admin": who, "role": role},
         )
     )
+    link.handshake_done()
     session = Session(Role.ADMIN)
     limiter = RateLimiter(ns.admin_rate_per_s, ns.admin_rate_per_s * 4)
     try:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agent import heap, logs
+from agent.gate import HANDSHAKES_AT_ONCE, WAIT_AT_MOST_S, Gate
 from agent.keys import load_or_create, public_bytes
 from agent.link import HANDSHAKE_TIMEOUT_S, ConnectionCap, Link, listen
 from agent.runner import Outcome, ScriptRun
@@ -186,6 +187,7 @@ class NotificationServer:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         max_connections_per_address: int = 20_000,
+        max_handshakes: int = HANDSHAKES_AT_ONCE,
         max_pending_keys: int = 1_000,
         agent_rate_per_s: float = 200.0,
         admin_rate_per_s: float = 50.0,
@@ -208,6 +210,8 @@ class NotificationServer:
         self.tls_fingerprint = ""
         self.ca_file = ""
         self.connection_cap = ConnectionCap(max_connections_per_address)
+        self.gate = Gate(limit=max_handshakes, wait_s=min(WAIT_AT_MOST_S, handshake_timeout_s))
+        """At most this many handshakes at once; a burst waits its turn before TLS (agent.gate)."""
         self.max_pending_keys = max_pending_keys
         self.agent_rate_per_s = agent_rate_per_s
         self.admin_rate_per_s = admin_rate_per_s
@@ -237,6 +241,7 @@ class NotificationServer:
         self._ssl_context: Any = None
         self.message_watchers: set[Link] = set()
         self._changes: dict[int, list[dict[str, Any]]] = {}
+        self._ts_load: Counter[str] | None = None
         self._changes_handle: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -307,6 +312,8 @@ class NotificationServer:
             self.port,
             compression=self.compression,
             ssl_context=self._ssl_context,
+            gate=self.gate,
+            tls_timeout_s=self.handshake_timeout_s,
         )
 
     SERVICES = ("scheduler", "task-service", "listeners")
@@ -331,6 +338,7 @@ class NotificationServer:
         elif name == "listeners":
             if self._server is not None:
                 self._server.close()
+                self.gate.close()
                 await self._server.wait_closed()
             await self._start_listener()
         else:
@@ -340,6 +348,7 @@ class NotificationServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+            self.gate.close()
             await self._server.wait_closed()
         for run in self.server_runs.values():
             run.stop()
@@ -355,6 +364,17 @@ class NotificationServer:
             await self._relay_store.close()
         if self.store is not None:
             await self.store.close()
+
+    async def taskserver_load(self) -> Counter[str]:
+        """Computers per TS, counted once from the database, then kept by ``assign``: a
+        registration must not count the computers table (10,000 registrations would count it
+        10,000 times). ``forget_taskserver_load`` makes the next call count again."""
+        if self._ts_load is None:
+            self._ts_load = Counter(await self.db.computers_per_taskserver())
+        return self._ts_load
+
+    def forget_taskserver_load(self) -> None:
+        self._ts_load = None
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)

@@ -423,10 +423,22 @@ class Store:
         await self.db.commit()
 
     async def taskservers(self) -> list[dict[str, Any]]:
+        """Every TS with its count of computers (a scan of the computers: for views, not per
+        registration; registration uses :meth:`taskserver_rows` and the NS's own counts)."""
         return await self._all(
             "SELECT t.*, (SELECT count(*) FROM computers c WHERE c.taskserver=t.name) AS computers"
             " FROM taskservers t ORDER BY name"
         )
+
+    async def taskserver_rows(self) -> list[dict[str, Any]]:
+        return await self._all("SELECT * FROM taskservers ORDER BY name")
+
+    async def computers_per_taskserver(self) -> dict[str, int]:
+        rows = await self._all(
+            "SELECT taskserver, count(*) AS n FROM computers"
+            " WHERE taskserver IS NOT NULL GROUP BY taskserver"
+        )
+        return {r["taskserver"]: r["n"] for r in rows}
 
     # -- tasks and jobs -----------------------------------------------------------------
 

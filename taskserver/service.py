@@ -16,6 +16,7 @@ from typing import Any
 import websockets
 
 from agent import heap, logs
+from agent.gate import HANDSHAKES_AT_ONCE, Gate
 from agent.keys import load_or_create, public_bytes
 from agent.link import ConnectionCap, Link, accept, challenge, connect, listen
 from agent.tls import ClientTrust, ensure_certificates, file_fingerprint, server_context
@@ -79,6 +80,7 @@ class TaskServer:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         max_connections_per_address: int = 20_000,
+        max_handshakes: int = HANDSHAKES_AT_ONCE,
         agent_rate_per_s: float = 200.0,
     ):
         self.server_url = server_url
@@ -96,6 +98,8 @@ class TaskServer:
         self.tls_key = tls_key
         self.tls_fingerprint = ""
         self.connection_cap = ConnectionCap(max_connections_per_address)
+        self.gate = Gate(limit=max_handshakes)
+        """At most this many handshakes at once; a burst waits its turn before TLS (agent.gate)."""
         self.agent_rate_per_s = agent_rate_per_s
         self.log = logs.get("taskserver", ts=name)
         self.url = ""
@@ -140,7 +144,12 @@ class TaskServer:
                 "insecure_listener", reason="--insecure: plain ws://, no TLS; use only for tests"
             )
         self._server, bound = await listen(
-            self._serve, self.host, self.port, compression=self.compression, ssl_context=ssl_context
+            self._serve,
+            self.host,
+            self.port,
+            compression=self.compression,
+            ssl_context=ssl_context,
+            gate=self.gate,
         )
         self.port = bound
         scheme = "ws" if self.insecure else "wss"
@@ -158,6 +167,7 @@ class TaskServer:
                 await self._ns_task
         if self._server is not None:
             self._server.close()
+            self.gate.close()
             await self._server.wait_closed()
         if self.relay is not None:
             await self.relay.stop()
@@ -192,6 +202,7 @@ class TaskServer:
                     id=link.next_id(), reply_to=hello.id, version=PROTOCOL_VERSION, server=self.name
                 )
             )
+            link.handshake_done()
             assert self.relay is not None
             await self.relay.serve_agent(link, hello)
         finally:

@@ -141,7 +141,7 @@ class Fleet:
                 self.enrol_token = (await c.call("tokens.create", ttl_s=3600, uses=10_000))["token"]
         return self.ns
 
-    async def taskserver(self, name: str, port: int = 0) -> Proc:
+    async def taskserver(self, name: str, port: int = 0, *extra: str) -> Proc:
         assert self.ns is not None
         return await self._proc(
             name,
@@ -158,6 +158,7 @@ class Fleet:
                 "--enrol-token",
                 self.enrol_token,
                 *self.trust_args(),
+                *extra,
             ],
         ).start()
 

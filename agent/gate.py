@@ -1,0 +1,238 @@
+"""Admission before TLS: a listener works on at most ``limit`` handshakes at once.
+
+Under a registration burst (the NS restarts, the power comes back on a site), every agent
+connects in the same second. Served all at once, every handshake takes as long as all of them
+together, passes its deadline, and its agent retries: the work is thrown away and the burst never
+drains (10,000 agents did not get through in 9 minutes, docs/performance.md). So a listener
+accepts TCP connections as they come but starts TLS for only ``limit`` of them at a time. The
+rest wait, reading paused, in arrival order: each costs a socket and a small object, no TLS state.
+When ``waiting`` are already waiting, or one has waited longer than ``wait_s`` (its client has
+given up by then), its TCP connection is closed before any TLS work; the client backs off with
+jitter and comes again.
+
+A connection holds its slot from the start of TLS until its handler calls ``handshake_done()``
+(after the ``welcome``), or until it closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections import deque
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+
+HANDSHAKES_AT_ONCE = 128
+WAITING_AT_MOST = 20_000
+WAIT_AT_MOST_S = 6.0
+"""Less than a client's open timeout (10 s): a connection that waited longer is likely dead."""
+
+
+class Gate:
+    """Counts handshakes in progress and queues the connections beyond ``limit``."""
+
+    def __init__(
+        self,
+        limit: int = HANDSHAKES_AT_ONCE,
+        waiting: int = WAITING_AT_MOST,
+        wait_s: float = WAIT_AT_MOST_S,
+    ):
+        if limit < 1:
+            raise ValueError("a gate must let at least one handshake through")
+        self.limit = limit
+        self.waiting = waiting
+        self.wait_s = wait_s
+        self.busy = 0
+        self.peak = 0
+        self.queue: deque[tuple[float, GatedConnection]] = deque()
+        self.admitted = 0
+        self.refused = 0
+        """Closed before TLS: the waiting room was full, or the wait too long."""
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "handshakes": self.busy,
+            "peak": self.peak,
+            "waiting": len(self.queue),
+            "admitted": self.admitted,
+            "refused": self.refused,
+        }
+
+    def arrive(self, conn: GatedConnection) -> None:
+        if self.busy < self.limit and not self.queue:
+            self._admit(conn)
+        elif len(self.queue) < self.waiting:
+            self.queue.append((time.monotonic(), conn))
+        else:
+            self._refuse(conn)
+
+    def release(self, conn: GatedConnection) -> None:
+        """``conn`` is done with its handshake (or gone): let the next one in. Idempotent."""
+        if conn.holds_slot:
+            conn.holds_slot = False
+            self.busy -= 1
+        self._next()
+
+    def close(self) -> None:
+        """The listener stops: drop every connection still waiting."""
+        while self.queue:
+            _, conn = self.queue.popleft()
+            conn.drop()
+
+    def _next(self) -> None:
+        now = time.monotonic()
+        while self.queue and self.busy < self.limit:
+            since, conn = self.queue.popleft()
+            if conn.gone:
+                continue
+            if now - since > self.wait_s:
+                self._refuse(conn)
+                continue
+            self._admit(conn)
+
+    def _admit(self, conn: GatedConnection) -> None:
+        self.busy += 1
+        self.peak = max(self.peak, self.busy)
+        self.admitted += 1
+        conn.holds_slot = True
+        conn.admit()
+
+    def _refuse(self, conn: GatedConnection) -> None:
+        self.refused += 1
+        conn.drop()
+
+
+class _Held(asyncio.Protocol):
+    """Stands in for the connection while TLS is set up: keeps what arrives in that window."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.eof = False
+        self.lost: tuple[Exception | None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = (exc,)
+
+
+class GatedConnection(ServerConnection):
+    """A websockets server connection that waits at the gate, then does its own TLS.
+
+    The listener is opened without TLS; ``connection_made`` gets the plain TCP transport, pauses
+    reading (the client's TLS hello waits in the kernel) and queues at the gate. Admitted, it runs
+    TLS with ``loop.start_tls`` and only then becomes a websockets connection.
+    """
+
+    gate: Gate
+    tls: ssl.SSLContext | None = None
+    tls_timeout_s: float = 10.0
+
+    holds_slot = False
+    gone = False
+    _raw: asyncio.Transport | None = None
+    _started = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        raw: asyncio.Transport = transport  # type: ignore[assignment]
+        self._raw = raw
+        raw.pause_reading()
+        self.gate.arrive(self)
+
+    def admit(self) -> None:
+        raw = self._raw
+        assert raw is not None
+        if raw.is_closing():
+            self.gone = True
+            self.gate.release(self)
+            return
+        if self.tls is None:
+            self._start(raw)
+            raw.resume_reading()
+            return
+        task = asyncio.get_running_loop().create_task(self._upgrade(raw, self.tls))
+        _upgrades.add(task)
+        task.add_done_callback(_upgrades.discard)
+
+    async def _upgrade(self, raw: asyncio.Transport, tls: ssl.SSLContext) -> None:
+        held = _Held()
+        try:
+            transport = await asyncio.get_running_loop().start_tls(
+                raw, held, tls, server_side=True, ssl_handshake_timeout=self.tls_timeout_s
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError, EOFError):
+            # A client that gave up, a scanner, a bad certificate on its side: it cost one TLS try.
+            self.gone = True
+            raw.abort()
+            self.gate.release(self)
+            return
+        if transport is None:  # the client closed as TLS finished
+            self.gone = True
+            self.gate.release(self)
+            return
+        transport.set_protocol(self)
+        self._start(transport)
+        for chunk in held.data:
+            self.data_received(chunk)
+        if held.eof:
+            self.eof_received()
+        if held.lost is not None:
+            self.connection_lost(held.lost[0])
+
+    def _start(self, transport: asyncio.Transport) -> None:
+        self._started = True
+        super().connection_made(transport)
+
+    def handshake_done(self) -> None:
+        self.gate.release(self)
+
+    def drop(self) -> None:
+        """Close before TLS: the client sees its connection closed and backs off."""
+        self.gone = True
+        if self._raw is not None:
+            self._raw.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gone = True
+        if self.holds_slot:
+            self.gate.release(self)
+        if self._started:
+            super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._started:
+            super().data_received(data)
+
+    def eof_received(self) -> None:
+        if self._started:
+            super().eof_received()
+
+
+_upgrades: set[asyncio.Task[Any]] = set()
+
+
+def connection_class(
+    gate: Gate, tls: ssl.SSLContext | None, tls_timeout_s: float
+) -> type[GatedConnection]:
+    """A :class:`GatedConnection` subclass bound to one listener's gate and TLS context."""
+    return type(
+        "ListenerConnection",
+        (GatedConnection,),
+        {"gate": gate, "tls": tls, "tls_timeout_s": tls_timeout_s},
+    )
+
+
+def handshake_done(ws: Any) -> None:
+    """Tell the gate (if the connection came through one) that this handshake is over."""
+    done = getattr(ws, "handshake_done", None)
+    if done is not None:
+        with contextlib.suppress(Exception):
+            done()
