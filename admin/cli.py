@@ -89,8 +89,11 @@ def _smtp(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
+    from agent import heap
     from agent.link import split_hostport
     from server.core import NotificationServer
+
+    heap.tune_gc()
 
     host, port = split_hostport(args.listen, 8470)
     ns = NotificationServer(
@@ -145,8 +148,11 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def cmd_taskserver(args: argparse.Namespace) -> int:
+    from agent import heap
     from agent.link import split_hostport
     from taskserver.service import TaskServer
+
+    heap.tune_gc()
 
     host, port = split_hostport(args.listen, 8471)
     ts = TaskServer(

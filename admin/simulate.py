@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 
-from agent import logs
+from agent import heap, logs
 from agent.agent import Agent
 from agent.tls import ClientTrust
 
@@ -82,6 +82,7 @@ def main(args: argparse.Namespace) -> int:
             children.append(
                 subprocess.Popen([sys.executable, "-m", "admin", *base, "--worker", str(w)])
             )
+    heap.tune_gc()
     try:
         asyncio.run(run_agents(args, mine))
     finally:

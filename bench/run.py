@@ -49,6 +49,7 @@ if str(ROOT) not in sys.path:  # `python bench/run.py` from a checkout that is n
 import structlog  # noqa: E402
 
 from admin.client import AdminClient  # noqa: E402
+from agent import heap  # noqa: E402
 from agent.agent import Agent  # noqa: E402
 from agent.tls import ClientTrust  # noqa: E402
 from bench import floor  # noqa: E402
@@ -973,6 +974,7 @@ def main(argv: list[str] | None = None) -> int:
     if soft < max(args.agents) * 2 + 100:
         print(f"bench: warning: open-file limit {soft} may be short for {max(args.agents)} agents")
     configure_logging()
+    heap.tune_gc()  # as in `taskfleet simulate`: the bench process holds the N agents
     try:
         return asyncio.run(amain(args))
     except KeyboardInterrupt:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 
 import pytest
@@ -31,3 +33,27 @@ def test_trim_returns_the_pages_of_a_freed_burst() -> None:
     after = _rss_kib()
     assert before - after > 32 * 1024, (before, after)
     assert keep  # still alive
+
+
+def test_tune_gc_freezes_the_start_up_heap_and_still_collects_cycles() -> None:
+    """In a fresh process: after ``tune_gc`` the start-up objects are frozen, the thresholds are
+    ``GC_THRESHOLDS``, and a reference cycle made later is still collected automatically once
+    enough allocations have happened (the collector is slowed, not off)."""
+    code = (
+        "import gc, json, weakref\n"
+        "from agent import heap\n"
+        "heap.tune_gc()\n"
+        "class Node: pass\n"
+        "a, b = Node(), Node(); a.b, b.a = b, a\n"
+        "alive = weakref.ref(a)\n"
+        "del a, b\n"
+        "junk = [[] for _ in range(heap.GC_THRESHOLDS[0] * 2)]\n"
+        "print(json.dumps([list(gc.get_threshold()), gc.get_freeze_count(), alive() is None]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    thresholds, frozen, collected = json.loads(out)
+    assert thresholds == list(heap.GC_THRESHOLDS)
+    assert frozen > 1000
+    assert collected
