@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import aiosqlite
@@ -26,14 +27,27 @@ def report_from_json(text: str) -> Report:
     return Report(**{k: v for k, v in json.loads(text).items() if k in _REPORT_FIELDS})
 
 
+async def run_many(db: aiosqlite.Connection, sql: str, rows: Iterable[Iterable[Any]]) -> None:
+    """``executemany`` whose cursor is closed in the database's own thread.
+
+    A cursor left to be freed by the event loop's thread resets its statement there, while the
+    database thread may already run the same (cached) statement for the next caller: SQLite then
+    answers "bad parameter or other API misuse" (seen on the NS under a 10,000-agent burst, and
+    reproduced by two coroutines updating the same rows). So every statement here either runs
+    through ``execute_fetchall`` (its cursor lives and dies in that thread) or closes its cursor.
+    """
+    async with db.executemany(sql, rows):
+        pass
+
+
 async def open_db(path: str, migrations: list[str]) -> aiosqlite.Connection:
     """Open (creating) a SQLite file in WAL mode and apply forward migrations."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     db = await aiosqlite.connect(path)
-    await db.execute("PRAGMA journal_mode=WAL")
-    await db.execute("PRAGMA synchronous=NORMAL")
-    await db.execute("PRAGMA foreign_keys=ON")
-    await db.execute("PRAGMA busy_timeout=5000")
+    await db.execute_fetchall("PRAGMA journal_mode=WAL")
+    await db.execute_fetchall("PRAGMA synchronous=NORMAL")
+    await db.execute_fetchall("PRAGMA foreign_keys=ON")
+    await db.execute_fetchall("PRAGMA busy_timeout=5000")
     async with db.execute("PRAGMA user_version") as cur:
         row = await cur.fetchone()
     current = int(row[0]) if row else 0
@@ -44,9 +58,10 @@ async def open_db(path: str, migrations: list[str]) -> aiosqlite.Connection:
             "upgrade taskfleet"
         )
     for version in range(current, len(migrations)):
-        await db.executescript(
+        async with db.executescript(
             "BEGIN;\n" + migrations[version] + f"\nPRAGMA user_version={version + 1};\nCOMMIT;"
-        )
+        ):
+            pass
     return db
 
 
@@ -98,7 +113,7 @@ class AgentStore:
             return cls(None)
         db = await open_db(os.path.join(data_dir, "agent.db"), _MIGRATIONS)
         store = cls(db)
-        await db.execute("DELETE FROM seen WHERE at < ?", (time.time() - SEEN_KEEP_S,))
+        await db.execute_fetchall("DELETE FROM seen WHERE at < ?", (time.time() - SEEN_KEEP_S,))
         await db.commit()
         async with db.execute("SELECT instance_id, state FROM seen") as cur:
             store.seen = {int(r[0]): str(r[1]) async for r in cur}
@@ -125,7 +140,7 @@ class AgentStore:
     async def _seen(self, instance_id: int, state: str) -> None:
         self.seen[instance_id] = state
         if self.db is not None:
-            await self.db.execute(
+            await self.db.execute_fetchall(
                 "INSERT INTO seen(instance_id, state, at) VALUES (?, ?, ?)"
                 " ON CONFLICT(instance_id) DO UPDATE SET state=excluded.state",
                 (instance_id, state, time.time()),
@@ -152,13 +167,15 @@ class AgentStore:
             return
         if not report.step:
             await self._seen(report.instance_id, report.state)
-            await self.db.execute("DELETE FROM jobs WHERE instance_id=?", (report.instance_id,))
+            await self.db.execute_fetchall(
+                "DELETE FROM jobs WHERE instance_id=?", (report.instance_id,)
+            )
         elif job_snapshot is not None:
-            await self.db.execute(
+            await self.db.execute_fetchall(
                 "UPDATE jobs SET snapshot=? WHERE instance_id=?",
                 (json.dumps(job_snapshot), report.instance_id),
             )
-        await self.db.execute(
+        await self.db.execute_fetchall(
             "INSERT OR REPLACE INTO outbox(instance_id, step, report) VALUES (?, ?, ?)",
             (report.instance_id, report.step, report_to_json(report)),
         )
@@ -171,7 +188,7 @@ class AgentStore:
         self.jobs[instance_id] = {"execute": execute, "snapshot": snapshot, "deadline": deadline}
         await self._seen(instance_id, "running")
         if self.db is not None:
-            await self.db.execute(
+            await self.db.execute_fetchall(
                 "INSERT OR REPLACE INTO jobs(instance_id, execute, snapshot, deadline) VALUES (?, ?, ?, ?)",
                 (instance_id, json.dumps(execute), json.dumps(snapshot), deadline),
             )
@@ -181,20 +198,20 @@ class AgentStore:
         """reset-task-agent: forget every client job's state (their results stay in the outbox)."""
         self.jobs.clear()
         if self.db is not None:
-            await self.db.execute("DELETE FROM jobs")
+            await self.db.execute_fetchall("DELETE FROM jobs")
             await self.db.commit()
 
     async def delivered(self, keys: list[Key]) -> None:
         for k in keys:
             self.outbox.pop(k, None)
         if self.db is not None and keys:
-            await self.db.executemany("DELETE FROM outbox WHERE instance_id=? AND step=?", keys)
+            await run_many(self.db, "DELETE FROM outbox WHERE instance_id=? AND step=?", keys)
             await self.db.commit()
 
     async def save_config(self, config: dict[str, Any]) -> None:
         self.config = config
         if self.db is not None:
-            await self.db.execute(
+            await self.db.execute_fetchall(
                 "INSERT OR REPLACE INTO config(key, value) VALUES ('config', ?)",
                 (json.dumps(config),),
             )

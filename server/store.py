@@ -13,7 +13,7 @@ from typing import Any
 
 import aiosqlite
 
-from agent.store import open_db
+from agent.store import open_db, run_many
 from protocol.messages import Report
 from protocol.states import TERMINAL, InstanceState, may_move
 
@@ -310,7 +310,7 @@ class Store:
         now = time.time()
         raw = info.get("addresses")
         addresses: list[Any] = raw if isinstance(raw, list) else []
-        await self.db.execute(
+        await self.db.execute_fetchall(
             "INSERT INTO computers(name, has_agent, os, agent_version, addresses, last_seen, created_at)"
             " VALUES (?, 1, ?, ?, ?, ?, ?)"
             " ON CONFLICT(name) DO UPDATE SET has_agent=1, os=excluded.os,"
@@ -337,7 +337,7 @@ class Store:
         existing = await self._one("SELECT id FROM computers WHERE name=?", (name,))
         if existing is not None:
             raise ValueError(f"a computer named {name!r} already exists")
-        await self.db.execute(
+        await self.db.execute_fetchall(
             "INSERT INTO computers(name, has_agent, addresses, taskserver, created_at, mac)"
             " VALUES (?, 0, ?, ?, ?, ?)",
             (name, json.dumps([address] if address else []), taskserver, time.time(), mac),
@@ -348,7 +348,7 @@ class Store:
         return row
 
     async def set_taskserver(self, computer_id: int, taskserver: str | None) -> None:
-        await self.db.execute(
+        await self.db.execute_fetchall(
             "UPDATE computers SET taskserver=? WHERE id=?", (taskserver, computer_id)
         )
         await self.db.commit()
@@ -371,11 +371,14 @@ class Store:
         """
         now = time.time()
         if online:
-            await self.db.executemany(
-                "UPDATE computers SET online=1, last_seen=? WHERE name=?", [(now, n) for n in names]
+            await run_many(
+                self.db,
+                "UPDATE computers SET online=1, last_seen=? WHERE name=?",
+                [(now, n) for n in names],
             )
         else:
-            await self.db.executemany(
+            await run_many(
+                self.db,
                 "UPDATE computers SET online=0, last_seen=? WHERE name=? AND taskserver IS ?",
                 [(now, n, taskserver) for n in names],
             )
@@ -386,21 +389,23 @@ class Store:
         where = "taskserver IS NULL AND has_agent=1" if taskserver is None else "taskserver=?"
         args: tuple[Any, ...] = () if taskserver is None else (taskserver,)
         if keep:
-            await self.db.execute(
+            await self.db.execute_fetchall(
                 "CREATE TEMP TABLE IF NOT EXISTS keep_names(name TEXT PRIMARY KEY)"
             )
-            await self.db.execute("DELETE FROM keep_names")
-            await self.db.executemany(
-                "INSERT OR IGNORE INTO keep_names VALUES (?)", [(k,) for k in keep]
+            await self.db.execute_fetchall("DELETE FROM keep_names")
+            await run_many(
+                self.db, "INSERT OR IGNORE INTO keep_names VALUES (?)", [(k,) for k in keep]
             )
             where += " AND name NOT IN (SELECT name FROM keep_names)"
-        await self.db.execute(f"UPDATE computers SET online=0 WHERE online=1 AND {where}", args)
+        await self.db.execute_fetchall(
+            f"UPDATE computers SET online=0 WHERE online=1 AND {where}", args
+        )
         await self.db.commit()
 
     async def reset_presence(self) -> None:
         """At start nobody is connected yet."""
-        await self.db.execute("UPDATE computers SET online=0")
-        await self.db.execute("UPDATE taskservers SET online=0")
+        await self.db.execute_fetchall("UPDATE computers SET online=0")
+        await self.db.execute_fetchall("UPDATE taskservers SET online=0")
         await self.db.commit()
 
     async def upsert_taskserver(
@@ -411,7 +416,7 @@ class Store:
         public_key: bytes | None = None,
         tls_fingerprint: str = "",
     ) -> None:
-        await self.db.execute(
+        await self.db.execute_fetchall(
             "INSERT INTO taskservers(name, url, online, last_seen, public_key, tls_fingerprint)"
             " VALUES (?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(name) DO UPDATE SET url=excluded.url, online=excluded.online,"
@@ -458,14 +463,14 @@ class Store:
         now = time.time()
         old = await self._one(f"SELECT name FROM {table} WHERE name=?", (name,))
         if table == "tasks":
-            await self.db.execute(
+            await self.db.execute_fetchall(
                 "INSERT INTO tasks(name, type, kind, definition, created_at, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET type=excluded.type,"
                 " kind=excluded.kind, definition=excluded.definition, updated_at=excluded.updated_at",
                 (name, type_, kind, json.dumps(definition), now, now),
             )
         else:
-            await self.db.execute(
+            await self.db.execute_fetchall(
                 "INSERT INTO jobs(name, type, definition, created_at, updated_at)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET type=excluded.type,"
                 " definition=excluded.definition, updated_at=excluded.updated_at",
@@ -540,11 +545,12 @@ class Store:
         instances: list[NewInstance],
         now: float,
     ) -> None:
-        await self.db.execute(
+        await self.db.execute_fetchall(
             "INSERT INTO steps(run_id, step, task, deadline, started_at) VALUES (?, ?, ?, ?, ?)",
             (run_id, step, json.dumps(task), deadline, now),
         )
-        await self.db.executemany(
+        await run_many(
+            self.db,
             "INSERT INTO instances(run_id, step, computer_id, computer, route, status, reason,"
             " ended_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
@@ -578,11 +584,15 @@ class Store:
         """
         now = time.time()
         await self._insert_step(run_id, step, task, deadline, instances, now)
-        await self.db.execute("UPDATE runs SET machine=? WHERE id=?", (json.dumps(machine), run_id))
+        await self.db.execute_fetchall(
+            "UPDATE runs SET machine=? WHERE id=?", (json.dumps(machine), run_id)
+        )
         await self.db.commit()
 
     async def save_machine(self, run_id: int, machine: dict[str, Any]) -> None:
-        await self.db.execute("UPDATE runs SET machine=? WHERE id=?", (json.dumps(machine), run_id))
+        await self.db.execute_fetchall(
+            "UPDATE runs SET machine=? WHERE id=?", (json.dumps(machine), run_id)
+        )
         await self.db.commit()
 
     async def run(self, run_id: int) -> dict[str, Any] | None:
@@ -673,15 +683,17 @@ class Store:
             f" AND status NOT IN {_TERMINAL_SQL}",
             (computer_id, old),
         )
-        await self.db.executemany(
-            "UPDATE instances SET route=?, dispatched=0 WHERE id=?", [(new, r["id"]) for r in rows]
+        await run_many(
+            self.db,
+            "UPDATE instances SET route=?, dispatched=0 WHERE id=?",
+            [(new, r["id"]) for r in rows],
         )
         await self.db.commit()
         return rows
 
     async def mark_dispatched(self, instance_ids: list[int]) -> None:
-        await self.db.executemany(
-            "UPDATE instances SET dispatched=1 WHERE id=?", [(i,) for i in instance_ids]
+        await run_many(
+            self.db, "UPDATE instances SET dispatched=1 WHERE id=?", [(i,) for i in instance_ids]
         )
         await self.db.commit()
 
@@ -790,13 +802,15 @@ class Store:
                 )
             )
         if progress:
-            await self.db.executemany(
+            await run_many(
+                self.db,
                 "UPDATE instances SET status=?, started_at=coalesce(?, started_at), updated_at=?"
                 " WHERE id=?",
                 progress,
             )
         if final:
-            await self.db.executemany(
+            await run_many(
+                self.db,
                 "UPDATE instances SET status=?, return_code=?, output=?, reason=?,"
                 " started_at=coalesce(?, started_at), ended_at=?, updated_at=? WHERE id=?",
                 final,
@@ -831,7 +845,8 @@ class Store:
             args += (step, f"{step}/%")
         rows = await self._all(sql, args)
         now = time.time()
-        await self.db.executemany(
+        await run_many(
+            self.db,
             "UPDATE instances SET status=?, reason=?, ended_at=?, updated_at=? WHERE id=?",
             [(state, reason, now, now, r["id"]) for r in rows],
         )
@@ -839,7 +854,7 @@ class Store:
         return rows
 
     async def finish_run(self, run_id: int, status: str) -> None:
-        await self.db.execute(
+        await self.db.execute_fetchall(
             "UPDATE runs SET status=?, ended_at=? WHERE id=? AND status='running'",
             (status, time.time(), run_id),
         )
@@ -872,8 +887,8 @@ class Store:
                 continue
             if isinstance(data, dict):
                 keep.append((r["computer_id"], now, json.dumps(data)))
-        await self.db.executemany(
-            "INSERT INTO inventory(computer_id, at, data) VALUES (?, ?, ?)", keep
+        await run_many(
+            self.db, "INSERT INTO inventory(computer_id, at, data) VALUES (?, ?, ?)", keep
         )
         await self.db.commit()
 
@@ -918,7 +933,8 @@ class Store:
         before = await self._one(
             "SELECT count(*) AS n FROM group_members WHERE group_id=?", (group_id,)
         )
-        await self.db.executemany(
+        await run_many(
+            self.db,
             "INSERT OR IGNORE INTO group_members(group_id, computer_id) VALUES (?, ?)",
             [(group_id, c) for c in computer_ids],
         )
@@ -957,7 +973,7 @@ class Store:
 
     async def save_filter(self, definition: dict[str, Any]) -> bool:
         old = await self._one("SELECT name FROM filters WHERE name=?", (definition["name"],))
-        await self.db.execute(
+        await self.db.execute_fetchall(
             "INSERT INTO filters(name, definition, updated_at) VALUES (?, ?, ?)"
             " ON CONFLICT(name) DO UPDATE SET definition=excluded.definition, updated_at=excluded.updated_at",
             (definition["name"], json.dumps(definition), time.time()),
@@ -982,15 +998,19 @@ class Store:
         rows = await self._all("SELECT computer_id FROM filter_members WHERE filter=?", (name,))
         before = {int(r["computer_id"]) for r in rows}
         added, removed = sorted(computer_ids - before), sorted(before - computer_ids)
-        await self.db.executemany(
+        await run_many(
+            self.db,
             "DELETE FROM filter_members WHERE filter=? AND computer_id=?",
             [(name, c) for c in removed],
         )
-        await self.db.executemany(
+        await run_many(
+            self.db,
             "INSERT INTO filter_members(filter, computer_id) VALUES (?, ?)",
             [(name, c) for c in added],
         )
-        await self.db.execute("UPDATE filters SET members_at=? WHERE name=?", (time.time(), name))
+        await self.db.execute_fetchall(
+            "UPDATE filters SET members_at=? WHERE name=?", (time.time(), name)
+        )
         await self.db.commit()
         return added, removed
 
@@ -1003,7 +1023,7 @@ class Store:
 
     async def save_report(self, name: str, query: str, description: str) -> bool:
         old = await self._one("SELECT name FROM reports WHERE name=?", (name,))
-        await self.db.execute(
+        await self.db.execute_fetchall(
             "INSERT INTO reports(name, query, description, updated_at) VALUES (?, ?, ?, ?)"
             " ON CONFLICT(name) DO UPDATE SET query=excluded.query, description=excluded.description,"
             " updated_at=excluded.updated_at",
@@ -1054,7 +1074,9 @@ class Store:
             )
             out["instances"] = cur.rowcount
             await cur.close()
-            await self.db.execute(f"DELETE FROM steps WHERE run_id IN ({old})", (older_than,))
+            await self.db.execute_fetchall(
+                f"DELETE FROM steps WHERE run_id IN ({old})", (older_than,)
+            )
             cur = await self.db.execute(f"DELETE FROM runs WHERE id IN ({old})", (older_than,))
             out["runs"] = cur.rowcount
             await cur.close()
@@ -1065,7 +1087,7 @@ class Store:
 
     async def save_policy(self, definition: dict[str, Any]) -> bool:
         old = await self._one("SELECT name FROM policies WHERE name=?", (definition["name"],))
-        await self.db.execute(
+        await self.db.execute_fetchall(
             "INSERT INTO policies(name, definition, enabled, updated_at) VALUES (?, ?, ?, ?)"
             " ON CONFLICT(name) DO UPDATE SET definition=excluded.definition, enabled=excluded.enabled,"
             " updated_at=excluded.updated_at",
@@ -1083,7 +1105,7 @@ class Store:
         if row is None:
             return False
         definition = {**json.loads(row["definition"]), "enabled": enabled}
-        await self.db.execute(
+        await self.db.execute_fetchall(
             "UPDATE policies SET enabled=?, definition=?, updated_at=? WHERE name=?",
             (int(enabled), json.dumps(definition), time.time(), name),
         )
@@ -1127,18 +1149,18 @@ class Store:
         return None
 
     async def move_item(self, kind: str, name: str, folder: str) -> None:
-        await self.db.execute("INSERT OR IGNORE INTO folders(path) VALUES (?)", (folder,))
-        await self.db.execute(
+        await self.db.execute_fetchall("INSERT OR IGNORE INTO folders(path) VALUES (?)", (folder,))
+        await self.db.execute_fetchall(
             f"UPDATE {ITEM_TABLES[kind]} SET folder=? WHERE name=?", (folder, name)
         )
         await self.db.commit()
 
     async def delete_item(self, kind: str, name: str) -> None:
         if kind == "filter":
-            await self.db.execute("DELETE FROM filter_members WHERE filter=?", (name,))
+            await self.db.execute_fetchall("DELETE FROM filter_members WHERE filter=?", (name,))
         if kind == "report":
-            await self.db.execute("DELETE FROM report_snapshots WHERE report=?", (name,))
-        await self.db.execute(f"DELETE FROM {ITEM_TABLES[kind]} WHERE name=?", (name,))
+            await self.db.execute_fetchall("DELETE FROM report_snapshots WHERE report=?", (name,))
+        await self.db.execute_fetchall(f"DELETE FROM {ITEM_TABLES[kind]} WHERE name=?", (name,))
         await self.db.commit()
 
     # -- trust --------------------------------------------------------------------------
@@ -1155,7 +1177,7 @@ class Store:
         self, role: str, name: str, public_key: bytes, fingerprint: str, state: str, address: str
     ) -> None:
         now = time.time()
-        await self.db.execute(
+        await self.db.execute_fetchall(
             "INSERT INTO keys(role, name, public_key, fingerprint, state, address, created_at, decided_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(role, name) DO UPDATE SET"
             " public_key=excluded.public_key, fingerprint=excluded.fingerprint, state=excluded.state,"
@@ -1180,7 +1202,8 @@ class Store:
         where = "state='pending'" if only_pending else "1=1"
         rows = await self._all(f"SELECT role, name FROM keys WHERE {where}")
         chosen = [r for r in rows if names is None or r["name"] in names]
-        await self.db.executemany(
+        await run_many(
+            self.db,
             "UPDATE keys SET state=?, decided_at=? WHERE role=? AND name=?",
             [(state, time.time(), r["role"], r["name"]) for r in chosen],
         )
@@ -1199,7 +1222,7 @@ class Store:
         return int(row["n"]) if row else 0
 
     async def add_admin(self, name: str, role: str, token_hash: str) -> None:
-        await self.db.execute(
+        await self.db.execute_fetchall(
             "INSERT INTO admins(name, role, token_hash, created_at) VALUES (?, ?, ?, ?)"
             " ON CONFLICT(name) DO UPDATE SET role=excluded.role, token_hash=excluded.token_hash,"
             " created_at=excluded.created_at, revoked_at=NULL",
@@ -1271,7 +1294,7 @@ class Store:
         )
 
     async def audit(self, who: str, action: str, detail: str, outcome: str) -> None:
-        await self.db.execute(
+        await self.db.execute_fetchall(
             "INSERT INTO audit(at, who, action, detail, outcome) VALUES (?, ?, ?, ?, ?)",
             (time.time(), who, action, detail, outcome),
         )

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiosqlite
 
-from agent.store import open_db, report_from_json, report_to_json
+from agent.store import open_db, report_from_json, report_to_json, run_many
 from protocol.messages import Report
 
 SCHEMA_VERSION = 1
@@ -97,11 +97,13 @@ class RelayStore:
                 text = tasks[id(task)] = json.dumps(task)
             return text
 
-        await self.db.executemany(
+        await run_many(
+            self.db,
             "INSERT OR IGNORE INTO seen(instance_id, at) VALUES (?, ?)",
             [(h.instance_id, now) for h in fresh],
         )
-        await self.db.executemany(
+        await run_many(
+            self.db,
             "INSERT OR IGNORE INTO held(instance_id, run_id, computer, task, tokens, deadline, local)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
@@ -121,12 +123,14 @@ class RelayStore:
         return fresh
 
     async def mark_started(self, instance_id: int) -> None:
-        await self.db.execute("UPDATE held SET started=1 WHERE instance_id=?", (instance_id,))
+        await self.db.execute_fetchall(
+            "UPDATE held SET started=1 WHERE instance_id=?", (instance_id,)
+        )
         await self.db.commit()
 
     async def drop(self, instance_ids: list[int]) -> None:
-        await self.db.executemany(
-            "DELETE FROM held WHERE instance_id=?", [(i,) for i in instance_ids]
+        await run_many(
+            self.db, "DELETE FROM held WHERE instance_id=?", [(i,) for i in instance_ids]
         )
         await self.db.commit()
 
@@ -134,7 +138,8 @@ class RelayStore:
         """Store terminal reports in the outbox and forget their held work; return outbox seqs."""
         if not reports:
             return []
-        await self.db.executemany(
+        await run_many(
+            self.db,
             "INSERT INTO outbox(instance_id, report) VALUES (?, ?)",
             [(r.instance_id, report_to_json(r)) for r in reports],
         )
@@ -143,14 +148,14 @@ class RelayStore:
             row = await cur.fetchone()
         last = int(row[0]) if row else 0
         seqs = list(range(last - len(reports) + 1, last + 1))
-        await self.db.executemany(
-            "DELETE FROM held WHERE instance_id=?", [(r.instance_id,) for r in reports]
+        await run_many(
+            self.db, "DELETE FROM held WHERE instance_id=?", [(r.instance_id,) for r in reports]
         )
         await self.db.commit()
         return seqs
 
     async def delivered(self, seqs: list[int]) -> None:
-        await self.db.executemany("DELETE FROM outbox WHERE seq=?", [(s,) for s in seqs])
+        await run_many(self.db, "DELETE FROM outbox WHERE seq=?", [(s,) for s in seqs])
         await self.db.commit()
 
     async def load(self) -> tuple[list[Held], list[tuple[int, Report]]]:

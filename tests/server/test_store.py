@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 
@@ -169,5 +170,42 @@ async def test_an_enrolment_cut_mid_way_still_stores_the_key_it_paid_for(tmp_pat
         assert (await store.key("agent", "pc-1"))["state"] == "accepted"
         (row,) = await store.enrol_tokens()
         assert row["uses_left"] == 1
+    finally:
+        await store.close()
+
+
+async def test_presence_updates_from_several_task_servers_at_once_all_apply(tmp_path):
+    """Two TS reporting presence at the same moment run the same cached UPDATE one after the
+    other in the database thread. A cursor freed by the event loop's thread used to reset that
+    statement under the next caller ("bad parameter or other API misuse", seen under a
+    10,000-agent burst); every statement now finishes in the database thread. Eight writers,
+    3 s of back-to-back updates (the old code failed it four runs in five): none may
+    fail, and the last word on each computer stands."""
+    store = await Store.open(str(tmp_path / "ns.db"))
+    try:
+        names = [f"pc-{i:04d}" for i in range(1_000)]
+        for name in names:
+            await store.register_agent(name, {})
+        errors: list[BaseException] = []
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 3.0
+
+        async def writer(k: int) -> int:
+            n = 0
+            while loop.time() < until:
+                chunk = names[(k * 97 + n * 37) % 900 :][:50]
+                try:
+                    await store.set_online(chunk, True, None)
+                except Exception as exc:  # the bug surfaced as sqlite3.InterfaceError
+                    errors.append(exc)
+                n += 1
+            return n
+
+        counts = await asyncio.gather(*(writer(k) for k in range(8)))
+        assert not errors, errors[:3]
+        assert sum(counts) > 100  # the writers really overlapped
+        await store.set_online(names, False, None)
+        rows = await store.computers(names[:3])
+        assert [r["online"] for r in rows] == [0, 0, 0]
     finally:
         await store.close()
