@@ -41,6 +41,8 @@ from protocol.session import (
 )
 
 HANDSHAKE_TIMEOUT_S = 10.0
+FRAME_OVERHEAD = 64
+"""A WebSocket frame header plus a TLS record's overhead, rounded up."""
 LISTEN_BACKLOG = 2048
 """Connections the kernel holds before we accept them: a burst is accepted, then gated."""
 
@@ -82,6 +84,26 @@ class Link:
     async def send(self, message: Message) -> None:
         """Send one message as one binary frame."""
         await self.ws.send(codec.encode(message))
+
+    async def send_frame(self, data: bytes) -> None:
+        """Send one already encoded message."""
+        await self.ws.send(data)
+
+    def fits(self, size: int) -> bool:
+        """Whether a frame of ``size`` bytes can be written now without waiting for the peer to
+        read: the connection is not paused and stays under its write limit with it."""
+        ws = self.ws
+        transport = ws.transport
+        if transport is None or transport.is_closing() or getattr(ws, "paused", False):
+            return False
+        _, high = transport.get_write_buffer_limits()
+        return bool(transport.get_write_buffer_size() + size + FRAME_OVERHEAD <= high)
+
+    def abort(self) -> None:
+        """Drop the connection at once, without a close handshake (a peer that does not read)."""
+        transport = self.ws.transport
+        if transport is not None:
+            transport.abort()
 
     async def recv(self) -> Message:
         """Receive and decode one message. Raises ProtocolError or ConnectionClosed."""
@@ -131,6 +153,7 @@ class Link:
 
     async def refuse(self, exc: ProtocolError, reply_to: str = "") -> None:
         """Tell the peer why (an ``error`` message), then close with the error's code."""
+        self.handshake_done()  # a refused peer does not hold a handshake place while it closes
         with contextlib.suppress(Exception):
             await self.send(
                 Error(id=self.next_id(), reply_to=reply_to, code=exc.code, message=exc.message)

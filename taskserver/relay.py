@@ -16,6 +16,9 @@ Theory of operation
   acknowledged. A lost upstream keeps everything queued: nothing is dropped, a full queue
   simply waits (backpressure through the agents' own unacknowledged outboxes).
 * A sweep times out held work whose deadline passed without an agent to run it.
+* Nothing sent to one agent may hold the relay (``_to_agent``): a frame that fits under that
+  connection's write limit goes at once; otherwise it waits in that agent's own backlog, and an
+  agent that does not read it within ``SEND_STALL_S`` is disconnected.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import websockets
 from agent.jobrunner import drive
 from agent.link import Link
 from agent.runner import Outcome, ScriptRun
+from protocol import codec
 from protocol.errors import ProtocolError
 from protocol.jobs import JobMachine, JobState, RunStep
 from protocol.messages import (
@@ -41,6 +45,7 @@ from protocol.messages import (
     Dispatch,
     Execute,
     Hello,
+    Message,
     Report,
     Reports,
     ReportsAck,
@@ -55,10 +60,17 @@ from taskserver.tasktypes import TS_RUNNERS
 
 DEADLINE_GRACE_S = 5.0
 BATCH_BYTES = 512 * 1024
+"""Roll-up batches stay under this many bytes (estimated), well within the 1 MiB frame limit."""
 FINISHED_KEPT = 200_000
 ACK_DELAY_S = 1.0
-"""Longest an agent's stored reports wait for their ack when no ``execute`` carries it."""
-"""Roll-up batches stay under this many bytes (estimated), well within the 1 MiB frame limit."""
+"""How long an agent's stored reports wait for their ack when no ``execute`` carries it..."""
+ACK_QUIET_S = 0.25
+"""...and then until no report has arrived for this long (a wave of results is still coming in:
+the acks would compete with it for the CPU),"""
+ACK_AT_MOST_S = 10.0
+"""but never longer than this."""
+SEND_STALL_S = 30.0
+"""An agent that reads nothing of its backlog for this long is disconnected."""
 
 
 @dataclass
@@ -103,6 +115,8 @@ class AgentConn:
     sent: set[int] = field(default_factory=set)
     acks: list[str] = field(default_factory=list)
     """Its ``reports`` messages stored and not yet acknowledged (see ``Relay._ack_later``)."""
+    backlog: deque[bytes] | None = None
+    """Frames waiting for this agent to read what was sent before (see ``Relay._to_agent``)."""
 
 
 class Relay:
@@ -134,6 +148,8 @@ class Relay:
         self._inbox: list[tuple[list[Report], AgentConn | None, str]] = []
         self._acks_due: dict[int, AgentConn] = {}
         self._ack_timer: asyncio.TimerHandle | None = None
+        self._acks_since = 0.0
+        self._last_stored_at = 0.0
         self._inbox_count = 0
         self._unsent: deque[tuple[int | None, Report]] = deque()
         self._presence_on: set[str] = set()
@@ -253,8 +269,7 @@ class Relay:
         for name, ids in per_agent.items():
             conn = self.agents.get(name)
             if conn is not None:
-                with contextlib.suppress(websockets.ConnectionClosed):
-                    await conn.link.send(Cancel(id=conn.link.next_id(), instance_ids=ids))
+                await self._to_agent(conn, Cancel(id=conn.link.next_id(), instance_ids=ids))
 
     async def tickle(self, computers: list[str]) -> tuple[int, int]:
         """Tell connected agents to check in; return (reached, offline)."""
@@ -263,9 +278,8 @@ class Relay:
             conn = self.agents.get(name)
             if conn is None:
                 continue
-            with contextlib.suppress(websockets.ConnectionClosed):
-                await conn.link.send(Tickle(id=conn.link.next_id()))
-                reached += 1
+            await self._to_agent(conn, Tickle(id=conn.link.next_id()))
+            reached += 1
         return reached, len(computers) - reached
 
     # -- agents -------------------------------------------------------------------------
@@ -286,7 +300,7 @@ class Relay:
         try:
             late = self._cancel_later.pop(name, None)
             if late:
-                await link.send(Cancel(id=link.next_id(), instance_ids=sorted(late)))
+                await self._to_agent(conn, Cancel(id=link.next_id(), instance_ids=sorted(late)))
             for h in list(self.by_computer.get(name, {}).values()):
                 if not h.local:  # work this relay runs itself is not the agent's
                     await self._send_execute(conn, h)
@@ -349,18 +363,60 @@ class Relay:
             return
         conn.sent.add(h.instance_id)
         acks, conn.acks = conn.acks, []
-        with contextlib.suppress(websockets.ConnectionClosed):
-            await conn.link.send(
-                Execute(
-                    id=conn.link.next_id(),
-                    run_id=h.run_id,
-                    instance_id=h.instance_id,
-                    task=h.task,
-                    tokens=h.tokens,
-                    timeout_s=left_s,
-                    acks=acks,
-                )
+        await self._to_agent(
+            conn,
+            Execute(
+                id=conn.link.next_id(),
+                run_id=h.run_id,
+                instance_id=h.instance_id,
+                task=h.task,
+                tokens=h.tokens,
+                timeout_s=left_s,
+                acks=acks,
+            ),
+        )
+
+    async def _to_agent(self, conn: AgentConn, message: Message) -> None:
+        """Send ``message`` to one agent without ever waiting for that agent to read.
+
+        The relay sends to thousands of agents from one loop (a dispatch's fan-out, the acks).
+        Awaiting a send that waits for a peer to drain would let one stalled agent hold every
+        other agent's work. So a frame that fits under the connection's write limit is written
+        at once (the await cannot block); otherwise, or while earlier frames still wait, it joins
+        that agent's backlog, which a task of its own sends in order. An agent that has not
+        taken its backlog within ``SEND_STALL_S`` is disconnected; it comes back, re-registers,
+        and gets its held work again.
+        """
+        data = codec.encode(message)
+        if conn.backlog is None and conn.link.fits(len(data)):
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await conn.link.send_frame(data)
+            return
+        if conn.backlog is None:
+            conn.backlog = deque()
+            self._spawn(self._send_backlog(conn))
+        conn.backlog.append(data)
+
+    async def _send_backlog(self, conn: AgentConn) -> None:
+        backlog = conn.backlog
+        assert backlog is not None
+        try:
+            while backlog:
+                # Returns once the agent has read enough for this frame to fit.
+                await asyncio.wait_for(conn.link.send_frame(backlog.popleft()), SEND_STALL_S)
+        except TimeoutError:
+            self.refused["stalled_agent"] += 1
+            self.log.warning(
+                "agent_stalled",
+                peer=conn.link.peer,
+                waiting=len(backlog),
+                reason=f"took nothing we sent in {SEND_STALL_S:g} s; disconnected",
             )
+            conn.link.abort()
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            conn.backlog = None
 
     # -- task-server tasks, run here ----------------------------------------------------
 
@@ -495,10 +551,9 @@ class Relay:
             await asyncio.shield(result) if isinstance(result, asyncio.Future) else await result
         )
         report = outcome.report(message.instance_id, computer=conn.name, step=message.step)
-        with contextlib.suppress(websockets.ConnectionClosed):
-            await conn.link.send(
-                StepResult(id=conn.link.next_id(), reply_to=message.id, result=report)
-            )
+        await self._to_agent(
+            conn, StepResult(id=conn.link.next_id(), reply_to=message.id, result=report)
+        )
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -563,18 +618,27 @@ class Relay:
 
     def _ack_later(self, conn: AgentConn, message_id: str) -> None:
         """Acknowledge an agent's stored reports off the critical path of a run: with the next
-        ``execute`` sent to that agent, or within ``ACK_DELAY_S`` in one ``reports_ack``.
+        ``execute`` sent to that agent, or in one ``reports_ack`` after ``ACK_DELAY_S`` once the
+        reports stop coming (``ACK_QUIET_S``), at most ``ACK_AT_MOST_S`` later.
 
         A result waits in the agent's outbox until then; should the agent reconnect first, it
         sends it again and the relay recognises the repeat (``_finished``, ``seen``).
         """
         conn.acks.append(message_id)
         self._acks_due[id(conn)] = conn
+        loop = asyncio.get_running_loop()
+        self._last_stored_at = loop.time()
         if self._ack_timer is None:
-            loop = asyncio.get_running_loop()
+            self._acks_since = self._last_stored_at
             self._ack_timer = loop.call_later(ACK_DELAY_S, self._acks_now)
 
     def _acks_now(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        quiet = now - self._last_stored_at
+        if quiet < ACK_QUIET_S and now - self._acks_since < ACK_AT_MOST_S:
+            self._ack_timer = loop.call_later(ACK_QUIET_S - quiet, self._acks_now)
+            return
         self._ack_timer = None
         due, self._acks_due = list(self._acks_due.values()), {}
         self._spawn(self._send_acks(due))
@@ -584,10 +648,9 @@ class Relay:
             if not conn.acks or self.agents.get(conn.name) is not conn:
                 continue
             acks, conn.acks = conn.acks, []
-            with contextlib.suppress(Exception):
-                await conn.link.send(
-                    ReportsAck(id=conn.link.next_id(), reply_to=acks[0], more=acks[1:])
-                )
+            await self._to_agent(
+                conn, ReportsAck(id=conn.link.next_id(), reply_to=acks[0], more=acks[1:])
+            )
 
     async def _upstream_loop(self) -> None:
         while True:
