@@ -11,7 +11,8 @@ given up by then), its TCP connection is closed before any TLS work; the client 
 jitter and comes again.
 
 A connection holds its slot from the start of TLS until its handler calls ``handshake_done()``
-(after the ``welcome``), or until it closes.
+(after the ``welcome``, or when it refuses the peer), or until it closes, or for at most
+``hold_s``: then it is cut, so silent peers cannot keep the gate shut.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ HANDSHAKES_AT_ONCE = 128
 WAITING_AT_MOST = 20_000
 WAIT_AT_MOST_S = 6.0
 """Less than a client's open timeout (10 s): a connection that waited longer is likely dead."""
+HOLD_AT_MOST_S = 20.0
+"""A connection still in its handshake this long after it was let in is closed, so a peer that
+connects and stays silent (or never answers our close) holds a place for a bounded time."""
 
 
 class Gate:
@@ -39,18 +43,22 @@ class Gate:
         limit: int = HANDSHAKES_AT_ONCE,
         waiting: int = WAITING_AT_MOST,
         wait_s: float = WAIT_AT_MOST_S,
+        hold_s: float = HOLD_AT_MOST_S,
     ):
         if limit < 1:
             raise ValueError("a gate must let at least one handshake through")
         self.limit = limit
         self.waiting = waiting
         self.wait_s = wait_s
+        self.hold_s = hold_s
         self.busy = 0
         self.peak = 0
         self.queue: deque[tuple[float, GatedConnection]] = deque()
         self.admitted = 0
         self.refused = 0
         """Closed before TLS: the waiting room was full, or the wait too long."""
+        self.overstayed = 0
+        """Closed because the handshake took longer than ``hold_s``."""
 
     def stats(self) -> dict[str, int]:
         return {
@@ -59,6 +67,7 @@ class Gate:
             "waiting": len(self.queue),
             "admitted": self.admitted,
             "refused": self.refused,
+            "overstayed": self.overstayed,
         }
 
     def arrive(self, conn: GatedConnection) -> None:
@@ -74,6 +83,9 @@ class Gate:
         if conn.holds_slot:
             conn.holds_slot = False
             self.busy -= 1
+            if conn.hold_timer is not None:
+                conn.hold_timer.cancel()
+                conn.hold_timer = None
         self._next()
 
     def close(self) -> None:
@@ -98,7 +110,15 @@ class Gate:
         self.peak = max(self.peak, self.busy)
         self.admitted += 1
         conn.holds_slot = True
+        conn.hold_timer = asyncio.get_running_loop().call_later(self.hold_s, self._overstay, conn)
         conn.admit()
+
+    def _overstay(self, conn: GatedConnection) -> None:
+        conn.hold_timer = None
+        if conn.holds_slot:
+            self.overstayed += 1
+            conn.drop()
+            self.release(conn)
 
     def _refuse(self, conn: GatedConnection) -> None:
         self.refused += 1
@@ -137,6 +157,7 @@ class GatedConnection(ServerConnection):
     tls_timeout_s: float = 10.0
 
     holds_slot = False
+    hold_timer: asyncio.TimerHandle | None = None
     gone = False
     _raw: asyncio.Transport | None = None
     _started = False
@@ -195,9 +216,12 @@ class GatedConnection(ServerConnection):
         self.gate.release(self)
 
     def drop(self) -> None:
-        """Close before TLS: the client sees its connection closed and backs off."""
+        """Close at once, without a close handshake: before TLS the client sees its connection
+        closed and backs off; a handshake that overstayed is cut the same way."""
         self.gone = True
-        if self._raw is not None:
+        if self._started and self.transport is not None:
+            self.transport.abort()
+        elif self._raw is not None:
             self._raw.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:

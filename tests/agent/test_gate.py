@@ -144,6 +144,29 @@ async def test_a_client_that_leaves_during_tls_gives_its_slot_back(tls):
         await server.wait_closed()
 
 
+async def test_a_silent_peer_is_cut_after_hold_s_and_the_next_one_is_served(tls):
+    server_ctx, client_ctx = tls
+    gate = Gate(limit=1, hold_s=0.3)
+    lst = Listener(gate)
+    server, port = await listen(lst.handler, "127.0.0.1", 0, ssl_context=server_ctx, gate=gate)
+    try:
+        # A peer that connects and says nothing would hold the only place for the TLS timeout.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await until(lambda: gate.busy == 1, "the silent peer to be admitted")
+        waiting = asyncio.create_task(open_client(port, client_ctx))
+        await until(lambda: len(gate.queue) == 1, "the TLS client to wait")
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # cut by the gate
+        await until(lambda: lst.served == 1, "the TLS client to be admitted after the cut")
+        lst.let_go.put_nowait(None)
+        assert await asyncio.wait_for(waiting, 10) == b"welcome"
+        assert gate.overstayed == 1
+        writer.close()
+    finally:
+        server.close()
+        gate.close()
+        await server.wait_closed()
+
+
 def test_a_gate_lets_at_least_one_through():
     with pytest.raises(ValueError, match="at least one"):
         Gate(limit=0)
