@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any
 
-import websockets
+from websockets.exceptions import WebSocketException
 
 from admin.client import AdminClient
 from admin.output import ago, iso, short_time, table
@@ -628,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     except RemoteError as exc:
         print(f"taskfleet: {exc.message}", file=sys.stderr)
         code = EXIT_USAGE if exc.code in USAGE_CODES else EXIT_UNREACHABLE
-    except (OSError, websockets.WebSocketException, TimeoutError) as exc:
+    except (OSError, WebSocketException, TimeoutError) as exc:
         print(f"taskfleet: cannot reach the server: {exc or type(exc).__name__}", file=sys.stderr)
         code = EXIT_UNREACHABLE
     except KeyboardInterrupt:

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-import websockets
+from websockets.exceptions import ConnectionClosed
 
 from agent.link import Link, connect
 from agent.tls import ClientTrust
@@ -70,7 +70,7 @@ class AdminClient:
                     continue
                 if isinstance(message, Event):
                     self._events.put_nowait(message)
-        except (websockets.ConnectionClosed, Exception) as exc:
+        except (ConnectionClosed, Exception) as exc:
             self.link.fail_waiters(ConnectionError(f"connection to the server closed: {exc}"))
             self._events.put_nowait(None)
 

@@ -27,8 +27,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import websockets
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from agent import __version__, logs
 from agent.commands import CommandTable
@@ -181,7 +181,7 @@ class Agent:
                     raise
                 except RemoteError as exc:
                     self.log.error("refused", code=exc.code, reason=exc.message)
-                except (OSError, TimeoutError, websockets.WebSocketException, ProtocolError) as exc:
+                except (OSError, TimeoutError, WebSocketException, ProtocolError) as exc:
                     self.log.info("connection_lost", error=str(exc) or type(exc).__name__)
                 except Exception:
                     self.log.exception("agent_loop_error")
@@ -237,7 +237,7 @@ class Agent:
                 info=self.info(),
                 compression=self.compression,
             )
-        except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+        except (OSError, TimeoutError, WebSocketException) as exc:
             ts = self.store.config.get("taskserver")
             if not ts:
                 raise
@@ -372,7 +372,7 @@ class Agent:
         results = [(r.instance_id, r.step) for r in reports if is_terminal(r.state)]
         if results:  # the relay acknowledges messages that carry results
             self._inflight[message.id] = results
-        with contextlib.suppress(websockets.ConnectionClosed):
+        with contextlib.suppress(ConnectionClosed):
             await link.send(message)
 
     async def _acked(self, message_ids: list[str]) -> None:
@@ -663,7 +663,7 @@ class Agent:
             try:
                 await link.send(request)
                 report = await asyncio.wait_for(waiter, left)
-            except (ConnectionError, websockets.ConnectionClosed, TimeoutError):
+            except (ConnectionError, ConnectionClosed, TimeoutError):
                 continue
             finally:
                 self._step_waiters.pop(request.id, None)

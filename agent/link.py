@@ -16,12 +16,12 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import websockets
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
+from websockets.exceptions import ConnectionClosed
 
 from agent.gate import Gate, connection_class, handshake_done
 from agent.keys import public_bytes
@@ -74,6 +74,7 @@ class Link:
         self.peer = peer
         self.who = ""
         self._n = 0
+        self._write_high = 0
         self._waiting: dict[str, asyncio.Future[Message]] = {}
 
     def next_id(self) -> str:
@@ -93,11 +94,12 @@ class Link:
         """Whether a frame of ``size`` bytes can be written now without waiting for the peer to
         read: the connection is not paused and stays under its write limit with it."""
         ws = self.ws
-        transport = ws.transport
-        if transport is None or transport.is_closing() or getattr(ws, "paused", False):
+        if ws.paused:
             return False
-        _, high = transport.get_write_buffer_limits()
-        return bool(transport.get_write_buffer_size() + size + FRAME_OVERHEAD <= high)
+        transport = ws.transport
+        if self._write_high == 0:
+            self._write_high = transport.get_write_buffer_limits()[1]
+        return bool(transport.get_write_buffer_size() + size + FRAME_OVERHEAD <= self._write_high)
 
     def abort(self) -> None:
         """Drop the connection at once, without a close handshake (a peer that does not read)."""
@@ -293,7 +295,7 @@ async def accept(
         log.warning("handshake_refused", peer=link.peer, code=exc.code, reason=exc.message)
         await link.refuse(exc)
         return None
-    except websockets.ConnectionClosed:
+    except ConnectionClosed:
         return None
     return link, hello, facts
 

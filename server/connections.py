@@ -12,7 +12,7 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
-import websockets
+from websockets.exceptions import ConnectionClosed
 
 from agent.link import Link, accept
 from protocol import PROTOCOL_VERSION
@@ -77,7 +77,7 @@ async def serve(ns: NotificationServer, ws: Any) -> None:
                 await serve_taskserver(ns, link, hello, facts)
             else:
                 await serve_admin(ns, link, hello, facts)
-        except websockets.ConnectionClosed:
+        except ConnectionClosed:
             pass
         except ProtocolError as exc:
             ns.refused[exc.code] += 1

@@ -32,7 +32,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import websockets
+from websockets.exceptions import ConnectionClosed
 
 from agent.jobrunner import drive
 from agent.link import Link
@@ -318,7 +318,7 @@ class Relay:
                     self._accept_agent_reports(conn, message)
                 elif isinstance(message, StepRequest):
                     self._step_request(conn, message)
-        except websockets.ConnectionClosed:
+        except ConnectionClosed:
             pass
         except ProtocolError as exc:
             self.log.warning(
@@ -389,7 +389,7 @@ class Relay:
         """
         data = codec.encode(message)
         if conn.backlog is None and conn.link.fits(len(data)):
-            with contextlib.suppress(websockets.ConnectionClosed):
+            with contextlib.suppress(ConnectionClosed):
                 await conn.link.send_frame(data)
             return
         if conn.backlog is None:
@@ -413,7 +413,7 @@ class Relay:
                 reason=f"took nothing we sent in {SEND_STALL_S:g} s; disconnected",
             )
             conn.link.abort()
-        except websockets.ConnectionClosed:
+        except ConnectionClosed:
             pass
         finally:
             conn.backlog = None

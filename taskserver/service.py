@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any
 
-import websockets
+from websockets.exceptions import WebSocketException
 
 from agent import heap, logs
 from agent.gate import HANDSHAKES_AT_ONCE, Gate
@@ -277,7 +277,7 @@ class TaskServer:
                 raise
             except RemoteError as exc:
                 self.log.error("ns_refused", code=exc.code, reason=exc.message)
-            except (OSError, TimeoutError, websockets.WebSocketException, ProtocolError) as exc:
+            except (OSError, TimeoutError, WebSocketException, ProtocolError) as exc:
                 self.log.warning("ns_link_lost", error=str(exc) or type(exc).__name__)
             except Exception:
                 # A failure here (a full disk, a bug) must not end the TS: log, back off, reconnect.
