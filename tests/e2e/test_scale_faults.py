@@ -15,9 +15,13 @@ from tests.helpers import Fleet, free_port, until, wait_run
 N = 500
 
 
-async def simulated(fleet: Fleet, n: int, delay_ms: int) -> None:
+async def simulated(
+    fleet: Fleet, n: int, delay_ms: int, prefix: str = "sim", online_total: int | None = None
+) -> None:
+    """Start ``n`` simulated agents whose tasks take ``delay_ms``; wait until ``online_total``
+    (default ``n``) computers are online."""
     sim = fleet._proc(
-        "simulate",
+        f"simulate-{prefix}",
         [
             "simulate",
             "--server",
@@ -28,6 +32,8 @@ async def simulated(fleet: Fleet, n: int, delay_ms: int) -> None:
             "2",
             "--task-delay-ms",
             str(delay_ms),
+            "--prefix",
+            prefix,
             "--enrol-token",
             fleet.enrol_token,
             *fleet.trust_args(),
@@ -35,11 +41,12 @@ async def simulated(fleet: Fleet, n: int, delay_ms: int) -> None:
     )
     await sim.start(wait_ready=False)
     async with fleet.admin() as c:
+        total = n if online_total is None else online_total
 
         async def online():
-            return sum(1 for r in await c.call("computers.list") if r["online"]) == n
+            return sum(1 for r in await c.call("computers.list") if r["online"]) == total
 
-        await until(online, f"{n} simulated agents online", 180)
+        await until(online, f"{total} simulated agents online", 180)
 
 
 def check_invariants(db_path, run_id: int, n: int) -> None:
@@ -99,11 +106,14 @@ async def test_task_server_killed_during_a_client_job_of_500_agents(fleet: Fleet
 
 async def test_ns_killed_during_roll_up_of_a_500_agent_server_job(fleet: Fleet):
     """SIGKILL the NS while results of a 500-agent server-job step roll up, start it again: the
-    job finishes and the database passes its integrity check."""
+    job finishes and the database passes its integrity check. Half the agents take 0.5 s and
+    half 5 s, so the kill lands between the first results and the barrier's release (with one
+    delay for all, every result could land in one batch and the kill hit the next step)."""
     port = free_port()
     await fleet.server(port=port)
     await fleet.taskserver("ts-1")
-    await simulated(fleet, N, delay_ms=1000)
+    await simulated(fleet, N // 2, delay_ms=500, prefix="fast")
+    await simulated(fleet, N - N // 2, delay_ms=5000, prefix="slow", online_total=N)
     async with fleet.admin() as c:
         await c.call(
             "task.add",
@@ -122,14 +132,11 @@ async def test_ns_killed_during_roll_up_of_a_500_agent_server_job(fleet: Fleet):
 
         async def rolling_up():
             view = await c.call("run.show", run_id=run_id)
-            return (
-                sum(
-                    1
-                    for i in view["instances"]
-                    if i["step"] == "work" and i["status"] == "succeeded"
-                )
-                > 0
+            done = sum(
+                1 for i in view["instances"] if i["step"] == "work" and i["status"] == "succeeded"
             )
+            assert done < N, "every result was in before the kill: the test missed its window"
+            return done > 0
 
         await until(rolling_up, "results rolling up", 60)
     fleet.ns.kill(signal.SIGKILL)
