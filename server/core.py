@@ -56,6 +56,9 @@ BUILTIN = "@ns"
 """Route name of the NS's built-in task service."""
 
 DISPATCH_CHUNK = 1_000
+DISPATCH_WINDOW = 4
+"""Dispatches a TS may have unacknowledged at once: while it fans one out to its agents, the
+next is already on its way (stop-and-wait cost one round trip and one NS write per 1,000)."""
 ROLLUP_GRACE_S = 10.0
 WATCH_EVENT_ITEMS = 1_000
 """Instance changes per `instances` event (a watcher gets one event per roll-up batch)."""
@@ -529,6 +532,22 @@ class NotificationServer:
             groups: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
             for r in rows:
                 groups[(r["run_id"], r["step"])].append(r)
+            # A TS takes its dispatches in order, several in flight; the built-in service is
+            # called in-process and takes one at a time.
+            window = asyncio.Semaphore(DISPATCH_WINDOW if isinstance(handle, RemoteRoute) else 1)
+            failed: list[BaseException] = []
+            sending: set[asyncio.Task[None]] = set()
+
+            async def send(message: Dispatch, ids: list[int]) -> None:
+                try:
+                    await handle.dispatch(message)
+                except Exception as exc:
+                    failed.append(exc)
+                    return
+                finally:
+                    window.release()
+                await self.db.mark_dispatched(ids)
+
             for (run_id, _step), items in groups.items():
                 task = json.loads(items[0]["task"])
                 expires_in_s = items[0]["deadline"] - time.time()
@@ -536,6 +555,10 @@ class NotificationServer:
                     continue
                 local_capable = task.get("type") == "client-job"
                 for i in range(0, len(items), DISPATCH_CHUNK):
+                    await window.acquire()
+                    if failed:
+                        window.release()
+                        break
                     chunk = items[i : i + DISPATCH_CHUNK]
                     link_id = (
                         handle.link.next_id()
@@ -560,17 +583,19 @@ class NotificationServer:
                             for r in chunk
                         ],
                     )
-                    try:
-                        await handle.dispatch(message)
-                    except Exception as exc:
-                        self.log.warning(
-                            "dispatch_failed",
-                            route=route,
-                            run_id=run_id,
-                            error=str(exc) or type(exc).__name__,
-                        )
-                        return
-                    await self.db.mark_dispatched([r["id"] for r in chunk])
+                    sender = asyncio.create_task(send(message, [r["id"] for r in chunk]))
+                    sending.add(sender)
+                    sender.add_done_callback(sending.discard)
+                if failed:
+                    break
+            if sending:
+                await asyncio.gather(*sending)
+            if failed:
+                # The rest stays undispatched and goes when the route is back (the relay drops
+                # repeats by instance id).
+                self.log.warning(
+                    "dispatch_failed", route=route, error=str(failed[0]) or type(failed[0]).__name__
+                )
 
     async def on_reports(self, reports: list[Report], route: str | None = None) -> None:
         """Apply a batch of reports (one transaction), tell watchers, count steps, end runs."""
