@@ -189,7 +189,7 @@ class GatedConnection(ServerConnection):
             transport = await asyncio.get_running_loop().start_tls(
                 raw, held, tls, server_side=True, ssl_handshake_timeout=self.tls_timeout_s
             )
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError, EOFError):
+        except Exception:
             # A client that gave up, a scanner, a bad certificate on its side: it cost one TLS try.
             self.gone = True
             raw.abort()
