@@ -158,6 +158,10 @@ async def _run_step(
             instances, _ = plan_instances(task, computers)
         stage = await ns.open_step(run_id, action.step, task, instances, machine.snapshot())
         await stage.barrier()
-    rows = await ns.db.instance_states(run_id, action.step)
-    single = rows[0] if task["kind"] == Kind.SERVER and rows else None
-    return step_values([r["status"] for r in rows], single)
+    if task["kind"] == Kind.SERVER:
+        rows = await ns.db.instance_states(run_id, action.step)
+        return step_values([r["status"] for r in rows], rows[0] if rows else None)
+    statuses: list[str] = []
+    for status, n in (await ns.db.step_counts(run_id, action.step)).items():
+        statuses += [status] * n
+    return step_values(statuses)

@@ -869,6 +869,16 @@ class Store:
             args += (step,)
         return await self._all(sql, args)
 
+    async def step_counts(self, run_id: int, step: str) -> dict[str, int]:
+        """How many top-level instances of one step are in each state (a barrier's roll-up
+        without reading 10,000 rows back)."""
+        rows = await self.db.execute_fetchall(
+            "SELECT status, count(*) FROM instances WHERE run_id=? AND parent_id IS NULL"
+            " AND step=? GROUP BY status",
+            (run_id, step),
+        )
+        return {str(status): int(n) for status, n in rows}
+
     # -- inventory ----------------------------------------------------------------------
 
     async def save_inventories(self, instance_ids: list[int]) -> None:
