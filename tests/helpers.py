@@ -162,6 +162,29 @@ class Fleet:
             ],
         ).start()
 
+    async def simulate(
+        self, agents: int, *extra: str, processes: int = 1, name: str = "simulate"
+    ) -> Proc:
+        """Start ``taskfleet simulate`` with ``agents`` agents against this fleet's NS (each
+        enrolled by token, trusting the NS by fingerprint); ``extra`` are more of its options."""
+        assert self.ns is not None
+        return await self._proc(
+            name,
+            [
+                "simulate",
+                "--server",
+                self.ns.url,
+                "--agents",
+                str(agents),
+                "--processes",
+                str(processes),
+                *extra,
+                "--enrol-token",
+                self.enrol_token,
+                *self.trust_args(),
+            ],
+        ).start(wait_ready=False)
+
     async def agent(self, name: str, *, enrol: bool = True) -> Proc:
         assert self.ns is not None
         token = ["--enrol-token", self.enrol_token] if enrol else []

@@ -40,6 +40,19 @@ class Listener:
             await ws.wait_closed()
 
 
+@contextlib.asynccontextmanager
+async def gated(gate: Gate, server_ctx: ssl.SSLContext):
+    """A gated TLS listener on loopback port 0: yields (listener, port); closed at the end."""
+    lst = Listener(gate)
+    server, port = await listen(lst.handler, "127.0.0.1", 0, ssl_context=server_ctx, gate=gate)
+    try:
+        yield lst, port
+    finally:
+        server.close()
+        gate.close()
+        await server.wait_closed()
+
+
 async def open_client(port: int, ctx: ssl.SSLContext) -> bytes:
     async with ws_connect(
         f"wss://127.0.0.1:{port}", ssl=ctx, proxy=None, open_timeout=10, compression=None
@@ -57,9 +70,7 @@ async def until(predicate, what: str) -> None:
 async def test_a_connection_beyond_the_limit_waits_before_tls_then_is_served(tls):
     server_ctx, client_ctx = tls
     gate = Gate(limit=1)
-    lst = Listener(gate)
-    server, port = await listen(lst.handler, "127.0.0.1", 0, ssl_context=server_ctx, gate=gate)
-    try:
+    async with gated(gate, server_ctx) as (lst, port):
         first = asyncio.create_task(open_client(port, client_ctx))
         await asyncio.wait_for(lst.in_handler.wait(), 10)
         second = asyncio.create_task(open_client(port, client_ctx))
@@ -75,18 +86,12 @@ async def test_a_connection_beyond_the_limit_waits_before_tls_then_is_served(tls
         assert await asyncio.wait_for(second, 10) == b"welcome"
         assert gate.stats()["admitted"] == 2 and gate.refused == 0
         assert gate.peak == 1
-    finally:
-        server.close()
-        gate.close()
-        await server.wait_closed()
 
 
 async def test_a_full_waiting_room_closes_new_connections_before_tls_and_serves_the_rest(tls):
     server_ctx, client_ctx = tls
     gate = Gate(limit=1, waiting=0)
-    lst = Listener(gate)
-    server, port = await listen(lst.handler, "127.0.0.1", 0, ssl_context=server_ctx, gate=gate)
-    try:
+    async with gated(gate, server_ctx) as (lst, port):
         first = asyncio.create_task(open_client(port, client_ctx))
         await asyncio.wait_for(lst.in_handler.wait(), 10)
         with pytest.raises((OSError, ssl.SSLError, EOFError)):
@@ -95,18 +100,12 @@ async def test_a_full_waiting_room_closes_new_connections_before_tls_and_serves_
         lst.let_go.put_nowait(None)
         assert await asyncio.wait_for(first, 10) == b"welcome"  # the admitted one is untouched
         assert lst.served == 1
-    finally:
-        server.close()
-        gate.close()
-        await server.wait_closed()
 
 
 async def test_a_connection_that_waited_too_long_is_closed_not_started(tls):
     server_ctx, client_ctx = tls
     gate = Gate(limit=1, wait_s=0.0)
-    lst = Listener(gate)
-    server, port = await listen(lst.handler, "127.0.0.1", 0, ssl_context=server_ctx, gate=gate)
-    try:
+    async with gated(gate, server_ctx) as (lst, port):
         first = asyncio.create_task(open_client(port, client_ctx))
         await asyncio.wait_for(lst.in_handler.wait(), 10)
         late = asyncio.create_task(open_client(port, client_ctx))
@@ -117,18 +116,12 @@ async def test_a_connection_that_waited_too_long_is_closed_not_started(tls):
         with pytest.raises((OSError, ssl.SSLError, EOFError)):
             await asyncio.wait_for(late, 10)
         assert gate.refused == 1 and lst.served == 1 and gate.busy == 0
-    finally:
-        server.close()
-        gate.close()
-        await server.wait_closed()
 
 
 async def test_a_client_that_leaves_during_tls_gives_its_slot_back(tls):
     server_ctx, client_ctx = tls
     gate = Gate(limit=1)
-    lst = Listener(gate)
-    server, port = await listen(lst.handler, "127.0.0.1", 0, ssl_context=server_ctx, gate=gate)
-    try:
+    async with gated(gate, server_ctx) as (lst, port):
         # A bare TCP connection that never speaks TLS, then leaves: it takes the slot, then frees it.
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         await until(lambda: gate.busy == 1, "the bare connection to be admitted")
@@ -138,19 +131,13 @@ async def test_a_client_that_leaves_during_tls_gives_its_slot_back(tls):
         await until(lambda: lst.served == 1, "the TLS client to be admitted after the leaver")
         lst.let_go.put_nowait(None)
         assert await asyncio.wait_for(waiting, 10) == b"welcome"
-    finally:
-        server.close()
-        gate.close()
-        await server.wait_closed()
 
 
 async def test_a_silent_peer_is_cut_after_hold_s_and_the_next_one_is_served(tls):
     server_ctx, client_ctx = tls
     gate = Gate(limit=1, hold_s=1.0)
-    lst = Listener(gate)
-    lst.let_go.put_nowait(None)  # the TLS client, once in, finishes its handshake at once
-    server, port = await listen(lst.handler, "127.0.0.1", 0, ssl_context=server_ctx, gate=gate)
-    try:
+    async with gated(gate, server_ctx) as (lst, port):
+        lst.let_go.put_nowait(None)  # the TLS client, once in, finishes its handshake at once
         # A peer that connects and says nothing would hold the only place for the TLS timeout.
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         await until(lambda: gate.busy == 1, "the silent peer to be admitted")
@@ -161,10 +148,6 @@ async def test_a_silent_peer_is_cut_after_hold_s_and_the_next_one_is_served(tls)
         assert lst.served == 1
         assert gate.overstayed == 1
         writer.close()
-    finally:
-        server.close()
-        gate.close()
-        await server.wait_closed()
 
 
 def test_a_gate_lets_at_least_one_through():

@@ -26,21 +26,7 @@ async def test_a_burst_of_agents_waits_its_turn_at_the_gate_and_all_get_through(
             return sum(1 for r in rows if r["online"]) == N
 
         await until(both_connected, "both TS connected to the NS", 30)
-        await fleet._proc(
-            "simulate",
-            [
-                "simulate",
-                "--server",
-                fleet.ns.url,
-                "--agents",
-                str(N),
-                "--processes",
-                "1",
-                "--enrol-token",
-                fleet.enrol_token,
-                *fleet.trust_args(),
-            ],
-        ).start(wait_ready=False)
+        await fleet.simulate(N)
         await until(all_online, f"{N} agents online", 180)
         gate = (await c.call("stats"))["handshake_gate"]
         per_ts = {t["name"]: t["computers"] for t in await c.call("taskservers.list")}

@@ -88,23 +88,7 @@ async def test_runs_complete_when_connections_are_cut_mid_frame(fleet: Fleet):
                 *fleet.trust_args(),
             ],
         ).start()
-        await fleet._proc(
-            "simulate",
-            [
-                "simulate",
-                "--server",
-                fleet.ns.url,
-                "--agents",
-                str(AGENTS),
-                "--processes",
-                "1",
-                "--task-delay-ms",
-                "300",
-                "--enrol-token",
-                fleet.enrol_token,
-                *fleet.trust_args(),
-            ],
-        ).start(wait_ready=False)
+        await fleet.simulate(AGENTS, "--task-delay-ms", "300")
         async with fleet.admin() as c:
 
             async def online():

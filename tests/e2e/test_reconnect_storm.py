@@ -26,21 +26,7 @@ async def test_two_thousand_agents_come_back_after_their_task_server_restarts(fl
     await fleet.server()
     port = free_port()
     ts = await fleet.taskserver("ts-1", port=port)
-    await fleet._proc(
-        "simulate",
-        [
-            "simulate",
-            "--server",
-            fleet.ns.url,
-            "--agents",
-            str(N),
-            "--processes",
-            "2",
-            "--enrol-token",
-            fleet.enrol_token,
-            *fleet.trust_args(),
-        ],
-    ).start(wait_ready=False)
+    await fleet.simulate(N, processes=2)
     async with fleet.admin() as c:
 
         async def online(count: int):

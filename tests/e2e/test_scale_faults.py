@@ -20,26 +20,9 @@ async def simulated(
 ) -> None:
     """Start ``n`` simulated agents whose tasks take ``delay_ms``; wait until ``online_total``
     (default ``n``) computers are online."""
-    sim = fleet._proc(
-        f"simulate-{prefix}",
-        [
-            "simulate",
-            "--server",
-            fleet.ns.url,
-            "--agents",
-            str(n),
-            "--processes",
-            "2",
-            "--task-delay-ms",
-            str(delay_ms),
-            "--prefix",
-            prefix,
-            "--enrol-token",
-            fleet.enrol_token,
-            *fleet.trust_args(),
-        ],
+    await fleet.simulate(
+        n, "--task-delay-ms", str(delay_ms), "--prefix", prefix, processes=2, name=f"sim-{prefix}"
     )
-    await sim.start(wait_ready=False)
     async with fleet.admin() as c:
         total = n if online_total is None else online_total
 

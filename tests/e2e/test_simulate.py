@@ -15,24 +15,7 @@ async def test_two_hundred_simulated_agents_run_a_step_and_every_result_lands(fl
     terminal state, and the simulated failures come back as failures."""
     await fleet.server()
     await fleet.taskserver("ts-1")
-    sim = fleet._proc(
-        "simulate",
-        [
-            "simulate",
-            "--server",
-            fleet.ns.url,
-            "--agents",
-            str(N),
-            "--processes",
-            "2",
-            "--fail-rate",
-            "0.1",
-            "--enrol-token",
-            fleet.enrol_token,
-            *fleet.trust_args(),
-        ],
-    )
-    await sim.start(wait_ready=False)
+    await fleet.simulate(N, "--fail-rate", "0.1", processes=2)
     async with fleet.admin() as c:
 
         async def all_online():
