@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidMessage
 
 from agent.link import Link, connect
 from agent.tls import ClientTrust
@@ -24,13 +25,34 @@ ADMIN_LIMITS = Limits(
     max_depth=64,
 )
 """Bounds on what the admin client accepts from the NS: large, for runs of thousands of computers."""
+BUSY_RETRY_S = 30.0
+"""How long an admin keeps trying when the NS's handshake gate turns it away (agent.gate)."""
+
+
+def _turned_away(exc: BaseException) -> bool:
+    """A connection the server closed before or during TLS: what a full handshake gate does
+    during a registration burst. Not: nothing listening, or a certificate we do not trust."""
+    if isinstance(exc, ConnectionRefusedError | ssl.SSLCertVerificationError):
+        return False
+    if isinstance(exc, InvalidMessage):  # plain ws://: closed before the HTTP response
+        exc = exc.__cause__ or exc
+    return isinstance(exc, ConnectionError | ssl.SSLError | EOFError)
 
 
 class AdminClient:
     """``async with AdminClient(url, token) as c: await c.call("tasks.list")``."""
 
-    def __init__(self, url: str, token: str, trust: ClientTrust, *, identity: str = "admin"):
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        trust: ClientTrust,
+        *,
+        identity: str = "admin",
+        busy_retry_s: float = BUSY_RETRY_S,
+    ):
         self.url = url
+        self.busy_retry_s = busy_retry_s
         self.token = token
         self.trust = trust
         self.role = ""
@@ -40,15 +62,28 @@ class AdminClient:
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> AdminClient:
-        # Answers come from the server we chose to trust; a run of thousands of computers is big.
-        self.link, welcome = await connect(
-            self.url,
-            role=Role.ADMIN,
-            identity=self.identity,
-            credentials={"token": self.token},
-            trust=self.trust,
-            limits=ADMIN_LIMITS,
-        )
+        # While 10,000 agents register at once, the NS's handshake gate may turn a new connection
+        # away before TLS; an administrator's command should wait its turn, not fail.
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.busy_retry_s
+        delay = 0.2
+        while True:
+            try:
+                # Answers come from the server we chose to trust; a run of thousands is big.
+                self.link, welcome = await connect(
+                    self.url,
+                    role=Role.ADMIN,
+                    identity=self.identity,
+                    credentials={"token": self.token},
+                    trust=self.trust,
+                    limits=ADMIN_LIMITS,
+                )
+                break
+            except Exception as exc:
+                if not _turned_away(exc) or loop.time() + delay > give_up:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
         self.role = str(welcome.config.get("role", ""))
         self._reader = asyncio.create_task(self._read())
         return self

@@ -1,0 +1,54 @@
+"""An administrator during a registration burst: turned away by a full gate, the admin client
+waits its turn instead of failing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from admin.client import AdminClient
+from agent.tls import ClientTrust
+from server.core import NotificationServer
+from tests.helpers import INSECURE, until
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["tls", "plain"])
+async def test_an_admin_turned_away_by_a_full_gate_gets_in_once_a_place_frees(tmp_path, tls):
+    """The NS takes one handshake at a time and no one waiting; a silent peer holds that place
+    until the gate cuts it (hold 1 s). The admin's first tries are closed before TLS; it tries
+    again, gets in, and its request is answered."""
+    ns = NotificationServer(data_dir=str(tmp_path / "ns"), insecure=not tls, max_handshakes=1)
+    await ns.start()
+    ns.gate.waiting = 0
+    ns.gate.hold_s = 1.0
+    writer = None
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", ns.port)
+
+        async def held() -> bool:
+            return ns.gate.busy == 1
+
+        await until(held, "the silent peer to hold the only place", 10, 0.01)
+        trust = ClientTrust(fingerprint=ns.tls_fingerprint) if tls else INSECURE
+        async with AdminClient(ns.url, ns.first_admin_token, trust) as c:
+            who = await c.call("whoami")
+        assert who["admin"] and c.role == "admin"
+        assert ns.gate.refused >= 1, ns.gate.stats()  # it was turned away at least once
+        assert ns.gate.overstayed == 1
+    finally:
+        if writer is not None:
+            writer.close()
+        await ns.stop()
+
+
+async def test_an_admin_does_not_wait_for_a_server_that_is_not_there(tmp_path):
+    """Nothing listening: the admin client fails at once (no retries for a refused connect)."""
+    from tests.helpers import free_port
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ConnectionRefusedError):
+        async with AdminClient(f"ws://127.0.0.1:{free_port()}", "tfa_x", INSECURE):
+            pass
+    assert loop.time() - started < 5
