@@ -278,8 +278,8 @@ class Relay:
             conn = self.agents.get(name)
             if conn is None:
                 continue
-            await self._to_agent(conn, Tickle(id=conn.link.next_id()))
-            reached += 1
+            if await self._to_agent(conn, Tickle(id=conn.link.next_id())):
+                reached += 1
         return reached, len(computers) - reached
 
     # -- agents -------------------------------------------------------------------------
@@ -376,7 +376,7 @@ class Relay:
             ),
         )
 
-    async def _to_agent(self, conn: AgentConn, message: Message) -> None:
+    async def _to_agent(self, conn: AgentConn, message: Message) -> bool:
         """Send ``message`` to one agent without ever waiting for that agent to read.
 
         The relay sends to thousands of agents from one loop (a dispatch's fan-out, the acks).
@@ -385,17 +385,20 @@ class Relay:
         at once (the await cannot block); otherwise, or while earlier frames still wait, it joins
         that agent's backlog, which a task of its own sends in order. An agent that has not
         taken its backlog within ``SEND_STALL_S`` is disconnected; it comes back, re-registers,
-        and gets its held work again.
+        and gets its held work again. Returns False if the connection was found closed.
         """
         data = codec.encode(message)
         if conn.backlog is None and conn.link.fits(len(data)):
-            with contextlib.suppress(ConnectionClosed):
+            try:
                 await conn.link.send_frame(data)
-            return
+            except ConnectionClosed:
+                return False
+            return True
         if conn.backlog is None:
             conn.backlog = deque()
             self._spawn(self._send_backlog(conn))
         conn.backlog.append(data)
+        return True
 
     async def _send_backlog(self, conn: AgentConn) -> None:
         backlog = conn.backlog
