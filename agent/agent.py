@@ -452,12 +452,8 @@ class Agent:
             return await self._simulated(timeout_s)
         runner = RUNNERS.get(kind)
         if runner is None:
-            now = time.time()
-            return Outcome(
-                InstanceState.FAILED,
-                reason=f"this agent ({__version__}) cannot run task type {kind!r}; upgrade it",
-                started_at=now,
-                ended_at=now,
+            return Outcome.failed(
+                f"this agent ({__version__}) cannot run task type {kind!r}; upgrade it"
             )
         running = self._running.get(iid)
 

@@ -36,6 +36,18 @@ class Outcome:
     started_at: float | None = None
     ended_at: float | None = None
 
+    @classmethod
+    def failed(cls, reason: str, started_at: float | None = None) -> Outcome:
+        """A failure ending now, with a reason a person can act on (``started_at``: when the
+        work began; by default now, for work refused before it began)."""
+        now = time.time()
+        return cls(
+            InstanceState.FAILED,
+            reason=reason,
+            started_at=now if started_at is None else started_at,
+            ended_at=now,
+        )
+
     def report(self, instance_id: int, *, computer: str = "", step: str = "") -> Report:
         """This outcome as the report that carries it upstream."""
         return Report(
@@ -109,11 +121,8 @@ class ScriptRun:
             cmd = list(self.argv) if self.argv else _command(interpreter, path)
             if cmd is None or (self.argv and shutil.which(cmd[0]) is None):
                 missing = repr(cmd[0]) if cmd else f"interpreter {interpreter!r}"
-                return Outcome(
-                    InstanceState.FAILED,
-                    reason=f"{missing} is not installed on this computer",
-                    started_at=started,
-                    ended_at=time.time(),
+                return Outcome.failed(
+                    f"{missing} is not installed on this computer", started_at=started
                 )
             env = dict(os.environ)
             for key, value in (self.params.get("env") or {}).items():
@@ -139,11 +148,8 @@ class ScriptRun:
                     start_new_session=True,
                 )
             except OSError as exc:
-                return Outcome(
-                    InstanceState.FAILED,
-                    reason=f"could not start {cmd[0]}: {exc.strerror or exc}",
-                    started_at=started,
-                    ended_at=time.time(),
+                return Outcome.failed(
+                    f"could not start {cmd[0]}: {exc.strerror or exc}", started_at=started
                 )
             kept = bytearray()
             dropped = 0

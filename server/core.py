@@ -886,21 +886,13 @@ class NotificationServer:
         )
         runner = SERVER_RUNNERS.get(str(definition["type"]))
         if runner is None:
-            outcome = Outcome(
-                InstanceState.FAILED,
-                reason=f"this server cannot run {definition['type']!r}",
-                started_at=started,
-                ended_at=time.time(),
+            outcome = Outcome.failed(
+                f"this server cannot run {definition['type']!r}", started_at=started
             )
         else:
             try:
                 outcome = await runner(ctx)
             except Exception as exc:
                 self.log.exception("server_task_failed", run_id=run_id, type=definition["type"])
-                outcome = Outcome(
-                    InstanceState.FAILED,
-                    reason=f"the server task failed: {exc}",
-                    started_at=started,
-                    ended_at=time.time(),
-                )
+                outcome = Outcome.failed(f"the server task failed: {exc}", started_at=started)
         await self.on_reports([outcome.report(instance_id)])

@@ -463,13 +463,7 @@ class Relay:
         """Run one task-server task here, through the TS's catalog."""
         runner = TS_RUNNERS.get(str(task.get("type")))
         if runner is None:
-            now = time.time()
-            return Outcome(
-                InstanceState.FAILED,
-                reason=f"this task server cannot run {task.get('type')!r}",
-                started_at=now,
-                ended_at=now,
-            )
+            return Outcome.failed(f"this task server cannot run {task.get('type')!r}")
         local = self.local.get(iid)
 
         def track(run: ScriptRun) -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from agent.runner import Outcome, ScriptRun
-from protocol.states import InstanceState
 
 if TYPE_CHECKING:
     from agent.tasktypes import TaskContext
@@ -15,11 +13,5 @@ if TYPE_CHECKING:
 async def run(ctx: TaskContext) -> Outcome:
     argv = ctx.commands.argv("defragment", volume=ctx.params.get("volume", "/"))
     if argv is None:
-        now = time.time()
-        return Outcome(
-            InstanceState.FAILED,
-            reason="defragmenting is not supported on this platform",
-            started_at=now,
-            ended_at=now,
-        )
+        return Outcome.failed("defragmenting is not supported on this platform")
     return await ctx.run(ScriptRun({}, ctx.tokens, ctx.timeout_s, argv=argv))

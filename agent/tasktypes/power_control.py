@@ -26,12 +26,7 @@ async def run(ctx: TaskContext) -> Outcome:
     )
     now = time.time()
     if argv is None:
-        return Outcome(
-            InstanceState.FAILED,
-            reason=f"power action '{action}' is not supported on this platform",
-            started_at=now,
-            ended_at=now,
-        )
+        return Outcome.failed(f"power action '{action}' is not supported on this platform")
 
     async def act() -> None:
         # Runs after the result is reported: the machine may not come back to report it.

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from agent.runner import Outcome, ScriptRun
-from protocol.states import InstanceState
 
 if TYPE_CHECKING:
     from agent.tasktypes import TaskContext
 
 
 def not_supported(action: str) -> Outcome:
-    now = time.time()
-    return Outcome(
-        InstanceState.FAILED,
-        reason=f"'{action}' of a service is not supported on this platform",
-        started_at=now,
-        ended_at=now,
-    )
+    return Outcome.failed(f"'{action}' of a service is not supported on this platform")
 
 
 async def _service(ctx: TaskContext) -> Outcome:

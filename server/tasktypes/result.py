@@ -17,4 +17,4 @@ def done(started: float, output: Any) -> Outcome:
 
 def failed(started: float, reason: str) -> Outcome:
     """Failure, with a reason a person can act on."""
-    return Outcome(InstanceState.FAILED, reason=reason, started_at=started, ended_at=time.time())
+    return Outcome.failed(reason, started_at=started)

@@ -41,11 +41,8 @@ async def run(ctx: ServerContext) -> Outcome:
     started = time.time()
     cfg = ctx.ns.smtp
     if not cfg:
-        return Outcome(
-            InstanceState.FAILED,
-            reason="no SMTP server configured: start the NS with --smtp HOST:PORT",
-            started_at=started,
-            ended_at=time.time(),
+        return Outcome.failed(
+            "no SMTP server configured: start the NS with --smtp HOST:PORT", started_at=started
         )
     message = EmailMessage()
     message["From"] = (
@@ -59,11 +56,8 @@ async def run(ctx: ServerContext) -> Outcome:
     if report:
         snapshot = await ctx.ns.db.latest_snapshot(report)
         if snapshot is None:
-            return Outcome(
-                InstanceState.FAILED,
-                reason=f"report {report!r} has no snapshot: run it first (run-report)",
-                started_at=started,
-                ended_at=time.time(),
+            return Outcome.failed(
+                f"report {report!r} has no snapshot: run it first (run-report)", started_at=started
             )
         out = io.StringIO()
         writer = csv.writer(out)
@@ -75,10 +69,5 @@ async def run(ctx: ServerContext) -> Outcome:
     try:
         await asyncio.to_thread(_send, cfg, message)
     except (OSError, smtplib.SMTPException) as exc:
-        return Outcome(
-            InstanceState.FAILED,
-            reason=f"sending mail failed: {exc}",
-            started_at=started,
-            ended_at=time.time(),
-        )
+        return Outcome.failed(f"sending mail failed: {exc}", started_at=started)
     return Outcome(InstanceState.SUCCEEDED, 0, str(message["Message-ID"]), "", started, time.time())

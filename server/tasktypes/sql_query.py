@@ -51,12 +51,7 @@ async def run(ctx: ServerContext) -> Outcome:
             limit,
         )
     except sqlite3.Error as exc:
-        return Outcome(
-            InstanceState.FAILED,
-            reason=f"SQL error: {exc}",
-            started_at=started,
-            ended_at=time.time(),
-        )
+        return Outcome.failed(f"SQL error: {exc}", started_at=started)
     data = {"columns": columns, "rows": rows, "truncated": more}
     return Outcome(
         InstanceState.SUCCEEDED, 0, json.dumps(data, default=str), "", started, time.time()

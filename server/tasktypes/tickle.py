@@ -19,12 +19,7 @@ async def run(ctx: ServerContext) -> Outcome:
     rows = await ctx.ns.db.computers(names or None)
     missing = sorted(set(names) - {r["name"] for r in rows})
     if missing:
-        return Outcome(
-            InstanceState.FAILED,
-            reason=f"unknown computer(s): {', '.join(missing)}",
-            started_at=started,
-            ended_at=time.time(),
-        )
+        return Outcome.failed(f"unknown computer(s): {', '.join(missing)}", started_at=started)
     reached, offline = await ctx.ns.tickle([r for r in rows if r["has_agent"]])
     output = json.dumps({"reached": sorted(reached), "offline": sorted(offline)})
     return Outcome(InstanceState.SUCCEEDED, 0, output, "", started, time.time())

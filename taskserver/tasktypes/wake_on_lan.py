@@ -41,21 +41,15 @@ async def run(
             if not mac or "%" in mac
             else f"{mac!r} is not a MAC"
         )
-        return Outcome(
-            InstanceState.FAILED,
-            reason=f"{why}: give params.mac, or add the device with --mac",
-            started_at=started,
-            ended_at=time.time(),
+        return Outcome.failed(
+            f"{why}: give params.mac, or add the device with --mac", started_at=started
         )
     address, port = str(params.get("broadcast", "255.255.255.255")), int(params.get("port", 9))
     try:
         _send(magic_packet(mac), address, port)
     except OSError as exc:
-        return Outcome(
-            InstanceState.FAILED,
-            reason=f"could not send to {address}:{port}: {exc.strerror or exc}",
-            started_at=started,
-            ended_at=time.time(),
+        return Outcome.failed(
+            f"could not send to {address}:{port}: {exc.strerror or exc}", started_at=started
         )
     return Outcome(
         InstanceState.SUCCEEDED,
