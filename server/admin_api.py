@@ -248,6 +248,16 @@ async def types_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -
     ]
 
 
+def _refuse_unknown(kind: str, asked: list[str], known: set[str]) -> None:
+    """Refuse a run whose targets name a computer, group or filter that does not exist."""
+    missing = sorted(set(asked) - known)
+    if missing:
+        raise ApiError(
+            f"unknown_{kind}",
+            f"unknown {kind}(s): {', '.join(missing)}; `taskfleet {kind}s` lists them",
+        )
+
+
 @op("run.start")
 async def run_start(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
     name = _arg(args, "task", str)
@@ -266,32 +276,14 @@ async def run_start(ns: NotificationServer, link: Link, args: dict[str, Any]) ->
         computers = await ns.db.computers()
     chosen: dict[int, dict[str, Any]] = {}
     if names:
-        wanted = list(dict.fromkeys(names))
-        found = await ns.db.computers(wanted)
-        missing = sorted(set(wanted) - {c["name"] for c in found})
-        if missing:
-            raise ApiError(
-                "unknown_computer",
-                f"unknown computer(s): {', '.join(missing)}; `taskfleet computers` lists them",
-            )
+        found = await ns.db.computers(list(dict.fromkeys(names)))
+        _refuse_unknown("computer", names, {c["name"] for c in found})
         chosen.update((c["id"], c) for c in found)
     if groups:
-        known = {g["name"] for g in await ns.db.groups()}
-        missing = sorted(set(groups) - known)
-        if missing:
-            raise ApiError(
-                "unknown_group",
-                f"unknown group(s): {', '.join(missing)}; `taskfleet groups` lists them",
-            )
+        _refuse_unknown("group", groups, {g["name"] for g in await ns.db.groups()})
         chosen.update((c["id"], c) for c in await ns.db.group_computers(groups))
     if filters:
-        known = {f["name"] for f in await ns.db.filters()}
-        missing = sorted(set(filters) - known)
-        if missing:
-            raise ApiError(
-                "unknown_filter",
-                f"unknown filter(s): {', '.join(missing)}; `taskfleet filters` lists them",
-            )
+        _refuse_unknown("filter", filters, {f["name"] for f in await ns.db.filters()})
         chosen.update((c["id"], c) for c in await ns.db.filter_computers(filters))
     if not every:
         computers = sorted(chosen.values(), key=lambda c: c["name"])
