@@ -422,7 +422,7 @@ class Agent:
                 outcome = await self._run_job(message, deadline, snapshot, restarted)
             else:
                 async with self._sem:
-                    await self.store.mark(iid, InstanceState.RUNNING)
+                    # Not stored: after a restart, received and running end the same way.
                     self._progress(
                         Report(instance_id=iid, state=InstanceState.RUNNING, started_at=time.time())
                     )
