@@ -201,11 +201,11 @@ class NotificationServer:
         self.data_dir = data_dir
         self.db_path = os.path.join(data_dir, "server.db")
         self.smtp = smtp or {}
+        """SMTP server for send-email: host, port, security (none|starttls|tls), user, password, sender."""
         self.ts_grace_s = ts_grace_s
+        """How long agents stay with a TS that went away before they move (and their work with them)."""
         self.min_free_bytes = min_free_bytes
         """Below this much free disk under the data folder, new runs are refused (reads go on)."""
-        """How long agents stay with a TS that went away before they move (and their work with them)."""
-        """SMTP server for send-email: host, port, security (none|starttls|tls), user, password, sender."""
         self.handshake_timeout_s = handshake_timeout_s
         self.insecure = insecure
         self.tls_cert = tls_cert
