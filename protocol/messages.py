@@ -466,7 +466,8 @@ def _builder(cls: type[T]) -> Callable[[dict[Any, Any], int], T]:
     """The compiled constructor of ``cls`` from a map (``budget`` counts below the map)."""
     compiled = _COMPILED.get(cls)
     if compiled is not None:
-        return typing.cast(Callable[[dict[Any, Any], int], T], compiled[0])
+        # A string cast: ``Callable[...]`` spelled out would be built anew on every frame.
+        return typing.cast("Callable[[dict[Any, Any], int], T]", compiled[0])
     hints = typing.get_type_hints(cls)
     fields = tuple(
         (
