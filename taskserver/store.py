@@ -14,7 +14,7 @@ from typing import Any
 
 import aiosqlite
 
-from agent.store import open_db, report_from_json, report_to_json, run_many
+from agent.store import open_db, report_from_row, report_to_row, run_many
 from protocol.messages import Report
 
 SCHEMA_VERSION = 1
@@ -141,7 +141,7 @@ class RelayStore:
         await run_many(
             self.db,
             "INSERT INTO outbox(instance_id, report) VALUES (?, ?)",
-            [(r.instance_id, report_to_json(r)) for r in reports],
+            [(r.instance_id, report_to_row(r)) for r in reports],
         )
         # One writer per file: the rows just inserted hold consecutive sequence numbers.
         async with self.db.execute("SELECT last_insert_rowid()") as cur:
@@ -180,5 +180,5 @@ class RelayStore:
         out: list[tuple[int, Report]] = []
         async with self.db.execute("SELECT seq, report FROM outbox ORDER BY seq") as cur:
             async for row in cur:
-                out.append((int(row[0]), report_from_json(row[1])))
+                out.append((int(row[0]), report_from_row(row[1])))
         return held, out
