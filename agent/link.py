@@ -22,6 +22,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from agent.gate import Gate, connection_class, handshake_done
 from agent.keys import public_bytes
@@ -84,17 +85,36 @@ class Link:
 
     async def send(self, message: Message) -> None:
         """Send one message as one binary frame."""
-        await self.ws.send(codec.encode(message))
+        data = codec.encode(message)
+        if not self.send_now(data):
+            await self.ws.send(data)
 
     async def send_frame(self, data: bytes) -> None:
         """Send one already encoded message."""
-        await self.ws.send(data)
+        if not self.send_now(data):
+            await self.ws.send(data)
+
+    def send_now(self, data: bytes) -> bool:
+        """Write one frame at once, when the connection is open and the frame fits under its
+        write limit; return False (nothing written) otherwise, for ``ws.send`` to wait.
+
+        The common case of ``websockets``' ``send`` without its coroutine, context manager and
+        drain (which has nothing to wait for when the frame fits): a TS writes thousands of
+        frames per dispatch, an agent one per result. Frames are never fragmented here, so no
+        fragmented send can be in progress.
+        """
+        ws = self.ws
+        if ws.protocol.state is not State.OPEN or not self.fits(len(data)):
+            return False
+        ws.protocol.send_binary(data)
+        ws.send_data()
+        return True
 
     def fits(self, size: int) -> bool:
         """Whether a frame of ``size`` bytes can be written now without waiting for the peer to
-        read: the connection is not paused and stays under its write limit with it."""
+        read: the connection is not paused or closing and stays under its write limit with it."""
         ws = self.ws
-        if ws.paused:
+        if ws.paused or ws.transport.is_closing():
             return False
         transport = ws.transport
         if self._write_high == 0:

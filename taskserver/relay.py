@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from agent.jobrunner import drive
 from agent.link import Link
@@ -244,7 +245,7 @@ class Relay:
             else:
                 conn = self.agents.get(h.computer)
                 if conn is not None:
-                    await self._send_execute(conn, h)
+                    self._send_execute(conn, h)
 
     async def cancel(self, instance_ids: list[int]) -> None:
         """Forget held work, stop local runs, and tell agents to kill what they run."""
@@ -269,7 +270,7 @@ class Relay:
         for name, ids in per_agent.items():
             conn = self.agents.get(name)
             if conn is not None:
-                await self._to_agent(conn, Cancel(id=conn.link.next_id(), instance_ids=ids))
+                self._to_agent(conn, Cancel(id=conn.link.next_id(), instance_ids=ids))
 
     async def tickle(self, computers: list[str]) -> tuple[int, int]:
         """Tell connected agents to check in; return (reached, offline)."""
@@ -278,7 +279,7 @@ class Relay:
             conn = self.agents.get(name)
             if conn is None:
                 continue
-            if await self._to_agent(conn, Tickle(id=conn.link.next_id())):
+            if self._to_agent(conn, Tickle(id=conn.link.next_id())):
                 reached += 1
         return reached, len(computers) - reached
 
@@ -300,10 +301,10 @@ class Relay:
         try:
             late = self._cancel_later.pop(name, None)
             if late:
-                await self._to_agent(conn, Cancel(id=link.next_id(), instance_ids=sorted(late)))
+                self._to_agent(conn, Cancel(id=link.next_id(), instance_ids=sorted(late)))
             for h in list(self.by_computer.get(name, {}).values()):
                 if not h.local:  # work this relay runs itself is not the agent's
-                    await self._send_execute(conn, h)
+                    self._send_execute(conn, h)
             while True:
                 message = await link.recv()
                 session.check(message)
@@ -357,13 +358,13 @@ class Relay:
         needs_ack = any(is_terminal(r.state) for r in message.items)
         self._report(items, conn, message.id if needs_ack else "")
 
-    async def _send_execute(self, conn: AgentConn, h: Held) -> None:
+    def _send_execute(self, conn: AgentConn, h: Held) -> None:
         left_s = h.deadline - time.time()
         if left_s <= 0 or h.instance_id in conn.sent:
             return
         conn.sent.add(h.instance_id)
         acks, conn.acks = conn.acks, []
-        await self._to_agent(
+        self._to_agent(
             conn,
             Execute(
                 id=conn.link.next_id(),
@@ -376,7 +377,7 @@ class Relay:
             ),
         )
 
-    async def _to_agent(self, conn: AgentConn, message: Message) -> bool:
+    def _to_agent(self, conn: AgentConn, message: Message) -> bool:
         """Send ``message`` to one agent without ever waiting for that agent to read.
 
         The relay sends to thousands of agents from one loop (a dispatch's fan-out, the acks).
@@ -388,12 +389,11 @@ class Relay:
         and gets its held work again. Returns False if the connection was found closed.
         """
         data = codec.encode(message)
-        if conn.backlog is None and conn.link.fits(len(data)):
-            try:
-                await conn.link.send_frame(data)
-            except ConnectionClosed:
+        if conn.backlog is None:
+            if conn.link.send_now(data):
+                return True
+            if conn.link.ws.protocol.state is not State.OPEN:
                 return False
-            return True
         if conn.backlog is None:
             conn.backlog = deque()
             self._spawn(self._send_backlog(conn))
@@ -548,9 +548,7 @@ class Relay:
             await asyncio.shield(result) if isinstance(result, asyncio.Future) else await result
         )
         report = outcome.report(message.instance_id, computer=conn.name, step=message.step)
-        await self._to_agent(
-            conn, StepResult(id=conn.link.next_id(), reply_to=message.id, result=report)
-        )
+        self._to_agent(conn, StepResult(id=conn.link.next_id(), reply_to=message.id, result=report))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -645,7 +643,7 @@ class Relay:
             if not conn.acks or self.agents.get(conn.name) is not conn:
                 continue
             acks, conn.acks = conn.acks, []
-            await self._to_agent(
+            self._to_agent(
                 conn, ReportsAck(id=conn.link.next_id(), reply_to=acks[0], more=acks[1:])
             )
 
