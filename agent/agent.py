@@ -393,9 +393,22 @@ class Agent:
             if report is not None:
                 await self._send([report])
             return
+        if self._instant(message):
+            # A simulated task with no delay ends here and now: no task of its own, and no
+            # received/running progress, which its result would replace before it left anyway.
+            await self._finished(iid, self._simulated_outcome(time.time()))
+            return
         await self.store.mark(iid, InstanceState.RECEIVED)
         self._progress(Report(instance_id=iid, state=InstanceState.RECEIVED))
         self._start(message, None)
+
+    def _instant(self, message: Execute) -> bool:
+        """Whether ``message`` is simulated work that takes no time (``--task-delay-ms 0``)."""
+        return (
+            self.simulate is not None
+            and not self.simulate.get("delay_ms")
+            and message.task.get("type") != "client-job"
+        )
 
     def _start(
         self, message: Execute, snapshot: dict[str, Any] | None, restarted: bool = False
@@ -435,6 +448,11 @@ class Agent:
             )
         finally:
             self._running.pop(iid, None)
+        await self._finished(iid, outcome)
+
+    async def _finished(self, iid: int, outcome: Outcome) -> None:
+        """Store an instance's result until the relay acknowledges it, and send it."""
+        assert self.store is not None
         report = outcome.report(iid)
         await self.store.finish(report)
         self._recent[iid] = report
@@ -482,6 +500,10 @@ class Agent:
         delay_s = float(self.simulate.get("delay_ms", 0)) / 1000
         if delay_s:
             await asyncio.sleep(min(delay_s, timeout_s))
+        return self._simulated_outcome(started)
+
+    def _simulated_outcome(self, started: float) -> Outcome:
+        assert self.simulate is not None
         if self._rng.random() < float(self.simulate.get("fail_rate", 0)):
             return Outcome(InstanceState.FAILED, 1, "", "simulated failure", started, time.time())
         return Outcome(InstanceState.SUCCEEDED, 0, "", "", started, time.time())
