@@ -130,10 +130,16 @@ class AdminClient:
             raise RemoteError("bad_request", f"cannot read {path}: {exc.strerror or exc}") from None
         return await self.call(op, text=text, filename=path)
 
-    async def watch(self, run_id: int) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    async def watch(
+        self, run_id: int, instances: bool = True
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """Yield ``("snapshot", run)`` first, then one ``("instance", change)`` per change (the
-        NS sends them in ``instances`` batches), then ``("run", final run)`` when it ends."""
-        view = await self.call("run.watch", run_id=run_id)
+        NS sends them in ``instances`` batches), then ``("run", final run)`` when it ends.
+
+        With ``instances`` false the run views carry ``counts`` instead of instance rows, and
+        each roll-up yields one ``("counts", {"changes": n, "states": {...}})`` (a run on
+        thousands of computers, followed without moving every row to this client)."""
+        view = await self.call("run.watch", run_id=run_id, instances=instances)
         yield "snapshot", view
         if view["status"] != "running":
             yield "run", view
@@ -147,7 +153,7 @@ class AdminClient:
             if event.run_id != run_id:
                 continue
             if event.kind == "run":
-                yield "run", await self.call("run.show", run_id=run_id)
+                yield "run", await self.call("run.show", run_id=run_id, instances=instances)
                 return
             if event.kind == "instances":  # a batch of changes, one per roll-up
                 for item in event.data.get("items") or ():

@@ -316,26 +316,42 @@ async def runs_list(ns: NotificationServer, link: Link, args: dict[str, Any]) ->
     return await ns.db.runs(max(1, min(limit, 1000)))
 
 
-async def _run_view(ns: NotificationServer, run_id: int) -> dict[str, Any]:
+async def _run_view(ns: NotificationServer, run_id: int, instances: bool = True) -> dict[str, Any]:
+    """A run with its steps and either every instance row or (``instances`` false, for runs
+    too big to list) how many top-level instances are in each state."""
     run = await ns.db.run(run_id)
     if run is None:
         raise ApiError("unknown_run", f"no run with id {run_id}; `taskfleet runs` lists them")
-    return {**run, "steps": await ns.db.steps(run_id), "instances": await ns.db.instances(run_id)}
+    view = {**run, "steps": await ns.db.steps(run_id)}
+    if instances:
+        view["instances"] = await ns.db.instances(run_id)
+    else:
+        view["counts"] = await ns.db.instance_counts(run_id)
+    return view
 
 
 @op("run.show")
 async def run_show(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
-    return await _run_view(ns, _arg(args, "run_id", int))
+    return await _run_view(
+        ns, _arg(args, "run_id", int), _arg(args, "instances", bool, default=True)
+    )
 
 
 @op("run.watch")
 async def run_watch(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
-    """Subscribe to a run's events; the answer is its current state (events follow)."""
+    """Subscribe to a run's events; the answer is its current state (events follow).
+
+    ``instances`` (default true): every instance in the snapshot and an ``instances`` event per
+    roll-up listing each change. False: the snapshot holds ``counts`` (top-level instances per
+    state) and each roll-up sends one ``counts`` event (``changes``: how many instances moved,
+    ``states``: how many top-level ones reached each state), for runs on thousands of computers.
+    """
     run_id = _arg(args, "run_id", int)
+    detail = _arg(args, "instances", bool, default=True)
     # Subscribe before reading, so no event falls between the snapshot and the first event.
     if run_id in ns.active:
-        ns.watchers[run_id].add(link)
-    return await _run_view(ns, run_id)
+        ns.watchers[run_id][link] = detail
+    return await _run_view(ns, run_id, detail)
 
 
 @op("run.stop")

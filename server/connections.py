@@ -299,7 +299,7 @@ async def serve_admin(
             await link.send(Response(id=link.next_id(), reply_to=message.id, data=data))
     finally:
         for subs in ns.watchers.values():
-            subs.discard(link)
+            subs.pop(link, None)
         ns.message_watchers.discard(link)
 
 

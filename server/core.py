@@ -235,7 +235,7 @@ class NotificationServer:
         self._relay_store: RelayStore | None = None
         self.routes: dict[str, Route] = {}
         self.active: dict[int, ActiveRun] = {}
-        self.watchers: dict[int, set[Link]] = defaultdict(set)
+        self.watchers: dict[int, dict[Link, bool]] = defaultdict(dict)
         self.server_runs: dict[int, ScriptRun] = {}
         self._route_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.assign_lock = asyncio.Lock()
@@ -243,7 +243,7 @@ class NotificationServer:
         self._server: Any = None
         self._ssl_context: Any = None
         self.message_watchers: set[Link] = set()
-        self._changes: dict[int, list[dict[str, Any]]] = {}
+        self._changes: dict[int, list[Change]] = {}
         self._ts_load: Counter[str] | None = None
         self._changes_handle: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -688,20 +688,11 @@ class NotificationServer:
 
     def _notify(self, change: Change) -> None:
         """Queue a change for the run's watchers. Changes queued in one pass of the event loop
-        (a roll-up batch, a stop) go out together as one ``instances`` event per watcher."""
+        (a roll-up batch, a stop) go out together: one ``instances`` event per watcher that
+        follows every instance, one ``counts`` event per watcher that follows the totals."""
         if not self.watchers.get(change.run_id):
             return
-        self._changes.setdefault(change.run_id, []).append(
-            {
-                "instance_id": change.instance_id,
-                "parent_id": change.parent_id,
-                "step": change.step,
-                "computer": change.computer,
-                "state": change.state,
-                "return_code": change.return_code,
-                "reason": change.reason,
-            }
-        )
+        self._changes.setdefault(change.run_id, []).append(change)
         if self._changes_handle is None:
             self._changes_handle = asyncio.get_running_loop().call_soon(self._flush_changes)
 
@@ -710,20 +701,41 @@ class NotificationServer:
             self._changes_handle.cancel()
             self._changes_handle = None
         pending, self._changes = self._changes, {}
-        for run_id, items in pending.items():
-            events = [
-                {"items": items[i : i + WATCH_EVENT_ITEMS]}
-                for i in range(0, len(items), WATCH_EVENT_ITEMS)
-            ]
-            for link in list(self.watchers.get(run_id, ())):
-                self.spawn(self._send_events(link, run_id, events))
+        for run_id, changes in pending.items():
+            subs = self.watchers.get(run_id)
+            if not subs:
+                continue
+            detailed: list[tuple[str, dict[str, Any]]] = []
+            summary: list[tuple[str, dict[str, Any]]] = []
+            if any(subs.values()):
+                items = [
+                    {
+                        "instance_id": c.instance_id,
+                        "parent_id": c.parent_id,
+                        "step": c.step,
+                        "computer": c.computer,
+                        "state": c.state,
+                        "return_code": c.return_code,
+                        "reason": c.reason,
+                    }
+                    for c in changes
+                ]
+                detailed = [
+                    ("instances", {"items": items[i : i + WATCH_EVENT_ITEMS]})
+                    for i in range(0, len(items), WATCH_EVENT_ITEMS)
+                ]
+            if not all(subs.values()):
+                states = Counter(c.state for c in changes if c.parent_id is None)
+                summary = [("counts", {"changes": len(changes), "states": dict(states)})]
+            for link, detail in list(subs.items()):
+                self.spawn(self._send_events(link, run_id, detailed if detail else summary))
 
-    async def _send_events(self, link: Link, run_id: int, events: list[dict[str, Any]]) -> None:
+    async def _send_events(
+        self, link: Link, run_id: int, events: list[tuple[str, dict[str, Any]]]
+    ) -> None:
         with contextlib.suppress(Exception):
-            for data in events:
-                await link.send(
-                    Event(id=link.next_id(), run_id=run_id, kind="instances", data=data)
-                )
+            for kind, data in events:
+                await link.send(Event(id=link.next_id(), run_id=run_id, kind=kind, data=data))
 
     async def _send_quietly(self, link: Link, message: Any) -> None:
         with contextlib.suppress(Exception):
@@ -740,7 +752,7 @@ class NotificationServer:
         await self.db.finish_run(run_id, status)
         self.log.info("run_ended", run_id=run_id, status=str(status))
         self._flush_changes()  # the run's last instance events go before its end
-        for link in list(self.watchers.pop(run_id, set())):
+        for link in list(self.watchers.pop(run_id, {})):
             self.spawn(
                 self._send_quietly(
                     link,

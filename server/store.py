@@ -622,6 +622,15 @@ class Store:
             (run_id,),
         )
 
+    async def instance_counts(self, run_id: int) -> dict[str, int]:
+        """How many top-level instances of a run are in each state."""
+        rows = await self.db.execute_fetchall(
+            "SELECT status, count(*) FROM instances WHERE run_id=? AND parent_id IS NULL"
+            " GROUP BY status",
+            (run_id,),
+        )
+        return {str(status): int(n) for status, n in rows}
+
     async def steps(self, run_id: int) -> list[dict[str, Any]]:
         return await self._all(
             "SELECT step, deadline, started_at FROM steps WHERE run_id=? ORDER BY started_at, rowid",

@@ -139,6 +139,48 @@ async def test_watch_gets_the_changes_of_one_pass_as_one_event(fleet: Fleet, tmp
         assert (event.kind, event.data) == ("run", {"status": "stopped"})
 
 
+async def test_a_totals_watch_gets_counts_not_rows(fleet: Fleet, tmp_path):
+    """``run.watch`` with ``instances`` false: the snapshot has per-state ``counts`` and no
+    rows, each roll-up arrives as one ``counts`` event, and a detailed watcher of the same run
+    on another connection still gets every instance."""
+    names = [f"t-{i}" for i in range(4)]
+    await fleet.server()
+    for name in names:
+        await fleet.agent(name)
+    await fleet.wait_online(names)
+    async with fleet.admin() as c, fleet.admin() as d:
+        await c.call("task.add", text=task_doc("long", "sleep 60", timeout_s=120), filename="t")
+        run_id = (await c.call("run.start", task="long", computers=names))["run_id"]
+        view = await c.call("run.watch", run_id=run_id, instances=False)
+        assert "instances" not in view and sum(view["counts"].values()) == len(names)
+        full = await d.call("run.watch", run_id=run_id)
+        assert len(full["instances"]) == len(names)
+        running = 0
+
+        async def next_event(client):
+            return await asyncio.wait_for(client._events.get(), 30)
+
+        while running < len(names):  # received/running, in however many roll-ups it came
+            event = await next_event(c)
+            assert event.kind == "counts", event
+            assert event.data["changes"] >= sum(event.data["states"].values())
+            running += event.data["states"].get("running", 0)
+        await c.call("run.stop", run_id=run_id)
+        event = await next_event(c)
+        assert (event.kind, event.data) == (
+            "counts",
+            {"changes": len(names), "states": {"stopped": len(names)}},
+        )
+        assert (await next_event(c)).kind == "run"
+        stopped = set()
+        while len(stopped) < len(names):  # the detailed watcher saw each instance stop
+            event = await next_event(d)
+            assert event.kind == "instances", event
+            stopped.update(i["instance_id"] for i in event.data["items"] if i["state"] == "stopped")
+        final = await c.call("run.show", run_id=run_id, instances=False)
+        assert final["counts"] == {"stopped": len(names)} and "instances" not in final
+
+
 async def test_results_leave_the_agent_outbox_once_acknowledged(fleet: Fleet, tmp_path):
     """Acks are deferred off a run's critical path, not skipped: after a run, and after the
     next run whose executes carry them, every agent's outbox (its SQLite file) is empty."""
