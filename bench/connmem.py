@@ -75,12 +75,24 @@ async def serve(kind: str, n: int) -> None:
         port = next(iter(server.sockets)).getsockname()[1]
     await asyncio.sleep(0.2)
     heap.trim()
+    trace = os.environ.get("CONNMEM_TRACE") == "1"
+    if trace:
+        import tracemalloc
+
+        tracemalloc.start()
+        snap0 = tracemalloc.take_snapshot()
     before = _rss_kib()
     print(port, flush=True)
     await all_open.wait()
     await asyncio.sleep(2.0)  # let the handshakes' garbage go
     heap.trim()
     await asyncio.sleep(0.5)
+    if trace:  # where the Python-level bytes of a connection go (on stderr)
+        diff = tracemalloc.take_snapshot().compare_to(snap0, "lineno")
+        total = sum(d.size_diff for d in diff)
+        print(f"python-level {total / n / 1024:.1f} KiB/conn:", file=sys.stderr)
+        for d in diff[:25]:
+            print(f"  {d.size_diff / n:8.0f} B  {d.traceback[0]}", file=sys.stderr)
     print(f"{(_rss_kib() - before) / n:.1f}", flush=True)
     await asyncio.sleep(3600)
 

