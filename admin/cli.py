@@ -112,6 +112,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         smtp=_smtp(args),
         ts_grace_s=args.ts_grace_s,
         min_free_bytes=int(args.min_free_mb * (1 << 20)),
+        admin_port=args.admin_port,
     )
 
     async def main() -> None:
@@ -133,7 +134,8 @@ def cmd_server(args: argparse.Namespace) -> int:
         await ns.start()
         await announce()
         print(
-            f"taskfleet server ready url={ns.url} fingerprint={ns.tls_fingerprint or '-'}",
+            f"taskfleet server ready url={ns.url} fingerprint={ns.tls_fingerprint or '-'}"
+            + (f" admin_url={ns.admin_url}" if ns.admin_url else ""),
             flush=True,
         )
         stop = asyncio.Event()
@@ -517,6 +519,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-connections-per-address", type=int, default=20_000)
     s.add_argument("--max-pending-keys", type=int, default=1_000)
     s.add_argument("--max-handshakes", type=int, default=HANDSHAKES_AT_ONCE, help=HANDSHAKES_HELP)
+    s.add_argument(
+        "--admin-port",
+        type=int,
+        default=None,
+        help="also listen on this port for administrators only, with its own handshake gate, so a "
+        "reconnect storm of agents never keeps an admin out (0: any free port; default: none)",
+    )
     s.add_argument(
         "--min-free-mb",
         type=float,

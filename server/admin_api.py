@@ -478,6 +478,7 @@ async def stats(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any
         "refused": dict(ns.refused),
         "builtin_relay_refused": dict(relay),
         "handshake_gate": ns.gate.stats(),
+        "admin_gate": ns.admin_gate.stats() if ns.admin_url else None,
     }
 
 

@@ -46,8 +46,13 @@ if TYPE_CHECKING:
 BUILTIN = "@ns"
 
 
-async def serve(ns: NotificationServer, ws: Any) -> None:
-    """One new connection to the NS, from accept to close."""
+ALL_ROLES = frozenset({Role.AGENT, Role.TASKSERVER, Role.ADMIN})
+ADMIN_ONLY = frozenset({Role.ADMIN})
+"""What the admin listener (``--admin-port``) takes: an agent or TS there is refused (4403)."""
+
+
+async def serve(ns: NotificationServer, ws: Any, roles: frozenset[Role] = ALL_ROLES) -> None:
+    """One new connection to the NS, from accept to close (``roles``: who may say hello)."""
     address = str(ws.remote_address[0]) if ws.remote_address else "?"
     if not ns.connection_cap.take(address):
         ns.log.warning("too_many_connections", address=address, limit=ns.connection_cap.limit)
@@ -62,7 +67,7 @@ async def serve(ns: NotificationServer, ws: Any) -> None:
     try:
         accepted = await accept(
             ws,
-            roles=frozenset({Role.AGENT, Role.TASKSERVER, Role.ADMIN}),
+            roles=roles,
             authenticate=lambda link, hello: auth.authenticate(ns, link, hello),
             log=ns.log,
             deadline_s=ns.handshake_timeout_s,

@@ -45,7 +45,7 @@ from protocol.messages import (
 from protocol.states import InstanceState, RunState, is_terminal, run_outcome
 from protocol.tasks import Kind
 from server.auth import bootstrap_admin
-from server.connections import serve
+from server.connections import ADMIN_ONLY, serve
 from server.jobs import SERVER_JOB, job_needs_agents, plan_instances, run_server_job
 from server.store import Change, NewInstance, Store
 from server.tasktypes import SERVER_RUNNERS, ServerContext
@@ -60,6 +60,9 @@ DISPATCH_WINDOW = 4
 """Dispatches a TS may have unacknowledged at once: while it fans one out to its agents, the
 next is already on its way (stop-and-wait cost one round trip and one NS write per 1,000)."""
 ROLLUP_GRACE_S = 10.0
+ADMIN_HANDSHAKES_AT_ONCE = 8
+ADMIN_WAITING_AT_MOST = 64
+"""The admin listener's gate: a handful of administrators, never a fleet."""
 WATCH_EVENT_ITEMS = 1_000
 """Instance changes per `instances` event (a watcher gets one event per roll-up batch)."""
 
@@ -197,6 +200,7 @@ class NotificationServer:
         smtp: dict[str, Any] | None = None,
         ts_grace_s: float = 120.0,
         min_free_bytes: int = 16 << 20,
+        admin_port: int | None = None,
     ):
         self.data_dir = data_dir
         self.db_path = os.path.join(data_dir, "server.db")
@@ -215,6 +219,16 @@ class NotificationServer:
         self.connection_cap = ConnectionCap(max_connections_per_address)
         self.gate = Gate(limit=max_handshakes, wait_s=min(WAIT_AT_MOST_S, handshake_timeout_s))
         """At most this many handshakes at once; a burst waits its turn before TLS (agent.gate)."""
+        self.admin_port = admin_port
+        """A second listener for administrators only (None: none; 0: any free port), with a
+        gate of its own, so a burst of agents at the main port never keeps an admin out."""
+        self.admin_gate = Gate(
+            limit=ADMIN_HANDSHAKES_AT_ONCE,
+            waiting=ADMIN_WAITING_AT_MOST,
+            wait_s=min(WAIT_AT_MOST_S, handshake_timeout_s),
+        )
+        self.admin_url = ""
+        self._admin_server: Any = None
         self.max_pending_keys = max_pending_keys
         self.agent_rate_per_s = agent_rate_per_s
         self.admin_rate_per_s = admin_rate_per_s
@@ -293,7 +307,12 @@ class NotificationServer:
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="ns-sweep")
         self.spawn(heap.trim_periodically())  # registration bursts leave the heap large
         self.spawn(self.dispatch_route(BUILTIN))
-        self.log.info("server_listening", url=self.url, active_runs=len(self.active))
+        self.log.info(
+            "server_listening",
+            url=self.url,
+            admin_url=self.admin_url or None,
+            active_runs=len(self.active),
+        )
 
     async def _start_task_service(self) -> None:
         assert self._relay_store is not None
@@ -318,6 +337,25 @@ class NotificationServer:
             gate=self.gate,
             tls_timeout_s=self.handshake_timeout_s,
         )
+        if self.admin_port is not None:
+            self._admin_server, self.admin_port = await listen(
+                lambda ws: serve(self, ws, ADMIN_ONLY),
+                self.host,
+                self.admin_port,
+                compression=self.compression,
+                ssl_context=self._ssl_context,
+                gate=self.admin_gate,
+                tls_timeout_s=self.handshake_timeout_s,
+            )
+            scheme = "ws" if self.insecure else "wss"
+            self.admin_url = f"{scheme}://{self.host}:{self.admin_port}"
+
+    async def _stop_listeners(self) -> None:
+        for server, gate in ((self._server, self.gate), (self._admin_server, self.admin_gate)):
+            if server is not None:
+                server.close()
+                gate.close()
+                await server.wait_closed()
 
     SERVICES = ("scheduler", "task-service", "listeners")
     """What ``restart_service`` can restart in place."""
@@ -339,20 +377,14 @@ class NotificationServer:
             await self._start_task_service()
             self.spawn(self.dispatch_route(BUILTIN))
         elif name == "listeners":
-            if self._server is not None:
-                self._server.close()
-                self.gate.close()
-                await self._server.wait_closed()
+            await self._stop_listeners()
             await self._start_listener()
         else:
             raise ValueError(f"unknown service {name!r}; known: {', '.join(self.SERVICES)}")
         self.log.warning("service_restarted", service=name)
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self.gate.close()
-            await self._server.wait_closed()
+        await self._stop_listeners()
         for run in self.server_runs.values():
             run.stop()
         tasks = [t for t in [self._sweeper, *self._tasks] if t is not None]

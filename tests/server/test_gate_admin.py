@@ -52,3 +52,66 @@ async def test_an_admin_does_not_wait_for_a_server_that_is_not_there(tmp_path):
         async with AdminClient(f"ws://127.0.0.1:{free_port()}", "tfa_x", INSECURE):
             pass
     assert loop.time() - started < 5
+
+
+async def test_the_admin_port_lets_an_admin_in_while_the_agents_gate_is_full(tmp_path):
+    """``admin_port``: the main listener takes one handshake at a time and no one waiting, and a
+    silent peer holds that place; an administrator on the admin listener is served at once (its
+    gate is its own), the main listener still turns a newcomer away, and an agent's hello on
+    the admin listener is refused with 4403."""
+    import msgpack
+    from websockets.asyncio.client import connect as ws_connect
+    from websockets.exceptions import ConnectionClosed
+
+    from protocol import PROTOCOL_VERSION
+    from protocol.session import CLOSE_NOT_ALLOWED
+
+    ns = NotificationServer(
+        data_dir=str(tmp_path / "ns"), insecure=True, max_handshakes=1, admin_port=0
+    )
+    await ns.start()
+    ns.gate.waiting = 0
+    writer = None
+    try:
+        assert ns.admin_url and ns.admin_port and ns.admin_port != ns.port
+        _, writer = await asyncio.open_connection("127.0.0.1", ns.port)
+
+        async def held() -> bool:
+            return ns.gate.busy == 1
+
+        await until(held, "the silent peer to hold the main listener's only place", 10, 0.01)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with AdminClient(ns.admin_url, ns.first_admin_token, INSECURE) as c:
+            who = await c.call("whoami")
+            stats = await c.call("stats")
+        assert who["admin"] and loop.time() - started < 5  # no waiting for the agents' gate
+        assert ns.gate.busy == 1 and ns.gate.admitted == 1  # the silent peer still holds it
+        assert stats["admin_gate"]["admitted"] >= 1
+
+        # A newcomer at the main listener is turned away before TLS: the gate is full.
+        reader, w2 = await asyncio.open_connection("127.0.0.1", ns.port)
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        w2.close()
+        assert ns.gate.refused >= 1
+
+        hello = {
+            "type": "hello",
+            "id": "1",
+            "version": PROTOCOL_VERSION,
+            "role": "agent",
+            "identity": "pc-1",
+            "credentials": {"public_key": b"k" * 32},
+            "capabilities": [],
+            "info": {},
+        }
+        async with ws_connect(ns.admin_url, compression=None, proxy=None) as ws:
+            await ws.send(msgpack.packb(hello))
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:  # an ``error`` message first, then the close
+                    await asyncio.wait_for(ws.recv(), 10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == CLOSE_NOT_ALLOWED
+    finally:
+        if writer is not None:
+            writer.close()
+        await ns.stop()
