@@ -10,7 +10,9 @@ and idle (after ``malloc_trim``). Listeners measured, each in a fresh process:
   4 KiB TLS read buffer, ``tune_gc``), without taskfleet's own per-agent state;
 - ``websockets-tls``: bare ``websockets.asyncio.server.serve`` with TLS (asyncio's defaults but
   the same 4 KiB read buffer, since ``agent.link`` sets it for the process);
-- ``websockets-plain``: the same without TLS.
+- ``websockets-plain``: the same without TLS;
+- ``asyncio-tls``: no WebSocket at all, asyncio's TLS transport and a protocol that keeps
+  nothing (the same 4 KiB read buffer): what TLS alone costs per connection in asyncio here.
 
 What taskfleet adds per agent on top (its relay state, the agent's queues) is the difference
 between ``bench/run.py``'s "TS KiB / agent" and the ``taskfleet`` line here.
@@ -29,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-KINDS = ("taskfleet", "websockets-tls", "websockets-plain")
+KINDS = ("taskfleet", "websockets-tls", "websockets-plain", "asyncio-tls")
 
 
 def _rss_kib() -> int:
@@ -70,6 +72,20 @@ async def serve(kind: str, n: int) -> None:
 
     if kind == "taskfleet":
         server, port = await listen(handler, "127.0.0.1", 0, ssl_context=ctx)
+    elif kind == "asyncio-tls":
+        held: list[asyncio.BaseTransport] = []
+
+        class Bare(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                nonlocal opened
+                held.append(transport)
+                opened += 1
+                if opened == n:
+                    all_open.set()
+
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Bare, "127.0.0.1", 0, ssl=ctx, backlog=4096)
+        port = next(iter(server.sockets)).getsockname()[1]
     else:
         server = await ws_serve(handler, "127.0.0.1", 0, ssl=ctx, compression=None)
         port = next(iter(server.sockets)).getsockname()[1]
@@ -97,7 +113,7 @@ async def serve(kind: str, n: int) -> None:
     await asyncio.sleep(3600)
 
 
-async def clients(port: int, n: int, tls: bool) -> list[object]:
+async def clients(port: int, n: int, tls: bool, kind: str = "") -> list[object]:
     from websockets.asyncio.client import connect
 
     ctx = None
@@ -111,6 +127,12 @@ async def clients(port: int, n: int, tls: bool) -> list[object]:
 
     async def one() -> None:
         async with gate:
+            if kind == "asyncio-tls":  # no WebSocket: TLS, then a few bytes
+                _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+                writer.write(b"x" * 200)
+                await writer.drain()
+                out.append(writer)
+                return
             out.append(
                 await connect(
                     f"{scheme}://127.0.0.1:{port}",
@@ -137,7 +159,7 @@ def measure(kind: str, n: int) -> float:
         port = int(proc.stdout.readline())
 
         async def run() -> float:
-            conns = await clients(port, n, tls=kind != "websockets-plain")
+            conns = await clients(port, n, tls=kind != "websockets-plain", kind=kind)
             line = await asyncio.to_thread(proc.stdout.readline)  # type: ignore[union-attr]
             del conns
             return float(line)
