@@ -8,6 +8,7 @@ step and target (a client job inside it adds child rows under each of those).
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from typing import Any
 
 from admin.client import AdminClient
@@ -143,9 +144,13 @@ def print_run(run: dict[str, Any]) -> None:
     tops = sorted(
         (i for i in run["instances"] if i["parent_id"] is None), key=lambda i: i["computer"]
     )
+    children: dict[int, list[dict[str, Any]]] = {}
+    for i in run["instances"]:  # grouped once: a scan per computer was quadratic
+        if i["parent_id"] is not None:
+            children.setdefault(i["parent_id"], []).append(i)
     for top in tops:
         rows.append({**_row(top), "step": "(job)"})
-        steps = sorted((c for c in run["instances"] if c["parent_id"] == top["id"]), key=_by_time)
+        steps = sorted(children.get(top["id"], ()), key=_by_time)
         rows.extend({**_row(c), "computer": ""} for c in steps)
     print(table(rows, [("computer", "computer"), ("step", "step"), *columns[1:]]))
 
@@ -155,62 +160,108 @@ def _bar(done: int, total: int, width: int = 30) -> str:
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
-def progress(rows: dict[int, dict[str, Any]], server_job: bool, client_job: bool) -> list[str]:
-    """Progress lines: one bar for a task; one bar per step for server jobs; a row per computer for client jobs."""
-    tops = [r for r in rows.values() if r["parent_id"] is None]
-    if server_job:
-        steps: dict[str, list[str]] = {}
-        for r in sorted(tops, key=lambda r: r["id"]):
-            steps.setdefault(r["step"], []).append(r["status"])
-        return [
-            f"step {step}: {_bar(sum(s in TERMINAL for s in st), len(st))} "
-            f"{sum(s in TERMINAL for s in st)}/{len(st)} done, {sum(s == 'succeeded' for s in st)} succeeded"
-            for step, st in steps.items()
-        ]
-    if client_job:
-        lines = []
-        for top in sorted(tops, key=lambda r: r["computer"]):
-            kids = [r for r in rows.values() if r["parent_id"] == top["id"]]
-            current = max(kids, key=lambda r: r["id"]) if kids else None
-            where = f"{current['step']} {current['status']}" if current else "-"
-            lines.append(f"{top['computer']}: {top['status']} (step {where})")
-        return lines
-    states = [r["status"] for r in tops]
-    done = sum(s in TERMINAL for s in states)
-    ok = sum(s == "succeeded" for s in states)
-    running = sum(s == "running" for s in states)
-    return [
-        f"{_bar(done, len(states))} {done}/{len(states)} done, {ok} succeeded, {done - ok} not, {running} running"
-    ]
+PER_COMPUTER_LINES = 50
+"""A client job on at most this many computers shows a line per computer; on more, totals."""
+
+
+class Progress:
+    """A run's live progress lines, kept up to date one change at a time.
+
+    One bar for a task; one bar per step for a server job; a line per computer (its job's state
+    and its latest step) for a client job on up to ``PER_COMPUTER_LINES`` computers, one bar
+    beyond. Each change costs the same whatever the run's size: recounting every row on every
+    change took 3 ms per change for a task on 10,000 computers, and 12 s for a client job.
+    """
+
+    def __init__(self, run: dict[str, Any]):
+        self.server_job = run["kind"] == "server-job"
+        self.client_job = run["definition"].get("type") == "client-job"
+        self.top: dict[int, dict[str, Any]] = {}
+        """Top-level rows by id: computer, step, status."""
+        self.counts: dict[str, Counter[str]] = {}
+        """Top-level rows per step (``""`` for a task or client job), by status."""
+        self.first: dict[str, int] = {}
+        """Each step's smallest instance id: steps are shown in the order they were created."""
+        self.latest: dict[int, tuple[int, str, str]] = {}
+        """A client job's latest step row per job instance: (row id, step, status)."""
+        for row in run.get("instances") or ():
+            self.change(
+                {
+                    "instance_id": row["id"],
+                    "parent_id": row["parent_id"],
+                    "step": row["step"],
+                    "computer": row["computer"],
+                    "state": row["status"],
+                }
+            )
+
+    def change(self, item: dict[str, Any]) -> None:
+        """Take one change (a watch ``instances`` item, or a row of the snapshot)."""
+        iid, parent, state = int(item["instance_id"]), item.get("parent_id"), str(item["state"])
+        if parent is not None:
+            current = self.latest.get(parent)
+            if current is None or iid >= current[0]:
+                self.latest[parent] = (iid, str(item.get("step") or ""), state)
+            return
+        row = self.top.get(iid)
+        if row is None:
+            step = str(item.get("step") or "")
+            row = self.top[iid] = {"computer": item["computer"], "step": step, "status": None}
+            self.first[step] = min(self.first.get(step, iid), iid)
+        counts = self.counts.setdefault(row["step"], Counter())
+        if row["status"] is not None:
+            counts[row["status"]] -= 1
+        counts[state] += 1
+        row["status"] = state
+
+    def lines(self) -> list[str]:
+        if self.server_job:
+            return [
+                f"step {step}: {self._bar_line(self.counts[step], short=True)}"
+                for step in sorted(self.counts, key=lambda st: self.first[st])
+            ]
+        if self.client_job and len(self.top) <= PER_COMPUTER_LINES:
+            out = []
+            for iid, row in sorted(self.top.items(), key=lambda kv: kv[1]["computer"]):
+                latest = self.latest.get(iid)
+                where = f"{latest[1]} {latest[2]}" if latest else "-"
+                out.append(f"{row['computer']}: {row['status']} (step {where})")
+            return out
+        total: Counter[str] = Counter()
+        for counts in self.counts.values():
+            total.update(counts)
+        return [self._bar_line(total, short=False)]
+
+    @staticmethod
+    def _bar_line(counts: Counter[str], short: bool) -> str:
+        n = sum(counts.values())
+        done = sum(counts[s] for s in TERMINAL)
+        ok = counts["succeeded"]
+        if short:
+            return f"{_bar(done, n)} {done}/{n} done, {ok} succeeded"
+        return (
+            f"{_bar(done, n)} {done}/{n} done, {ok} succeeded, {done - ok} not,"
+            f" {counts['running']} running"
+        )
 
 
 async def follow(c: AdminClient, run_id: int, *, quiet: bool) -> dict[str, Any]:
     """Watch a run to its end, printing live progress unless ``quiet``; return the final run."""
     tty = sys.stdout.isatty()
-    rows: dict[int, dict[str, Any]] = {}
+    progress: Progress | None = None
     last: list[str] = []
     final: dict[str, Any] = {}
-    server_job = client_job = False
     async for kind, data in c.watch(run_id):
         if kind in ("snapshot", "run"):
-            server_job = data["kind"] == "server-job"
-            client_job = data["definition"].get("type") == "client-job"
-            rows = {i["id"]: dict(i) for i in data["instances"]}
+            progress = Progress(data)
             if kind == "run":
                 final = data
-        elif kind == "instance":
-            row = rows.setdefault(
-                data["instance_id"],
-                {
-                    "id": data["instance_id"],
-                    "parent_id": data.get("parent_id"),
-                    "step": data.get("step", ""),
-                    "computer": data["computer"],
-                },
-            )
-            row["status"] = data["state"]
-        lines = progress(rows, server_job, client_job)
-        if quiet or lines == last:
+        elif kind == "instance" and progress is not None:
+            progress.change(data)
+        if quiet or progress is None:
+            continue
+        lines = progress.lines()
+        if lines == last:
             continue
         if tty and len(lines) == 1 and len(last) <= 1:
             print("\r" + lines[0], end="", flush=True)
