@@ -85,9 +85,7 @@ class Link:
 
     async def send(self, message: Message) -> None:
         """Send one message as one binary frame."""
-        data = codec.encode(message)
-        if not self.send_now(data):
-            await self.ws.send(data)
+        await self.send_frame(codec.encode(message))
 
     async def send_frame(self, data: bytes) -> None:
         """Send one already encoded message."""
@@ -103,12 +101,16 @@ class Link:
         frames per dispatch, an agent one per result. Frames are never fragmented here, so no
         fragmented send can be in progress.
         """
-        ws = self.ws
-        if ws.protocol.state is not State.OPEN or not self.fits(len(data)):
+        if not self.is_open or not self.fits(len(data)):
             return False
-        ws.protocol.send_binary(data)
-        ws.send_data()
+        self.ws.protocol.send_binary(data)
+        self.ws.send_data()
         return True
+
+    @property
+    def is_open(self) -> bool:
+        """The WebSocket is open: not closing, not closed."""
+        return self.ws.protocol.state is State.OPEN
 
     def fits(self, size: int) -> bool:
         """Whether a frame of ``size`` bytes can be written now without waiting for the peer to

@@ -42,10 +42,11 @@ from protocol.messages import (
     Target,
     Tickle,
 )
+from protocol.session import Role
 from protocol.states import InstanceState, RunState, is_terminal, run_outcome
 from protocol.tasks import Kind
 from server.auth import bootstrap_admin
-from server.connections import ADMIN_ONLY, serve
+from server.connections import ADMIN_ONLY, ALL_ROLES, serve
 from server.jobs import SERVER_JOB, job_needs_agents, plan_instances, run_server_job
 from server.store import Change, NewInstance, Store
 from server.tasktypes import SERVER_RUNNERS, ServerContext
@@ -302,8 +303,7 @@ class NotificationServer:
             )
         self._ssl_context = ssl_context
         await self._start_listener()
-        scheme = "ws" if self.insecure else "wss"
-        self.url = f"{scheme}://{self.host}:{self.port}"
+        self.url = self._url(self.port)
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="ns-sweep")
         self.spawn(heap.trim_periodically())  # registration bursts leave the heap large
         self.spawn(self.dispatch_route(BUILTIN))
@@ -328,27 +328,27 @@ class NotificationServer:
         self.routes[BUILTIN] = BuiltinRoute(self.relay)
 
     async def _start_listener(self) -> None:
-        self._server, self.port = await listen(
-            lambda ws: serve(self, ws),
+        self._server, self.port = await self._listen(self.port, ALL_ROLES, self.gate)
+        if self.admin_port is not None:
+            self._admin_server, self.admin_port = await self._listen(
+                self.admin_port, ADMIN_ONLY, self.admin_gate
+            )
+            self.admin_url = self._url(self.admin_port)
+
+    async def _listen(self, port: int, roles: frozenset[Role], gate: Gate) -> tuple[Any, int]:
+        """One listener on ``port`` for ``roles``, behind ``gate``; returns it and its port."""
+        return await listen(
+            lambda ws: serve(self, ws, roles),
             self.host,
-            self.port,
+            port,
             compression=self.compression,
             ssl_context=self._ssl_context,
-            gate=self.gate,
+            gate=gate,
             tls_timeout_s=self.handshake_timeout_s,
         )
-        if self.admin_port is not None:
-            self._admin_server, self.admin_port = await listen(
-                lambda ws: serve(self, ws, ADMIN_ONLY),
-                self.host,
-                self.admin_port,
-                compression=self.compression,
-                ssl_context=self._ssl_context,
-                gate=self.admin_gate,
-                tls_timeout_s=self.handshake_timeout_s,
-            )
-            scheme = "ws" if self.insecure else "wss"
-            self.admin_url = f"{scheme}://{self.host}:{self.admin_port}"
+
+    def _url(self, port: int) -> str:
+        return f"{'ws' if self.insecure else 'wss'}://{self.host}:{port}"
 
     async def _stop_listeners(self) -> None:
         for server, gate in ((self._server, self.gate), (self._admin_server, self.admin_gate)):

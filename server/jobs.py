@@ -162,6 +162,6 @@ async def _run_step(
         rows = await ns.db.instance_states(run_id, action.step)
         return step_values([r["status"] for r in rows], rows[0] if rows else None)
     statuses: list[str] = []
-    for status, n in (await ns.db.step_counts(run_id, action.step)).items():
+    for status, n in (await ns.db.instance_counts(run_id, action.step)).items():
         statuses += [status] * n
     return step_values(statuses)

@@ -267,10 +267,6 @@ class Change:
     route: str | None = None
 
 
-def _row(cur: aiosqlite.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
-    return {d[0]: v for d, v in zip(cur.description, row, strict=True)}
-
-
 class Store:
     """The NS database (SQLite, WAL). Open with :meth:`open`."""
 
@@ -624,15 +620,6 @@ class Store:
             (run_id,),
         )
 
-    async def instance_counts(self, run_id: int) -> dict[str, int]:
-        """How many top-level instances of a run are in each state."""
-        rows = await self.db.execute_fetchall(
-            "SELECT status, count(*) FROM instances WHERE run_id=? AND parent_id IS NULL"
-            " GROUP BY status",
-            (run_id,),
-        )
-        return {str(status): int(n) for status, n in rows}
-
     async def steps(self, run_id: int) -> list[dict[str, Any]]:
         return await self._all(
             "SELECT step, deadline, started_at FROM steps WHERE run_id=? ORDER BY started_at, rowid",
@@ -884,13 +871,14 @@ class Store:
             args += (step,)
         return await self._all(sql, args)
 
-    async def step_counts(self, run_id: int, step: str) -> dict[str, int]:
-        """How many top-level instances of one step are in each state (a barrier's roll-up
-        without reading 10,000 rows back)."""
+    async def instance_counts(self, run_id: int, step: str | None = None) -> dict[str, int]:
+        """How many top-level instances of a run (or of one of its steps) are in each state:
+        a barrier's roll-up, or a big run's totals, without reading 10,000 rows back."""
+        where, args = ("", (run_id,)) if step is None else (" AND step=?", (run_id, step))
         rows = await self.db.execute_fetchall(
             "SELECT status, count(*) FROM instances WHERE run_id=? AND parent_id IS NULL"
-            " AND step=? GROUP BY status",
-            (run_id, step),
+            f"{where} GROUP BY status",
+            args,
         )
         return {str(status): int(n) for status, n in rows}
 

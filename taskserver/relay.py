@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from websockets.exceptions import ConnectionClosed
-from websockets.protocol import State
 
 from agent.jobrunner import drive
 from agent.link import Link
@@ -392,7 +391,7 @@ class Relay:
         if conn.backlog is None:
             if conn.link.send_now(data):
                 return True
-            if conn.link.ws.protocol.state is not State.OPEN:
+            if not conn.link.is_open:
                 return False
         if conn.backlog is None:
             conn.backlog = deque()
@@ -636,9 +635,9 @@ class Relay:
             return
         self._ack_timer = None
         due, self._acks_due = list(self._acks_due.values()), {}
-        self._spawn(self._send_acks(due))
+        self._send_acks(due)
 
-    async def _send_acks(self, due: list[AgentConn]) -> None:
+    def _send_acks(self, due: list[AgentConn]) -> None:
         for conn in due:
             if not conn.acks or self.agents.get(conn.name) is not conn:
                 continue
