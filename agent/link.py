@@ -18,7 +18,6 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as ws_connect
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
@@ -27,6 +26,7 @@ from websockets.protocol import State
 from agent.gate import Gate, connection_class, handshake_done
 from agent.keys import public_bytes
 from agent.tls import ClientTrust
+from agent.tlsio import Connect as ws_connect
 from protocol import PROTOCOL_VERSION, codec
 from protocol.errors import HandshakeError, ProtocolError, RemoteError
 from protocol.identity import NONCE_BYTES, proof_payload, sign, verify
@@ -393,8 +393,7 @@ async def listen(
         create_connection=connection_class(gate, ssl_context, tls_timeout_s),
         compression="deflate" if compression else None,
         max_size=codec.DEFAULT_LIMITS.max_frame_bytes,
-        ping_interval=20,
-        ping_timeout=20,
+        ping_interval=None,  # the gate's keepalive pings every connection, from one task
         server_header="taskfleet",
         backlog=LISTEN_BACKLOG,
     )

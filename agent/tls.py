@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from agent.keys import write_private
+from agent.tlsio import harden
 
 
 def cert_fingerprint(der: bytes) -> str:
@@ -104,7 +105,7 @@ def server_context(cert_path: str, key_path: str) -> ssl.SSLContext:
     # handshake with a key proof), so the two tickets OpenSSL makes and sends after every
     # handshake would be CPU and bytes for nothing, 10,000 times in a registration burst.
     ctx.num_tickets = 0
-    return ctx
+    return harden(ctx)
 
 
 class ClientTrust:
@@ -126,7 +127,7 @@ class ClientTrust:
         if not self.ca_file:
             return _pinning_context()
         if self._ctx is None:
-            self._ctx = ssl.create_default_context(cafile=self.ca_file)
+            self._ctx = harden(ssl.create_default_context(cafile=self.ca_file))
         return self._ctx
 
     def check(self, url: str, transport: Any) -> str | None:
@@ -155,7 +156,7 @@ def _pinning_context() -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+    return harden(ctx)
 
 
 def normalise(fp: str) -> str:

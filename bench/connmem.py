@@ -6,13 +6,16 @@ A server process (this file with ``--serve``) opens one listener; the parent ope
 connections, and the server reports its resident memory growth divided by N once all are open
 and idle (after ``malloc_trim``). Listeners measured, each in a fresh process:
 
-- ``taskfleet``: ``agent.link.listen`` with TLS and the handshake gate, as a TS runs it (the
-  4 KiB TLS read buffer, ``tune_gc``), without taskfleet's own per-agent state;
+- ``taskfleet``: ``agent.link.listen`` with TLS and the handshake gate, as a TS runs it
+  (``agent.tlsio``'s transport, the listener's one keepalive loop, ``tune_gc``), without
+  taskfleet's own per-agent state;
 - ``websockets-tls``: bare ``websockets.asyncio.server.serve`` with TLS (asyncio's defaults but
   the same 4 KiB read buffer, since ``agent.link`` sets it for the process);
 - ``websockets-plain``: the same without TLS;
 - ``asyncio-tls``: no WebSocket at all, asyncio's TLS transport and a protocol that keeps
-  nothing (the same 4 KiB read buffer): what TLS alone costs per connection in asyncio here.
+  nothing (the same 4 KiB read buffer): what TLS alone costs per connection in asyncio here;
+- ``sslsocket-tls``: no WebSocket either, OpenSSL reading the socket itself (a non-blocking
+  ``SSLSocket``, no memory BIOs): what TLS alone costs the way ``agent.tlsio`` does it.
 
 What taskfleet adds per agent on top (its relay state, the agent's queues) is the difference
 between ``bench/run.py``'s "TS KiB / agent" and the ``taskfleet`` line here.
@@ -22,16 +25,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import socket
 import ssl
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-KINDS = ("taskfleet", "websockets-tls", "websockets-plain", "asyncio-tls")
+KINDS = ("taskfleet", "websockets-tls", "websockets-plain", "asyncio-tls", "sslsocket-tls")
 
 
 def _rss_kib() -> int:
@@ -86,6 +92,18 @@ async def serve(kind: str, n: int) -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(Bare, "127.0.0.1", 0, ssl=ctx, backlog=4096)
         port = next(iter(server.sockets)).getsockname()[1]
+    elif kind == "sslsocket-tls":
+        assert ctx is not None
+        held_socks: list[ssl.SSLSocket] = []
+
+        def one_open(sock: ssl.SSLSocket) -> None:
+            nonlocal opened
+            held_socks.append(sock)
+            opened += 1
+            if opened == n:
+                all_open.set()
+
+        server, port = _sslsocket_listener(ctx, one_open)
     else:
         server = await ws_serve(handler, "127.0.0.1", 0, ssl=ctx, compression=None)
         port = next(iter(server.sockets)).getsockname()[1]
@@ -113,6 +131,42 @@ async def serve(kind: str, n: int) -> None:
     await asyncio.sleep(3600)
 
 
+def _sslsocket_listener(
+    ctx: ssl.SSLContext, on_open: Callable[[ssl.SSLSocket], None]
+) -> tuple[None, int]:
+    """TLS with OpenSSL on the socket (no memory BIOs), no WebSocket: accept, handshake on the
+    event loop's readiness, then read and drop whatever comes. What ``agent.tlsio`` builds on."""
+    loop = asyncio.get_running_loop()
+    lsock = socket.create_server(("127.0.0.1", 0), backlog=4096)
+    lsock.setblocking(False)
+
+    def drain(sock: ssl.SSLSocket) -> None:
+        with contextlib.suppress(ssl.SSLWantReadError, BlockingIOError):
+            sock.recv(4096)
+
+    def step(sock: ssl.SSLSocket) -> None:
+        try:
+            sock.do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        loop.remove_reader(sock.fileno())
+        loop.add_reader(sock.fileno(), drain, sock)
+        on_open(sock)
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = lsock.accept()
+            except BlockingIOError:
+                return
+            conn.setblocking(False)
+            sock = ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+            loop.add_reader(sock.fileno(), step, sock)
+
+    loop.add_reader(lsock.fileno(), accept)
+    return None, lsock.getsockname()[1]
+
+
 async def clients(port: int, n: int, tls: bool, kind: str = "") -> list[object]:
     from websockets.asyncio.client import connect
 
@@ -127,7 +181,7 @@ async def clients(port: int, n: int, tls: bool, kind: str = "") -> list[object]:
 
     async def one() -> None:
         async with gate:
-            if kind == "asyncio-tls":  # no WebSocket: TLS, then a few bytes
+            if kind in ("asyncio-tls", "sslsocket-tls"):  # no WebSocket: TLS, then a few bytes
                 _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
                 writer.write(b"x" * 200)
                 await writer.drain()

@@ -1,0 +1,232 @@
+"""``agent.tlsio``: TLS with OpenSSL on the socket, as an asyncio transport; and the listener's
+one keepalive loop (``agent.keepalive``). Real OpenSSL on real sockets throughout."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import socket
+import ssl
+
+import pytest
+from websockets.asyncio.client import connect as stock_connect
+from websockets.exceptions import ConnectionClosed
+
+from agent.gate import Gate
+from agent.keepalive import Keepalive
+from agent.link import listen
+from agent.tls import ClientTrust, ensure_certificates, server_context
+from agent.tlsio import Connect, TLSTransport, handshake
+
+
+class Recorder(asyncio.Protocol):
+    """Keeps what its transport tells it."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.got: asyncio.Queue[int] = asyncio.Queue()
+        self.eof = False
+        self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        self.paused = 0
+        self.resumed = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+        self.got.put_nowait(len(self.data))
+
+    def eof_received(self) -> None:
+        self.eof = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+    def pause_writing(self) -> None:
+        self.paused += 1
+
+    def resume_writing(self) -> None:
+        self.resumed += 1
+
+    async def until(self, size: int) -> None:
+        while len(self.data) < size:
+            await asyncio.wait_for(self.got.get(), 10)
+
+
+@pytest.fixture
+def contexts(tmp_path):
+    cert, key, ca = ensure_certificates(str(tmp_path / "tls"), "tlsio-test")
+    return server_context(cert, key), ClientTrust(ca_file=ca).context("wss://127.0.0.1")
+
+
+@contextlib.asynccontextmanager
+async def pair(contexts):
+    """Two handshaken TLSTransports on the two ends of a real TCP connection on loopback."""
+    server_ctx, client_ctx = contexts
+    loop = asyncio.get_running_loop()
+    lsock = socket.create_server(("127.0.0.1", 0))
+    lsock.setblocking(False)
+    plain = socket.socket()
+    plain.setblocking(False)
+    await loop.sock_connect(plain, lsock.getsockname())
+    accepted, _ = await loop.sock_accept(lsock)
+    lsock.close()
+    accepted.setblocking(False)
+    a = server_ctx.wrap_socket(accepted, server_side=True, do_handshake_on_connect=False)
+    b = client_ctx.wrap_socket(plain, server_hostname="127.0.0.1", do_handshake_on_connect=False)
+    await asyncio.wait_for(asyncio.gather(handshake(a), handshake(b)), 10)
+    pa, pb = Recorder(), Recorder()
+    ta, tb = TLSTransport(loop, a, pa), TLSTransport(loop, b, pb)
+    ta.begin()
+    tb.begin()
+    try:
+        yield (ta, pa), (tb, pb)
+    finally:
+        ta.abort()
+        tb.abort()
+        await asyncio.sleep(0)
+
+
+async def test_bytes_arrive_whole_and_in_order_both_ways(contexts):
+    async with pair(contexts) as ((ta, pa), (tb, pb)):
+        ta.write(b"hello ")
+        ta.writelines([b"over ", b"tls"])
+        await pb.until(len(b"hello over tls"))
+        assert bytes(pb.data) == b"hello over tls"
+        big = os.urandom(3 * 1024 * 1024)  # one write of many TLS records
+        tb.write(big)
+        await pa.until(len(big))
+        assert hashlib.sha256(pa.data).digest() == hashlib.sha256(big).digest()
+        assert tb.get_write_buffer_size() == 0
+        assert ta.get_extra_info("peername") == tb.get_extra_info("sockname")
+        assert tb.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        assert ta.get_extra_info("cipher") is not None
+
+
+async def test_a_reader_that_stops_pauses_the_writer_then_everything_arrives(contexts):
+    """Flow control: with the peer not reading, queued bytes pass the high-water mark and the
+    protocol is paused; once the peer reads again the queue drains below the low mark, the
+    protocol resumes, and every byte arrives in order."""
+    async with pair(contexts) as ((ta, pa), (tb, pb)):
+        ta.set_write_buffer_limits(high=256 * 1024)
+        assert ta.get_write_buffer_limits() == (64 * 1024, 256 * 1024)
+        tb.pause_reading()
+        assert not tb.is_reading()
+        sent = bytearray()
+        chunk = 0
+        while pa.paused == 0:
+            data = bytes([chunk % 256]) * 32 * 1024
+            ta.write(data)
+            sent += data
+            chunk += 1
+            assert chunk < 2000, "the writer was never paused"
+        assert ta.get_write_buffer_size() > 256 * 1024
+        tb.resume_reading()
+        await pb.until(len(sent))
+        assert pb.data == sent
+        assert pa.resumed == 1
+        assert ta.get_write_buffer_size() == 0
+
+
+async def test_close_sends_close_notify_and_the_peer_sees_an_end(contexts):
+    async with pair(contexts) as ((ta, pa), (tb, pb)):
+        ta.write(b"last words")
+        ta.close()
+        assert ta.is_closing()
+        assert await asyncio.wait_for(pa.lost, 10) is None
+        assert await asyncio.wait_for(pb.lost, 10) is None
+        assert bytes(pb.data) == b"last words"
+        assert pb.eof, "close_notify reached the peer as an end of stream"
+        ta.write(b"after close")  # ignored, like asyncio's transports after close
+
+
+async def test_bytes_that_are_not_tls_end_that_connection_with_an_error(contexts):
+    """A peer writing garbage under the TLS layer: that connection ends with an SSL error."""
+    async with pair(contexts) as ((ta, pa), (tb, pb)):
+        os.write(tb.get_extra_info("socket").fileno(), b"\x17\x03\x03\x00\x10" + b"\x00" * 16)
+        exc = await asyncio.wait_for(pa.lost, 10)
+        assert isinstance(exc, ssl.SSLError)
+        assert ta.is_closing()
+
+
+async def test_websockets_over_tlstransport_on_both_ends(contexts):
+    """The listener (``agent.link.listen``) and the client (``agent.tlsio.Connect``) both run
+    over TLSTransport; a stock websockets client (asyncio's TLS) still talks to the listener."""
+    server_ctx, client_ctx = contexts
+    seen: list[object] = []
+
+    async def handler(ws) -> None:  # type: ignore[no-untyped-def]
+        ws.handshake_done()
+        seen.append(ws.transport)
+        async for message in ws:
+            await ws.send(message)
+
+    gate = Gate()
+    server, port = await listen(handler, "127.0.0.1", 0, ssl_context=server_ctx, gate=gate)
+    try:
+        async with Connect(
+            f"wss://127.0.0.1:{port}", ssl=client_ctx, proxy=None, compression=None
+        ) as ws:
+            assert isinstance(ws.transport, TLSTransport)
+            await ws.send(b"x" * 200_000)
+            assert await asyncio.wait_for(ws.recv(), 10) == b"x" * 200_000
+        async with stock_connect(
+            f"wss://127.0.0.1:{port}", ssl=client_ctx, proxy=None, compression=None
+        ) as ws:
+            assert not isinstance(ws.transport, TLSTransport)
+            await ws.send(b"stock")
+            assert await asyncio.wait_for(ws.recv(), 10) == b"stock"
+        assert len(seen) == 2 and all(isinstance(t, TLSTransport) for t in seen)
+    finally:
+        server.close()
+        gate.close()
+        await server.wait_closed()
+
+
+async def test_keepalive_fails_a_silent_peer_and_keeps_the_others(contexts):
+    """One loop pings every connection: a client that stops reading (no pongs) is closed with
+    1011 after the timeout; a client that answers stays open, its latency measured."""
+    server_ctx, client_ctx = contexts
+    closed: dict[str, int | None] = {}  # the code each server-side connection closed with
+    silent_closed = asyncio.Event()
+    opened: asyncio.Queue[str] = asyncio.Queue()
+
+    async def handler(ws) -> None:  # type: ignore[no-untyped-def]
+        ws.handshake_done()
+        name = (await ws.recv()).decode()
+        await opened.put(name)
+        with contextlib.suppress(ConnectionClosed):
+            await ws.wait_closed()
+        sent = ws.protocol.close_sent  # the close frame this side sent, if any
+        closed[name] = sent.code if sent is not None else None
+        if name == "silent":
+            silent_closed.set()
+
+    gate = Gate()
+    gate.keepalive = Keepalive(interval_s=0.4, timeout_s=0.4)
+    server, port = await listen(handler, "127.0.0.1", 0, ssl_context=server_ctx, gate=gate)
+    url = f"wss://127.0.0.1:{port}"
+    try:
+        async with (
+            Connect(url, ssl=client_ctx, proxy=None, ping_interval=None) as alive,
+            Connect(url, ssl=client_ctx, proxy=None, ping_interval=None) as silent,
+        ):
+            await alive.send(b"alive")
+            await silent.send(b"silent")
+            assert {await opened.get(), await opened.get()} == {"alive", "silent"}
+            assert gate.keepalive.count == 2
+            silent.transport.pause_reading()  # it no longer reads, so never answers a ping
+            await asyncio.wait_for(silent_closed.wait(), 10)
+            assert closed["silent"] == 1011
+            assert gate.keepalive.failed == 1
+            assert "alive" not in closed
+            await asyncio.wait_for(alive.ping(), 5)
+            server_side = [ws for bucket in gate.keepalive.buckets for ws in bucket]
+            assert len(server_side) == 1 and server_side[0].latency > 0
+            silent.transport.abort()  # it would wait out its close timeout, reading nothing
+    finally:
+        server.close()
+        gate.close()
+        await server.wait_closed()
+    assert gate.keepalive.count == 0
