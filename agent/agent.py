@@ -352,6 +352,9 @@ class Agent:
                 reports[i] = _superseding(self._held.pop((r.instance_id, r.step), None), r)
             reports = [*self._held.values(), *reports]
             self._held = {}
+            if self._held_timer is not None:  # nothing left for it to send
+                self._held_timer.cancel()
+                self._held_timer = None
         link = self.link
         if link is None:
             return

@@ -1,6 +1,6 @@
 """The floor: one barrier round over bare websockets + msgpack, with no taskfleet code.
 
-    python bench/floor.py --agents 1000 --rounds 5 [--insecure]
+    python bench/floor.py --agents 1000 --rounds 5 [--insecure] [--transport tlsio]
 
 A server process (``python bench/floor.py serve``, started by this script, as the NS and TS are
 in ``bench/run.py``) accepts N WebSocket connections. For each round the bench asks it, over one
@@ -13,6 +13,11 @@ The N clients run as asyncio tasks in the bench process, as taskfleet's lightwei
 with the same transport: TLS (a self-signed certificate, verified) unless ``--insecure``. Nothing
 here imports taskfleet, so the figure is what websockets, msgpack and asyncio cost on this machine
 for the same exchange: the bound a taskfleet barrier is compared with (``docs/performance.md``).
+
+``--transport tlsio`` runs the same exchange over taskfleet's listener and TLS transport
+(``agent.link.listen`` with its gate opened wide, ``agent.tlsio.Connect``) and nothing else of
+taskfleet: what the same websockets + msgpack exchange costs on the transport taskfleet uses, so
+that the part of a barrier's ratio the transport accounts for can be told from the rest.
 """
 
 from __future__ import annotations
@@ -83,13 +88,16 @@ def make_cert(folder: Path) -> tuple[Path, Path]:
 # -- the server process -------------------------------------------------------------------------
 
 
-async def serve_floor(cert: str | None, key: str | None) -> None:
+async def serve_floor(cert: str | None, key: str | None, transport: str = "asyncio") -> None:
     # Clients closing as the bench ends are no news.
     logging.getLogger("websockets").setLevel(logging.CRITICAL)
     conns: dict[int, ServerConnection] = {}
     replies: asyncio.Queue[int] = asyncio.Queue()
 
     async def handler(ws: ServerConnection) -> None:
+        done = getattr(ws, "handshake_done", None)
+        if done is not None:  # taskfleet's listener (tlsio): free the gate's place
+            done()
         if ws.request is not None and ws.request.path == CONTROL:
             await control(ws)
             return
@@ -135,6 +143,17 @@ async def serve_floor(cert: str | None, key: str | None) -> None:
     if cert and key:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
+    if transport == "tlsio":
+        from agent.gate import HANDSHAKES_AT_ONCE, Gate
+        from agent.keepalive import Keepalive
+        from agent.link import listen
+
+        # A gate as wide as the floor's all-at-once connect needs; no pings during the rounds.
+        gate = Gate(limit=HANDSHAKES_AT_ONCE, waiting=1_000_000, wait_s=600, hold_s=600)
+        gate.keepalive = Keepalive(interval_s=3600)
+        _, port = await listen(handler, "127.0.0.1", 0, ssl_context=context, gate=gate)
+        print(f"ready port={port}", flush=True)
+        await asyncio.Future()
     async with serve(
         handler, "127.0.0.1", 0, ssl=context, compression=None, max_queue=None, ping_interval=None
     ) as server:
@@ -146,8 +165,15 @@ async def serve_floor(cert: str | None, key: str | None) -> None:
 # -- the bench side -----------------------------------------------------------------------------
 
 
-async def _client(url: str, context: ssl.SSLContext | None, connected: asyncio.Event) -> None:
-    async with connect(
+async def _client(
+    url: str, context: ssl.SSLContext | None, connected: asyncio.Event, transport: str = "asyncio"
+) -> None:
+    opener: Any = connect
+    if transport == "tlsio":
+        from agent.tlsio import Connect
+
+        opener = Connect
+    async with opener(
         url, ssl=context, compression=None, open_timeout=120, ping_interval=None
     ) as ws:
         connected.set()
@@ -173,12 +199,18 @@ async def _client(url: str, context: ssl.SSLContext | None, connected: asyncio.E
 
 
 async def measure(
-    n: int, rounds: int, insecure: bool = False, folder: Path | None = None
+    n: int,
+    rounds: int,
+    insecure: bool = False,
+    folder: Path | None = None,
+    transport: str = "asyncio",
 ) -> dict[str, Any]:
-    """Start the floor server, connect N clients, time ``rounds`` barrier rounds."""
+    """Start the floor server, connect N clients, time ``rounds`` barrier rounds.
+
+    ``transport``: ``asyncio`` (websockets as it comes) or ``tlsio`` (taskfleet's transport)."""
     own = folder is None
     tmp = Path(tempfile.mkdtemp(prefix="floor-")) if folder is None else folder
-    argv = [sys.executable, str(Path(__file__).resolve()), "serve"]
+    argv = [sys.executable, str(Path(__file__).resolve()), "serve", "--transport", transport]
     client_ctx = None
     if not insecure:
         cert, key = make_cert(tmp)
@@ -201,7 +233,9 @@ async def measure(
         ) as ctl:
             t0 = time.perf_counter()
             for _ in range(n):
-                clients.append(asyncio.create_task(_client(url + "/", client_ctx, asyncio.Event())))
+                clients.append(
+                    asyncio.create_task(_client(url + "/", client_ctx, asyncio.Event(), transport))
+                )
 
             async def count() -> int:
                 await ctl.send(_pack({"op": "count"}))
@@ -233,7 +267,8 @@ async def measure(
                 await asyncio.sleep(0.3)
         return {
             "agents": n,
-            "transport": "plain ws://" if insecure else "TLS",
+            "transport": ("plain ws://" if insecure else "TLS")
+            + (", taskfleet's transport" if transport == "tlsio" else ""),
             "connect_s": connect_s,
             "rounds_s": times,
             "round_median_s": statistics.median(times),
@@ -276,18 +311,27 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("serve", help="(internal) the floor's server process")
     s.add_argument("--cert")
     s.add_argument("--key")
+    s.add_argument("--transport", choices=("asyncio", "tlsio"), default="asyncio")
     p.add_argument("--agents", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--insecure", action="store_true", help="plain ws:// instead of TLS")
+    p.add_argument(
+        "--transport",
+        choices=("asyncio", "tlsio"),
+        default="asyncio",
+        help="websockets as it comes, or over taskfleet's listener and TLS transport",
+    )
     args = p.parse_args(argv)
     if args.cmd == "serve":
-        asyncio.run(serve_floor(args.cert, args.key))
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        asyncio.run(serve_floor(args.cert, args.key, args.transport))
         return 0
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    result = asyncio.run(measure(args.agents, args.rounds, args.insecure))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    result = asyncio.run(measure(args.agents, args.rounds, args.insecure, transport=args.transport))
     print(json.dumps(result, indent=2))
     return 0
 

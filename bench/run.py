@@ -779,6 +779,7 @@ def render(suite: dict[str, Any]) -> str:
     head += (
         "step barrier",
         "barrier/floor",
+        "barrier/floor(tlsio)",
         "results/s (step)",
         "NS RSS MiB (peak)",
         "TS KiB/agent",
@@ -788,6 +789,7 @@ def render(suite: dict[str, Any]) -> str:
     for res in suite["results"]:
         n = res["agents"]
         fl = suite["floors"].get(str(n))
+        ft = suite.get("floors_tlsio", {}).get(str(n))
         summ = res["summary"]
         cells: tuple[str, ...] = (
             f"{n}",
@@ -803,6 +805,7 @@ def render(suite: dict[str, Any]) -> str:
         cells += (
             f"{barrier:.3f} s" if barrier is not None else "-",
             f"{barrier / fl['round_median_s']:.2f}x" if barrier is not None and fl else "-",
+            f"{barrier / ft['round_median_s']:.2f}x" if barrier is not None and ft else "-",
             f"{res['agents'] / barrier:.0f}" if barrier else "-",
             f"{res['ns_rss_mib']['after_runs']:.0f} ({res['ns_rss_mib']['peak']:.0f})",
             f"{res['ts_kib_per_agent']:.1f}",
@@ -861,13 +864,15 @@ def render(suite: dict[str, Any]) -> str:
                 (f"{f['percent']:.1f}", f["function"]) for f in prof["top_inclusive"]
             ]
             lines.append(_table(top))
-    for n, fl in suite["floors"].items():
+    floors = [*suite["floors"].items(), *suite.get("floors_tlsio", {}).items()]
+    for n, fl in floors:
         lines.append("")
         lines.append(
             f"floor N={n} ({fl['transport']}): rounds "
             + ", ".join(f"{t:.3f}" for t in fl["rounds_s"])
             + f" s; connect {fl['connect_s']:.1f} s; server RSS {fl['server_rss_per_conn_kib']:.1f}"
-            " KiB per connection"
+            f" KiB per connection; CPU per round server {fl.get('cpu_server_s', 0):.2f} /"
+            f" clients {fl.get('cpu_clients_s', 0):.2f} s"
         )
     return "\n".join(lines)
 
@@ -938,6 +943,7 @@ async def amain(args: argparse.Namespace) -> int:
         "scenarios": args.scenarios,
         "label": args.label,
         "floors": {},
+        "floors_tlsio": {},
         "results": [],
     }
     for n in args.agents:
@@ -945,6 +951,11 @@ async def amain(args: argparse.Namespace) -> int:
             print(f"bench: floor, N={n} ...", flush=True)
             suite["floors"][str(n)] = await floor.measure(n, args.repeat, args.insecure)
             print(f"bench: floor round {suite['floors'][str(n)]['round_median_s']:.3f} s")
+            if not args.insecure:
+                print(f"bench: floor over taskfleet's transport, N={n} ...", flush=True)
+                ft = await floor.measure(n, args.repeat, transport="tlsio")
+                suite["floors_tlsio"][str(n)] = ft
+                print(f"bench: floor (tlsio) round {ft['round_median_s']:.3f} s")
         for k in args.taskservers:
             tmp = tempfile.mkdtemp(prefix="taskfleet-bench-")
             try:
