@@ -22,10 +22,12 @@ import contextlib
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
+from websockets.frames import DATA_OPCODES, Frame
 
 from agent.keepalive import Keepalive
 from agent.tlsio import TLSTransport, handshake, take_socket
@@ -150,6 +152,9 @@ class GatedConnection(ServerConnection):
     gone = False
     _raw: asyncio.Transport | None = None
     _started = False
+    sink: Callable[[Frame], None] | None = None
+    """Takes each data frame as it is read, instead of the queue ``recv`` reads
+    (``Link.deliver``)."""
     _upgrading: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -216,6 +221,13 @@ class GatedConnection(ServerConnection):
 
     def handshake_done(self) -> None:
         self.gate.release(self)
+
+    def process_event(self, event: Any) -> None:
+        sink = self.sink
+        if sink is not None and isinstance(event, Frame) and event.opcode in DATA_OPCODES:
+            sink(event)
+            return
+        super().process_event(event)
 
     def start_keepalive(self) -> None:
         """The WebSocket upgrade is done (``websockets`` calls this just before the handler).

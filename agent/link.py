@@ -21,14 +21,15 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-from agent.gate import Gate, connection_class, handshake_done
+from agent.gate import Gate, GatedConnection, connection_class, handshake_done
 from agent.keys import public_bytes
 from agent.tls import ClientTrust
 from agent.tlsio import Connect as ws_connect
 from protocol import PROTOCOL_VERSION, codec
-from protocol.errors import HandshakeError, ProtocolError, RemoteError
+from protocol.errors import FrameError, HandshakeError, ProtocolError, RemoteError
 from protocol.identity import NONCE_BYTES, proof_payload, sign, verify
 from protocol.messages import Challenge, Error, Hello, Message, Proof, Welcome
 from protocol.session import (
@@ -77,6 +78,7 @@ class Link:
         self._n = 0
         self._write_high = 0
         self._waiting: dict[str, asyncio.Future[Message]] = {}
+        self._pump: asyncio.Task[None] | None = None
 
     def next_id(self) -> str:
         """A fresh message id for this connection."""
@@ -134,6 +136,76 @@ class Link:
         raw = await self.ws.recv()
         # A text frame is refused by the codec (FrameError), like any other non-msgpack frame.
         return codec.decode(raw, self.limits)  # type: ignore[arg-type]
+
+    def deliver(self, handler: Callable[[Message], None]) -> asyncio.Future[ProtocolError | None]:
+        """Hand each message to ``handler`` as its frame is read, instead of :meth:`recv`.
+
+        On a listener's connection (``agent.gate``) a frame goes from the transport's read
+        straight to ``handler``: no task wakes per message, and the serving coroutine waits on
+        one future instead of a stack of ``recv`` calls (a TS serves thousands of agents this
+        way). A message must be one unfragmented binary frame here. The future ends with the
+        connection (None), or with the first ProtocolError from a frame or from ``handler``
+        (nothing more is handed over; the caller refuses the peer); any other exception from
+        ``handler`` ends it with that exception.
+        """
+        ws = self.ws
+        done: asyncio.Future[ProtocolError | None] = asyncio.get_running_loop().create_future()
+
+        def stop(result: ProtocolError | None, exc: BaseException | None = None) -> None:
+            if isinstance(ws, GatedConnection):
+                ws.sink = None
+            if done.done():
+                return
+            if exc is not None:
+                done.set_exception(exc)
+            else:
+                done.set_result(result)
+
+        def take(message: Message) -> None:
+            try:
+                handler(message)
+            except ProtocolError as exc:
+                stop(exc)
+            except Exception as exc:
+                stop(None, exc)
+
+        if not isinstance(ws, GatedConnection):  # not from a listener: a task reads for it
+
+            async def pump() -> None:
+                try:
+                    while not done.done():
+                        take(await self.recv())
+                except ConnectionClosed:
+                    stop(None)
+                except ProtocolError as exc:
+                    stop(exc)
+
+            self._pump = asyncio.get_running_loop().create_task(pump())
+            done.add_done_callback(lambda _: self._pump.cancel() if self._pump else None)
+            return done
+
+        def on_frame(frame: Frame) -> None:
+            if done.done():
+                return
+            if frame.opcode is not Opcode.BINARY or not frame.fin:
+                stop(FrameError("a message is one binary frame: no text, no fragments"))
+                return
+            try:
+                message = codec.decode(frame.data, self.limits)
+            except ProtocolError as exc:
+                stop(exc)
+                return
+            take(message)
+
+        # Frames read before now wait in websockets' queue: they go first, then the sink.
+        queue = ws.recv_messages.frames.queue
+        while queue and not done.done():
+            on_frame(queue.popleft())
+        ws.recv_messages.maybe_resume()
+        if not done.done():
+            ws.sink = on_frame
+            ws.connection_lost_waiter.add_done_callback(lambda _: stop(None))
+        return done
 
     def resolve(self, message: Message) -> bool:
         """If ``message`` answers a pending request, complete it and return True."""

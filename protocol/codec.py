@@ -35,7 +35,7 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise FrameError(f"msgpack extension type {code} is not allowed")
 
 
-def _unpack(data: bytes, limits: Limits) -> Any:
+def _unpack(data: bytes | bytearray | memoryview, limits: Limits) -> Any:
     """msgpack-decode one frame within every limit but nesting depth."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise FrameError("text frames are not accepted; send binary msgpack")
@@ -75,7 +75,7 @@ def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
     return obj
 
 
-def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
+def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> Message:
     """Decode one frame into a checked :class:`Message`.
 
     The nesting limit is enforced by the message's compiled checker in the same walk that

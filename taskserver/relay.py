@@ -304,8 +304,8 @@ class Relay:
             for h in list(self.by_computer.get(name, {}).values()):
                 if not h.local:  # work this relay runs itself is not the agent's
                     self._send_execute(conn, h)
-            while True:
-                message = await link.recv()
+
+            def on_message(message: Message) -> None:
                 session.check(message)
                 if not limiter.allow(time.monotonic()):
                     self.refused["rate_limited"] += 1
@@ -318,6 +318,11 @@ class Relay:
                     self._accept_agent_reports(conn, message)
                 elif isinstance(message, StepRequest):
                     self._step_request(conn, message)
+
+            # Each message is handled as its frame is read (no task wakes per message).
+            refused = await link.deliver(on_message)
+            if refused is not None:
+                raise refused
         except ConnectionClosed:
             pass
         except ProtocolError as exc:

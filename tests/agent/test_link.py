@@ -62,3 +62,70 @@ async def test_send_now_writes_what_fits_and_refuses_the_rest(tmp_path):
         server.close()
         with contextlib.suppress(Exception):
             await server.wait_closed()
+
+
+async def test_deliver_hands_over_queued_then_live_messages_and_stops_at_bad_frames(tmp_path):
+    """``Link.deliver`` on a listener's connection: messages read before it was called come
+    first, in order, then each new one as it is read; the connection's end resolves it with
+    None; a text frame, a fragmented message, or a ProtocolError from the handler resolve it
+    with that error, and nothing more is handed over."""
+    from protocol import codec
+    from protocol.errors import FrameError, ProtocolError
+    from protocol.messages import Ack
+
+    cert, key, ca = ensure_certificates(str(tmp_path / "tls"), "link-test")
+    ctx = ClientTrust(ca_file=ca).context("wss://127.0.0.1")
+    go = asyncio.Event()
+    results: asyncio.Queue[tuple[list[str], object]] = asyncio.Queue()
+
+    async def handler(ws) -> None:  # type: ignore[no-untyped-def]
+        ws.handshake_done()
+        seen: list[str] = []
+        await go.wait()  # the client's first messages wait in websockets' queue meanwhile
+
+        def take(message) -> None:  # type: ignore[no-untyped-def]
+            seen.append(message.id)
+            if message.id == "bad":
+                raise ProtocolError("refused by the handler")
+
+        outcome = await Link(ws).deliver(take)
+        await results.put((seen, outcome))
+
+    def frame(mid: str) -> bytes:
+        return codec.encode(Ack(id=mid, reply_to="x"))
+
+    server, port = await listen(handler, "127.0.0.1", 0, ssl_context=server_context(cert, key))
+    url = f"wss://127.0.0.1:{port}"
+    try:
+        # Queued, then live, then the client closes: all handed over in order, then None.
+        async with ws_connect(url, ssl=ctx, proxy=None, compression=None) as client:
+            for mid in ("1", "2", "3"):
+                await client.send(frame(mid))
+            pong = await client.ping()
+            await asyncio.wait_for(pong, 10)  # the server has read them once the pong is back
+            go.set()
+            await client.send(frame("4"))
+            await client.send(frame("5"))
+        seen, outcome = await asyncio.wait_for(results.get(), 10)
+        assert seen == ["1", "2", "3", "4", "5"] and outcome is None
+
+        # The handler refuses one: it is the last handed over, and the refusal is the result.
+        async with ws_connect(url, ssl=ctx, proxy=None, compression=None) as client:
+            for mid in ("1", "bad", "3"):
+                await client.send(frame(mid))
+            seen, outcome = await asyncio.wait_for(results.get(), 10)
+        assert seen == ["1", "bad"]
+        assert isinstance(outcome, ProtocolError) and outcome.message == "refused by the handler"
+
+        # A text frame, and a fragmented message: refused as bad frames.
+        for bad in ("text", [frame("6")[:5], frame("6")[5:]]):
+            async with ws_connect(url, ssl=ctx, proxy=None, compression=None) as client:
+                await client.send(frame("1"))
+                await client.send(bad)  # type: ignore[arg-type]
+                seen, outcome = await asyncio.wait_for(results.get(), 10)
+            assert seen == ["1"]
+            assert isinstance(outcome, FrameError) and outcome.close_code == 4400
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            await server.wait_closed()
