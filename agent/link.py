@@ -48,6 +48,8 @@ FRAME_OVERHEAD = 64
 LISTEN_BACKLOG = 2048
 """Connections the kernel holds before we accept them: a burst is accepted, then gated."""
 
+# taskfleet's own connections run TLS on agent.tlsio; this is for any that still go through
+# asyncio's TLS (tlsio.Connect falls back to it for anything but a direct wss:// connect).
 # asyncio gives every TLS connection a 256 KiB read buffer, zero-filled (sslproto.py), for the
 # life of the connection. A TS with ten thousand agents would spend GiBs on it. taskfleet frames
 # from agents are small; a larger frame (a dispatch) is simply read in more steps. Measured per
