@@ -134,12 +134,24 @@ class TLSTransport(asyncio.Transport):
         except OSError as exc:  # ssl.SSLError is an OSError
             self._fatal(exc)
             return
-        if not data:  # close_notify or EOF
-            self._stop_reading()
-            self._protocol.eof_received()
-            self.close()  # TLS has no half-close
+        try:
+            if not data:  # close_notify or EOF
+                self._stop_reading()
+                self._protocol.eof_received()
+                self.close()  # TLS has no half-close
+                return
+            self._protocol.data_received(data)
+        except Exception as exc:  # a bug in the protocol: end this connection, say why
+            self._loop.call_exception_handler(
+                {
+                    "message": "TLSTransport: the protocol failed on data it was given",
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+            self._fatal(exc)
             return
-        self._protocol.data_received(data)
         if self._reading and not self._closed and self._sock.pending():
             self._loop.call_soon(self._read_ready)
 

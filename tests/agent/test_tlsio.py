@@ -150,6 +150,28 @@ async def test_bytes_that_are_not_tls_end_that_connection_with_an_error(contexts
         assert ta.is_closing()
 
 
+async def test_a_protocol_that_fails_on_data_ends_only_its_connection(contexts):
+    """An exception in ``data_received`` is reported to the loop's exception handler and ends
+    that connection (as asyncio's own transports do), not the loop's callback."""
+    reported: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        async with pair(contexts) as ((ta, pa), (tb, pb)):
+
+            def broken(data: bytes) -> None:
+                raise ValueError("a bug")
+
+            pa.data_received = broken  # type: ignore[method-assign]
+            tb.write(b"anything")
+            exc = await asyncio.wait_for(pa.lost, 10)
+            assert isinstance(exc, ValueError) and ta.is_closing()
+            assert reported and reported[0]["exception"] is exc
+            assert await asyncio.wait_for(pb.lost, 10) is None  # the peer sees an end
+    finally:
+        loop.set_exception_handler(None)
+
+
 async def test_websockets_over_tlstransport_on_both_ends(contexts):
     """The listener (``agent.link.listen``) and the client (``agent.tlsio.Connect``) both run
     over TLSTransport; a stock websockets client (asyncio's TLS) still talks to the listener."""
