@@ -29,6 +29,7 @@ import ipaddress
 import json
 import logging
 import os
+import random
 import ssl
 import statistics
 import sys
@@ -164,6 +165,8 @@ async def serve_floor(cert: str | None, key: str | None, transport: str = "async
 
 # -- the bench side -----------------------------------------------------------------------------
 
+CONNECT_TRIES = 5
+
 
 async def _client(
     url: str, context: ssl.SSLContext | None, connected: asyncio.Event, transport: str = "asyncio"
@@ -173,9 +176,19 @@ async def _client(
         from agent.tlsio import Connect
 
         opener = Connect
-    async with opener(
-        url, ssl=context, compression=None, open_timeout=120, ping_interval=None
-    ) as ws:
+    for attempt in range(CONNECT_TRIES):
+        try:
+            ws = await opener(
+                url, ssl=context, compression=None, open_timeout=120, ping_interval=None
+            )
+            break
+        except OSError:
+            # 10,000 connects at once can overflow the server's accept queue (a reset): the
+            # floor times rounds, not connects, so a client tries again a moment later.
+            if attempt == CONNECT_TRIES - 1:
+                raise
+            await asyncio.sleep(0.5 + random.random())
+    async with ws:
         connected.set()
         async for frame in ws:
             m = msgpack.unpackb(frame)
