@@ -203,10 +203,6 @@ class GatedConnection(ServerConnection):
             sock.close()
             self.gate.release(self)
             return
-        if self.gone:  # dropped as the handshake finished
-            sock.close()
-            self.gate.release(self)
-            return
         transport = TLSTransport(asyncio.get_running_loop(), sock, self)
         self._start(transport)
         transport.start_reading()

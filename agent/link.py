@@ -80,7 +80,6 @@ class Link:
         self._n = 0
         self._write_high = 0
         self._waiting: dict[str, asyncio.Future[Message]] = {}
-        self._pump: asyncio.Task[None] | None = None
 
     def next_id(self) -> str:
         """A fresh message id for this connection."""
@@ -142,49 +141,27 @@ class Link:
     def deliver(self, handler: Callable[[Message], None]) -> asyncio.Future[ProtocolError | None]:
         """Hand each message to ``handler`` as its frame is read, instead of :meth:`recv`.
 
-        On a listener's connection (``agent.gate``) a frame goes from the transport's read
-        straight to ``handler``: no task wakes per message, and the serving coroutine waits on
-        one future instead of a stack of ``recv`` calls (a TS serves thousands of agents this
-        way). A message must be one unfragmented binary frame here. The future ends with the
+        Only on a connection accepted by :func:`listen` (``agent.gate``): a frame goes from the
+        transport's read straight to ``handler``, no task wakes per message, and the serving
+        coroutine waits on one future instead of a stack of ``recv`` calls (a TS serves
+        thousands of agents this way). A message must be one unfragmented binary frame here. The future ends with the
         connection (None), or with the first ProtocolError from a frame or from ``handler``
         (nothing more is handed over; the caller refuses the peer); any other exception from
         ``handler`` ends it with that exception.
         """
         ws = self.ws
+        if not isinstance(ws, GatedConnection):
+            raise TypeError("deliver needs a connection accepted by agent.link.listen")
         done: asyncio.Future[ProtocolError | None] = asyncio.get_running_loop().create_future()
 
         def stop(result: ProtocolError | None, exc: BaseException | None = None) -> None:
-            if isinstance(ws, GatedConnection):
-                ws.sink = None
+            ws.sink = None
             if done.done():
                 return
             if exc is not None:
                 done.set_exception(exc)
             else:
                 done.set_result(result)
-
-        def take(message: Message) -> None:
-            try:
-                handler(message)
-            except ProtocolError as exc:
-                stop(exc)
-            except Exception as exc:
-                stop(None, exc)
-
-        if not isinstance(ws, GatedConnection):  # not from a listener: a task reads for it
-
-            async def pump() -> None:
-                try:
-                    while not done.done():
-                        take(await self.recv())
-                except ConnectionClosed:
-                    stop(None)
-                except ProtocolError as exc:
-                    stop(exc)
-
-            self._pump = asyncio.get_running_loop().create_task(pump())
-            done.add_done_callback(lambda _: self._pump.cancel() if self._pump else None)
-            return done
 
         def on_frame(frame: Frame) -> None:
             if done.done():
@@ -193,11 +170,11 @@ class Link:
                 stop(FrameError("a message is one binary frame: no text, no fragments"))
                 return
             try:
-                message = codec.decode(frame.data, self.limits)
+                handler(codec.decode(frame.data, self.limits))
             except ProtocolError as exc:
                 stop(exc)
-                return
-            take(message)
+            except Exception as exc:
+                stop(None, exc)
 
         # Frames read before now wait in websockets' queue: they go first, then the sink.
         queue = ws.recv_messages.frames.queue
