@@ -7,6 +7,10 @@ tick, so each connection is pinged every ``interval_s`` with the same pongs as b
 (``websockets`` matches them and records the latency). A connection whose ping is still
 unanswered ``timeout_s`` later fails with 1011 "keepalive ping timeout", as in ``websockets``.
 The task stops when the listener has no connection left, and starts again with the next.
+
+Clients of a taskfleet listener (agents, a TS's link to the NS, admins) send no pings of their
+own: a :class:`WatchedConnection` notes when it last heard its server, and one
+:class:`Watchdog` per event loop fails a connection that has heard nothing for ``SILENCE_S``.
 """
 
 from __future__ import annotations
@@ -15,14 +19,26 @@ import asyncio
 import contextlib
 import random
 import struct
+import time
+import weakref
 from typing import Any
 
+from websockets.asyncio.client import ClientConnection
 from websockets.frames import CloseCode
 from websockets.protocol import State
 
 BUCKETS = 20
 ABORT_AFTER_S = 5.0
 """A failed connection's close frame has this long to go out before its socket is cut."""
+
+
+def _fail(ws: Any, reason: str) -> None:
+    """Fail ``ws`` with 1011 ``reason``; cut its socket if the close frame cannot go out."""
+    with contextlib.suppress(Exception):
+        ws.protocol.fail(CloseCode.INTERNAL_ERROR, reason)
+        ws.send_data()
+    transport = ws.transport
+    asyncio.get_running_loop().call_later(ABORT_AFTER_S, transport.abort)
 
 
 class Keepalive:
@@ -85,11 +101,7 @@ class Keepalive:
     def _fail(self, ws: Any) -> None:
         self.failed += 1
         self.discard(ws)
-        with contextlib.suppress(Exception):
-            ws.protocol.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
-            ws.send_data()
-        transport = ws.transport
-        asyncio.get_running_loop().call_later(ABORT_AFTER_S, transport.abort)
+        _fail(ws, "keepalive ping timeout")
 
     def close(self) -> None:
         """The listener stops: no more pings."""
@@ -98,3 +110,106 @@ class Keepalive:
         self.count = 0
         if self._task is not None:
             self._task.cancel()
+
+
+SILENCE_S = 40.0
+"""A client fails its connection when it has heard nothing for this long: the listener pings
+every connection every 20 s and fails it 20 s after an unanswered ping, so a live server is never
+silent for 40 s, and a dead one is noticed 20-50 s after it last spoke."""
+
+
+class Watchdog:
+    """The client's side of the listener's keepalive: listen for the server's pings, send none.
+
+    ``websockets`` pings from both ends of a connection, so a TS holding ten thousand agents
+    read and answered 500 pings a second on top of sending its own 500. Every taskfleet
+    listener pings its clients (:class:`Keepalive`), so a client needs only to notice that a
+    server went silent: :class:`WatchedConnection` notes when it last read anything, and one
+    loop per event loop visits a bucket of connections per tick and fails, with 1011, one that
+    has heard nothing for ``silence_s``.
+    """
+
+    def __init__(self, silence_s: float = SILENCE_S, check_every_s: float = 10.0):
+        self.silence_s = silence_s
+        self.check_every_s = check_every_s
+        self.buckets: list[set[Any]] = [set() for _ in range(BUCKETS)]
+        self.count = 0
+        self.failed = 0
+        self._next = 0
+        self._turn = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, ws: WatchedConnection) -> None:
+        bucket = self._next
+        self._next = (self._next + 1) % BUCKETS
+        ws.watch_bucket = bucket
+        self.buckets[bucket].add(ws)
+        self.count += 1
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def discard(self, ws: WatchedConnection) -> None:
+        bucket = ws.watch_bucket
+        if bucket is not None and ws in self.buckets[bucket]:
+            self.buckets[bucket].discard(ws)
+            self.count -= 1
+
+    async def _run(self) -> None:
+        try:
+            tick = self.check_every_s / BUCKETS
+            while self.count:
+                await asyncio.sleep(tick)
+                self._turn = (self._turn + 1) % BUCKETS
+                self.visit(self.buckets[self._turn])
+        finally:
+            self._task = None
+
+    def visit(self, bucket: set[Any]) -> None:
+        """Fail each connection of ``bucket`` that has heard nothing for ``silence_s``."""
+        now = time.monotonic()
+        for ws in list(bucket):
+            if ws.protocol.state is State.OPEN and now - ws.heard >= self.silence_s:
+                self.failed += 1
+                self.discard(ws)
+                _fail(ws, "keepalive: the server went silent")
+
+
+_watchdogs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Watchdog] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def watchdog() -> Watchdog:
+    """This event loop's watchdog (one per loop: a process may hold thousands of clients)."""
+    loop = asyncio.get_running_loop()
+    dog = _watchdogs.get(loop)
+    if dog is None:
+        dog = _watchdogs[loop] = Watchdog()
+    return dog
+
+
+class WatchedConnection(ClientConnection):
+    """A client connection that sends no pings and is failed when its server goes silent.
+
+    Only for servers that ping (every taskfleet listener does): use with
+    ``connect(..., ping_interval=None, create_connection=WatchedConnection)``.
+    """
+
+    heard = 0.0
+    watch_bucket: int | None = None
+    _dog: Watchdog | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.heard = time.monotonic()
+        super().data_received(data)
+
+    def start_keepalive(self) -> None:
+        """The upgrade is done: watch for silence instead of pinging."""
+        self.heard = time.monotonic()
+        self._dog = watchdog()
+        self._dog.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._dog is not None:
+            self._dog.discard(self)
+        super().connection_lost(exc)

@@ -25,6 +25,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from agent.gate import Gate, GatedConnection, connection_class, handshake_done
+from agent.keepalive import WatchedConnection
 from agent.keys import public_bytes
 from agent.tls import ClientTrust
 from agent.tlsio import Connect as ws_connect
@@ -267,8 +268,8 @@ async def connect(
         max_size=limits.max_frame_bytes,
         open_timeout=open_timeout_s,
         proxy=None,
-        ping_interval=20,
-        ping_timeout=20,
+        ping_interval=None,  # our listeners ping; the client watches for their silence
+        create_connection=WatchedConnection,
         user_agent_header=f"taskfleet/{PROTOCOL_VERSION}",
     )
     link = Link(ws, peer=url, limits=limits)

@@ -9,16 +9,20 @@ import hashlib
 import os
 import socket
 import ssl
+import time
 
 import pytest
 from websockets.asyncio.client import connect as stock_connect
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Opcode
+from websockets.protocol import State
 
 from agent.gate import Gate
-from agent.keepalive import Keepalive
+from agent.keepalive import Keepalive, WatchedConnection, watchdog
 from agent.link import listen
 from agent.tls import ClientTrust, ensure_certificates, server_context
 from agent.tlsio import Connect, TLSTransport, handshake
+from tests.helpers import until
 
 
 class Recorder(asyncio.Protocol):
@@ -252,3 +256,79 @@ async def test_keepalive_fails_a_silent_peer_and_keeps_the_others(contexts):
         gate.close()
         await server.wait_closed()
     assert gate.keepalive.count == 0
+
+
+async def test_a_client_sends_no_pings_and_fails_a_server_gone_silent(contexts):
+    """A client of our listeners (``link.connect``'s ``WatchedConnection``) pings nothing: it
+    hears the listener's pings, stays open while they come, and fails with 1011 a connection
+    on which it has heard nothing for its watchdog's silence."""
+    server_ctx, client_ctx = contexts
+    pings_seen: list[int] = []
+
+    async def handler(ws) -> None:  # type: ignore[no-untyped-def]
+        ws.handshake_done()
+        # Anything the client pings would reach this side as a PING frame; count them.
+        original = ws.process_event
+
+        def process_event(event) -> None:  # type: ignore[no-untyped-def]
+            if getattr(event, "opcode", None) is Opcode.PING:
+                pings_seen.append(1)
+            original(event)
+
+        ws.process_event = process_event
+        with contextlib.suppress(ConnectionClosed):
+            await ws.wait_closed()
+
+    dog = watchdog()  # this test's event loop's watchdog, before any connection starts it
+    dog.silence_s, dog.check_every_s = 0.8, 0.2
+    speaking, mute = Gate(), Gate()
+    speaking.keepalive = Keepalive(interval_s=0.2, timeout_s=0.5)
+    mute.keepalive = Keepalive(interval_s=3600, timeout_s=3600)  # never pings in this test
+    servers = [
+        await listen(handler, "127.0.0.1", 0, ssl_context=server_ctx, gate=g)
+        for g in (speaking, mute)
+    ]
+    (_, live_port), (_, mute_port) = servers
+    try:
+        async with (
+            Connect(
+                f"wss://127.0.0.1:{live_port}",
+                ssl=client_ctx,
+                proxy=None,
+                ping_interval=None,
+                create_connection=WatchedConnection,
+            ) as live,
+            Connect(
+                f"wss://127.0.0.1:{mute_port}",
+                ssl=client_ctx,
+                proxy=None,
+                ping_interval=None,
+                create_connection=WatchedConnection,
+            ) as silent,
+        ):
+            assert dog.count == 2
+            opened = time.monotonic()
+            await asyncio.wait_for(silent.wait_closed(), 10)
+            assert silent.protocol.close_sent is not None
+            assert silent.protocol.close_sent.code == 1011
+            assert silent.protocol.close_sent.reason == "keepalive: the server went silent"
+            assert time.monotonic() - opened >= dog.silence_s
+            # The live one hears pings for three silences' time and stays open.
+            await until(
+                lambda: _true(live.heard - opened > 3 * dog.silence_s), "pings for 2.4 s", 10
+            )
+            assert live.protocol.state is State.OPEN
+            assert dog.failed == 1 and dog.count == 1
+            assert live.latency == 0  # it never pinged, so it never measured a pong
+    finally:
+        for server, _ in servers:
+            server.close()
+            await server.wait_closed()
+        speaking.close()
+        mute.close()
+    assert pings_seen == []
+    assert dog.count == 0
+
+
+async def _true(value: bool) -> bool:
+    return value
