@@ -1,4 +1,4 @@
-"""Outbox rows: what a stored report turns back into."""
+"""Outbox rows and a relay's held work: what a stored record turns back into."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 from agent.store import report_from_row, report_to_row
 from protocol.messages import Report
 from protocol.states import InstanceState
+from taskserver.store import Held, RelayStore
 
 
 def test_a_stored_report_comes_back_field_for_field():
@@ -30,3 +31,35 @@ def test_an_outbox_row_written_as_json_by_an_earlier_build_still_reads():
     row = json.dumps({"instance_id": 9, "state": "succeeded", "return_code": 0, "gone": 1})
     back = report_from_row(row)
     assert (back.instance_id, back.state, back.return_code) == (9, "succeeded", 0)
+
+
+async def test_a_relay_keeps_held_work_and_its_tokens_across_a_restart(tmp_path):
+    """A TS's held work comes back from its SQLite file as it went in, tokens included, also a
+    row whose tokens an earlier build wrote as JSON."""
+    path = str(tmp_path / "relay.db")
+    tokens = {"COMPUTERNAME": "pc-1", "RUNID": "4", "MACADDRESS": ""}
+    task = {"type": "noop", "params": {}}
+    store = await RelayStore.open(path)
+    try:
+        fresh = await store.hold(
+            [Held(1, 4, "pc-1", task, tokens, 1e10), Held(2, 4, "pc-2", task, {}, 1e10)]
+        )
+        assert [h.instance_id for h in fresh] == [1, 2]
+        assert await store.hold([Held(1, 4, "pc-1", task, tokens, 1e10)]) == []  # seen before
+        await store.db.execute(
+            "INSERT INTO held(instance_id, run_id, computer, task, tokens, deadline)"
+            " VALUES (3, 4, 'pc-3', ?, ?, 1e10)",
+            (json.dumps(task), json.dumps({"COMPUTERNAME": "pc-3"})),
+        )
+        await store.db.commit()
+    finally:
+        await store.close()
+    store = await RelayStore.open(path)
+    try:
+        held, _ = await store.load()
+    finally:
+        await store.close()
+    by_id = {h.instance_id: h for h in held}
+    assert by_id[1].tokens == tokens and by_id[1].task == task
+    assert by_id[2].tokens == {}
+    assert by_id[3].tokens == {"COMPUTERNAME": "pc-3"} and by_id[3].computer == "pc-3"
