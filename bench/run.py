@@ -24,6 +24,7 @@ import asyncio
 import atexit
 import contextlib
 import ctypes
+import gc
 import hashlib
 import json
 import logging
@@ -466,6 +467,27 @@ async def connect_fleet(
     }
 
 
+class GcClock:
+    """Time this process spends in the cyclic garbage collector (``gc.callbacks``): the bench
+    holds all N agents' objects in one heap, so one full collection walks all of them."""
+
+    def __init__(self) -> None:
+        self.total_s = 0.0
+        self.collections = [0, 0, 0]
+        self._t = 0.0
+        gc.callbacks.append(self._cb)
+
+    def _cb(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+        else:
+            self.total_s += time.perf_counter() - self._t
+            self.collections[info["generation"]] += 1
+
+
+GC = GcClock()
+
+
 def _cpu(procs: dict[str, ServerProc]) -> dict[str, float]:
     return {k: p.cpu_s() for k, p in procs.items()}
 
@@ -488,6 +510,7 @@ async def one_run(
     """Start ``name`` on every computer and follow it to its end (the last barrier released,
     every result stored: the NS ends a run only after storing its last result)."""
     cpu0, bench0, busy0 = _cpu(procs), time.process_time(), machine_busy_s()
+    gc0, full0 = GC.total_s, GC.collections[2]
     t0 = time.perf_counter()
     started = await client.call("run.start", task=name, all=True)
     t_started = time.perf_counter() - t0
@@ -509,6 +532,7 @@ async def one_run(
     await asyncio.wait_for(follow(), timeout_s)
     t_end = time.perf_counter() - t0
     cpu = _cpu_delta(procs, cpu0, bench0, busy0)
+    gc_s, full = GC.total_s - gc0, GC.collections[2] - full0
     final = await client.call("run.show", run_id=run_id)
     rows = final.get("instances", [])
     steps = final.get("steps") or []
@@ -536,6 +560,8 @@ async def one_run(
         else None,
         "instance_events": events,
         "cpu_s": cpu,
+        "bench_gc_s": gc_s,
+        "bench_full_gcs": full,
     }
 
 
@@ -662,6 +688,13 @@ async def bench(args: argparse.Namespace, n: int, k_ts: int, root: Path) -> dict
             await asyncio.sleep(1.0)
             rss1 = {k: p.rss_kib() for k, p in procs.items()}
             rss1["bench"] = _rss_kib("self")
+            if args.idle_s > 0:
+                # What the connected fleet costs doing nothing: keepalives, presence, timers.
+                print(f"bench: idle for {args.idle_s:g} s ...", flush=True)
+                cpu0, bench0, busy0 = _cpu(procs), time.process_time(), machine_busy_s()
+                await asyncio.sleep(args.idle_s)
+                idle = _cpu_delta(procs, cpu0, bench0, busy0)
+                result["idle_cpu_pct"] = {k: 100 * v / args.idle_s for k, v in idle.items()}
 
             await start_profiles("runs")
             scenarios: dict[str, list[dict[str, Any]]] = {}
@@ -733,6 +766,8 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
                 k: statistics.median(r["cpu_s"][k] for r in runs)
                 for k in ("ns", "ts", "bench", "others")
             },
+            "bench_gc_s": [round(r.get("bench_gc_s", 0.0), 3) for r in runs],
+            "bench_full_gcs": sum(r.get("bench_full_gcs", 0) for r in runs),
             "all_ok": all(r["ok"] for r in runs),
             "not_succeeded": sum(r["rows"] - r["statuses"].get("succeeded", 0) for r in runs),
         }
@@ -831,6 +866,13 @@ def render(suite: dict[str, Any]) -> str:
             + " / ".join(f"{k} {c['cpu_s'][k]:.1f}" for k in ("ns", "ts", "bench", "others"))
             + " s"
         )
+        idle = res.get("idle_cpu_pct")
+        if idle:
+            lines.append(
+                "  idle (connected, nothing run): CPU "
+                + " / ".join(f"{k} {idle[k]:.1f}" for k in ("ns", "ts", "bench", "others"))
+                + " % of one CPU"
+            )
         for s, v in res["summary"].items():
             cpu = v["cpu_median_s"]
             lines.append(
@@ -845,6 +887,12 @@ def render(suite: dict[str, Any]) -> str:
                 f"{cpu['ns']:.2f} / TS {cpu['ts']:.2f} / bench {cpu['bench']:.2f} / others "
                 f"{cpu['others']:.2f} s" + ("" if v["all_ok"] else f", {v['not_succeeded']} NOT OK")
             )
+            if "bench_gc_s" in v:
+                lines.append(
+                    "    bench process in the garbage collector per run: "
+                    + ", ".join(f"{t:.3f}" for t in v["bench_gc_s"])
+                    + f" s ({v['bench_full_gcs']} full collections in all)"
+                )
             if cpu["others"] > 0.1 * (cpu["ns"] + cpu["ts"] + cpu["bench"]):
                 lines.append("    WARNING: other processes were busy during these runs")
         for k, r in res["rss_kib"].items():
@@ -921,6 +969,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connect-timeout", type=float, default=600.0, help="seconds")
     p.add_argument("--run-timeout", type=float, default=600.0, help="seconds, per run")
     p.add_argument("--pause-s", type=float, default=1.0, help="pause before each run")
+    p.add_argument(
+        "--idle-s",
+        type=float,
+        default=20.0,
+        help="seconds the connected fleet sits idle, for its CPU at rest (one keepalive cycle);"
+        " 0 skips",
+    )
     p.add_argument("--backoff-initial-s", type=float, default=1.0)
     p.add_argument("--backoff-max-s", type=float, default=10.0)
     p.add_argument(
