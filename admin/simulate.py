@@ -82,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
             children.append(
                 subprocess.Popen([sys.executable, "-m", "admin", *base, "--worker", str(w)])
             )
-    heap.tune_gc()
+    heap.tune_gc(many_agents=True)
     try:
         asyncio.run(run_agents(args, mine))
     finally:

@@ -35,25 +35,32 @@ def test_trim_returns_the_pages_of_a_freed_burst() -> None:
     assert keep  # still alive
 
 
-def test_tune_gc_freezes_the_start_up_heap_and_still_collects_cycles() -> None:
+@pytest.mark.parametrize(
+    ("many_agents", "expected"),
+    [(False, heap.GC_THRESHOLDS), (True, heap.MANY_AGENTS_GC_THRESHOLDS)],
+)
+def test_tune_gc_freezes_the_start_up_heap_and_still_collects_cycles(
+    many_agents: bool, expected: tuple[int, int, int]
+) -> None:
     """In a fresh process: after ``tune_gc`` the start-up objects are frozen, the thresholds are
-    ``GC_THRESHOLDS``, and a reference cycle made later is still collected automatically once
-    enough allocations have happened (the collector is slowed, not off)."""
+    ``GC_THRESHOLDS`` (``MANY_AGENTS_GC_THRESHOLDS`` for a simulate process), and a reference
+    cycle made later is still collected automatically once enough allocations have happened
+    (the collector is slowed, not off)."""
     code = (
         "import gc, json, weakref\n"
         "from agent import heap\n"
-        "heap.tune_gc()\n"
+        f"heap.tune_gc(many_agents={many_agents})\n"
         "class Node: pass\n"
         "a, b = Node(), Node(); a.b, b.a = b, a\n"
         "alive = weakref.ref(a)\n"
         "del a, b\n"
-        "junk = [[] for _ in range(heap.GC_THRESHOLDS[0] * 2)]\n"
+        "junk = [[] for _ in range(gc.get_threshold()[0] * 2)]\n"
         "print(json.dumps([list(gc.get_threshold()), gc.get_freeze_count(), alive() is None]))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout
     thresholds, frozen, collected = json.loads(out)
-    assert thresholds == list(heap.GC_THRESHOLDS)
+    assert thresholds == list(expected)
     assert frozen > 1000
     assert collected
