@@ -156,9 +156,14 @@ class Watchdog:
 
     async def _run(self) -> None:
         try:
-            tick = self.check_every_s / BUCKETS
             while self.count:
-                await asyncio.sleep(tick)
+                if self.count < BUCKETS:
+                    # A real agent holds one connection: wake once per check, not per bucket.
+                    await asyncio.sleep(self.check_every_s)
+                    for bucket in self.buckets:
+                        self.visit(bucket)
+                    continue
+                await asyncio.sleep(self.check_every_s / BUCKETS)
                 self._turn = (self._turn + 1) % BUCKETS
                 self.visit(self.buckets[self._turn])
         finally:

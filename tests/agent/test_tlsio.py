@@ -332,3 +332,46 @@ async def test_a_client_sends_no_pings_and_fails_a_server_gone_silent(contexts):
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_the_watchdog_checks_a_large_fleet_bucket_by_bucket():
+    """With many connections the watchdog visits one bucket per tick: every client of a mute
+    server is failed within the silence plus one round of buckets, a client of a pinging one
+    is kept."""
+    dog = watchdog()
+    dog.silence_s, dog.check_every_s = 0.6, 0.4
+    speaking, mute = Gate(), Gate()
+    speaking.keepalive = Keepalive(interval_s=0.1, timeout_s=0.5)
+    mute.keepalive = Keepalive(interval_s=3600, timeout_s=3600)
+
+    async def handler(ws) -> None:  # type: ignore[no-untyped-def]
+        ws.handshake_done()
+        with contextlib.suppress(ConnectionClosed):
+            await ws.wait_closed()
+
+    servers = [await listen(handler, "127.0.0.1", 0, gate=g) for g in (speaking, mute)]
+    (_, live_port), (_, mute_port) = servers
+
+    def client(port: int) -> Connect:
+        return Connect(
+            f"ws://127.0.0.1:{port}",
+            proxy=None,
+            ping_interval=None,
+            create_connection=WatchedConnection,
+        )
+
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            live = await stack.enter_async_context(client(live_port))
+            silent = [await stack.enter_async_context(client(mute_port)) for _ in range(30)]
+            assert dog.count == 31  # above the bucket count: the bucketed path
+            await asyncio.wait_for(asyncio.gather(*(ws.wait_closed() for ws in silent)), 10)
+            assert all(ws.protocol.close_sent.code == 1011 for ws in silent)
+            assert dog.failed == 30
+            assert live.protocol.state is State.OPEN
+    finally:
+        for server, _ in servers:
+            server.close()
+            await server.wait_closed()
+        speaking.close()
+        mute.close()
