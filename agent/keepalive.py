@@ -115,7 +115,8 @@ class Keepalive:
 SILENCE_S = 40.0
 """A client fails its connection when it has heard nothing for this long: the listener pings
 every connection every 20 s and fails it 20 s after an unanswered ping, so a live server is never
-silent for 40 s, and a dead one is noticed 20-50 s after it last spoke."""
+silent for 40 s. Checked every 10 s, a server that died is noticed 40-50 s after its last byte,
+which came at most 20 s before it died: 20-50 s after (a client that pinged: 20-40 s)."""
 
 
 class Watchdog:
