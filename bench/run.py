@@ -744,6 +744,7 @@ async def bench(args: argparse.Namespace, n: int, k_ts: int, root: Path) -> dict
         for p in profilers.values():
             await _end(p.proc, signal.SIGINT, 10)
         await stop_agents(tasks)
+        gc.unfreeze()  # this fleet is gone: its cycles may be collected again
         for s in reversed(servers):
             await s.stop()
     result["server_log_problems"] = {s.name: dict(s.log_problems()) for s in servers}
