@@ -41,12 +41,15 @@ def _fail(ws: Any, reason: str) -> None:
     asyncio.get_running_loop().call_later(ABORT_AFTER_S, transport.abort)
 
 
-class Keepalive:
-    """Pings every connection added, one bucket per ``interval_s / BUCKETS``."""
+class _Rounds:
+    """Connections spread over ``BUCKETS`` sets, and one task visiting them in turn: one set per
+    ``period_s / BUCKETS`` (every set once per period when there are fewer connections than
+    sets: a process with one connection wakes once per period, not twenty times)."""
 
-    def __init__(self, interval_s: float = 20.0, timeout_s: float = 20.0):
-        self.interval_s = interval_s
-        self.timeout_s = timeout_s
+    attr = ""
+    """The attribute each connection keeps its set's number in (one per kind of round)."""
+
+    def __init__(self) -> None:
         self.buckets: list[set[Any]] = [set() for _ in range(BUCKETS)]
         self.count = 0
         self.failed = 0
@@ -54,31 +57,55 @@ class Keepalive:
         self._turn = 0
         self._task: asyncio.Task[None] | None = None
 
+    def period_s(self) -> float:
+        raise NotImplementedError
+
+    def visit(self, bucket: set[Any]) -> None:
+        raise NotImplementedError
+
     def add(self, ws: Any) -> None:
-        """Keep ``ws`` (a ``websockets`` asyncio connection) alive until :meth:`discard`."""
+        """Visit ``ws`` (a ``websockets`` asyncio connection) until :meth:`discard`."""
         bucket = self._next
         self._next = (self._next + 1) % BUCKETS
-        ws.keepalive_bucket = bucket
+        setattr(ws, self.attr, bucket)
         self.buckets[bucket].add(ws)
         self.count += 1
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     def discard(self, ws: Any) -> None:
-        bucket = getattr(ws, "keepalive_bucket", None)
+        bucket = getattr(ws, self.attr, None)
         if bucket is not None and ws in self.buckets[bucket]:
             self.buckets[bucket].discard(ws)
             self.count -= 1
 
     async def _run(self) -> None:
         try:
-            tick = self.interval_s / BUCKETS
             while self.count:
-                await asyncio.sleep(tick)
+                if self.count < BUCKETS:
+                    await asyncio.sleep(self.period_s())
+                    for bucket in self.buckets:
+                        self.visit(bucket)
+                    continue
+                await asyncio.sleep(self.period_s() / BUCKETS)
                 self._turn = (self._turn + 1) % BUCKETS
                 self.visit(self.buckets[self._turn])
         finally:
             self._task = None
+
+
+class Keepalive(_Rounds):
+    """Pings every connection added, once per ``interval_s``."""
+
+    attr = "keepalive_bucket"
+
+    def __init__(self, interval_s: float = 20.0, timeout_s: float = 20.0):
+        super().__init__()
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+
+    def period_s(self) -> float:
+        return self.interval_s
 
     def visit(self, bucket: set[Any]) -> None:
         """Ping each connection of ``bucket``, or fail it when its last ping went unanswered."""
@@ -119,7 +146,7 @@ silent for 40 s. Checked every 10 s, a server that died is noticed 40-50 s after
 which came at most 20 s before it died: 20-50 s after (a client that pinged: 20-40 s)."""
 
 
-class Watchdog:
+class Watchdog(_Rounds):
     """The client's side of the listener's keepalive: listen for the server's pings, send none.
 
     ``websockets`` pings from both ends of a connection, so a TS holding ten thousand agents
@@ -130,45 +157,15 @@ class Watchdog:
     has heard nothing for ``silence_s``.
     """
 
+    attr = "watch_bucket"
+
     def __init__(self, silence_s: float = SILENCE_S, check_every_s: float = 10.0):
+        super().__init__()
         self.silence_s = silence_s
         self.check_every_s = check_every_s
-        self.buckets: list[set[Any]] = [set() for _ in range(BUCKETS)]
-        self.count = 0
-        self.failed = 0
-        self._next = 0
-        self._turn = 0
-        self._task: asyncio.Task[None] | None = None
 
-    def add(self, ws: WatchedConnection) -> None:
-        bucket = self._next
-        self._next = (self._next + 1) % BUCKETS
-        ws.watch_bucket = bucket
-        self.buckets[bucket].add(ws)
-        self.count += 1
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
-    def discard(self, ws: WatchedConnection) -> None:
-        bucket = ws.watch_bucket
-        if bucket is not None and ws in self.buckets[bucket]:
-            self.buckets[bucket].discard(ws)
-            self.count -= 1
-
-    async def _run(self) -> None:
-        try:
-            while self.count:
-                if self.count < BUCKETS:
-                    # A real agent holds one connection: wake once per check, not per bucket.
-                    await asyncio.sleep(self.check_every_s)
-                    for bucket in self.buckets:
-                        self.visit(bucket)
-                    continue
-                await asyncio.sleep(self.check_every_s / BUCKETS)
-                self._turn = (self._turn + 1) % BUCKETS
-                self.visit(self.buckets[self._turn])
-        finally:
-            self._task = None
+    def period_s(self) -> float:
+        return self.check_every_s
 
     def visit(self, bucket: set[Any]) -> None:
         """Fail each connection of ``bucket`` that has heard nothing for ``silence_s``."""

@@ -10,6 +10,8 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect as stock_connect
@@ -258,6 +260,34 @@ async def test_keepalive_fails_a_silent_peer_and_keeps_the_others(contexts):
     assert gate.keepalive.count == 0
 
 
+@contextlib.asynccontextmanager
+async def speaking_and_mute(
+    handler: Any, ping_every_s: float, ctx: ssl.SSLContext | None = None
+) -> AsyncIterator[tuple[int, int]]:
+    """Two listeners: one pings every ``ping_every_s``, the other never (within a test)."""
+    speaking, mute = Gate(), Gate()
+    speaking.keepalive = Keepalive(interval_s=ping_every_s, timeout_s=0.5)
+    mute.keepalive = Keepalive(interval_s=3600, timeout_s=3600)
+    servers = [
+        await listen(handler, "127.0.0.1", 0, ssl_context=ctx, gate=g) for g in (speaking, mute)
+    ]
+    try:
+        yield servers[0][1], servers[1][1]
+    finally:
+        for server, _ in servers:
+            server.close()
+            await server.wait_closed()
+        speaking.close()
+        mute.close()
+
+
+def watched(url: str, ctx: ssl.SSLContext | None = None) -> Connect:
+    """A client as ``link.connect`` opens one: no pings, a watchdog for the server's silence."""
+    return Connect(
+        url, ssl=ctx, proxy=None, ping_interval=None, create_connection=WatchedConnection
+    )
+
+
 async def test_a_client_sends_no_pings_and_fails_a_server_gone_silent(contexts):
     """A client of our listeners (``link.connect``'s ``WatchedConnection``) pings nothing: it
     hears the listener's pings, stays open while they come, and fails with 1011 a connection
@@ -281,30 +311,10 @@ async def test_a_client_sends_no_pings_and_fails_a_server_gone_silent(contexts):
 
     dog = watchdog()  # this test's event loop's watchdog, before any connection starts it
     dog.silence_s, dog.check_every_s = 0.8, 0.2
-    speaking, mute = Gate(), Gate()
-    speaking.keepalive = Keepalive(interval_s=0.2, timeout_s=0.5)
-    mute.keepalive = Keepalive(interval_s=3600, timeout_s=3600)  # never pings in this test
-    servers = [
-        await listen(handler, "127.0.0.1", 0, ssl_context=server_ctx, gate=g)
-        for g in (speaking, mute)
-    ]
-    (_, live_port), (_, mute_port) = servers
-    try:
+    async with speaking_and_mute(handler, 0.2, server_ctx) as (live_port, mute_port):
         async with (
-            Connect(
-                f"wss://127.0.0.1:{live_port}",
-                ssl=client_ctx,
-                proxy=None,
-                ping_interval=None,
-                create_connection=WatchedConnection,
-            ) as live,
-            Connect(
-                f"wss://127.0.0.1:{mute_port}",
-                ssl=client_ctx,
-                proxy=None,
-                ping_interval=None,
-                create_connection=WatchedConnection,
-            ) as silent,
+            watched(f"wss://127.0.0.1:{live_port}", client_ctx) as live,
+            watched(f"wss://127.0.0.1:{mute_port}", client_ctx) as silent,
         ):
             assert dog.count == 2
             opened = time.monotonic()
@@ -320,12 +330,6 @@ async def test_a_client_sends_no_pings_and_fails_a_server_gone_silent(contexts):
             assert live.protocol.state is State.OPEN
             assert dog.failed == 1 and dog.count == 1
             assert live.latency == 0  # it never pinged, so it never measured a pong
-    finally:
-        for server, _ in servers:
-            server.close()
-            await server.wait_closed()
-        speaking.close()
-        mute.close()
     assert pings_seen == []
     assert dog.count == 0
 
@@ -340,38 +344,23 @@ async def test_the_watchdog_checks_a_large_fleet_bucket_by_bucket():
     is kept."""
     dog = watchdog()
     dog.silence_s, dog.check_every_s = 0.6, 0.4
-    speaking, mute = Gate(), Gate()
-    speaking.keepalive = Keepalive(interval_s=0.1, timeout_s=0.5)
-    mute.keepalive = Keepalive(interval_s=3600, timeout_s=3600)
 
     async def handler(ws) -> None:  # type: ignore[no-untyped-def]
         ws.handshake_done()
         with contextlib.suppress(ConnectionClosed):
             await ws.wait_closed()
 
-    servers = [await listen(handler, "127.0.0.1", 0, gate=g) for g in (speaking, mute)]
-    (_, live_port), (_, mute_port) = servers
-
-    def client(port: int) -> Connect:
-        return Connect(
-            f"ws://127.0.0.1:{port}",
-            proxy=None,
-            ping_interval=None,
-            create_connection=WatchedConnection,
-        )
-
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            live = await stack.enter_async_context(client(live_port))
-            silent = [await stack.enter_async_context(client(mute_port)) for _ in range(30)]
-            assert dog.count == 31  # above the bucket count: the bucketed path
-            await asyncio.wait_for(asyncio.gather(*(ws.wait_closed() for ws in silent)), 10)
-            assert all(ws.protocol.close_sent.code == 1011 for ws in silent)
-            assert dog.failed == 30
-            assert live.protocol.state is State.OPEN
-    finally:
-        for server, _ in servers:
-            server.close()
-            await server.wait_closed()
-        speaking.close()
-        mute.close()
+    async with (
+        speaking_and_mute(handler, 0.1) as (live_port, mute_port),
+        contextlib.AsyncExitStack() as stack,
+    ):
+        live = await stack.enter_async_context(watched(f"ws://127.0.0.1:{live_port}"))
+        silent = [
+            await stack.enter_async_context(watched(f"ws://127.0.0.1:{mute_port}"))
+            for _ in range(30)
+        ]
+        assert dog.count == 31  # above the bucket count: the bucketed path
+        await asyncio.wait_for(asyncio.gather(*(ws.wait_closed() for ws in silent)), 10)
+        assert all(ws.protocol.close_sent.code == 1011 for ws in silent)
+        assert dog.failed == 30
+        assert live.protocol.state is State.OPEN
