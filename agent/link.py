@@ -145,10 +145,10 @@ class Link:
         Only on a connection accepted by :func:`listen` (``agent.gate``): a frame goes from the
         transport's read straight to ``handler``, no task wakes per message, and the serving
         coroutine waits on one future instead of a stack of ``recv`` calls (a TS serves
-        thousands of agents this way). A message must be one unfragmented binary frame here. The future ends with the
-        connection (None), or with the first ProtocolError from a frame or from ``handler``
-        (nothing more is handed over; the caller refuses the peer); any other exception from
-        ``handler`` ends it with that exception.
+        thousands of agents this way). A message must be one unfragmented binary frame here.
+        The future ends with the connection (None), or with the first ProtocolError from a frame
+        or from ``handler`` (nothing more is handed over; the caller refuses the peer); any other
+        exception from ``handler`` ends it with that exception.
         """
         ws = self.ws
         if not isinstance(ws, GatedConnection):

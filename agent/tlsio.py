@@ -91,8 +91,8 @@ class TLSTransport(asyncio.Transport):
         self._retry: bytes | None = None
         """A write OpenSSL could not finish: it must be offered again, the same bytes."""
         self._size = 0
-        self._high = 64 * 1024
-        self._low = 16 * 1024
+        self._high = self._low = 0
+        self.set_write_buffer_limits()  # asyncio's defaults: 64 KiB high, a quarter of it low
         self._protocol_paused = False
         self._reading = False
         self._writer_on = False

@@ -1007,6 +1007,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+async def measure_floors(suite: dict[str, Any], n: int, args: argparse.Namespace) -> None:
+    """Measure N's floor (and, over TLS, the floor on taskfleet's transport); a second
+    measurement of the same N is pooled with the first (:func:`pool`)."""
+    kinds = [("floors", "", "asyncio")] + (
+        [] if args.insecure else [("floors_tlsio", " (tlsio)", "tlsio")]
+    )
+    for key, label, transport in kinds:
+        print(f"bench: floor{label}, N={n} ...", flush=True)
+        fl = await floor.measure(n, args.repeat, args.insecure, transport=transport)
+        print(f"bench: floor{label} round {fl['round_median_s']:.3f} s", flush=True)
+        earlier = suite[key].get(str(n))
+        suite[key][str(n)] = fl if earlier is None else pool(earlier, fl)
+
+
 async def amain(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     me = asyncio.current_task()
@@ -1032,14 +1046,7 @@ async def amain(args: argparse.Namespace) -> int:
     }
     for n in args.agents:
         if not args.no_floor:
-            print(f"bench: floor, N={n} ...", flush=True)
-            suite["floors"][str(n)] = await floor.measure(n, args.repeat, args.insecure)
-            print(f"bench: floor round {suite['floors'][str(n)]['round_median_s']:.3f} s")
-            if not args.insecure:
-                print(f"bench: floor over taskfleet's transport, N={n} ...", flush=True)
-                ft = await floor.measure(n, args.repeat, transport="tlsio")
-                suite["floors_tlsio"][str(n)] = ft
-                print(f"bench: floor (tlsio) round {ft['round_median_s']:.3f} s")
+            await measure_floors(suite, n, args)
         for k in args.taskservers:
             tmp = tempfile.mkdtemp(prefix="taskfleet-bench-")
             try:
@@ -1058,16 +1065,7 @@ async def amain(args: argparse.Namespace) -> int:
         if not args.no_floor:
             # Again after taskfleet's runs: this machine's speed drifts by a third within an
             # hour, so the floor is the median of the rounds before and after (both shown).
-            print(f"bench: floor again, N={n} ...", flush=True)
-            key = str(n)
-            suite["floors"][key] = pool(
-                suite["floors"][key], await floor.measure(n, args.repeat, args.insecure)
-            )
-            if not args.insecure:
-                suite["floors_tlsio"][key] = pool(
-                    suite["floors_tlsio"][key],
-                    await floor.measure(n, args.repeat, transport="tlsio"),
-                )
+            await measure_floors(suite, n, args)
     suite["machine"]["calibration_after"] = calibrate()
     end = source_fingerprint()
     if end["sources_sha256"] != suite["source"]["sources_sha256"]:
