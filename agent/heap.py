@@ -21,13 +21,16 @@ GC_THRESHOLDS = (20_000, 20, 10)
 """Python's default is (700, 10, 10): with ten thousand connections' objects alive, a process
 collected every 700 allocations, and a full collection (~140 ms) every few seconds of a burst;
 18 % of a simulate process's CPU at 3,000 agents, 3.5 % with these (docs/performance.md)."""
-MANY_AGENTS_GC_THRESHOLDS = (100_000, 20, 10)
+MANY_AGENTS_GC_THRESHOLDS = (1_000_000, 20, 10)
 """For a process holding thousands of simulated agents (``taskfleet simulate``, the bench): a
 young collection there walks the in-flight objects of every agent at once (50,000-90,000 at
 5,000 agents, 20-80 ms each on this VM) and, measured with ``gc.DEBUG_STATS``, finds no garbage
-at all: reference counting frees what a step makes. At 10,000 agents that was 0.2-0.35 s of the
-process's 1.9 CPU-s per step. Five times fewer young collections, for at most 100,000 objects
-of cyclic garbage waiting a little longer."""
+at all: reference counting frees what a step makes. The young count is allocations minus
+deallocations, so it rises while a step is in flight and falls back as it ends: at 100,000 a
+10,000-agent step still crossed it once or twice (0.1-0.2 s of the process's 1.7 CPU-s per
+step); at 1,000,000 only lasting growth crosses it, every few dozen steps. At most a million
+objects of cyclic garbage wait a little longer (about 100 MB, in a process that holds 700 MB
+for 10,000 agents)."""
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -54,7 +57,7 @@ def trim() -> bool:
 def tune_gc(many_agents: bool = False) -> None:
     """For a long-lived server or simulate process: everything alive at start-up is never
     collected (``gc.freeze``), and the young generation is collected every 20,000 allocations
-    (100,000 in a process of ``many_agents``). Reference counting still frees almost everything
+    (1,000,000 in a process of ``many_agents``). Reference counting still frees almost everything
     at once; only cycles wait longer."""
     gc.freeze()
     gc.set_threshold(*(MANY_AGENTS_GC_THRESHOLDS if many_agents else GC_THRESHOLDS))
