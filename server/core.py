@@ -555,20 +555,20 @@ class NotificationServer:
         }
 
     async def dispatch_route(self, route: str) -> None:
-        """Send every pending, undispatched instance of ``route`` in batches, if it is connected."""
+        """Send every pending, undispatched instance of ``route`` in batches, if it is connected.
+
+        Read a chunk, send it, read the next: the TS fans out the first thousand while the NS
+        reads the rest (reading all ten thousand first held the first agent back ~0.05 s)."""
         async with self._route_locks[route]:
             handle = self.routes.get(route)
             if handle is None:
                 return
-            rows = await self.db.undispatched(route)
-            groups: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
-            for r in rows:
-                groups[(r["run_id"], r["step"])].append(r)
             # A TS takes its dispatches in order, several in flight; the built-in service is
             # called in-process and takes one at a time.
             window = asyncio.Semaphore(DISPATCH_WINDOW if isinstance(handle, RemoteRoute) else 1)
             failed: list[BaseException] = []
             sending: set[asyncio.Task[None]] = set()
+            tasks: dict[tuple[int, str], dict[str, Any]] = {}
 
             async def send(message: Dispatch, ids: list[int]) -> None:
                 try:
@@ -580,22 +580,31 @@ class NotificationServer:
                     window.release()
                 await self.db.mark_dispatched(ids)
 
-            for (run_id, _step), items in groups.items():
-                task = json.loads(items[0]["task"])
-                expires_in_s = items[0]["deadline"] - time.time()
-                if expires_in_s <= 0:
-                    continue
-                local_capable = task.get("type") == "client-job"
-                for i in range(0, len(items), DISPATCH_CHUNK):
+            after = 0
+            while not failed:
+                rows = await self.db.undispatched(route, after, DISPATCH_CHUNK)
+                if not rows:
+                    break
+                after = rows[-1]["id"]
+                groups: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
+                for r in rows:
+                    groups[(r["run_id"], r["step"])].append(r)
+                for (run_id, step), items in groups.items():
+                    task = tasks.get((run_id, step))
+                    if task is None:
+                        task = tasks[(run_id, step)] = json.loads(items[0]["task"])
+                    expires_in_s = items[0]["deadline"] - time.time()
+                    if expires_in_s <= 0:
+                        continue
+                    local_capable = task.get("type") == "client-job"
                     await window.acquire()
                     if failed:
                         window.release()
                         break
-                    chunk = items[i : i + DISPATCH_CHUNK]
                     link_id = (
                         handle.link.next_id()
                         if isinstance(handle, RemoteRoute)
-                        else f"b{run_id}.{i}"
+                        else f"b{run_id}.{items[0]['id']}"
                     )
                     message = Dispatch(
                         id=link_id,
@@ -612,13 +621,13 @@ class NotificationServer:
                                 ),
                                 local=local_capable and not r["has_agent"],
                             )
-                            for r in chunk
+                            for r in items
                         ],
                     )
-                    sender = asyncio.create_task(send(message, [r["id"] for r in chunk]))
+                    sender = asyncio.create_task(send(message, [r["id"] for r in items]))
                     sending.add(sender)
                     sender.add_done_callback(sending.discard)
-                if failed:
+                if len(rows) < DISPATCH_CHUNK:
                     break
             if sending:
                 await asyncio.gather(*sending)

@@ -87,6 +87,60 @@ async def test_repeated_and_late_reports_change_nothing(tmp_path):
         await store.close()
 
 
+async def test_undispatched_pages_in_id_order_and_skips_what_is_taken_or_ended(tmp_path):
+    """A route's work is read a page at a time, oldest first: taken, ended and other routes'
+    instances are left out, and the pages together hold every one exactly once."""
+    store = await Store.open(str(tmp_path / "server.db"))
+    try:
+        computers = [NewInstance(i, f"pc-{i:02}", "ts-a" if i % 3 else "ts-b") for i in range(30)]
+        first = await store.create_run({"name": "t", "kind": "client"}, computers, 2e9)
+        second = await store.create_run({"name": "u", "kind": "client"}, computers[:6], 2e9)
+        rows = {r["id"]: r for r in await store.instances(first) + await store.instances(second)}
+        mine = sorted(i for i, r in rows.items() if r["route"] == "ts-a")
+        taken, ended = mine[0], mine[5]
+        await store.mark_dispatched([taken])
+        await store.apply_reports([Report(instance_id=ended, state="failed")])
+        expected = [i for i in mine if i not in (taken, ended)]
+        pages: list[list[int]] = []
+        after = 0
+        while page := await store.undispatched("ts-a", after, 4):
+            pages.append([r["id"] for r in page])
+            after = page[-1]["id"]
+        assert [i for p in pages for i in p] == expected
+        assert all(len(p) == 4 for p in pages[:-1])
+        assert {r["run_id"] for r in await store.undispatched("ts-a")} == {first, second}
+        assert [r["id"] for r in await store.undispatched("ts-a")] == expected
+    finally:
+        await store.close()
+
+
+async def test_the_instance_queries_of_the_hot_path_and_of_reroute_use_an_index(tmp_path):
+    """Reading a route's undispatched work and moving a computer's work both search an index
+    (migration 9 replaced the index reroute used to scan), not the whole instances table."""
+    store = await Store.open(str(tmp_path / "server.db"))
+    await store.close()
+    db = sqlite3.connect(tmp_path / "server.db")
+    try:
+        for sql, args, index in [
+            (
+                "SELECT id FROM instances WHERE route=? AND dispatched=0 AND id>? ORDER BY id",
+                ("ts", 0),
+                "instances_undispatched",
+            ),
+            (
+                "SELECT id FROM instances WHERE computer_id=? AND route=? AND parent_id IS NULL",
+                (1, "ts"),
+                "instances_computer",
+            ),
+            ("SELECT id FROM instances WHERE run_id=?", (1,), "instances_run_step"),
+        ]:
+            plan = " ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + sql, args))
+            assert f"INDEX {index}" in plan, (sql, plan)
+            assert "ORDER BY" not in plan, plan  # no sort: the index is already in id order
+    finally:
+        db.close()
+
+
 async def test_a_report_for_another_computer_is_ignored(tmp_path):
     """A report naming a different computer than the instance's is not applied."""
     store = await Store.open(str(tmp_path / "server.db"))
