@@ -462,6 +462,21 @@ def _compile_hint(hint: Any) -> Checker:
     return _check_any
 
 
+_SCALARS = (str, int, float, bool, bytes)
+
+
+def _exact(hint: Any) -> tuple[type[Any] | None, bool]:
+    """For a field's hint: the scalar type whose exact instances its checker returns unchanged
+    (None for containers, records and ``Any``), and whether it allows None."""
+    nullable = False
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        args = typing.get_args(hint)
+        nullable = type(None) in args
+        inner = [a for a in args if a is not type(None)]
+        hint = inner[0] if len(inner) == 1 else None
+    return (hint if hint in _SCALARS else None), nullable
+
+
 def _builder(cls: type[T]) -> Callable[[dict[Any, Any], int], T]:
     """The compiled constructor of ``cls`` from a map (``budget`` counts below the map)."""
     compiled = _COMPILED.get(cls)
@@ -474,17 +489,24 @@ def _builder(cls: type[T]) -> Callable[[dict[Any, Any], int], T]:
             f.name,
             _compile_hint(hints[f.name]),
             f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+            *_exact(hints[f.name]),
         )
         for f in dataclasses.fields(cls)  # type: ignore[arg-type]
     )
-    names = frozenset(name for name, _, _ in fields)
+    names = frozenset(name for name, _, _, _, _ in fields)
 
     def build(data: dict[Any, Any], budget: int) -> T:
         kwargs: dict[str, Any] = {}
-        for name, check, required in fields:
+        for name, check, required, exact, nullable in fields:
             if name in data:
+                value = data[name]
+                # A scalar of exactly its type (or None where allowed) passes as it is: the
+                # checker would return it unchanged, so the call is skipped.
+                if type(value) is exact or (nullable and value is None):
+                    kwargs[name] = value
+                    continue
                 try:
-                    kwargs[name] = check(data[name], budget)
+                    kwargs[name] = check(value, budget)
                 except _Bad as bad:
                     bad.where.append(f".{name}")
                     raise

@@ -82,6 +82,23 @@ def test_bool_given_for_integer_is_refused() -> None:
     assert err.message == "version: expected an integer, got bool"
 
 
+def test_scalar_fields_pass_as_they_are_and_the_rest_is_still_checked() -> None:
+    """Exact scalars (and None where a field allows it) skip their checker: the values come
+    through unchanged; an int for a float field still becomes a float; None for a field that
+    does not allow it, and a str for an optional int, are still refused by field path."""
+    item = {"instance_id": 7, "state": "succeeded", "return_code": None, "started_at": 2}
+    message = from_wire({"type": "reports", "id": "r", "items": [dict(item, ended_at=3.5)]})
+    assert isinstance(message, Reports)
+    (report,) = message.items
+    assert (report.instance_id, report.state, report.return_code) == (7, "succeeded", None)
+    assert type(report.started_at) is float and report.started_at == 2.0
+    assert report.ended_at == 3.5
+    for bad, where in (({"state": None}, "state"), ({"return_code": "0"}, "return_code")):
+        with pytest.raises(MessageError) as err:
+            from_wire({"type": "reports", "id": "r", "items": [dict(item, **bad)]})
+        assert err.value.message.startswith(f"items[0].{where}: expected"), err.value.message
+
+
 def test_bool_given_for_float_is_refused() -> None:
     """True is not accepted for a float field either."""
     data = {
