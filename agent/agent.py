@@ -32,6 +32,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from agent import __version__, logs
 from agent.commands import CommandTable
+from agent.hold import hold_clock
 from agent.jobrunner import drive
 from agent.keys import load_or_create
 from agent.link import Link, connect
@@ -146,7 +147,6 @@ class Agent:
         self._recent: OrderedDict[int, Report] = OrderedDict()
         self._background: set[asyncio.Task[Any]] = set()
         self._held: dict[Key, Report] = {}
-        self._held_timer: asyncio.TimerHandle | None = None
 
     def info(self) -> dict[str, Any]:
         if self.lightweight:
@@ -333,12 +333,10 @@ class Agent:
         """
         key = (report.instance_id, report.step)
         self._held[key] = _superseding(self._held.get(key), report)
-        if self._held_timer is None:
-            loop = asyncio.get_running_loop()
-            self._held_timer = loop.call_later(self.PROGRESS_HOLD_S, self._flush_progress)
+        # One timer per event loop, not per agent (agent.hold).
+        hold_clock(self.PROGRESS_HOLD_S).hold(self, self._flush_progress)
 
     def _flush_progress(self) -> None:
-        self._held_timer = None
         if self._held:
             reports, self._held = list(self._held.values()), {}
             self.keep(asyncio.ensure_future(self._send(reports)))
@@ -352,9 +350,7 @@ class Agent:
                 reports[i] = _superseding(self._held.pop((r.instance_id, r.step), None), r)
             reports = [*self._held.values(), *reports]
             self._held = {}
-            if self._held_timer is not None:  # nothing left for it to send
-                self._held_timer.cancel()
-                self._held_timer = None
+            hold_clock(self.PROGRESS_HOLD_S).release(self)  # nothing left for it to send
         link = self.link
         if link is None:
             return
