@@ -18,8 +18,6 @@ import msgpack
 from agent.store import open_db, report_from_row, report_to_row, run_many
 from protocol.messages import Report
 
-SCHEMA_VERSION = 1
-
 _MIGRATIONS: list[str] = [
     # 1: the first schema
     """
@@ -43,6 +41,11 @@ _MIGRATIONS: list[str] = [
     # 2: work the relay runs itself (task-server tasks, client jobs of devices)
     """
     ALTER TABLE held ADD COLUMN local INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 3: no statement looks held work up by computer (the relay keeps that index in memory),
+    # and every instance a TS takes and finishes inserted and deleted an entry of this one.
+    """
+    DROP INDEX held_computer;
     """,
 ]
 

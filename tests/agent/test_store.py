@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 
 from agent.store import report_from_row, report_to_row
 from protocol.messages import Report
 from protocol.states import InstanceState
-from taskserver.store import Held, RelayStore
+from taskserver.store import _MIGRATIONS, Held, RelayStore
 
 
 def test_a_stored_report_comes_back_field_for_field():
@@ -63,3 +64,29 @@ async def test_a_relay_keeps_held_work_and_its_tokens_across_a_restart(tmp_path)
     assert by_id[1].tokens == tokens and by_id[1].task == task
     assert by_id[2].tokens == {}
     assert by_id[3].tokens == {"COMPUTERNAME": "pc-3"} and by_id[3].computer == "pc-3"
+
+
+async def test_a_relay_database_of_schema_2_is_migrated_keeping_its_held_work(tmp_path):
+    """A TS file written at schema 2 opens at the current schema: the held work is still there,
+    and the by-computer index that nothing read (migration 3) is gone."""
+    path = tmp_path / "relay.db"
+    db = sqlite3.connect(path)
+    db.executescript("".join(_MIGRATIONS[:2]) + "\nPRAGMA user_version=2;")
+    db.execute(
+        "INSERT INTO held(instance_id, run_id, computer, task, tokens, deadline)"
+        " VALUES (9, 4, 'pc-9', '{}', '{}', 1e10)"
+    )
+    db.commit()
+    db.close()
+    store = await RelayStore.open(str(path))
+    try:
+        held, _ = await store.load()
+        (version,) = await (await store.db.execute("PRAGMA user_version")).fetchone()
+        indexes = await store.db.execute_fetchall(
+            "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='held'"
+        )
+    finally:
+        await store.close()
+    assert [(h.instance_id, h.computer) for h in held] == [(9, "pc-9")]
+    assert version == len(_MIGRATIONS) == 3
+    assert [r[0] for r in indexes] == []
