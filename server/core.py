@@ -412,10 +412,36 @@ class NotificationServer:
         self._ts_load = None
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run ``coro`` in the background, held until it ends; if it fails, say so in the log
+        (with the traceback) instead of losing the exception with the task."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._spawned_done)
         return task
+
+    def _spawned_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.log.error("background_task_failed", task=task.get_name(), exc_info=exc)
+
+    def _run_job(self, run_id: int, definition: dict[str, Any], *args: Any) -> asyncio.Task[Any]:
+        """Spawn the runner of server job ``run_id``. A runner that breaks ends its run
+        ``failed`` at once, instead of leaving it ``running`` until the job's time limit; the
+        error is the reason of its unfinished instances and an entry of the server log (which
+        administrators read with ``log list``)."""
+
+        async def guarded() -> None:
+            try:
+                await run_server_job(self, run_id, definition, *args)
+            except Exception as exc:
+                self.log.exception("server_job_failed", run_id=run_id)
+                reason = (
+                    f"server job {definition.get('name')!r} (run {run_id}) failed on the NS: {exc}"
+                )
+                await self.db.write_log("error", reason, f"run {run_id}")
+                await self.end_run(run_id, InstanceState.FAILED, reason)
+
+        return self.spawn(guarded())
 
     # -- connections --------------------------------------------------------------------
 
@@ -450,8 +476,8 @@ class NotificationServer:
         for row in runs:
             run_id, active = row["id"], self.active[row["id"]]
             if row["kind"] == SERVER_JOB:
-                active.runner = self.spawn(
-                    run_server_job(self, run_id, row["definition"], row["targets"], row["machine"])
+                active.runner = self._run_job(
+                    run_id, row["definition"], row["targets"], row["machine"]
                 )
                 continue
             if row["kind"] == Kind.SERVER:
@@ -506,9 +532,7 @@ class NotificationServer:
         active = ActiveRun(SERVER_JOB, deadline=deadline)
         self.active[run_id] = active
         self.log.info("job_started", run_id=run_id, job=definition["name"], targets=len(computers))
-        active.runner = self.spawn(
-            run_server_job(self, run_id, definition, [c["id"] for c in computers], None)
-        )
+        active.runner = self._run_job(run_id, definition, [c["id"] for c in computers], None)
         return {"run_id": run_id, "targets": len(computers), "no_agent": no_agent}
 
     async def open_step(

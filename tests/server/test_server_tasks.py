@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from admin.client import AdminClient
+from server import jobs
 from tests.helpers import INSECURE, wait_run
 
 
@@ -50,3 +51,30 @@ async def test_failing_server_script_fails_the_run(ns):
     assert final["status"] == "failed"
     assert final["instances"][0]["return_code"] == 4
     assert "return code 4" in final["instances"][0]["reason"]
+
+
+async def test_a_server_job_whose_runner_breaks_ends_failed_at_once(ns, monkeypatch):
+    """Fault injection (a bug in the NS's job runner, which nothing else can provoke): the run
+    ends ``failed`` at once instead of staying ``running`` until the job's time limit (an hour
+    here), the error is in the server log for administrators, and the next run of the job is
+    not affected."""
+    note = {"name": "note", "type": "write-server-log", "params": {"message": "hi"}}
+    job = 'name = "j"\ntype = "server-job"\ntimeout_s = 3600\n[[steps]]\ntask = "note"\n'
+    run_step = jobs._run_step
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("injected fault")
+
+    async with AdminClient(ns.url, ns.first_admin_token, INSECURE) as c:
+        await c.call("task.add", document=note)
+        await c.call("job.add", text=job, filename="j.toml")
+        monkeypatch.setattr(jobs, "_run_step", broken)
+        started = await c.call("run.start", task="j")
+        final = await wait_run(c, started["run_id"], 10)
+        assert final["status"] == "failed", final
+        (entry, *_) = await c.call("log.list")
+        assert entry["level"] == "error"
+        assert "injected fault" in entry["message"] and f"run {final['id']}" in entry["message"]
+        monkeypatch.setattr(jobs, "_run_step", run_step)
+        again = await wait_run(c, (await c.call("run.start", task="j"))["run_id"], 10)
+        assert again["status"] == "succeeded", again
