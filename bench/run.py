@@ -78,6 +78,8 @@ SCENARIOS = {
     "client3": ("bench-client3", "a three-step client job (each agent runs its own)"),
 }
 READY_TIMEOUT_S = 30.0
+SIMULATED_NOOP: dict[str, float] = {"delay_ms": 0.0, "fail_rate": 0.0}
+"""``--agent-tasks simulated``: what ``taskfleet simulate --task-delay-ms 0`` gives its agents."""
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # -- child processes ----------------------------------------------------------------------
@@ -670,6 +672,7 @@ async def bench(args: argparse.Namespace, n: int, k_ts: int, root: Path) -> dict
                     backoff_max_s=args.backoff_max_s,
                     trust=trust,
                     enrol_token=enrol,
+                    simulate=SIMULATED_NOOP if args.agent_tasks == "simulated" else None,
                 )
                 for i in range(n)
             ]
@@ -814,6 +817,12 @@ def render(suite: dict[str, Any]) -> str:
         f"transport: {'plain ws:// (--insecure)' if suite['insecure'] else 'TLS, pinned'}; "
         f"every time is the median of {suite['repeat']} runs (floor: of {suite['repeat']} rounds"
         " before taskfleet's runs and as many after)",
+        "agents' tasks: "
+        + (
+            "real (the `noop` type through the agent's general task path)"
+            if suite.get("agent_tasks") == "real"
+            else "simulated (a no-op that ends inline, as `taskfleet simulate` runs it)"
+        ),
         *([f"label: {suite['label']}"] if suite.get("label") else []),
         "",
     ]
@@ -995,6 +1004,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile-phase", choices=["connect", "runs"], default="runs")
     p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     p.add_argument("--profile-dir", help="where py-spy's raw stacks go (default: the temp folder)")
+    p.add_argument(
+        "--agent-tasks",
+        choices=["simulated", "real"],
+        default="simulated",
+        help="simulated (default): every agent runs each task as `taskfleet simulate` does, a"
+        " no-op that ends inline, the fleet the issue's benchmark names; real: the task's own"
+        " type (`noop`) through the agent's general task path (an asyncio task, the semaphore,"
+        " held progress), a cost a real fleet pays on its endpoints, not on the servers. The"
+        " servers' traffic is the same either way",
+    )
     p.add_argument("--insecure", action="store_true", help="plain ws:// instead of TLS")
     p.add_argument("--keep", action="store_true", help="keep the temporary folders (logs, DBs)")
     p.add_argument("--label", help="a note kept with the figures (e.g. which build was measured)")
@@ -1037,6 +1056,7 @@ async def amain(args: argparse.Namespace) -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "source": source_fingerprint(),
         "insecure": args.insecure,
+        "agent_tasks": args.agent_tasks,
         "repeat": args.repeat,
         "scenarios": args.scenarios,
         "label": args.label,
