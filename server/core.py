@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import socket
 import time
@@ -48,7 +47,7 @@ from protocol.tasks import Kind
 from server.auth import bootstrap_admin
 from server.connections import ADMIN_ONLY, ALL_ROLES, serve
 from server.jobs import SERVER_JOB, job_needs_agents, plan_instances, run_server_job
-from server.store import Change, NewInstance, Store
+from server.store import Change, NewInstance, Pending, Store
 from server.tasktypes import SERVER_RUNNERS, ServerContext
 from taskserver.relay import Relay
 from taskserver.store import RelayStore
@@ -592,7 +591,7 @@ class NotificationServer:
             window = asyncio.Semaphore(DISPATCH_WINDOW if isinstance(handle, RemoteRoute) else 1)
             failed: list[BaseException] = []
             sending: set[asyncio.Task[None]] = set()
-            tasks: dict[tuple[int, str], dict[str, Any]] = {}
+            tasks: dict[tuple[int, str], tuple[dict[str, Any], float] | None] = {}
 
             async def send(message: Dispatch, ids: list[int]) -> None:
                 try:
@@ -609,15 +608,18 @@ class NotificationServer:
                 rows = await self.db.undispatched(route, after, DISPATCH_CHUNK)
                 if not rows:
                     break
-                after = rows[-1]["id"]
-                groups: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
+                after = rows[-1].id
+                groups: dict[tuple[int, str], list[Pending]] = defaultdict(list)
                 for r in rows:
-                    groups[(r["run_id"], r["step"])].append(r)
+                    groups[(r.run_id, r.step)].append(r)
                 for (run_id, step), items in groups.items():
-                    task = tasks.get((run_id, step))
-                    if task is None:
-                        task = tasks[(run_id, step)] = json.loads(items[0]["task"])
-                    expires_in_s = items[0]["deadline"] - time.time()
+                    if (run_id, step) not in tasks:
+                        tasks[(run_id, step)] = await self.db.step_task(run_id, step)
+                    found = tasks[(run_id, step)]
+                    if found is None:
+                        continue
+                    task, deadline = found
+                    expires_in_s = deadline - time.time()
                     if expires_in_s <= 0:
                         continue
                     local_capable = task.get("type") == "client-job"
@@ -628,7 +630,7 @@ class NotificationServer:
                     link_id = (
                         handle.link.next_id()
                         if isinstance(handle, RemoteRoute)
-                        else f"b{run_id}.{items[0]['id']}"
+                        else f"b{run_id}.{items[0].id}"
                     )
                     message = Dispatch(
                         id=link_id,
@@ -637,18 +639,18 @@ class NotificationServer:
                         expires_in_s=expires_in_s,
                         targets=[
                             Target(
-                                instance_id=r["id"],
-                                computer=r["computer"],
-                                computer_id=r["computer_id"] or 0,
+                                instance_id=r.id,
+                                computer=r.computer,
+                                computer_id=r.computer_id or 0,
                                 tokens=self._tokens(
-                                    run_id, r["computer"], r["computer_id"], route, r["mac"]
+                                    run_id, r.computer, r.computer_id, route, r.mac
                                 ),
-                                local=local_capable and not r["has_agent"],
+                                local=local_capable and not r.has_agent,
                             )
                             for r in items
                         ],
                     )
-                    sender = asyncio.create_task(send(message, [r["id"] for r in items]))
+                    sender = asyncio.create_task(send(message, [r.id for r in items]))
                     sending.add(sender)
                     sender.add_done_callback(sending.discard)
                 if len(rows) < DISPATCH_CHUNK:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiosqlite
 
@@ -260,6 +260,18 @@ class NewInstance:
     route: str | None
     status: str = InstanceState.PENDING
     reason: str = ""
+
+
+class Pending(NamedTuple):
+    """An instance waiting to be dispatched (``Store.undispatched``)."""
+
+    id: int
+    run_id: int
+    step: str
+    computer: str
+    computer_id: int | None
+    has_agent: int
+    mac: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -670,24 +682,29 @@ class Store:
             (json.dumps(ids),),
         )
 
-    async def undispatched(
-        self, route: str, after_id: int = 0, limit: int = -1
-    ) -> list[dict[str, Any]]:
-        """Pending instances routed to ``route`` and not yet taken by it, with their step's task:
-        oldest first, from ``after_id`` on, at most ``limit`` (-1: all), so a dispatch of ten
-        thousand can send its first chunk before reading the rest (the partial index
-        ``instances_undispatched`` holds them in id order)."""
-        return await self._all(
-            "SELECT i.id, i.run_id, i.step, i.computer, i.computer_id, s.task, s.deadline,"
-            " coalesce(c.has_agent, 0) AS has_agent, coalesce(c.mac, '') AS mac"
+    async def undispatched(self, route: str, after_id: int = 0, limit: int = -1) -> list[Pending]:
+        """Pending instances routed to ``route`` and not yet taken by it: oldest first, from
+        ``after_id`` on, at most ``limit`` (-1: all), so a dispatch of ten thousand can send its
+        first chunk before reading the rest (the partial index ``instances_undispatched`` holds
+        them in id order). Plain rows, not maps: a step reads ten thousand of them."""
+        async with self.db.execute(
+            "SELECT i.id, i.run_id, i.step, i.computer, i.computer_id,"
+            " coalesce(c.has_agent, 0), coalesce(c.mac, '')"
             " FROM instances i JOIN runs r ON r.id=i.run_id"
-            " JOIN steps s ON s.run_id=i.run_id AND s.step=i.step"
             " LEFT JOIN computers c ON c.id=i.computer_id"
             " WHERE i.route=? AND i.dispatched=0 AND i.id>? AND r.status='running'"
             f" AND i.status NOT IN {_TERMINAL_SQL}"
             " AND i.parent_id IS NULL ORDER BY i.id LIMIT ?",
             (route, after_id, limit),
+        ) as cur:
+            return list(map(Pending._make, await cur.fetchall()))
+
+    async def step_task(self, run_id: int, step: str) -> tuple[dict[str, Any], float] | None:
+        """A step's task and deadline (read once per dispatch, not once per instance)."""
+        row = await self._one(
+            "SELECT task, deadline FROM steps WHERE run_id=? AND step=?", (run_id, step)
         )
+        return (json.loads(row["task"]), float(row["deadline"])) if row is not None else None
 
     async def reroute(self, computer_id: int, old: str, new: str) -> list[dict[str, Any]]:
         """Move a computer's unfinished instances from one route to another, to be dispatched anew."""

@@ -104,12 +104,12 @@ async def test_undispatched_pages_in_id_order_and_skips_what_is_taken_or_ended(t
         pages: list[list[int]] = []
         after = 0
         while page := await store.undispatched("ts-a", after, 4):
-            pages.append([r["id"] for r in page])
-            after = page[-1]["id"]
+            pages.append([r.id for r in page])
+            after = page[-1].id
         assert [i for p in pages for i in p] == expected
         assert all(len(p) == 4 for p in pages[:-1])
-        assert {r["run_id"] for r in await store.undispatched("ts-a")} == {first, second}
-        assert [r["id"] for r in await store.undispatched("ts-a")] == expected
+        assert {r.run_id for r in await store.undispatched("ts-a")} == {first, second}
+        assert [r.id for r in await store.undispatched("ts-a")] == expected
     finally:
         await store.close()
 
