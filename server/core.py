@@ -304,7 +304,8 @@ class NotificationServer:
         await self._start_listener()
         self.url = self._url(self.port)
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="ns-sweep")
-        self.spawn(heap.trim_periodically())  # registration bursts leave the heap large
+        # Registration bursts leave the heap large; settle it when no run is in flight.
+        self.spawn(heap.trim_periodically(quiet=self._idle))
         self.spawn(self.dispatch_route(BUILTIN))
         self.log.info(
             "server_listening",
@@ -409,6 +410,10 @@ class NotificationServer:
 
     def forget_taskserver_load(self) -> None:
         self._ts_load = None
+
+    def _idle(self) -> bool:
+        """No run in flight, here or in the built-in task service."""
+        return not self.active and (self.relay is None or self.relay.idle())
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run ``coro`` in the background, held until it ends; if it fails, say so in the log

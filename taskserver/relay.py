@@ -748,6 +748,10 @@ class Relay:
                     del self.by_computer[h.computer]
         return h
 
+    def idle(self) -> bool:
+        """Nothing held, nothing waiting to go upstream or to be stored: no run in flight here."""
+        return not self.held and not self._unsent and not self._inbox
+
     def _set_presence(self, name: str, online: bool) -> None:
         if online:
             self._presence_off.discard(name)

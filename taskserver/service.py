@@ -155,8 +155,14 @@ class TaskServer:
         scheme = "ws" if self.insecure else "wss"
         self.url = self.advertise or f"{scheme}://{self.host}:{bound}"
         self._ns_task = asyncio.create_task(self._ns_loop(), name="ts-ns-link")
-        self._trimmer = asyncio.create_task(heap.trim_periodically(), name="ts-heap-trim")
+        self._trimmer = asyncio.create_task(
+            heap.trim_periodically(quiet=self._idle), name="ts-heap-trim"
+        )
         self.log.info("taskserver_listening", url=self.url, tls_fingerprint=self.tls_fingerprint)
+
+    def _idle(self) -> bool:
+        """No run in flight through this TS: a moment to settle the heap (``heap.settle``)."""
+        return self.relay is None or self.relay.idle()
 
     async def stop(self) -> None:
         if self._trimmer is not None:

@@ -64,3 +64,34 @@ def test_tune_gc_freezes_the_start_up_heap_and_still_collects_cycles(
     assert thresholds == list(expected)
     assert frozen > 1000
     assert collected
+
+
+def test_settle_collects_what_is_not_frozen_freezes_the_rest_and_a_full_settle_frees_old_cycles() -> (
+    None
+):
+    """In a fresh server-like process (``tune_gc()``): ``settle`` frees a cycle made since the
+    last freeze and freezes what is still alive; a cycle among frozen objects survives a plain
+    settle and is freed by a full one. In a process that did not call ``tune_gc`` (a test running
+    a server in-process) ``settle`` does nothing."""
+    code = (
+        "import gc, json, weakref\n"
+        "from agent import heap\n"
+        "class Node: pass\n"
+        "def cycle():\n"
+        "    a, b = Node(), Node(); a.b, b.a = b, a\n"
+        "    return a\n"
+        "out = [heap.settle()]\n"  # not tuned: a no-op
+        "heap.tune_gc()\n"
+        "garbage = weakref.ref(cycle())\n"  # unreachable at once
+        "kept = cycle(); old = weakref.ref(kept)\n"
+        "frozen = gc.get_freeze_count()\n"
+        "out += [heap.settle(), garbage() is None, gc.get_freeze_count() > frozen]\n"
+        "del kept\n"  # now garbage, but frozen
+        "heap.settle(); out.append(old() is not None)\n"
+        "heap.settle(full=True); out.append(old() is None)\n"
+        "print(json.dumps(out))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert json.loads(out.stdout) == [False, True, True, True, True, True]
