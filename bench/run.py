@@ -1012,7 +1012,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " no-op that ends inline, the fleet the issue's benchmark names; real: the task's own"
         " type (`noop`) through the agent's general task path (an asyncio task, the semaphore,"
         " held progress), a cost a real fleet pays on its endpoints, not on the servers. The"
-        " servers' traffic is the same either way",
+        " servers store the same changes either way",
     )
     p.add_argument("--insecure", action="store_true", help="plain ws:// instead of TLS")
     p.add_argument("--keep", action="store_true", help="keep the temporary folders (logs, DBs)")
