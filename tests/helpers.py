@@ -14,11 +14,27 @@ from pathlib import Path
 from typing import Any
 
 from admin.client import AdminClient
+from agent.agent import Agent
 from agent.tls import ClientTrust
 
 READY_TIMEOUT_S = 30.0
 INSECURE = ClientTrust(insecure=True)
 """Trust for in-process servers started with ``insecure=True`` (plain ws:// on loopback)."""
+
+
+def quick_agent(url: str, name: str, enrol_token: str) -> Agent:
+    """An in-process agent for an in-process NS: plain ws://, state in memory, simulated tasks
+    that end at once, quick reconnects."""
+    return Agent(
+        server_url=url,
+        name=name,
+        trust=INSECURE,
+        enrol_token=enrol_token,
+        lightweight=True,
+        simulate={"delay_ms": 0},
+        backoff_initial_s=0.1,
+        backoff_max_s=0.5,
+    )
 
 
 async def until(

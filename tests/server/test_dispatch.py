@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from admin.client import AdminClient
-from agent.agent import Agent
 from server import core
-from tests.helpers import INSECURE, task_doc, wait_run
+from tests.helpers import INSECURE, quick_agent, task_doc, wait_run
 
 
 async def test_a_run_larger_than_a_chunk_is_read_and_sent_in_chunks_each_instance_once(
@@ -19,19 +18,7 @@ async def test_a_run_larger_than_a_chunk_is_read_and_sent_in_chunks_each_instanc
     monkeypatch.setattr(core, "DISPATCH_CHUNK", 3)
     async with AdminClient(ns.url, ns.first_admin_token, INSECURE) as c:
         enrol = (await c.call("tokens.create", uses=7))["token"]
-    agents = [
-        Agent(
-            server_url=ns.url,
-            name=f"pc-{i}",
-            trust=INSECURE,
-            enrol_token=enrol,
-            lightweight=True,
-            simulate={"delay_ms": 0},
-            backoff_initial_s=0.1,
-            backoff_max_s=0.5,
-        )
-        for i in range(7)
-    ]
+    agents = [quick_agent(ns.url, f"pc-{i}", enrol) for i in range(7)]
     tasks = [asyncio.create_task(a.run()) for a in agents]
     try:
         for a in agents:

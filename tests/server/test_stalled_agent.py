@@ -6,9 +6,8 @@ import asyncio
 import socket
 
 from admin.client import AdminClient
-from agent.agent import Agent
 from taskserver import relay as relay_module
-from tests.helpers import INSECURE, task_doc, until
+from tests.helpers import INSECURE, quick_agent, task_doc, until
 
 BIG_SCRIPT = "echo big\n" + "# padding\n" * 3_000  # about 30 KB per execute
 
@@ -24,19 +23,7 @@ async def test_a_stalled_agent_gets_a_backlog_and_is_cut_while_the_others_are_se
     monkeypatch.setattr(relay_module, "SEND_STALL_S", 2.0, raising=False)
     async with AdminClient(ns.url, ns.first_admin_token, INSECURE) as c:
         enrol = (await c.call("tokens.create", uses=2))["token"]
-    agents = {
-        name: Agent(
-            server_url=ns.url,
-            name=name,
-            trust=INSECURE,
-            enrol_token=enrol,
-            lightweight=True,
-            simulate={"delay_ms": 0},
-            backoff_initial_s=0.1,
-            backoff_max_s=0.5,
-        )
-        for name in ("a-stuck", "z-good")
-    }
+    agents = {name: quick_agent(ns.url, name, enrol) for name in ("a-stuck", "z-good")}
     tasks = []
     try:
         for agent in agents.values():  # one after the other
