@@ -112,9 +112,14 @@ class AdminClient:
     async def call(self, op: str, timeout_s: float = 60.0, **args: Any) -> Any:
         """Run one operation on the NS; raise RemoteError with the server's message if refused."""
         assert self.link is not None
-        reply = await self.link.request(
-            Request(id=self.link.next_id(), op=op, args=args), timeout_s
-        )
+        try:
+            reply = await self.link.request(
+                Request(id=self.link.next_id(), op=op, args=args), timeout_s
+            )
+        except ConnectionClosed as exc:
+            # Closed before the request went out: the same error as a reply the close cut off
+            # (``_read``), so a caller handles one kind of lost connection, not two.
+            raise ConnectionError(f"connection to the server closed: {exc}") from exc
         assert isinstance(reply, Response)
         return reply.data
 

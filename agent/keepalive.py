@@ -32,15 +32,6 @@ ABORT_AFTER_S = 5.0
 """A failed connection's close frame has this long to go out before its socket is cut."""
 
 
-def _fail(ws: Any, reason: str) -> None:
-    """Fail ``ws`` with 1011 ``reason``; cut its socket if the close frame cannot go out."""
-    with contextlib.suppress(Exception):
-        ws.protocol.fail(CloseCode.INTERNAL_ERROR, reason)
-        ws.send_data()
-    transport = ws.transport
-    asyncio.get_running_loop().call_later(ABORT_AFTER_S, transport.abort)
-
-
 class _Rounds:
     """Connections spread over ``BUCKETS`` sets, and one task visiting them in turn: one set per
     ``period_s / BUCKETS`` (every set once per period when there are fewer connections than
@@ -78,6 +69,17 @@ class _Rounds:
         if bucket is not None and ws in self.buckets[bucket]:
             self.buckets[bucket].discard(ws)
             self.count -= 1
+
+    def fail(self, ws: Any, reason: str) -> None:
+        """Stop visiting ``ws`` and fail it with 1011 ``reason``; cut its socket if the close
+        frame cannot go out."""
+        self.failed += 1
+        self.discard(ws)
+        with contextlib.suppress(Exception):
+            ws.protocol.fail(CloseCode.INTERNAL_ERROR, reason)
+            ws.send_data()
+        transport = ws.transport
+        asyncio.get_running_loop().call_later(ABORT_AFTER_S, transport.abort)
 
     async def _run(self) -> None:
         try:
@@ -118,17 +120,12 @@ class Keepalive(_Rounds):
             if pings:
                 _, sent = next(iter(pings.values()))
                 if now - sent >= self.timeout_s:
-                    self._fail(ws)
+                    self.fail(ws, "keepalive ping timeout")
                 continue  # one ping at a time
             data = struct.pack("!I", random.getrandbits(32))
             pings[data] = (loop.create_future(), now)
             ws.protocol.send_ping(data)
             ws.send_data()
-
-    def _fail(self, ws: Any) -> None:
-        self.failed += 1
-        self.discard(ws)
-        _fail(ws, "keepalive ping timeout")
 
     def close(self) -> None:
         """The listener stops: no more pings."""
@@ -172,9 +169,7 @@ class Watchdog(_Rounds):
         now = time.monotonic()
         for ws in list(bucket):
             if ws.protocol.state is State.OPEN and now - ws.heard >= self.silence_s:
-                self.failed += 1
-                self.discard(ws)
-                _fail(ws, "keepalive: the server went silent")
+                self.fail(ws, "keepalive: the server went silent")
 
 
 _watchdogs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Watchdog] = (
