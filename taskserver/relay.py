@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable
@@ -345,7 +344,7 @@ class Relay:
         for r in message.items:
             h = self.held.get(r.instance_id)
             if h is not None and h.computer == conn.name and not h.local:
-                items.append(dataclasses.replace(r, computer=conn.name))
+                items.append(r.with_computer(conn.name))
                 continue
             if h is None and self._finished.get(r.instance_id) == conn.name:
                 continue

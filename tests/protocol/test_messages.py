@@ -287,3 +287,99 @@ def test_decode_and_decode_frame_agree_on_depth() -> None:
         except FrameError:
             ok = False
         assert ok == raw_ok, levels
+
+
+# -- the checkers' fast paths decide as the general path does -----------------------------------
+
+
+class _Str(str):
+    """A str subclass: not of exactly ``str``, so it takes the general path (which accepts it)."""
+
+
+def _outcome(check: Any, value: Any, budget: int) -> tuple[str, Any]:
+    from protocol.messages import _Bad, _TooDeep
+
+    try:
+        return ("ok", check(value, budget))
+    except _Bad as bad:
+        return ("bad", (bad.message, list(bad.where)))
+    except _TooDeep:
+        return ("deep", None)
+
+
+@pytest.mark.parametrize(
+    ("kind", "values"),
+    [
+        (
+            "dict[str, str]",
+            [
+                {},
+                {"a": "x"},
+                {"a": 1},
+                {"a": "x", "b": None},
+                {1: "x"},
+                {b"a": "x"},
+                {"a": _Str("x")},
+                {"a": ["x"]},
+                "x",
+                [],
+                None,
+            ],
+        ),
+        (
+            "dict[str, Any]",
+            [
+                {},
+                {"a": 1, "b": "x"},
+                {"a": {"b": {"c": 1}}},
+                {"a": [[[1]]]},
+                {1: 2},
+                {"a": {1: 2}},
+                {"a": None},
+                [],
+                "x",
+            ],
+        ),
+        ("list[str]", [[], ["a", "b"], ["a", 1], [None], [_Str("a")], [["a"]], "ab", {}, None]),
+        ("list[int]", [[], [1, 2], [1, True], [1, 1.5], ["1"]]),
+    ],
+)
+def test_container_fast_paths_decide_as_the_general_path(kind: str, values: list[Any]) -> None:
+    """Every value, at every depth budget, gets the same result or the same error (message and
+    path) from a checker with its one-loop fast path as from the general checker alone."""
+    from protocol.messages import _check_dict, _check_list, _compile_hint
+
+    fast, general = {
+        "dict[str, str]": (_check_dict(_compile_hint(str), str), _check_dict(_compile_hint(str))),
+        "dict[str, Any]": (_compile_hint(dict[str, Any]), _check_dict(_compile_hint(Any))),
+        "list[str]": (_check_list(_compile_hint(str), str), _check_list(_compile_hint(str))),
+        "list[int]": (_check_list(_compile_hint(int), int), _check_list(_compile_hint(int))),
+    }[kind]
+    for value in values:
+        for budget in range(5):
+            assert _outcome(fast, value, budget) == _outcome(general, value, budget), (
+                value,
+                budget,
+            )
+
+
+def test_a_message_type_field_is_not_walked_as_unknown_but_unknown_fields_are() -> None:
+    """``type`` is expected in a message's map; a deep unknown field next to it is still refused."""
+    frame = {"type": "cancel", "id": "1", "instance_ids": [1], "extra": _nested(12)}
+    with pytest.raises(FrameError):
+        from_wire(frame, 12)
+    assert isinstance(from_wire({**frame, "extra": 1}, 12), Cancel)
+
+
+def test_with_computer_keeps_every_other_field() -> None:
+    """``Report.with_computer`` is ``dataclasses.replace(report, computer=...)``: a field added to
+    ``Report`` and forgotten there fails this test (every field is set to a non-default)."""
+    import dataclasses
+
+    values: dict[str, Any] = {}
+    for i, f in enumerate(dataclasses.fields(Report)):
+        hint = str(f.type)
+        values[f.name] = 100 + i if "int" in hint else 0.5 + i if "float" in hint else f"v{i}"
+    report = Report(**values)
+    assert report.with_computer("pc-9") == dataclasses.replace(report, computer="pc-9")
+    assert report.with_computer("pc-9") != report
