@@ -10,11 +10,16 @@ Theory of operation
   ``execute`` to each connected agent. Agents that are offline get theirs when they connect.
   A re-sent dispatch is recognised by instance id (``seen``) and not run twice.
 * Agent reports enter an in-memory inbox. The *flush loop* takes everything waiting (after
-  ``flush_ms`` or at ``batch_max`` reports), writes the terminal ones to the ``outbox`` and
-  drops their held work in one transaction, and only then acknowledges the agents.
-* The *upstream loop* sends the outbox to the NS in batches and deletes what the NS
-  acknowledged. A lost upstream keeps everything queued: nothing is dropped, a full queue
-  simply waits (backpressure through the agents' own unacknowledged outboxes).
+  ``flush_ms`` or at ``batch_max`` reports) and queues it for the NS. An agent's result needs
+  no write here: the agent keeps it in its own outbox until it is acknowledged, and it is
+  acknowledged only once the NS has stored it. Results this relay makes itself (its own
+  task-server work, time-outs) have no such keeper: they go to the ``outbox`` table first.
+* The *upstream loop* sends the queue to the NS in batches. Once the NS has stored a batch,
+  the agents whose results it carried are acknowledged, and the held work of those results and
+  the batch's outbox rows are deleted, in one transaction. A lost upstream keeps everything
+  queued: nothing is dropped, a full queue simply waits (backpressure through the agents' own
+  unacknowledged outboxes). A relay that dies with results on their way still holds their work
+  when it starts again, sends it again, and each agent answers with the result it kept.
 * A sweep times out held work whose deadline passed without an agent to run it.
 * Nothing sent to one agent may hold the relay (``_to_agent``): a frame that fits under that
   connection's write limit goes at once; otherwise it waits in that agent's own backlog, and an
@@ -29,7 +34,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from websockets.exceptions import ConnectionClosed
 
@@ -95,6 +100,30 @@ def _job_step(task: dict[str, Any], step: str) -> dict[str, Any] | None:
     return None
 
 
+class Outgoing(NamedTuple):
+    """A report on its way to the NS."""
+
+    report: Report
+    seq: int | None = None
+    """Its row in the outbox: a result this relay made itself, which nothing else keeps."""
+    held: bool = False
+    """An agent's result: the agent keeps it until acknowledged, so its held work stays in the
+    database until the NS has stored it (then the agent is acknowledged, and the row goes)."""
+
+
+Key = tuple[int, str]
+"""A result: (instance id, step id or '' for the instance itself)."""
+
+
+@dataclass
+class AckWait:
+    """An agent's ``reports`` message with results still on their way to the NS."""
+
+    conn: AgentConn
+    message_id: str
+    left: int
+
+
 class Upstream(Protocol):
     """Where a relay's results and presence go (the NS, over a link or in-process)."""
 
@@ -144,13 +173,16 @@ class Relay:
         self._cancel_later: dict[str, set[int]] = {}
         self._steps: dict[tuple[int, str], asyncio.Future[Outcome]] = {}
         self._local_sem = asyncio.Semaphore(local_concurrency)
-        self._inbox: list[tuple[list[Report], AgentConn | None, str]] = []
+        self._inbox: list[tuple[list[Report], AgentConn | None, str, list[Key]]] = []
         self._acks_due: dict[int, AgentConn] = {}
         self._ack_timer: asyncio.TimerHandle | None = None
         self._acks_since = 0.0
         self._last_stored_at = 0.0
         self._inbox_count = 0
-        self._unsent: deque[tuple[int | None, Report]] = deque()
+        self._unsent: deque[Outgoing] = deque()
+        self._upward: dict[Key, list[AckWait]] = {}
+        """Agents' results queued or in flight to the NS, each with the agent messages whose
+        acknowledgement waits for it."""
         self._presence_on: set[str] = set()
         self._presence_off: set[str] = set()
         self._presence_full = False
@@ -172,7 +204,7 @@ class Relay:
         held, outbox = await self.store.load()
         for h in held:
             self._keep(h)
-        self._unsent.extend(outbox)
+        self._unsent.extend(Outgoing(r, seq) for seq, r in outbox)
         restarted: list[Report] = []
         for h in held:
             if h.local:
@@ -358,8 +390,8 @@ class Relay:
                 "report_refused", peer=conn.link.peer, instance_id=r.instance_id, reason=why
             )
         # Only results wait in the agent's outbox for an ack; progress needs none.
-        needs_ack = any(is_terminal(r.state) for r in message.items)
-        self._report(items, conn, message.id if needs_ack else "")
+        results = [(r.instance_id, r.step) for r in message.items if is_terminal(r.state)]
+        self._report(items, conn, message.id if results else "", results)
 
     def _send_execute(self, conn: AgentConn, h: Held) -> None:
         left_s = h.deadline - time.time()
@@ -560,10 +592,16 @@ class Relay:
 
     # -- roll-up ------------------------------------------------------------------------
 
-    def _report(self, items: list[Report], conn: AgentConn | None = None, ack: str = "") -> None:
+    def _report(
+        self,
+        items: list[Report],
+        conn: AgentConn | None = None,
+        ack: str = "",
+        results: list[Key] | None = None,
+    ) -> None:
         """Queue reports for the next flush; ``ack`` names the agent message to acknowledge
-        once they are stored."""
-        self._inbox.append((items, conn, ack))
+        once the NS has stored ``results`` (every result it carried, repeats included)."""
+        self._inbox.append((items, conn, ack, results or []))
         self._inbox_count += len(items)
         self.stats["reports_in"] += len(items)
         self._wake_flush.set()
@@ -577,47 +615,78 @@ class Relay:
             batch, self._inbox, self._inbox_count = self._inbox, [], 0
             if not batch:
                 continue
-            final: dict[tuple[int, str], Report] = {}
+            # An agent's result (``True``) is kept by the agent until acknowledged; a result
+            # this relay made (``False``) is kept by nothing but the outbox.
+            final: dict[Key, tuple[Report, bool]] = {}
             progress: list[Report] = []
-            for items, _, _ in batch:
+            for items, conn, _, _ in batch:
                 for r in items:
                     key = (r.instance_id, r.step)
                     if not is_terminal(r.state):
                         progress.append(r)
                     elif r.instance_id in self.held and key not in final:
-                        final[key] = r
+                        final[key] = (r, conn is not None)
                     # else: a repeated result for work already finished; acknowledged, not stored.
-            terminal = list(final.values())
+            own = [r for r, kept in final.values() if not kept]
+            theirs = [r for r, kept in final.values() if kept]
             # Progress that its own result overtook in this batch is news to no one upstream.
             progress = [r for r in progress if (r.instance_id, r.step) not in final]
             try:
-                seqs = await self.store.finish(terminal)
+                seqs = await self.store.finish(own)
             except Exception:
                 # Not acknowledged, not dropped: the batch goes back and is tried again.
-                self.log.exception("relay_store_failed", reports=len(terminal))
+                self.log.exception("relay_store_failed", reports=len(own))
                 self._inbox[:0] = batch
-                self._inbox_count += sum(len(items) for items, _, _ in batch)
+                self._inbox_count += sum(len(items) for items, _, _, _ in batch)
                 await asyncio.sleep(1.0)
                 self._wake_flush.set()
                 continue
-            for r in terminal:
+            for r, _ in final.values():
                 if not r.step:
                     h = self._forget(r.instance_id)
                     if h is not None:
                         self._finished[r.instance_id] = h.computer
                         while len(self._finished) > FINISHED_KEPT:
                             self._finished.popitem(last=False)
-            for _, conn, ack in batch:
+            for r in theirs:
+                self._upward.setdefault((r.instance_id, r.step), [])
+            for _, conn, ack, results in batch:
                 if conn is not None and ack:
-                    self._ack_later(conn, ack)
-            self._unsent.extend((None, r) for r in progress)
-            self._unsent.extend(zip(seqs, terminal, strict=True))
+                    self._ack_when_stored(conn, ack, results)
+            self._unsent.extend(Outgoing(r) for r in progress)
+            self._unsent.extend(Outgoing(r, seq) for seq, r in zip(seqs, own, strict=True))
+            self._unsent.extend(Outgoing(r, held=True) for r in theirs)
             self._wake_up.set()
 
+    def _ack_when_stored(self, conn: AgentConn, message_id: str, results: list[Key]) -> None:
+        """Acknowledge an agent's message once the NS has stored every result it carried.
+
+        Until then the agent keeps them: should this relay die first, the agent still has them
+        to send again. A repeat of a result already stored upstream is acknowledged at once.
+        """
+        waiting = [k for k in set(results) if k in self._upward]
+        if not waiting:
+            self._ack_later(conn, message_id)
+            return
+        wait = AckWait(conn, message_id, len(waiting))
+        for k in waiting:
+            self._upward[k].append(wait)
+
+    def _stored_upstream(self, batch: list[Outgoing]) -> None:
+        """The NS stored ``batch``: acknowledge the agent messages that waited only for it."""
+        for out in batch:
+            if not out.held:
+                continue
+            for wait in self._upward.pop((out.report.instance_id, out.report.step), []):
+                wait.left -= 1
+                if wait.left == 0:
+                    self._ack_later(wait.conn, wait.message_id)
+
     def _ack_later(self, conn: AgentConn, message_id: str) -> None:
-        """Acknowledge an agent's stored reports off the critical path of a run: with the next
-        ``execute`` sent to that agent, or in one ``reports_ack`` after ``ACK_DELAY_S`` once the
-        reports stop coming (``ACK_QUIET_S``), at most ``ACK_AT_MOST_S`` later.
+        """Acknowledge an agent's results, once the NS stored them, off the critical path of a
+        run: with the next ``execute`` sent to that agent, or in one ``reports_ack`` after
+        ``ACK_DELAY_S`` once the reports stop coming (``ACK_QUIET_S``), at most
+        ``ACK_AT_MOST_S`` later.
 
         A result waits in the agent's outbox until then; should the agent reconnect first, it
         sends it again and the relay recognises the repeat (``_finished``, ``seen``).
@@ -672,12 +741,20 @@ class Relay:
                         break
                     batch = self._next_batch()
                     try:
-                        await upstream.deliver([r for _, r in batch])
+                        await upstream.deliver([out.report for out in batch])
                     except BaseException:
                         self._unsent.extendleft(reversed(batch))
                         raise
                     self.stats["delivered"] += len(batch)
-                    await self.store.delivered([s for s, _ in batch if s is not None])
+                    self._stored_upstream(batch)
+                    await self.store.delivered(
+                        [out.seq for out in batch if out.seq is not None],
+                        [
+                            out.report.instance_id
+                            for out in batch
+                            if out.held and not out.report.step
+                        ],
+                    )
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -687,12 +764,13 @@ class Relay:
                     await asyncio.sleep(0.5)
                     break
 
-    def _next_batch(self) -> list[tuple[int | None, Report]]:
+    def _next_batch(self) -> list[Outgoing]:
         """Up to ``batch_max`` reports, and never more than ``BATCH_BYTES`` of them."""
-        batch: list[tuple[int | None, Report]] = []
+        batch: list[Outgoing] = []
         size = 0
         while self._unsent and len(batch) < self.batch_max:
-            cost = 200 + len(self._unsent[0][1].output.encode()) + len(self._unsent[0][1].reason)
+            first = self._unsent[0].report
+            cost = 200 + len(first.output.encode()) + len(first.reason)
             if batch and size + cost > BATCH_BYTES:
                 break
             batch.append(self._unsent.popleft())
@@ -749,7 +827,7 @@ class Relay:
 
     def idle(self) -> bool:
         """Nothing held, nothing waiting to go upstream or to be stored: no run in flight here."""
-        return not self.held and not self._unsent and not self._inbox
+        return not self.held and not self._unsent and not self._inbox and not self._upward
 
     def _set_presence(self, name: str, online: bool) -> None:
         if online:

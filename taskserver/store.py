@@ -1,8 +1,9 @@
 """All SQL of a relay (a Task Server, or the NS's built-in task service).
 
-Three tables: ``held`` (work for agents that have not finished it), ``seen`` (instance
-ids ever taken, so a re-sent dispatch is not run twice) and ``outbox`` (results not yet
-acknowledged by the NS). Every write is one transaction per batch.
+Three tables: ``held`` (work whose result the NS has not stored yet), ``seen`` (instance
+ids ever taken, so a re-sent dispatch is not run twice) and ``outbox`` (results the relay
+made itself, not yet acknowledged by the NS; an agent's result is kept by the agent until
+then). Every write is one transaction per batch.
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ class RelayStore:
         await self.db.commit()
 
     async def finish(self, reports: list[Report]) -> list[int]:
-        """Store terminal reports in the outbox and forget their held work; return outbox seqs."""
+        """Store results this relay made itself (nothing else keeps them) in the outbox and
+        forget their held work; return outbox seqs."""
         if not reports:
             return []
         await run_many(
@@ -170,8 +172,17 @@ class RelayStore:
         await self.db.commit()
         return seqs
 
-    async def delivered(self, seqs: list[int]) -> None:
-        await run_many(self.db, "DELETE FROM outbox WHERE seq=?", [(s,) for s in seqs])
+    async def delivered(self, seqs: list[int], instance_ids: list[int] | None = None) -> None:
+        """The NS stored a batch: forget its outbox rows (``seqs``) and the held work of the
+        agents' results it carried (``instance_ids``), in one transaction."""
+        if not seqs and not instance_ids:
+            return
+        if seqs:
+            await run_many(self.db, "DELETE FROM outbox WHERE seq=?", [(s,) for s in seqs])
+        if instance_ids:
+            await run_many(
+                self.db, "DELETE FROM held WHERE instance_id=?", [(i,) for i in instance_ids]
+            )
         await self.db.commit()
 
     async def load(self) -> tuple[list[Held], list[tuple[int, Report]]]:

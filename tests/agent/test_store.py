@@ -90,3 +90,20 @@ async def test_a_relay_database_of_schema_2_is_migrated_keeping_its_held_work(tm
     assert [(h.instance_id, h.computer) for h in held] == [(9, "pc-9")]
     assert version == len(_MIGRATIONS) == 3
     assert [r[0] for r in indexes] == []
+
+
+async def test_a_relay_forgets_a_delivered_batch_in_one_call(tmp_path):
+    """Once the NS stored a batch, its outbox rows (results the relay made) and the held work of
+    the agents' results it carried go; other held work stays."""
+    store = await RelayStore.open(str(tmp_path / "relay.db"))
+    try:
+        task: dict[str, object] = {"type": "noop"}
+        await store.hold([Held(i, 4, f"pc-{i}", task, {}, 1e10) for i in (1, 2, 3)])
+        (seq,) = await store.finish([Report(instance_id=1, state="timed_out", computer="pc-1")])
+        held, outbox = await store.load()
+        assert sorted(h.instance_id for h in held) == [2, 3] and [s for s, _ in outbox] == [seq]
+        await store.delivered([seq], [2])
+        held, outbox = await store.load()
+        assert [h.instance_id for h in held] == [3] and outbox == []
+    finally:
+        await store.close()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 
-from tests.helpers import Fleet, task_doc, until, wait_run
+from tests.helpers import Fleet, free_port, task_doc, until, wait_run
 
 
 async def test_offline_agent_gets_its_pending_task_and_a_missing_one_times_out(
@@ -78,6 +79,56 @@ async def test_task_server_restarted_mid_run_loses_and_doubles_nothing(fleet: Fl
         ts.kill(signal.SIGKILL)
         await ts.wait()
         await fleet.taskserver("ts-1")  # same data folder, new port: agents find it through the NS
+        final = await wait_run(c, run_id, timeout_s=60)
+    assert final["status"] == "succeeded", final
+    assert sorted(i["computer"] for i in final["instances"]) == names
+    for inst in final["instances"]:
+        assert inst["output"].strip() == f"done on {inst['computer']}"
+        assert (marks / inst["computer"]).read_text() == "run\n", "the script ran more than once"
+
+
+async def test_results_waiting_at_a_task_server_that_dies_are_not_lost(fleet: Fleet, tmp_path):
+    """The NS goes down while three agents run a task; they finish, and their results reach
+    the TS, which cannot pass them on. Then the TS is killed too. A relay acknowledges a result
+    only once the NS has stored it, so each agent still keeps its own: when both servers are
+    back, the TS sends the work again, each agent answers with the result it kept, and the run
+    ends with every result once and each script run once."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    ns_port, ts_port = free_port(), free_port()
+    await fleet.server(port=ns_port)
+    ts = await fleet.taskserver("ts-1", ts_port)
+    names = ["q-1", "q-2", "q-3"]
+    for n in names:
+        await fleet.agent(n)
+    await fleet.wait_online(names)
+    script = f"echo run >> {marks}/%COMPUTERNAME%\nsleep 1\necho done on %COMPUTERNAME%"
+    async with fleet.admin() as c:
+        await c.call("task.add", text=task_doc("short", script, timeout_s=120), filename="s.toml")
+        run_id = (await c.call("run.start", task="short", all=True))["run_id"]
+
+        async def all_running():
+            view = await c.call("run.show", run_id=run_id)
+            return all(i["status"] == "running" for i in view["instances"])
+
+        await until(all_running, "all three instances running")
+    assert fleet.ns is not None
+    fleet.ns.kill(signal.SIGKILL)
+    await fleet.ns.wait()
+
+    async def results_kept() -> bool:
+        for n in names:
+            with sqlite3.connect(fleet.root / n / "agent.db") as db:
+                if db.execute("SELECT count(*) FROM outbox").fetchone()[0] != 1:
+                    return False
+        return True
+
+    await until(results_kept, "every agent done, its result in its outbox")
+    ts.kill(signal.SIGKILL)
+    await ts.wait()
+    await fleet.server(port=ns_port)
+    await fleet.taskserver("ts-1", ts_port)
+    async with fleet.admin() as c:
         final = await wait_run(c, run_id, timeout_s=60)
     assert final["status"] == "succeeded", final
     assert sorted(i["computer"] for i in final["instances"]) == names
