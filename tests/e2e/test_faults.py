@@ -54,6 +54,35 @@ async def test_offline_agent_gets_its_pending_task_and_a_missing_one_times_out(
         assert final["instances"][0]["output"].strip() == "ran on late"
 
 
+async def _marked_run_under_way(fleet: Fleet, names: list[str], marks, sleep_s: int) -> int:
+    """Start ``names`` as agents and a run on all of them of a script that marks its computer
+    in ``marks``, sleeps ``sleep_s`` and says where it ran; return the run id once every
+    instance is running."""
+    for n in names:
+        await fleet.agent(n)
+    await fleet.wait_online(names)
+    script = f"echo run >> {marks}/%COMPUTERNAME%\nsleep {sleep_s}\necho done on %COMPUTERNAME%"
+    async with fleet.admin() as c:
+        await c.call("task.add", text=task_doc("marked", script, timeout_s=120), filename="m.toml")
+        run_id = int((await c.call("run.start", task="marked", all=True))["run_id"])
+
+        async def all_running():
+            view = await c.call("run.show", run_id=run_id)
+            return all(i["status"] == "running" for i in view["instances"])
+
+        await until(all_running, f"all {len(names)} instances running")
+    return run_id
+
+
+def _each_ran_once(final: dict, names: list[str], marks) -> None:
+    """The run succeeded with one result per computer, and each script ran once."""
+    assert final["status"] == "succeeded", final
+    assert sorted(i["computer"] for i in final["instances"]) == sorted(names)
+    for inst in final["instances"]:
+        assert inst["output"].strip() == f"done on {inst['computer']}"
+        assert (marks / inst["computer"]).read_text() == "run\n", "the script ran more than once"
+
+
 async def test_task_server_restarted_mid_run_loses_and_doubles_nothing(fleet: Fleet, tmp_path):
     """SIGKILL the TS while three agents run a task, start it again on the same data folder:
     the run completes, every instance has exactly one result, and each script ran once."""
@@ -62,29 +91,13 @@ async def test_task_server_restarted_mid_run_loses_and_doubles_nothing(fleet: Fl
     await fleet.server()
     ts = await fleet.taskserver("ts-1")
     names = ["r-1", "r-2", "r-3"]
-    for n in names:
-        await fleet.agent(n)
-    await fleet.wait_online(names)
-    script = f"echo run >> {marks}/%COMPUTERNAME%\nsleep 2\necho done on %COMPUTERNAME%"
+    run_id = await _marked_run_under_way(fleet, names, marks, sleep_s=2)
+    ts.kill(signal.SIGKILL)
+    await ts.wait()
+    await fleet.taskserver("ts-1")  # same data folder, new port: agents find it through the NS
     async with fleet.admin() as c:
-        await c.call("task.add", text=task_doc("slow", script, timeout_s=120), filename="s.toml")
-        started = await c.call("run.start", task="slow", all=True)
-        run_id = started["run_id"]
-
-        async def all_running():
-            view = await c.call("run.show", run_id=run_id)
-            return all(i["status"] == "running" for i in view["instances"])
-
-        await until(all_running, "all three instances running")
-        ts.kill(signal.SIGKILL)
-        await ts.wait()
-        await fleet.taskserver("ts-1")  # same data folder, new port: agents find it through the NS
         final = await wait_run(c, run_id, timeout_s=60)
-    assert final["status"] == "succeeded", final
-    assert sorted(i["computer"] for i in final["instances"]) == names
-    for inst in final["instances"]:
-        assert inst["output"].strip() == f"done on {inst['computer']}"
-        assert (marks / inst["computer"]).read_text() == "run\n", "the script ran more than once"
+    _each_ran_once(final, names, marks)
 
 
 async def test_results_waiting_at_a_task_server_that_dies_are_not_lost(fleet: Fleet, tmp_path):
@@ -99,19 +112,7 @@ async def test_results_waiting_at_a_task_server_that_dies_are_not_lost(fleet: Fl
     await fleet.server(port=ns_port)
     ts = await fleet.taskserver("ts-1", ts_port)
     names = ["q-1", "q-2", "q-3"]
-    for n in names:
-        await fleet.agent(n)
-    await fleet.wait_online(names)
-    script = f"echo run >> {marks}/%COMPUTERNAME%\nsleep 1\necho done on %COMPUTERNAME%"
-    async with fleet.admin() as c:
-        await c.call("task.add", text=task_doc("short", script, timeout_s=120), filename="s.toml")
-        run_id = (await c.call("run.start", task="short", all=True))["run_id"]
-
-        async def all_running():
-            view = await c.call("run.show", run_id=run_id)
-            return all(i["status"] == "running" for i in view["instances"])
-
-        await until(all_running, "all three instances running")
+    run_id = await _marked_run_under_way(fleet, names, marks, sleep_s=1)
     assert fleet.ns is not None
     fleet.ns.kill(signal.SIGKILL)
     await fleet.ns.wait()
@@ -130,11 +131,7 @@ async def test_results_waiting_at_a_task_server_that_dies_are_not_lost(fleet: Fl
     await fleet.taskserver("ts-1", ts_port)
     async with fleet.admin() as c:
         final = await wait_run(c, run_id, timeout_s=60)
-    assert final["status"] == "succeeded", final
-    assert sorted(i["computer"] for i in final["instances"]) == names
-    for inst in final["instances"]:
-        assert inst["output"].strip() == f"done on {inst['computer']}"
-        assert (marks / inst["computer"]).read_text() == "run\n", "the script ran more than once"
+    _each_ran_once(final, names, marks)
 
 
 def _alive(pid: int) -> bool:
@@ -205,25 +202,11 @@ async def test_agents_of_a_task_server_that_stays_down_move_and_their_work_follo
     await fleet.server("ns", 0, "--ts-grace-s", "2")
     ts = await fleet.taskserver("ts-1")
     names = ["m-1", "m-2", "m-3"]
-    for n in names:
-        await fleet.agent(n)
-    await fleet.wait_online(names)
+    run_id = await _marked_run_under_way(fleet, names, marks, sleep_s=2)
+    ts.kill(signal.SIGKILL)
+    await ts.wait()
     async with fleet.admin() as c:
-        script = f"echo run >> {marks}/%COMPUTERNAME%\nsleep 2\necho done on %COMPUTERNAME%"
-        await c.call("task.add", text=task_doc("slow", script, timeout_s=120), filename="s.toml")
-        run_id = (await c.call("run.start", task="slow", all=True))["run_id"]
-
-        async def all_running():
-            view = await c.call("run.show", run_id=run_id)
-            return all(i["status"] == "running" for i in view["instances"])
-
-        await until(all_running, "all three instances running")
-        ts.kill(signal.SIGKILL)
-        await ts.wait()
         final = await wait_run(c, run_id, timeout_s=90)
         moved = {r["name"]: r["taskserver"] for r in await c.call("computers.list")}
-    assert final["status"] == "succeeded", final
+    _each_ran_once(final, names, marks)
     assert moved == {n: "(built-in)" for n in names}
-    for inst in final["instances"]:
-        assert inst["output"].strip() == f"done on {inst['computer']}"
-        assert (marks / inst["computer"]).read_text() == "run\n"
