@@ -41,6 +41,7 @@ from websockets.exceptions import ConnectionClosed
 from agent.jobrunner import drive
 from agent.link import Link
 from agent.runner import Outcome, ScriptRun
+from agent.store import SEEN_KEEP_S
 from protocol import codec
 from protocol.errors import ProtocolError
 from protocol.jobs import JobMachine, JobState, RunStep
@@ -75,6 +76,9 @@ ACK_AT_MOST_S = 10.0
 """but never longer than this."""
 SEND_STALL_S = 30.0
 """An agent that reads nothing of its backlog for this long is disconnected."""
+FORGET_SEEN_EVERY_S = 3600.0
+"""How often the relay forgets instances it took more than ``SEEN_KEEP_S`` ago (at start, then
+this often): its ``seen`` table grew by one row per instance, for ever."""
 
 
 @dataclass
@@ -778,9 +782,19 @@ class Relay:
         return batch
 
     async def _sweep_loop(self) -> None:
+        forgot_at = 0.0
         while True:
             await asyncio.sleep(1.0)
             now = time.time()
+            if now - forgot_at >= FORGET_SEEN_EVERY_S:
+                forgot_at = now
+                try:
+                    forgot = await self.store.forget_seen(now - SEEN_KEEP_S)
+                except Exception:
+                    self.log.exception("relay_forget_seen_failed")
+                else:
+                    if forgot:
+                        self.log.info("relay_forgot_seen", instances=forgot)
             expired: list[Report] = []
             for h in list(self.held.values()):
                 if now < h.deadline or h.instance_id in self.local:

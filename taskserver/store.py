@@ -139,6 +139,32 @@ class RelayStore:
         await self.db.commit()
         return fresh
 
+    async def forget_seen(self, older_than: float) -> int:
+        """Forget instances taken before ``older_than`` (UNIX time) and no longer held, as agents
+        forget theirs (``agent.store.SEEN_KEEP_S``); return how many.
+
+        The NS numbers instances in the order it creates them, so the stale rows are the lowest
+        ids: the first row taken since ``older_than``, found walking up the key, bounds them, and
+        only they are read (no index on the time). A dispatch re-sent after that long would run
+        again: by then its run has long passed its time limit, and the agent forgot it too.
+        """
+        async with self.db.execute(
+            "SELECT instance_id FROM seen WHERE at >= ? ORDER BY instance_id LIMIT 1", (older_than,)
+        ) as cur:
+            row = await cur.fetchone()
+        keep_held = "instance_id NOT IN (SELECT instance_id FROM held)"
+        if row is not None:  # a range of the key: only the stale rows are read
+            sql = f"DELETE FROM seen WHERE instance_id < ? AND at < ? AND {keep_held}"
+            args: tuple[float, ...] = (int(row[0]), older_than)
+        else:  # every row is stale (a relay idle for that long)
+            sql = f"DELETE FROM seen WHERE at < ? AND {keep_held}"
+            args = (older_than,)
+        cur = await self.db.execute(sql, args)
+        count = cur.rowcount
+        await cur.close()
+        await self.db.commit()
+        return int(count)
+
     async def mark_started(self, instance_id: int) -> None:
         await self.db.execute_fetchall(
             "UPDATE held SET started=1 WHERE instance_id=?", (instance_id,)

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 
-from agent.store import report_from_row, report_to_row
+import structlog
+
+from agent.store import SEEN_KEEP_S, report_from_row, report_to_row
 from protocol.messages import Report
 from protocol.states import InstanceState
+from taskserver.relay import Relay
 from taskserver.store import _MIGRATIONS, Held, RelayStore
+from tests.helpers import until
 
 
 def test_a_stored_report_comes_back_field_for_field():
@@ -106,4 +111,55 @@ async def test_a_relay_forgets_a_delivered_batch_in_one_call(tmp_path):
         held, outbox = await store.load()
         assert [h.instance_id for h in held] == [3] and outbox == []
     finally:
+        await store.close()
+
+
+async def test_a_relay_forgets_instances_taken_long_ago_unless_still_held(tmp_path):
+    """``seen`` no longer grows for ever: rows taken before the cut-off go, except for work the
+    relay still holds; a dispatch of a forgotten instance is fresh again, of a kept one a repeat.
+    With every row stale, all but the held go."""
+    store = await RelayStore.open(str(tmp_path / "relay.db"))
+    try:
+        task: dict[str, object] = {"type": "noop"}
+        await store.hold([Held(i, 4, f"pc-{i}", task, {}, 1e10) for i in range(1, 6)])
+        await store.db.execute("UPDATE seen SET at=100 WHERE instance_id <= 3")
+        await store.db.commit()
+        await store.drop([1, 3, 4, 5])  # 2 is still held
+        assert await store.forget_seen(1000.0) == 2
+        async with store.db.execute("SELECT instance_id FROM seen ORDER BY instance_id") as cur:
+            assert [r[0] for r in await cur.fetchall()] == [2, 4, 5]
+        fresh = await store.hold(
+            [Held(1, 4, "pc-1", task, {}, 1e10), Held(4, 4, "pc-4", task, {}, 1e10)]
+        )
+        assert [h.instance_id for h in fresh] == [1]
+        await store.db.execute("UPDATE seen SET at=100")
+        await store.db.commit()
+        assert await store.forget_seen(1000.0) == 2  # 4 and 5: 1 (taken again) and 2 are held
+        async with store.db.execute("SELECT instance_id FROM seen ORDER BY instance_id") as cur:
+            assert [r[0] for r in await cur.fetchall()] == [1, 2]
+    finally:
+        await store.close()
+
+
+async def test_a_relay_forgets_stale_instances_as_it_starts(tmp_path):
+    """The relay's sweep forgets instances taken more than SEEN_KEEP_S ago when it starts (and
+    hourly after): a task server restarted with an old ``seen`` table sheds it."""
+    store = await RelayStore.open(str(tmp_path / "relay.db"))
+    relay = Relay("ts-x", store, log=structlog.get_logger())
+    try:
+        task: dict[str, object] = {"type": "noop"}
+        await store.hold([Held(i, 4, f"pc-{i}", task, {}, 1e10) for i in (1, 2)])
+        await store.drop([1, 2])
+        old = time.time() - SEEN_KEEP_S - 60
+        await store.db.execute("UPDATE seen SET at=? WHERE instance_id=1", (old,))
+        await store.db.commit()
+        await relay.start()
+
+        async def forgotten() -> bool:
+            async with store.db.execute("SELECT instance_id FROM seen") as cur:
+                return [r[0] for r in await cur.fetchall()] == [2]
+
+        await until(forgotten, "instance 1 forgotten, 2 kept", 10)
+    finally:
+        await relay.stop()
         await store.close()
