@@ -788,13 +788,7 @@ class Relay:
             now = time.time()
             if now - forgot_at >= FORGET_SEEN_EVERY_S:
                 forgot_at = now
-                try:
-                    forgot = await self.store.forget_seen(now - SEEN_KEEP_S)
-                except Exception:
-                    self.log.exception("relay_forget_seen_failed")
-                else:
-                    if forgot:
-                        self.log.info("relay_forgot_seen", instances=forgot)
+                await self._forget_seen(now - SEEN_KEEP_S)
             expired: list[Report] = []
             for h in list(self.held.values()):
                 if now < h.deadline or h.instance_id in self.local:
@@ -819,6 +813,17 @@ class Relay:
                 )
             if expired:
                 self._report(expired)
+
+    async def _forget_seen(self, older_than: float) -> None:
+        """Forget instances taken before ``older_than`` (``RelayStore.forget_seen``); a failure is
+        logged and tried again at the next round."""
+        try:
+            forgot = await self.store.forget_seen(older_than)
+        except Exception:
+            self.log.exception("relay_forget_seen_failed")
+            return
+        if forgot:
+            self.log.info("relay_forgot_seen", instances=forgot)
 
     # -- bookkeeping --------------------------------------------------------------------
 

@@ -171,10 +171,14 @@ class RelayStore:
         )
         await self.db.commit()
 
-    async def drop(self, instance_ids: list[int]) -> None:
+    async def _unhold(self, instance_ids: list[int]) -> None:
+        """Delete held work (in the caller's transaction)."""
         await run_many(
             self.db, "DELETE FROM held WHERE instance_id=?", [(i,) for i in instance_ids]
         )
+
+    async def drop(self, instance_ids: list[int]) -> None:
+        await self._unhold(instance_ids)
         await self.db.commit()
 
     async def finish(self, reports: list[Report]) -> list[int]:
@@ -192,9 +196,7 @@ class RelayStore:
             row = await cur.fetchone()
         last = int(row[0]) if row else 0
         seqs = list(range(last - len(reports) + 1, last + 1))
-        await run_many(
-            self.db, "DELETE FROM held WHERE instance_id=?", [(r.instance_id,) for r in reports]
-        )
+        await self._unhold([r.instance_id for r in reports])
         await self.db.commit()
         return seqs
 
@@ -206,9 +208,7 @@ class RelayStore:
         if seqs:
             await run_many(self.db, "DELETE FROM outbox WHERE seq=?", [(s,) for s in seqs])
         if instance_ids:
-            await run_many(
-                self.db, "DELETE FROM held WHERE instance_id=?", [(i,) for i in instance_ids]
-            )
+            await self._unhold(instance_ids)
         await self.db.commit()
 
     async def load(self) -> tuple[list[Held], list[tuple[int, Report]]]:
