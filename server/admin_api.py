@@ -273,7 +273,7 @@ async def run_start(ns: NotificationServer, link: Link, args: dict[str, Any]) ->
     if not all(isinstance(n, str) for n in [*names, *groups, *filters]):
         raise ApiError("bad_request", "computer, group and filter names must be strings")
     if every:
-        computers = await ns.db.computers()
+        computers = await ns.db.targets()
     chosen: dict[int, dict[str, Any]] = {}
     if names:
         found = await ns.db.computers(list(dict.fromkeys(names)))

@@ -536,7 +536,9 @@ class NotificationServer:
         active = ActiveRun(SERVER_JOB, deadline=deadline)
         self.active[run_id] = active
         self.log.info("job_started", run_id=run_id, job=definition["name"], targets=len(computers))
-        active.runner = self._run_job(run_id, definition, [c["id"] for c in computers], None)
+        active.runner = self._run_job(
+            run_id, definition, [c["id"] for c in computers], None, computers
+        )
         return {"run_id": run_id, "targets": len(computers), "no_agent": no_agent}
 
     async def open_step(

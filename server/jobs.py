@@ -89,8 +89,13 @@ async def run_server_job(
     definition: dict[str, Any],
     targets: list[int],
     snapshot: dict[str, Any] | None,
+    computers: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Drive one server job to its end (or resume it after a restart)."""
+    """Drive one server job to its end (or resume it after a restart).
+
+    ``computers``: the targets' rows as ``run.start`` just read them (id, name, has_agent,
+    taskserver), for planning the first step without reading ten thousand rows again; later
+    steps read them afresh (a computer may have moved to another TS meanwhile)."""
     machine = JobMachine(definition["job"]["program"], snapshot)
     log = ns.log.bind(run_id=run_id, job=definition["name"])
     resumed = False
@@ -116,8 +121,8 @@ async def run_server_job(
             await ns._finish(run_id, status)
             return
         assert isinstance(action, RunStep)
-        result = await _run_step(ns, run_id, machine, action, targets, resumed)
-        resumed = False
+        result = await _run_step(ns, run_id, machine, action, targets, resumed, computers)
+        resumed, computers = False, None
         actions = machine.handle(JobEvent.STEP_ENDED, result)
         if not isinstance(actions[0], RunStep):
             await ns.db.save_machine(run_id, machine.snapshot())
@@ -130,6 +135,7 @@ async def _run_step(
     action: RunStep,
     targets: list[int],
     resumed: bool,
+    computers: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run one step across every target (the barrier) and return its rolled-up values."""
     task = action.task
@@ -154,7 +160,8 @@ async def _run_step(
         if task["kind"] == Kind.SERVER:
             instances = [NewInstance(None, "(server)", None)]
         else:
-            computers = await ns.db.computers_by_id(targets)
+            if computers is None:
+                computers = await ns.db.computers_by_id(targets)
             instances, _ = plan_instances(task, computers)
         stage = await ns.open_step(run_id, action.step, task, instances, machine.snapshot())
         await stage.barrier()

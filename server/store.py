@@ -274,6 +274,17 @@ class Pending(NamedTuple):
     mac: str
 
 
+class Parent(NamedTuple):
+    """A top-level instance as a batch of reports finds it (``Store.apply_reports``)."""
+
+    status: str
+    run_id: int
+    step: str
+    computer: str
+    computer_id: int | None
+    route: str | None
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """An instance that moved to a new state through ``apply_reports``."""
@@ -382,6 +393,14 @@ class Store:
             marks = ",".join("?" * len(chunk))
             out += await self._all(f"SELECT * FROM computers WHERE name IN ({marks})", chunk)
         return out
+
+    async def targets(self) -> list[dict[str, Any]]:
+        """Every computer, by name, with what starting a run on it needs (id, name, has_agent,
+        taskserver): ``run.start --all`` on 10,000 computers reads four columns, not all eleven
+        (a third of the time, before the run exists)."""
+        return await self._all(
+            "SELECT id, name, has_agent, taskserver FROM computers ORDER BY name"
+        )
 
     async def set_online(self, names: list[str], online: bool, taskserver: str | None) -> None:
         """Mark computers online or offline as reported by ``taskserver`` (None: the built-in service).
@@ -722,8 +741,10 @@ class Store:
         return rows
 
     async def mark_dispatched(self, instance_ids: list[int]) -> None:
-        await run_many(
-            self.db, "UPDATE instances SET dispatched=1 WHERE id=?", [(i,) for i in instance_ids]
+        # One statement for a dispatch's thousand ids (json_each), not a thousand: a third less.
+        await self.db.execute_fetchall(
+            "UPDATE instances SET dispatched=1 WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(instance_ids),),
         )
         await self.db.commit()
 
@@ -742,8 +763,8 @@ class Store:
             {
                 (
                     r.instance_id,
-                    f"{parents[r.instance_id]['step']}/{r.step}"
-                    if parents[r.instance_id]["step"]
+                    f"{parents[r.instance_id].step}/{r.step}"
+                    if parents[r.instance_id].step
                     else r.step,
                 )
                 for r in reports
@@ -758,32 +779,33 @@ class Store:
                 f"SELECT id, parent_id, step, status FROM instances WHERE {where}", args
             ):
                 children[(row["parent_id"], row["step"])] = row
+        moved: dict[int, str] = {}  # a top-level instance's status once a report moved it
         changes: list[Change] = []
         progress: list[tuple[Any, ...]] = []
         final: list[tuple[Any, ...]] = []
         now = time.time()
         for r in reports:
             parent = parents.get(r.instance_id)
-            if parent is None or (r.computer and r.computer != parent["computer"]):
+            if parent is None or (r.computer and r.computer != parent.computer):
                 self.refused += 1
                 continue
-            if route is not None and parent["route"] != route:
+            if route is not None and parent.route != route:
                 self.refused += 1  # a TS may report only for computers routed to it
                 continue
             if r.step:
-                step = f"{parent['step']}/{r.step}" if parent["step"] else r.step
+                step = f"{parent.step}/{r.step}" if parent.step else r.step
                 child = children.get((r.instance_id, step))
                 if child is None:
                     cur = await self.db.execute(
                         "INSERT INTO instances(run_id, step, parent_id, computer_id, computer, route,"
                         " status, updated_at, dispatched) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, 1)",
                         (
-                            parent["run_id"],
+                            parent.run_id,
                             step,
                             r.instance_id,
-                            parent["computer_id"],
-                            parent["computer"],
-                            parent["route"],
+                            parent.computer_id,
+                            parent.computer,
+                            parent.route,
                             now,
                         ),
                     )
@@ -794,15 +816,15 @@ class Store:
             else:
                 target_id, current, shown = (
                     r.instance_id,
-                    str(parent["status"]),
-                    str(parent["step"]),
+                    moved.get(r.instance_id, parent.status),
+                    parent.step,
                 )
             if not may_move(current, r.state):
                 continue
             if r.step:
                 children[(r.instance_id, shown)]["status"] = r.state
             else:
-                parent["status"] = r.state
+                moved[r.instance_id] = r.state
             if r.state in TERMINAL:
                 final.append(
                     (
@@ -821,14 +843,14 @@ class Store:
             changes.append(
                 Change(
                     target_id,
-                    parent["run_id"],
-                    parent["computer"],
+                    parent.run_id,
+                    parent.computer,
                     r.state,
                     r.return_code,
                     r.reason,
                     shown,
                     None if not r.step else r.instance_id,
-                    parent["route"],
+                    parent.route,
                 )
             )
         if progress:
@@ -848,17 +870,19 @@ class Store:
         await self.db.commit()
         return changes
 
-    async def _by_ids(self, ids: list[int]) -> dict[int, dict[str, Any]]:
-        out: dict[int, dict[str, Any]] = {}
+    async def _by_ids(self, ids: list[int]) -> dict[int, Parent]:
+        """Top-level instances by id: plain rows, not maps (a roll-up reads ten thousand)."""
+        out: dict[int, Parent] = {}
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            for row in await self._all(
+            async with self.db.execute(
                 f"SELECT id, status, run_id, step, computer, computer_id, route FROM instances"
                 f" WHERE id IN ({marks}) AND parent_id IS NULL",
                 chunk,
-            ):
-                out[int(row["id"])] = row
+            ) as cur:
+                for row in await cur.fetchall():
+                    out[row[0]] = Parent._make(row[1:])
         return out
 
     async def end_instances(

@@ -87,6 +87,30 @@ async def test_repeated_and_late_reports_change_nothing(tmp_path):
         await store.close()
 
 
+async def test_a_result_is_final_within_one_batch_too(tmp_path):
+    """Reports for one instance in one roll-up apply in order: once a result is in, a later
+    progress report or a second result in the same batch changes nothing."""
+    store = await Store.open(str(tmp_path / "server.db"))
+    try:
+        definition = {"name": "t", "kind": "client"}
+        run_id = await store.create_run(definition, [NewInstance(1, "pc", "@ns")], deadline=2e9)
+        (inst,) = await store.instances(run_id)
+        iid = inst["id"]
+        changes = await store.apply_reports(
+            [
+                Report(instance_id=iid, state="received"),
+                Report(instance_id=iid, state="failed", return_code=2, output="first"),
+                Report(instance_id=iid, state="running"),
+                Report(instance_id=iid, state="succeeded", return_code=0, output="second"),
+            ]
+        )
+        assert [c.state for c in changes] == ["received", "failed"]
+        (inst,) = await store.instances(run_id)
+        assert (inst["status"], inst["output"], inst["return_code"]) == ("failed", "first", 2)
+    finally:
+        await store.close()
+
+
 async def test_undispatched_pages_in_id_order_and_skips_what_is_taken_or_ended(tmp_path):
     """A route's work is read a page at a time, oldest first: taken, ended and other routes'
     instances are left out, and the pages together hold every one exactly once."""
