@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import ipaddress
 import json
 import logging
 import os
 import random
+import shutil
 import ssl
 import statistics
 import sys
@@ -41,6 +43,7 @@ from typing import Any
 import msgpack
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import InvalidHandshake
 
 CONTROL = "/control"
 
@@ -156,7 +159,14 @@ async def serve_floor(cert: str | None, key: str | None, transport: str = "async
         print(f"ready port={port}", flush=True)
         await asyncio.Future()
     async with serve(
-        handler, "127.0.0.1", 0, ssl=context, compression=None, max_queue=None, ping_interval=None
+        handler,
+        "127.0.0.1",
+        0,
+        ssl=context,
+        compression=None,
+        max_queue=None,
+        ping_interval=None,
+        open_timeout=600,  # N handshakes at once, on two CPUs
     ) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         print(f"ready port={port}", flush=True)
@@ -182,9 +192,10 @@ async def _client(
                 url, ssl=context, compression=None, open_timeout=120, ping_interval=None
             )
             break
-        except OSError:
-            # 10,000 connects at once can overflow the server's accept queue (a reset): the
-            # floor times rounds, not connects, so a client tries again a moment later.
+        except (OSError, InvalidHandshake, TimeoutError):
+            # 10,000 connects at once can overflow the server's accept queue (a reset) or
+            # outlast its handshake timeout: the floor times rounds, not connects, so a client
+            # tries again a moment later.
             if attempt == CONNECT_TRIES - 1:
                 raise
             await asyncio.sleep(0.5 + random.random())
@@ -211,96 +222,193 @@ async def _client(
             )
 
 
-async def measure(
-    n: int,
-    rounds: int,
-    insecure: bool = False,
-    folder: Path | None = None,
-    transport: str = "asyncio",
-) -> dict[str, Any]:
-    """Start the floor server, connect N clients, time ``rounds`` barrier rounds.
+class Floor:
+    """The floor's server process and its N clients, up for rounds on demand.
 
-    ``transport``: ``asyncio`` (websockets as it comes) or ``tlsio`` (taskfleet's transport)."""
-    own = folder is None
-    tmp = Path(tempfile.mkdtemp(prefix="floor-")) if folder is None else folder
-    argv = [sys.executable, str(Path(__file__).resolve()), "serve", "--transport", transport]
-    client_ctx = None
-    if not insecure:
-        cert, key = make_cert(tmp)
-        argv += ["--cert", str(cert), "--key", str(key)]
-        client_ctx = ssl.create_default_context(cafile=str(cert))
-    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
-    clients: list[asyncio.Task[None]] = []
-    try:
+    ``clients_apart``: the clients run in a process of their own (``floor.py clients``) instead
+    of this one, so that the floor can stay connected while taskfleet's N agents run in this
+    process (each process holds its own N sockets under the open-file limit): ``bench/run.py
+    --paired-floor`` times a floor round just before each taskfleet run.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        insecure: bool = False,
+        transport: str = "asyncio",
+        clients_apart: bool = False,
+    ) -> None:
+        self.n = n
+        self.insecure = insecure
+        self.transport = transport
+        self.clients_apart = clients_apart
+        self.connect_s = 0.0
+        self.server_rss_per_conn_kib = 0.0
+        self._tmp = Path(tempfile.mkdtemp(prefix="floor-"))
+        self._stack = contextlib.AsyncExitStack()
+        self._server: asyncio.subprocess.Process | None = None
+        self._apart: asyncio.subprocess.Process | None = None
+        self._clients: list[asyncio.Task[None]] = []
+        self._ctl: Any = None
+        self._round = 0
+
+    async def start(self) -> Floor:
+        """Start the server and connect the N clients (closed again if that fails)."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aenter__(self) -> Floor:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _start(self) -> None:
+        argv = [sys.executable, str(Path(__file__).resolve()), "serve"]
+        argv += ["--transport", self.transport]
+        client_ctx = None
+        cafile = ""
+        if not self.insecure:
+            cert, key = make_cert(self._tmp)
+            argv += ["--cert", str(cert), "--key", str(key)]
+            cafile = str(cert)
+            client_ctx = ssl.create_default_context(cafile=cafile)
+        self._server = proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE
+        )
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
         if not line.startswith("ready port="):
             raise RuntimeError(f"floor server did not start: {line!r}")
         port = int(line.split("=", 1)[1])
-        scheme = "ws" if insecure else "wss"
-        url = f"{scheme}://127.0.0.1:{port}"
+        url = f"{'ws' if self.insecure else 'wss'}://127.0.0.1:{port}"
         rss_before = _rss_kib(proc.pid)
         # The control connection first: N handshakes at once would starve its own.
-        async with connect(
-            url + CONTROL, ssl=client_ctx, compression=None, open_timeout=600, ping_interval=None
-        ) as ctl:
-            t0 = time.perf_counter()
-            for _ in range(n):
-                clients.append(
-                    asyncio.create_task(_client(url + "/", client_ctx, asyncio.Event(), transport))
+        self._ctl = await self._stack.enter_async_context(
+            connect(
+                url + CONTROL,
+                ssl=client_ctx,
+                compression=None,
+                open_timeout=600,
+                ping_interval=None,
+            )
+        )
+        t0 = time.perf_counter()
+        if self.clients_apart:
+            self._apart = await asyncio.create_subprocess_exec(
+                sys.executable, str(Path(__file__).resolve()), "clients", "--url", url + "/",
+                "--agents", str(self.n), "--cafile", cafile, "--transport", self.transport,
+                stdin=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+        else:
+            for _ in range(self.n):
+                self._clients.append(
+                    asyncio.create_task(
+                        _client(url + "/", client_ctx, asyncio.Event(), self.transport)
+                    )
                 )
+        deadline = time.monotonic() + 600
+        while await self._count() < self.n:
+            for c in self._clients:
+                if c.done() and c.exception() is not None:
+                    raise RuntimeError(f"a floor client failed: {c.exception()!r}")
+            if self._apart is not None and self._apart.returncode is not None:
+                raise RuntimeError(f"the floor's clients exited ({self._apart.returncode})")
+            if time.monotonic() > deadline:
+                raise TimeoutError("floor clients did not all connect in 600 s")
+            await asyncio.sleep(0.1)
+        self.connect_s = time.perf_counter() - t0
+        await asyncio.sleep(0.5)
+        self.server_rss_per_conn_kib = (_rss_kib(proc.pid) - rss_before) / self.n
 
-            async def count() -> int:
-                await ctl.send(_pack({"op": "count"}))
-                return int(msgpack.unpackb(await ctl.recv())["connections"])
+    async def _count(self) -> int:
+        await self._ctl.send(_pack({"op": "count"}))
+        return int(msgpack.unpackb(await self._ctl.recv())["connections"])
 
-            deadline = time.monotonic() + 600
-            while await count() < n:
-                for c in clients:
-                    if c.done() and c.exception() is not None:
-                        raise RuntimeError(f"a floor client failed: {c.exception()!r}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError("floor clients did not all connect in 600 s")
-                await asyncio.sleep(0.1)
-            connect_s = time.perf_counter() - t0
-            await asyncio.sleep(0.5)
-            rss_after = _rss_kib(proc.pid)
-            times: list[float] = []
-            cpu_server: list[float] = []
-            cpu_clients: list[float] = []
-            for r in range(rounds):
-                t, s0, c0 = time.perf_counter(), _cpu_s(proc.pid), time.process_time()
-                await ctl.send(_pack({"op": "round", "round": r + 1}))
-                answer = msgpack.unpackb(await asyncio.wait_for(ctl.recv(), 600))
-                times.append(time.perf_counter() - t)
-                cpu_server.append(_cpu_s(proc.pid) - s0)
-                cpu_clients.append(time.process_time() - c0)
-                if answer["answered"] != n:
-                    raise RuntimeError(f"floor round answered {answer['answered']} of {n}")
-                await asyncio.sleep(0.3)
+    def _cpu_clients(self) -> float:
+        return _cpu_s(self._apart.pid) if self._apart is not None else time.process_time()
+
+    async def round(self) -> tuple[float, float, float]:
+        """One barrier round: (seconds, CPU seconds of the server, CPU seconds of the clients)."""
+        assert self._server is not None
+        self._round += 1
+        t, s0, c0 = time.perf_counter(), _cpu_s(self._server.pid), self._cpu_clients()
+        await self._ctl.send(_pack({"op": "round", "round": self._round}))
+        answer = msgpack.unpackb(await asyncio.wait_for(self._ctl.recv(), 600))
+        took = time.perf_counter() - t
+        if answer["answered"] != self.n:
+            raise RuntimeError(f"floor round answered {answer['answered']} of {self.n}")
+        return took, _cpu_s(self._server.pid) - s0, self._cpu_clients() - c0
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        for c in self._clients:
+            c.cancel()
+        await asyncio.gather(*self._clients, return_exceptions=True)
+        for proc in (self._apart, self._server):
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+async def measure(
+    n: int,
+    rounds: int,
+    insecure: bool = False,
+    transport: str = "asyncio",
+) -> dict[str, Any]:
+    """Start the floor server, connect N clients (in this process), time ``rounds`` rounds.
+
+    ``transport``: ``asyncio`` (websockets as it comes) or ``tlsio`` (taskfleet's transport)."""
+    async with Floor(n, insecure, transport) as fl:
+        times: list[float] = []
+        cpu_server: list[float] = []
+        cpu_clients: list[float] = []
+        for _ in range(rounds):
+            t, s, c = await fl.round()
+            times.append(t)
+            cpu_server.append(s)
+            cpu_clients.append(c)
+            await asyncio.sleep(0.3)
         return {
             "agents": n,
             "transport": ("plain ws://" if insecure else "TLS")
             + (", taskfleet's transport" if transport == "tlsio" else ""),
-            "connect_s": connect_s,
+            "connect_s": fl.connect_s,
             "rounds_s": times,
             "round_median_s": statistics.median(times),
             # CPU seconds per round, for comparing each side with taskfleet's per step.
             "cpu_server_s": statistics.median(cpu_server),
             "cpu_clients_s": statistics.median(cpu_clients),
-            "server_rss_per_conn_kib": (rss_after - rss_before) / n,
+            "server_rss_per_conn_kib": fl.server_rss_per_conn_kib,
         }
-    finally:
-        for c in clients:
-            c.cancel()
-        await asyncio.gather(*clients, return_exceptions=True)
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        if own:
-            for p in tmp.iterdir():
-                p.unlink()
-            tmp.rmdir()
+
+
+async def run_clients(url: str, n: int, cafile: str, transport: str) -> int:
+    """``floor.py clients``: N floor clients in this process until stdin closes (the bench
+    process that started it ended or closed it)."""
+    logging.getLogger("websockets").setLevel(logging.CRITICAL)
+    ctx = ssl.create_default_context(cafile=cafile) if cafile else None
+    clients = [asyncio.create_task(_client(url, ctx, asyncio.Event(), transport)) for _ in range(n)]
+    stdin = asyncio.StreamReader()
+    await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin
+    )
+    eof = asyncio.ensure_future(stdin.read())
+    done, _ = await asyncio.wait([eof, *clients], return_when=asyncio.FIRST_COMPLETED)
+    failed = [c for c in done if c is not eof and c.exception() is not None]
+    for c in [eof, *clients]:
+        c.cancel()
+    await asyncio.gather(eof, *clients, return_exceptions=True)
+    if failed:
+        print(f"floor clients: a client failed: {failed[0].exception()!r}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cpu_s(pid: int) -> float:
@@ -325,6 +433,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--cert")
     s.add_argument("--key")
     s.add_argument("--transport", choices=("asyncio", "tlsio"), default="asyncio")
+    c = sub.add_parser("clients", help="(internal) N floor clients in a process of their own")
+    c.add_argument("--url", required=True)
+    c.add_argument("--agents", type=int, required=True)
+    c.add_argument("--cafile", default="", help="the server's certificate (none: ws://)")
+    c.add_argument("--transport", choices=("asyncio", "tlsio"), default="asyncio")
     p.add_argument("--agents", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--insecure", action="store_true", help="plain ws:// instead of TLS")
@@ -344,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    if args.cmd == "clients":
+        return asyncio.run(run_clients(args.url, args.agents, args.cafile, args.transport))
     result = asyncio.run(measure(args.agents, args.rounds, args.insecure, transport=args.transport))
     print(json.dumps(result, indent=2))
     return 0

@@ -78,6 +78,8 @@ SCENARIOS = {
     "client3": ("bench-client3", "a three-step client job (each agent runs its own)"),
 }
 READY_TIMEOUT_S = 30.0
+PAIRED_GAP_S = 0.3
+"""Between a paired floor round and the taskfleet run after it (as between floor rounds)."""
 SIMULATED_NOOP: dict[str, float] = {"delay_ms": 0.0, "fail_rate": 0.0}
 """``--agent-tasks simulated``: what ``taskfleet simulate --task-delay-ms 0`` gives its agents."""
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -598,6 +600,7 @@ async def bench(args: argparse.Namespace, n: int, k_ts: int, root: Path) -> dict
     servers = [ns]
     tasks: list[asyncio.Task[None]] = []
     profilers: dict[str, Profiler] = {}
+    paired: floor.Floor | None = None
     ts_names = [f"ts-{i + 1}" for i in range(k_ts)]
     try:
         await ns.start()
@@ -628,6 +631,11 @@ async def bench(args: argparse.Namespace, n: int, k_ts: int, root: Path) -> dict
             for op, texts in DOCUMENTS.items():
                 for text in texts:
                     await client.call(op, text=text, filename="bench.toml")
+            if args.paired_floor:
+                # Connected before the agents, kept idle through their connect, and a round of
+                # it timed just before each taskfleet run: the same minute of this machine.
+                print(f"bench: paired floor, N={n} ...", flush=True)
+                paired = await floor.Floor(n, args.insecure, clients_apart=True).start()
             await asyncio.sleep(0.5)
             rss0 = {k: p.rss_kib() for k, p in procs.items()}
             rss0["bench"] = _rss_kib("self")
@@ -712,11 +720,23 @@ async def bench(args: argparse.Namespace, n: int, k_ts: int, root: Path) -> dict
                 runs = scenarios[scenario] = []
                 for rep in range(args.repeat):
                     await asyncio.sleep(args.pause_s)
+                    floor_round = None
+                    if paired is not None:
+                        floor_round = await paired.round()
+                        await asyncio.sleep(PAIRED_GAP_S)
                     r = await one_run(client, name, args.run_timeout, procs)
+                    if floor_round is not None:
+                        r["paired_floor_s"], r["paired_floor_cpu_s"] = (
+                            floor_round[0],
+                            {"server": floor_round[1], "clients": floor_round[2]},
+                        )
                     runs.append(r)
                     print(
                         f"bench: {scenario} {rep + 1}/{args.repeat} (run {r['run_id']}): "
-                        f"{r['end_s']:.3f} s, {r['statuses']}",
+                        f"{r['end_s']:.3f} s, {r['statuses']}"
+                        + (
+                            f"; floor round before it {floor_round[0]:.3f} s" if floor_round else ""
+                        ),
                         flush=True,
                     )
             await stop_profiles()
@@ -746,6 +766,8 @@ async def bench(args: argparse.Namespace, n: int, k_ts: int, root: Path) -> dict
     finally:
         for p in profilers.values():
             await _end(p.proc, signal.SIGINT, 10)
+        if paired is not None:
+            await paired.close()
         await stop_agents(tasks)
         gc.unfreeze()  # this fleet is gone: its cycles may be collected again
         for s in reversed(servers):
@@ -764,9 +786,18 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         ends = [r["end_s"] for r in runs]
         med = statistics.median(ends)
         barriers = [r["barrier_s"] for r in runs if r["barrier_s"] is not None]
+        floors = [r["paired_floor_s"] for r in runs if r.get("paired_floor_s")]
+        pairs = [r for r in runs if r.get("paired_floor_s") and r["barrier_s"] is not None]
         out[scenario] = {
             "median_s": med,
             "barrier_median_s": statistics.median(barriers) if barriers else None,
+            # Each run's barrier over the floor round timed just before it (--paired-floor).
+            "paired_floor_median_s": statistics.median(floors) if floors else None,
+            "paired_ratio_median": statistics.median(
+                r["barrier_s"] / r["paired_floor_s"] for r in pairs
+            )
+            if pairs
+            else None,
             "min_s": min(ends),
             "max_s": max(ends),
             "rows": runs[0]["rows"],
@@ -807,7 +838,8 @@ def render(suite: dict[str, Any]) -> str:
     m = suite["machine"]
     lines = [
         "",
-        "taskfleet benchmark (NS and TS as processes, agents and floor clients in the bench process)",
+        "taskfleet benchmark (NS and TS as processes, agents and floor clients in the bench process;"
+        " the paired floor's clients in a process of their own)",
         f"machine: {m['nproc']} CPUs, Python {m['python']}, {m['platform']}, "
         f"open files {m['nofile'][0]}",
         f"CPU speed (plain Python loop, M steps/s, before / after): "
@@ -832,6 +864,7 @@ def render(suite: dict[str, Any]) -> str:
         "step barrier",
         "barrier/floor",
         "barrier/floor(tlsio)",
+        "barrier/floor(paired)",
         "results/s (step)",
         "NS RSS MiB (peak)",
         "TS KiB/agent",
@@ -858,6 +891,7 @@ def render(suite: dict[str, Any]) -> str:
             f"{barrier:.3f} s" if barrier is not None else "-",
             f"{barrier / fl['round_median_s']:.2f}x" if barrier is not None and fl else "-",
             f"{barrier / ft['round_median_s']:.2f}x" if barrier is not None and ft else "-",
+            f"{step['paired_ratio_median']:.2f}x" if step and step["paired_ratio_median"] else "-",
             f"{res['agents'] / barrier:.0f}" if barrier else "-",
             f"{res['ns_rss_mib']['after_runs']:.0f} ({res['ns_rss_mib']['peak']:.0f})",
             f"{res['ts_kib_per_agent']:.1f}",
@@ -903,6 +937,23 @@ def render(suite: dict[str, Any]) -> str:
                 f"{cpu['ns']:.2f} / TS {cpu['ts']:.2f} / bench {cpu['bench']:.2f} / others "
                 f"{cpu['others']:.2f} s" + ("" if v["all_ok"] else f", {v['not_succeeded']} NOT OK")
             )
+            if v.get("paired_floor_median_s"):
+                runs = res["scenarios"][s]
+                lines.append(
+                    "    floor round just before each run: "
+                    + ", ".join(f"{r['paired_floor_s']:.3f}" for r in runs)
+                    + f" s (median {v['paired_floor_median_s']:.3f})"
+                    + (
+                        "; barrier / that round: "
+                        + ", ".join(f"{r['barrier_s'] / r['paired_floor_s']:.2f}x" for r in runs)
+                        + f" (median {v['paired_ratio_median']:.2f}x)"
+                        if v["paired_ratio_median"]
+                        else ""
+                    )
+                    + "; its CPU server / clients "
+                    + f"{statistics.median(r['paired_floor_cpu_s']['server'] for r in runs):.2f} / "
+                    + f"{statistics.median(r['paired_floor_cpu_s']['clients'] for r in runs):.2f} s"
+                )
             if "bench_gc_s" in v:
                 lines.append(
                     "    bench process in the garbage collector per run: "
@@ -981,6 +1032,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated, of {', '.join(SCENARIOS)} (default: all)",
     )
     p.add_argument("--no-floor", action="store_true", help="skip the floor measurement")
+    p.add_argument(
+        "--no-paired-floor",
+        dest="paired_floor",
+        action="store_false",
+        help="do not keep a floor connected through taskfleet's runs (by default a floor round is"
+        " timed just before each run: barrier/floor(paired))",
+    )
     p.add_argument("--json-out", help="also write every figure as JSON to this file")
     p.add_argument("--connect-timeout", type=float, default=600.0, help="seconds")
     p.add_argument("--run-timeout", type=float, default=600.0, help="seconds, per run")
@@ -1018,6 +1076,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the temporary folders (logs, DBs)")
     p.add_argument("--label", help="a note kept with the figures (e.g. which build was measured)")
     args = p.parse_args(argv)
+    if args.no_floor:
+        args.paired_floor = False
     if min(args.agents) < 1 or args.repeat < 1 or min(args.taskservers) < 1:
         p.error("--agents, --taskservers and --repeat must be at least 1")
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
