@@ -29,6 +29,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.frames import DATA_OPCODES, Frame
 
+from agent.frames import FastFrames
 from agent.keepalive import Keepalive
 from agent.tlsio import TLSTransport, handshake, take_socket
 
@@ -134,7 +135,7 @@ class Gate:
         conn.drop()
 
 
-class GatedConnection(ServerConnection):
+class GatedConnection(FastFrames, ServerConnection):
     """A websockets server connection that waits at the gate, then does its own TLS.
 
     The listener is opened without TLS; ``connection_made`` gets the plain TCP transport, pauses
@@ -258,7 +259,10 @@ class GatedConnection(ServerConnection):
 
     def data_received(self, data: bytes) -> None:
         if self._started:
-            super().data_received(data)
+            self._fast_received(data)
+
+    def _ws_received(self, data: bytes) -> None:
+        ServerConnection.data_received(self, data)
 
     def eof_received(self) -> None:
         if self._started:

@@ -27,6 +27,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.frames import CloseCode
 from websockets.protocol import State
 
+from agent.frames import FastFrames
+
 BUCKETS = 20
 ABORT_AFTER_S = 5.0
 """A failed connection's close frame has this long to go out before its socket is cut."""
@@ -186,7 +188,7 @@ def watchdog() -> Watchdog:
     return dog
 
 
-class WatchedConnection(ClientConnection):
+class WatchedConnection(FastFrames, ClientConnection):
     """A client connection that sends no pings and is failed when its server goes silent.
 
     Only for servers that ping (every taskfleet listener does): use with
@@ -199,7 +201,10 @@ class WatchedConnection(ClientConnection):
 
     def data_received(self, data: bytes) -> None:
         self.heard = time.monotonic()
-        super().data_received(data)
+        self._fast_received(data)
+
+    def _ws_received(self, data: bytes) -> None:
+        ClientConnection.data_received(self, data)
 
     def start_keepalive(self) -> None:
         """The upgrade is done: watch for silence instead of pinging."""

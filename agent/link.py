@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
+from agent import frames
 from agent.gate import Gate, GatedConnection, connection_class, handshake_done
 from agent.keepalive import WatchedConnection
 from agent.keys import public_bytes
@@ -107,8 +108,7 @@ class Link:
         """
         if not self.is_open or not self.fits(len(data)):
             return False
-        self.ws.protocol.send_binary(data)
-        self.ws.send_data()
+        frames.send_binary(self.ws, data)
         return True
 
     @property
