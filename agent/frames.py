@@ -48,7 +48,8 @@ _PONG_FIN = 0x8A
 
 
 def header(length: int, masked: bool) -> bytes:
-    """The header of a final, unmasked-or-masked binary frame of ``length`` bytes (no key)."""
+    """The header of a final binary frame of ``length`` bytes, its mask bit set if ``masked``
+    (the masking key, four bytes, follows it)."""
     bit = 0x80 if masked else 0
     if length < 126:
         return bytes((_BINARY_FIN, bit | length))
@@ -177,13 +178,12 @@ class FastFrames:
                 payload = bytes(view[at:stop])
             pos = stop
             frame = Frame(Opcode.BINARY, payload)
+            # As process_event would: to the sink (Link.deliver), or to the queue recv reads.
             sink = self._fast_sink()
             if sink is not None:
                 sink(frame)
             else:
                 self.recv_messages.put(frame)
-            if self._fast is None:  # the sink closed or handed over the connection
-                return
         if pos == end:
             buf.clear()
         elif view is buf:
