@@ -947,7 +947,7 @@ def render(suite: dict[str, Any]) -> str:
                         "; barrier / that round: "
                         + ", ".join(f"{r['barrier_s'] / r['paired_floor_s']:.2f}x" for r in runs)
                         + f" (median {v['paired_ratio_median']:.2f}x)"
-                        if v["paired_ratio_median"]
+                        if v["paired_ratio_median"] and s == "step"  # job3: three barriers
                         else ""
                     )
                     + "; its CPU server / clients "
