@@ -758,32 +758,7 @@ class Store:
         if not reports:
             return []
         parents = await self._by_ids(list({r.instance_id for r in reports}))
-        children: dict[tuple[int, str], dict[str, Any]] = {}
-        steps = list(
-            {
-                (
-                    r.instance_id,
-                    f"{parents[r.instance_id].step}/{r.step}"
-                    if parents[r.instance_id].step
-                    else r.step,
-                )
-                for r in reports
-                if r.step and r.instance_id in parents
-            }
-        )
-        for i in range(0, len(steps), 400):
-            chunk = steps[i : i + 400]
-            where = " OR ".join("(parent_id=? AND step=?)" for _ in chunk)
-            args = [v for pair in chunk for v in pair]
-            for row in await self._all(
-                f"SELECT id, parent_id, step, status FROM instances WHERE {where}", args
-            ):
-                children[(row["parent_id"], row["step"])] = row
-        moved: dict[int, str] = {}  # a top-level instance's status once a report moved it
-        changes: list[Change] = []
-        progress: list[tuple[Any, ...]] = []
-        final: list[tuple[Any, ...]] = []
-        now = time.time()
+        mine: list[tuple[Report, Parent, str]] = []  # (report, its instance, the step's row name)
         for r in reports:
             parent = parents.get(r.instance_id)
             if parent is None or (r.computer and r.computer != parent.computer):
@@ -792,26 +767,34 @@ class Store:
             if route is not None and parent.route != route:
                 self.refused += 1  # a TS may report only for computers routed to it
                 continue
-            if r.step:
-                step = f"{parent.step}/{r.step}" if parent.step else r.step
-                child = children.get((r.instance_id, step))
-                if child is None:
-                    cur = await self.db.execute(
-                        "INSERT INTO instances(run_id, step, parent_id, computer_id, computer, route,"
-                        " status, updated_at, dispatched) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, 1)",
-                        (
-                            parent.run_id,
-                            step,
-                            r.instance_id,
-                            parent.computer_id,
-                            parent.computer,
-                            parent.route,
-                            now,
-                        ),
-                    )
-                    child = {"id": int(cur.lastrowid or 0), "status": "pending", "step": step}
-                    await cur.close()
-                    children[(r.instance_id, step)] = child
+            step = (f"{parent.step}/{r.step}" if parent.step else r.step) if r.step else ""
+            mine.append((r, parent, step))
+        now = time.time()
+        # A client job's steps: their rows, created (all in one statement) where missing.
+        keys = list({(r.instance_id, step): None for r, _, step in mine if step})
+        children = await self._children(keys)
+        missing: dict[tuple[int, str], Parent] = {}
+        for r, parent, step in mine:
+            if step and (r.instance_id, step) not in children:
+                missing[(r.instance_id, step)] = parent
+        if missing:
+            await run_many(
+                self.db,
+                "INSERT INTO instances(run_id, step, parent_id, computer_id, computer, route,"
+                " status, updated_at, dispatched) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, 1)",
+                [
+                    (p.run_id, step, iid, p.computer_id, p.computer, p.route, now)
+                    for (iid, step), p in missing.items()
+                ],
+            )
+            children.update(await self._children(list(missing)))
+        moved: dict[int, str] = {}  # a top-level instance's status once a report moved it
+        changes: list[Change] = []
+        progress: list[tuple[Any, ...]] = []
+        final: list[tuple[Any, ...]] = []
+        for r, parent, step in mine:
+            if step:
+                child = children[(r.instance_id, step)]
                 target_id, current, shown = int(child["id"]), str(child["status"]), step
             else:
                 target_id, current, shown = (
@@ -821,8 +804,8 @@ class Store:
                 )
             if not may_move(current, r.state):
                 continue
-            if r.step:
-                children[(r.instance_id, shown)]["status"] = r.state
+            if step:
+                children[(r.instance_id, step)]["status"] = r.state
             else:
                 moved[r.instance_id] = r.state
             if r.state in TERMINAL:
@@ -849,7 +832,7 @@ class Store:
                     r.return_code,
                     r.reason,
                     shown,
-                    None if not r.step else r.instance_id,
+                    r.instance_id if step else None,
                     parent.route,
                 )
             )
@@ -869,6 +852,19 @@ class Store:
             )
         await self.db.commit()
         return changes
+
+    async def _children(self, keys: list[tuple[int, str]]) -> dict[tuple[int, str], dict[str, Any]]:
+        """The rows of client-job steps by (parent id, step name)."""
+        out: dict[tuple[int, str], dict[str, Any]] = {}
+        for i in range(0, len(keys), 400):
+            chunk = keys[i : i + 400]
+            where = " OR ".join("(parent_id=? AND step=?)" for _ in chunk)
+            args = [v for pair in chunk for v in pair]
+            for row in await self._all(
+                f"SELECT id, parent_id, step, status FROM instances WHERE {where}", args
+            ):
+                out[(row["parent_id"], row["step"])] = row
+        return out
 
     async def _by_ids(self, ids: list[int]) -> dict[int, Parent]:
         """Top-level instances by id: plain rows, not maps (a roll-up reads ten thousand)."""

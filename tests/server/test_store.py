@@ -202,6 +202,32 @@ async def test_step_reports_of_a_nested_client_job_make_one_row_per_step(tmp_pat
         await store.close()
 
 
+async def test_one_roll_up_makes_each_new_step_row_once_and_none_for_a_refused_report(tmp_path):
+    """A batch that starts several steps of many client jobs at once: one row per step (its
+    progress and result in the same batch move it twice), and none for a report naming another
+    computer."""
+    store = await Store.open(str(tmp_path / "server.db"))
+    try:
+        computers = [NewInstance(i, f"pc-{i}", "ts") for i in range(5)]
+        run_id = await store.create_run({"name": "c", "kind": "client"}, computers, 2e9)
+        ids = {r["computer"]: r["id"] for r in await store.instances(run_id)}
+        batch = []
+        for name, iid in ids.items():
+            for step in ("one", "two"):
+                batch.append(Report(instance_id=iid, step=step, state="running", computer=name))
+                batch.append(Report(instance_id=iid, step=step, state="succeeded", computer=name))
+        batch.append(Report(instance_id=ids["pc-0"], step="three", state="running", computer="x"))
+        changes = await store.apply_reports(batch, route="ts")
+        assert len(changes) == 20
+        rows = [r for r in await store.instances(run_id) if r["parent_id"] is not None]
+        assert sorted((r["computer"], r["step"], r["status"]) for r in rows) == sorted(
+            (name, step, "succeeded") for name in ids for step in ("one", "two")
+        )
+        assert {c.instance_id for c in changes} == {r["id"] for r in rows}
+    finally:
+        await store.close()
+
+
 async def test_an_enrolment_token_is_never_spent_more_often_than_it_allows(tmp_path):
     """Five enrolments racing for a one-use token: exactly one gets it, the others are told why."""
     import asyncio
