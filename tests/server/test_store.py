@@ -58,14 +58,20 @@ async def test_a_database_from_a_newer_taskfleet_is_refused(tmp_path):
         await Store.open(str(tmp_path / "server.db"))
 
 
+async def one_instance(store: Store) -> tuple[int, int]:
+    """A client task's run on one computer: (run id, instance id)."""
+    run_id = await store.create_run(
+        {"name": "t", "kind": "client"}, [NewInstance(1, "pc", "@ns")], deadline=2e9
+    )
+    (inst,) = await store.instances(run_id)
+    return run_id, int(inst["id"])
+
+
 async def test_repeated_and_late_reports_change_nothing(tmp_path):
     """A terminal result is final: a repeat, a late progress report and a second result are ignored."""
     store = await Store.open(str(tmp_path / "server.db"))
     try:
-        definition = {"name": "t", "kind": "client"}
-        run_id = await store.create_run(definition, [NewInstance(1, "pc", "@ns")], deadline=2e9)
-        (inst,) = await store.instances(run_id)
-        iid = inst["id"]
+        run_id, iid = await one_instance(store)
         first = await store.apply_reports(
             [
                 Report(instance_id=iid, state="running"),
@@ -92,10 +98,7 @@ async def test_a_result_is_final_within_one_batch_too(tmp_path):
     progress report or a second result in the same batch changes nothing."""
     store = await Store.open(str(tmp_path / "server.db"))
     try:
-        definition = {"name": "t", "kind": "client"}
-        run_id = await store.create_run(definition, [NewInstance(1, "pc", "@ns")], deadline=2e9)
-        (inst,) = await store.instances(run_id)
-        iid = inst["id"]
+        run_id, iid = await one_instance(store)
         changes = await store.apply_reports(
             [
                 Report(instance_id=iid, state="received"),
