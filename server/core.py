@@ -428,15 +428,27 @@ class NotificationServer:
         if not task.cancelled() and (exc := task.exception()) is not None:
             self.log.error("background_task_failed", task=task.get_name(), exc_info=exc)
 
-    def _run_job(self, run_id: int, definition: dict[str, Any], *args: Any) -> asyncio.Task[Any]:
+    def _run_job(
+        self,
+        run_id: int,
+        definition: dict[str, Any],
+        *args: Any,
+        computers: list[dict[str, Any]] | None = None,
+    ) -> asyncio.Task[Any]:
         """Spawn the runner of server job ``run_id``. A runner that breaks ends its run
         ``failed`` at once, instead of leaving it ``running`` until the job's time limit; the
         error is the reason of its unfinished instances and an entry of the server log (which
-        administrators read with ``log list``)."""
+        administrators read with ``log list``). ``computers``: see :func:`run_server_job`."""
+        first = [computers] if computers is not None else []
 
         async def guarded() -> None:
+            # Handed over, not kept: the runner lets go of the rows after the first step,
+            # rather than this frame holding ten thousand of them for as long as the job runs.
+            rows = first.pop() if first else None
+            job = run_server_job(self, run_id, definition, *args, computers=rows)
+            del rows
             try:
-                await run_server_job(self, run_id, definition, *args)
+                await job
             except Exception as exc:
                 self.log.exception("server_job_failed", run_id=run_id)
                 reason = (
@@ -537,7 +549,7 @@ class NotificationServer:
         self.active[run_id] = active
         self.log.info("job_started", run_id=run_id, job=definition["name"], targets=len(computers))
         active.runner = self._run_job(
-            run_id, definition, [c["id"] for c in computers], None, computers
+            run_id, definition, [c["id"] for c in computers], None, computers=computers
         )
         return {"run_id": run_id, "targets": len(computers), "no_agent": no_agent}
 

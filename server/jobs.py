@@ -89,6 +89,7 @@ async def run_server_job(
     definition: dict[str, Any],
     targets: list[int],
     snapshot: dict[str, Any] | None,
+    *,
     computers: list[dict[str, Any]] | None = None,
 ) -> None:
     """Drive one server job to its end (or resume it after a restart).
