@@ -88,12 +88,12 @@ class FastFrames:
     _fast_off = False
     """The stream went back to ``websockets`` for good."""
 
+    sink: Any = None
+    """Takes each data frame instead of the queue ``recv`` reads (``GatedConnection``)."""
+
     # Provided by the websockets connection this is mixed into.
     protocol: Any
     recv_messages: Any
-
-    def _fast_sink(self) -> Any:
-        return getattr(self, "sink", None)
 
     def _ws_received(self, data: bytes) -> None:
         raise NotImplementedError
@@ -179,7 +179,7 @@ class FastFrames:
             pos = stop
             frame = Frame(Opcode.BINARY, payload)
             # As process_event would: to the sink (Link.deliver), or to the queue recv reads.
-            sink = self._fast_sink()
+            sink = self.sink
             if sink is not None:
                 sink(frame)
             else:

@@ -439,14 +439,13 @@ class NotificationServer:
         ``failed`` at once, instead of leaving it ``running`` until the job's time limit; the
         error is the reason of its unfinished instances and an entry of the server log (which
         administrators read with ``log list``). ``computers``: see :func:`run_server_job`."""
-        first = [computers] if computers is not None else []
 
         async def guarded() -> None:
+            nonlocal computers
             # Handed over, not kept: the runner lets go of the rows after the first step,
-            # rather than this frame holding ten thousand of them for as long as the job runs.
-            rows = first.pop() if first else None
-            job = run_server_job(self, run_id, definition, *args, computers=rows)
-            del rows
+            # rather than this closure holding ten thousand of them for as long as the job runs.
+            job = run_server_job(self, run_id, definition, *args, computers=computers)
+            computers = None
             try:
                 await job
             except Exception as exc:
