@@ -23,10 +23,10 @@ from admin.client import AdminClient
 from admin.output import ago, iso, short_time, table
 from admin.trustverbs import add_trust_verbs
 from admin.views import follow, print_run, run_json
-from agent import logs
-from agent.gate import HANDSHAKES_AT_ONCE
-from agent.tls import ClientTrust
 from protocol.errors import RemoteError
+from runtime import logs
+from runtime.gate import HANDSHAKES_AT_ONCE
+from runtime.tls import ClientTrust
 
 DEFAULT_SERVER = "wss://127.0.0.1:8470"
 HANDSHAKES_HELP = (
@@ -75,7 +75,7 @@ def _smtp(args: argparse.Namespace) -> dict[str, Any]:
     """The NS's SMTP settings for send-email, from --smtp and friends."""
     if not args.smtp:
         return {}
-    from agent.link import split_hostport
+    from runtime.link import split_hostport
 
     host, port = split_hostport(args.smtp, 25)
     return {
@@ -89,8 +89,8 @@ def _smtp(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from agent import heap
-    from agent.link import split_hostport
+    from runtime import heap
+    from runtime.link import split_hostport
     from server.core import NotificationServer
 
     heap.tune_gc()
@@ -150,8 +150,8 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def cmd_taskserver(args: argparse.Namespace) -> int:
-    from agent import heap
-    from agent.link import split_hostport
+    from runtime import heap
+    from runtime.link import split_hostport
     from taskserver.service import TaskServer
 
     heap.tune_gc()

@@ -10,12 +10,12 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed, InvalidMessage
 
-from agent.link import Link, connect
-from agent.tls import ClientTrust
 from protocol.codec import Limits
 from protocol.errors import RemoteError
 from protocol.messages import Event, Request, Response
 from protocol.session import Role
+from runtime.link import Link, connect
+from runtime.tls import ClientTrust
 
 ADMIN_LIMITS = Limits(
     max_frame_bytes=256 << 20,
@@ -26,7 +26,7 @@ ADMIN_LIMITS = Limits(
 )
 """Bounds on what the admin client accepts from the NS: large, for runs of thousands of computers."""
 BUSY_RETRY_S = 30.0
-"""How long an admin keeps trying when the NS's handshake gate turns it away (agent.gate)."""
+"""How long an admin keeps trying when the NS's handshake gate turns it away (runtime.gate)."""
 
 
 def _turned_away(exc: BaseException) -> bool:

@@ -10,9 +10,9 @@ import time
 
 from admin.client import AdminClient
 from admin.views import follow, print_run
-from agent import logs
 from agent.agent import Agent
-from agent.tls import ClientTrust
+from runtime import logs
+from runtime.tls import ClientTrust
 from server.core import NotificationServer
 from taskserver.service import TaskServer
 

@@ -16,9 +16,9 @@ import signal
 import subprocess
 import sys
 
-from agent import heap, logs
 from agent.agent import Agent
-from agent.tls import ClientTrust
+from runtime import heap, logs
+from runtime.tls import ClientTrust
 
 
 def _raise_open_files() -> None:

@@ -5,7 +5,7 @@ twice; a result is written to the outbox before it is sent and removed only when
 acknowledges it, so results survive lost connections and agent restarts. An instance that
 was running when the agent died is reported ``failed`` ("agent restarted") on the next start.
 
-Client jobs run as ``protocol.jobs.JobMachine`` state machines (``agent.jobrunner.drive``).
+Client jobs run as ``protocol.jobs.JobMachine`` state machines (``runtime.jobrunner.drive``).
 The job's state is stored with each step's result, so a restarted agent resumes the job at
 the step it was in: that step is reported ``failed`` ("agent restarted"), then the job's
 conditions decide. Task-server steps are run by the agent's relay (``step_request``).
@@ -30,16 +30,11 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from agent import __version__, logs
+from agent import __version__
 from agent.commands import CommandTable
 from agent.hold import hold_clock
-from agent.jobrunner import drive
-from agent.keys import load_or_create
-from agent.link import Link, connect
-from agent.runner import Outcome, ScriptRun
 from agent.store import AgentStore, Key
 from agent.tasktypes import RUNNERS, TaskContext
-from agent.tls import ClientTrust
 from protocol.errors import ProtocolError, RemoteError
 from protocol.identity import NONCE_BYTES, proof_payload, verify
 from protocol.jobs import JobMachine, JobState, RunStep
@@ -57,6 +52,12 @@ from protocol.messages import (
 from protocol.policies import next_due
 from protocol.session import ALLOWED_DOWN, Role, backoff_delays
 from protocol.states import InstanceState, is_terminal
+from runtime import logs
+from runtime.jobrunner import drive
+from runtime.keys import load_or_create
+from runtime.link import Link, connect
+from runtime.runner import Outcome, ScriptRun
+from runtime.tls import ClientTrust
 
 
 def _addresses() -> list[str]:

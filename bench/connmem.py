@@ -6,16 +6,16 @@ A server process (this file with ``--serve``) opens one listener; the parent ope
 connections, and the server reports its resident memory growth divided by N once all are open
 and idle (after ``malloc_trim``). Listeners measured, each in a fresh process:
 
-- ``taskfleet``: ``agent.link.listen`` with TLS and the handshake gate, as a TS runs it
-  (``agent.tlsio``'s transport, the listener's one keepalive loop, ``tune_gc``), without
+- ``taskfleet``: ``runtime.link.listen`` with TLS and the handshake gate, as a TS runs it
+  (``runtime.tlsio``'s transport, the listener's one keepalive loop, ``tune_gc``), without
   taskfleet's own per-agent state;
 - ``websockets-tls``: bare ``websockets.asyncio.server.serve`` with TLS (asyncio's defaults but
-  the same 4 KiB read buffer, since ``agent.link`` sets it for the process);
+  the same 4 KiB read buffer, since ``runtime.link`` sets it for the process);
 - ``websockets-plain``: the same without TLS;
 - ``asyncio-tls``: no WebSocket at all, asyncio's TLS transport and a protocol that keeps
   nothing (the same 4 KiB read buffer): what TLS alone costs per connection in asyncio here;
 - ``sslsocket-tls``: no WebSocket either, OpenSSL reading the socket itself (a non-blocking
-  ``SSLSocket``, no memory BIOs): what TLS alone costs the way ``agent.tlsio`` does it.
+  ``SSLSocket``, no memory BIOs): what TLS alone costs the way ``runtime.tlsio`` does it.
 
 What taskfleet adds per agent on top (its relay state, the agent's queues) is the difference
 between ``bench/run.py``'s "TS KiB / agent" and the ``taskfleet`` line here.
@@ -51,9 +51,9 @@ def _rss_kib() -> int:
 async def serve(kind: str, n: int) -> None:
     from websockets.asyncio.server import serve as ws_serve
 
-    from agent import heap
-    from agent.link import listen
-    from agent.tls import ensure_certificates, server_context
+    from runtime import heap
+    from runtime.link import listen
+    from runtime.tls import ensure_certificates, server_context
 
     heap.tune_gc()
     folder = tempfile.mkdtemp(prefix="connmem-")
@@ -135,7 +135,7 @@ def _sslsocket_listener(
     ctx: ssl.SSLContext, on_open: Callable[[ssl.SSLSocket], None]
 ) -> tuple[None, int]:
     """TLS with OpenSSL on the socket (no memory BIOs), no WebSocket: accept, handshake on the
-    event loop's readiness, then read and drop whatever comes. What ``agent.tlsio`` builds on."""
+    event loop's readiness, then read and drop whatever comes. What ``runtime.tlsio`` builds on."""
     loop = asyncio.get_running_loop()
     lsock = socket.create_server(("127.0.0.1", 0), backlog=4096)
     lsock.setblocking(False)

@@ -15,7 +15,7 @@ here imports taskfleet, so the figure is what websockets, msgpack and asyncio co
 for the same exchange: the bound a taskfleet barrier is compared with (``docs/performance.md``).
 
 ``--transport tlsio`` runs the same exchange over taskfleet's listener and TLS transport
-(``agent.link.listen`` with its gate opened wide, ``agent.tlsio.Connect``) and nothing else of
+(``runtime.link.listen`` with its gate opened wide, ``runtime.tlsio.Connect``) and nothing else of
 taskfleet: what the same websockets + msgpack exchange costs on the transport taskfleet uses, so
 that the part of a barrier's ratio the transport accounts for can be told from the rest.
 """
@@ -148,9 +148,9 @@ async def serve_floor(cert: str | None, key: str | None, transport: str = "async
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
     if transport == "tlsio":
-        from agent.gate import HANDSHAKES_AT_ONCE, Gate
-        from agent.keepalive import Keepalive
-        from agent.link import listen
+        from runtime.gate import HANDSHAKES_AT_ONCE, Gate
+        from runtime.keepalive import Keepalive
+        from runtime.link import listen
 
         # A gate as wide as the floor's all-at-once connect needs; no pings during the rounds.
         gate = Gate(limit=HANDSHAKES_AT_ONCE, waiting=1_000_000, wait_s=600, hold_s=600)
@@ -183,7 +183,7 @@ async def _client(
 ) -> None:
     opener: Any = connect
     if transport == "tlsio":
-        from agent.tlsio import Connect
+        from runtime.tlsio import Connect
 
         opener = Connect
     for attempt in range(CONNECT_TRIES):

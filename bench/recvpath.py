@@ -3,7 +3,7 @@
     python bench/recvpath.py --connections 500 --frames 40 --repeat 3
 
 A server process (this file with ``--serve``) opens taskfleet's TLS listener; the parent opens N
-connections over ``agent.tlsio`` and sends M small frames on each, in waves. The server reports
+connections over ``runtime.tlsio`` and sends M small frames on each, in waves. The server reports
 its own CPU time from the first wave to the last frame, per frame, for each way of reading (a
 fresh process each, alternating): what the relay spends to take one agent message.
 """
@@ -21,11 +21,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.link import Link, listen  # noqa: E402
-from agent.tls import ClientTrust, ensure_certificates, server_context  # noqa: E402
-from agent.tlsio import Connect  # noqa: E402
 from protocol import codec  # noqa: E402
 from protocol.messages import Ack, Message  # noqa: E402
+from runtime.link import Link, listen  # noqa: E402
+from runtime.tls import ClientTrust, ensure_certificates, server_context  # noqa: E402
+from runtime.tlsio import Connect  # noqa: E402
 
 MODES = ("recv", "deliver")
 

@@ -51,10 +51,10 @@ if str(ROOT) not in sys.path:  # `python bench/run.py` from a checkout that is n
 import structlog  # noqa: E402
 
 from admin.client import AdminClient  # noqa: E402
-from agent import heap  # noqa: E402
 from agent.agent import Agent  # noqa: E402
-from agent.tls import ClientTrust  # noqa: E402
 from bench import floor  # noqa: E402
+from runtime import heap  # noqa: E402
+from runtime.tls import ClientTrust  # noqa: E402
 
 NOOP = 'name = "bench-noop"\ntype = "noop"\ntimeout_s = 600\n'
 LOG = 'name = "bench-log"\ntype = "write-server-log"\n[params]\nmessage = "bench %RUNID%"\n'

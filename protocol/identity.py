@@ -1,6 +1,6 @@
 """Identities: Ed25519 keys, what a peer signs to prove its key, NS tickets, token hashing.
 
-Sans-I/O: keys are made and kept on disk by the roles (``agent/keys.py``); this module only
+Sans-I/O: keys are made and kept on disk by the roles (``runtime/keys.py``); this module only
 builds the bytes that are signed and checks signatures.
 
 Proof of possession: the accepting side sends a fresh random nonce; the connecting side signs

@@ -12,7 +12,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from agent.link import Link
 from protocol.errors import ValidationError
 from protocol.filters import validate_filter
 from protocol.identity import hash_token
@@ -21,6 +20,7 @@ from protocol.policies import validate_policy
 from protocol.session import NAME
 from protocol.states import InstanceState
 from protocol.tasks import CATALOG, parse_document, validate_task
+from runtime.link import Link
 from server import auth
 from server.jobs import no_agent_targets
 

@@ -1,6 +1,6 @@
 """Who may connect to the NS and what they may do: key enrolment, admin tokens, roles, tickets.
 
-Agents and task servers prove their Ed25519 key (``agent.link.challenge``). A new key waits as
+Agents and task servers prove their Ed25519 key (``runtime.link.challenge``). A new key waits as
 ``pending`` until an admin accepts it, or is accepted at once with a valid enrolment token.
 A name that comes back with another key than the accepted one is refused and raised as a
 message: no silent takeover. Admins present a token; its role bounds their operations.
@@ -14,8 +14,6 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
-from agent.keys import write_private
-from agent.link import Link, challenge
 from protocol.errors import HandshakeError
 from protocol.identity import fingerprint, hash_token, sign, ticket_payload
 from protocol.messages import Hello
@@ -25,6 +23,8 @@ from protocol.session import (
     CLOSE_UNAUTHORIZED,
     Role,
 )
+from runtime.keys import write_private
+from runtime.link import Link, challenge
 
 if TYPE_CHECKING:
     from server.core import NotificationServer

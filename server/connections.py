@@ -1,6 +1,6 @@
 """The NS's connections, one function per role: agents, task servers, admins.
 
-Every connection is accepted by ``agent.link.accept`` with ``server.auth.authenticate``: a
+Every connection is accepted by ``runtime.link.accept`` with ``server.auth.authenticate``: a
 key proof for agents and task servers, a token for admins. Each role may then send only its
 own messages (``protocol.session.Session``), at a bounded rate.
 """
@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from websockets.exceptions import ConnectionClosed
 
-from agent.link import Link, accept
 from protocol import PROTOCOL_VERSION
 from protocol.errors import HandshakeError, ProtocolError
 from protocol.messages import (
@@ -38,6 +37,7 @@ from protocol.session import (
     Role,
     Session,
 )
+from runtime.link import Link, accept
 from server import auth, policies
 
 if TYPE_CHECKING:

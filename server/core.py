@@ -25,12 +25,6 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agent import heap, logs
-from agent.gate import HANDSHAKES_AT_ONCE, WAIT_AT_MOST_S, Gate
-from agent.keys import load_or_create, public_bytes
-from agent.link import HANDSHAKE_TIMEOUT_S, ConnectionCap, Link, listen
-from agent.runner import Outcome, ScriptRun
-from agent.tls import ensure_certificates, file_fingerprint, server_context
 from protocol.identity import fingerprint
 from protocol.jobs import JobEvent, JobMachine, JobState
 from protocol.messages import (
@@ -44,6 +38,12 @@ from protocol.messages import (
 from protocol.session import Role
 from protocol.states import InstanceState, RunState, is_terminal, run_outcome
 from protocol.tasks import Kind
+from runtime import heap, logs
+from runtime.gate import HANDSHAKES_AT_ONCE, WAIT_AT_MOST_S, Gate
+from runtime.keys import load_or_create, public_bytes
+from runtime.link import HANDSHAKE_TIMEOUT_S, ConnectionCap, Link, listen
+from runtime.runner import Outcome, ScriptRun
+from runtime.tls import ensure_certificates, file_fingerprint, server_context
 from server.auth import bootstrap_admin
 from server.connections import ADMIN_ONLY, ALL_ROLES, serve
 from server.jobs import SERVER_JOB, job_needs_agents, plan_instances, run_server_job
@@ -218,7 +218,7 @@ class NotificationServer:
         self.ca_file = ""
         self.connection_cap = ConnectionCap(max_connections_per_address)
         self.gate = Gate(limit=max_handshakes, wait_s=min(WAIT_AT_MOST_S, handshake_timeout_s))
-        """At most this many handshakes at once; a burst waits its turn before TLS (agent.gate)."""
+        """At most this many handshakes at once; a burst waits its turn before TLS (runtime.gate)."""
         self.admin_port = admin_port
         """A second listener for administrators only (None: none; 0: any free port), with a
         gate of its own, so a burst of agents at the main port never keeps an admin out."""

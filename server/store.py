@@ -13,9 +13,9 @@ from typing import Any, NamedTuple
 
 import aiosqlite
 
-from agent.store import open_db, run_many
 from protocol.messages import Report
 from protocol.states import TERMINAL, InstanceState, may_move
+from runtime.db import open_db, run_many
 
 _MIGRATIONS: list[str] = [
     # 1: the first schema

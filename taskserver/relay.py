@@ -38,10 +38,6 @@ from typing import Any, NamedTuple, Protocol
 
 from websockets.exceptions import ConnectionClosed
 
-from agent.jobrunner import drive
-from agent.link import Link
-from agent.runner import Outcome, ScriptRun
-from agent.store import SEEN_KEEP_S
 from protocol import codec
 from protocol.errors import ProtocolError
 from protocol.jobs import JobMachine, JobState, RunStep
@@ -60,6 +56,10 @@ from protocol.messages import (
 )
 from protocol.session import CLOSE_RATE_LIMITED, CLOSE_REPLACED, RateLimiter, Role, Session
 from protocol.states import InstanceState, is_terminal
+from runtime.db import SEEN_KEEP_S
+from runtime.jobrunner import drive
+from runtime.link import Link
+from runtime.runner import Outcome, ScriptRun
 from taskserver.store import Held, RelayStore
 from taskserver.tasktypes import TS_RUNNERS
 

@@ -15,11 +15,6 @@ from typing import Any
 
 from websockets.exceptions import WebSocketException
 
-from agent import heap, logs
-from agent.gate import HANDSHAKES_AT_ONCE, Gate
-from agent.keys import load_or_create, public_bytes
-from agent.link import ConnectionCap, Link, accept, challenge, connect, listen
-from agent.tls import ClientTrust, ensure_certificates, file_fingerprint, server_context
 from protocol import PROTOCOL_VERSION
 from protocol.errors import HandshakeError, ProtocolError, RemoteError
 from protocol.identity import proof_payload, sign, ticket_payload, verify
@@ -41,6 +36,11 @@ from protocol.session import (
     Role,
     backoff_delays,
 )
+from runtime import heap, logs
+from runtime.gate import HANDSHAKES_AT_ONCE, Gate
+from runtime.keys import load_or_create, public_bytes
+from runtime.link import ConnectionCap, Link, accept, challenge, connect, listen
+from runtime.tls import ClientTrust, ensure_certificates, file_fingerprint, server_context
 from taskserver.relay import Relay
 from taskserver.store import RelayStore
 
@@ -99,7 +99,7 @@ class TaskServer:
         self.tls_fingerprint = ""
         self.connection_cap = ConnectionCap(max_connections_per_address)
         self.gate = Gate(limit=max_handshakes)
-        """At most this many handshakes at once; a burst waits its turn before TLS (agent.gate)."""
+        """At most this many handshakes at once; a burst waits its turn before TLS (runtime.gate)."""
         self.agent_rate_per_s = agent_rate_per_s
         self.log = logs.get("taskserver", ts=name)
         self.url = ""

@@ -16,8 +16,8 @@ from typing import Any
 import aiosqlite
 import msgpack
 
-from agent.store import open_db, report_from_row, report_to_row, run_many
 from protocol.messages import Report
+from runtime.db import open_db, report_from_row, report_to_row, run_many
 
 _MIGRATIONS: list[str] = [
     # 1: the first schema
@@ -141,7 +141,7 @@ class RelayStore:
 
     async def forget_seen(self, older_than: float) -> int:
         """Forget instances taken before ``older_than`` (UNIX time) and no longer held, as agents
-        forget theirs (``agent.store.SEEN_KEEP_S``); return how many.
+        forget theirs (``runtime.db.SEEN_KEEP_S``); return how many.
 
         The NS numbers instances in the order it creates them, so the stale rows are the lowest
         ids: the first row taken since ``older_than``, found walking up the key, bounds them, and

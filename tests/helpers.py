@@ -15,7 +15,7 @@ from typing import Any
 
 from admin.client import AdminClient
 from agent.agent import Agent
-from agent.tls import ClientTrust
+from runtime.tls import ClientTrust
 
 READY_TIMEOUT_S = 30.0
 INSECURE = ClientTrust(insecure=True)

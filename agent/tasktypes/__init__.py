@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.commands import CommandTable
-from agent.runner import Outcome, ScriptRun
+from runtime.runner import Outcome, ScriptRun
 
 
 @dataclass

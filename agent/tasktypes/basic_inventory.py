@@ -12,9 +12,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
-from agent.runner import Outcome
 from agent.tasktypes.ip_configuration import collect as ip_configuration
 from protocol.states import InstanceState
+from runtime.runner import Outcome
 
 if TYPE_CHECKING:
     from agent.tasktypes import TaskContext

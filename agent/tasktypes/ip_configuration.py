@@ -11,8 +11,8 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-from agent.runner import Outcome
 from protocol.states import InstanceState
+from runtime.runner import Outcome
 
 if TYPE_CHECKING:
     from agent.tasktypes import TaskContext

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from agent.runner import Outcome, run_noop
+from runtime.runner import Outcome, run_noop
 
 if TYPE_CHECKING:
     from agent.tasktypes import TaskContext

@@ -7,8 +7,8 @@ import getpass
 import time
 from typing import TYPE_CHECKING
 
-from agent.runner import Outcome, ScriptRun
 from protocol.states import InstanceState
+from runtime.runner import Outcome, ScriptRun
 
 if TYPE_CHECKING:
     from agent.tasktypes import TaskContext

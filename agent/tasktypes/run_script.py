@@ -1,10 +1,10 @@
-"""run-script: a script with a chosen interpreter (see ``agent.runner``)."""
+"""run-script: a script with a chosen interpreter (see ``runtime.runner``)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from agent.runner import Outcome, ScriptRun
+from runtime.runner import Outcome, ScriptRun
 
 if TYPE_CHECKING:
     from agent.tasktypes import TaskContext

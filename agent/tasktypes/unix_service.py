@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 from typing import TYPE_CHECKING
 
-from agent.runner import Outcome, ScriptRun
 from agent.tasktypes.services import not_supported
+from runtime.runner import Outcome, ScriptRun
 
 if TYPE_CHECKING:
     from agent.tasktypes import TaskContext

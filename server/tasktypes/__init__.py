@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agent.runner import Outcome, ScriptRun
+from runtime.runner import Outcome, ScriptRun
 
 if TYPE_CHECKING:
     from server.core import NotificationServer

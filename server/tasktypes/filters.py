@@ -6,8 +6,8 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-from agent.runner import Outcome
 from protocol.filters import matches, record, validate_filter
+from runtime.runner import Outcome
 from server.tasktypes.result import done, failed
 
 if TYPE_CHECKING:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from agent.runner import Outcome
 from protocol.states import InstanceState
+from runtime.runner import Outcome
 
 if TYPE_CHECKING:
     from server.tasktypes import ServerContext

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from agent.runner import Outcome
 from protocol.jobs import referenced_names
+from runtime.runner import Outcome
 from server.tasktypes.result import done, failed
 
 if TYPE_CHECKING:

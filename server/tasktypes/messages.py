@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from agent.runner import Outcome
 from protocol.states import InstanceState
 from protocol.tasks import replace_tokens
+from runtime.runner import Outcome
 
 if TYPE_CHECKING:
     from server.tasktypes import ServerContext

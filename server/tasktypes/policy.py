@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from agent.runner import Outcome
+from runtime.runner import Outcome
 from server.policies import targets
 from server.tasktypes.result import done, failed
 

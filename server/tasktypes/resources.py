@@ -7,7 +7,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from agent.runner import Outcome
+from runtime.runner import Outcome
 from server.tasktypes.result import done
 
 if TYPE_CHECKING:

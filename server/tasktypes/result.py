@@ -6,8 +6,8 @@ import json
 import time
 from typing import Any
 
-from agent.runner import Outcome
 from protocol.states import InstanceState
+from runtime.runner import Outcome
 
 
 def done(started: float, output: Any) -> Outcome:

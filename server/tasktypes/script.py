@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from agent.runner import Outcome, ScriptRun
+from runtime.runner import Outcome, ScriptRun
 
 if TYPE_CHECKING:
     from server.tasktypes import ServerContext

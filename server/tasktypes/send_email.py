@@ -12,9 +12,9 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 from typing import TYPE_CHECKING, Any
 
-from agent.runner import Outcome
 from protocol.states import InstanceState
 from protocol.tasks import replace_tokens
+from runtime.runner import Outcome
 
 if TYPE_CHECKING:
     from server.tasktypes import ServerContext

@@ -8,8 +8,8 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
-from agent.runner import Outcome
 from protocol.states import InstanceState
+from runtime.runner import Outcome
 
 if TYPE_CHECKING:
     from server.tasktypes import ServerContext

@@ -6,8 +6,8 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-from agent.runner import Outcome
 from protocol.states import InstanceState
+from runtime.runner import Outcome
 
 if TYPE_CHECKING:
     from server.tasktypes import ServerContext

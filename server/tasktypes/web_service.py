@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from agent.httpcall import call
-from agent.runner import Outcome
+from runtime.httpcall import call
+from runtime.runner import Outcome
 
 if TYPE_CHECKING:
     from server.tasktypes import ServerContext

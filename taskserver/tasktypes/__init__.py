@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agent.runner import Outcome, ScriptRun
+from runtime.runner import Outcome, ScriptRun
 from taskserver.tasktypes import wake_on_lan
 
 TsRunner = Callable[

@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.runner import Outcome, ScriptRun
 from protocol.states import InstanceState
 from protocol.tasks import replace_tokens
+from runtime.runner import Outcome, ScriptRun
 
 _MAC = re.compile(r"^([0-9A-Fa-f]{2})([:-]?)([0-9A-Fa-f]{2})(\2[0-9A-Fa-f]{2}){4}$")
 

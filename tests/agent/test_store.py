@@ -8,9 +8,9 @@ import time
 
 import structlog
 
-from agent.store import SEEN_KEEP_S, report_from_row, report_to_row
 from protocol.messages import Report
 from protocol.states import InstanceState
+from runtime.db import SEEN_KEEP_S, report_from_row, report_to_row
 from taskserver.relay import Relay
 from taskserver.store import _MIGRATIONS, Held, RelayStore
 from tests.helpers import until

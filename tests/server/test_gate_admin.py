@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from admin.client import AdminClient
-from agent.tls import ClientTrust
+from runtime.tls import ClientTrust
 from server.core import NotificationServer
 from tests.helpers import INSECURE, until
 

@@ -12,13 +12,13 @@ from websockets.exceptions import ConnectionClosed
 
 from admin.client import AdminClient
 from agent.agent import Agent
-from agent.keys import public_bytes
-from agent.link import connect
 from protocol import PROTOCOL_VERSION
 from protocol.errors import RemoteError
 from protocol.identity import proof_payload
 from protocol.messages import Report, Reports, Request
 from protocol.session import Role
+from runtime.keys import public_bytes
+from runtime.link import connect
 from server.core import NotificationServer
 from tests.helpers import INSECURE, task_doc, until, wait_run
 

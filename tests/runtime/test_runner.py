@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from agent.runner import ScriptRun
 from protocol.states import InstanceState
 from protocol.tasks import CATALOG, validate_params
+from runtime.runner import ScriptRun
 from tests.helpers import until
 
 TOKENS = {"COMPUTERNAME": "pc-7", "COMPUTERID": "7", "TASKSERVER": "ts-1", "RUNID": "42"}

@@ -27,7 +27,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.frames import CloseCode
 from websockets.protocol import State
 
-from agent.frames import FastFrames
+from runtime.frames import FastFrames
 
 BUCKETS = 20
 ABORT_AFTER_S = 5.0

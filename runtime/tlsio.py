@@ -14,7 +14,7 @@ both ways, no half-close (TLS has none), ``close`` with a best-effort ``close_no
 Renegotiation is refused (:func:`harden`), so a read never has to wait for a write nor the
 other way round, except for a TLS 1.3 key update, which is handled.
 
-Both ends use it: ``agent.gate`` hands an admitted listener connection's socket to it, and
+Both ends use it: ``runtime.gate`` hands an admitted listener connection's socket to it, and
 :class:`Connect` opens clients' ``wss://`` connections with it.
 """
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agent.runner import Outcome
 from protocol.jobs import JobEnded, JobEvent, JobMachine, JobState, RunStep
+from runtime.runner import Outcome
 
 
 def result_of(outcome: Outcome) -> dict[str, Any]:

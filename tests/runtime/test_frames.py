@@ -1,6 +1,6 @@
-"""Binary frames read and written without websockets' general machinery (agent.frames).
+"""Binary frames read and written without websockets' general machinery (runtime.frames).
 
-A real listener (``agent.link.listen``) and real sockets. The raw client speaks WebSocket by
+A real listener (``runtime.link.listen``) and real sockets. The raw client speaks WebSocket by
 hand so that it can send what no well-behaved client sends; chunk boundaries are set exactly by
 handing the server connection's ``data_received`` the bytes as a transport would."""
 
@@ -17,11 +17,11 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from agent.keepalive import WatchedConnection
-from agent.link import Link, listen
-from agent.tls import ClientTrust, ensure_certificates, server_context
-from agent.tlsio import Connect
 from protocol import codec
+from runtime.keepalive import WatchedConnection
+from runtime.link import Link, listen
+from runtime.tls import ClientTrust, ensure_certificates, server_context
+from runtime.tlsio import Connect
 
 LIMIT = codec.DEFAULT_LIMITS.max_frame_bytes
 SIZES = [0, 1, 125, 126, 127, 1000, 65535, 65536, 200_000]

@@ -29,9 +29,9 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.frames import DATA_OPCODES, Frame
 
-from agent.frames import FastFrames
-from agent.keepalive import Keepalive
-from agent.tlsio import TLSTransport, handshake, take_socket
+from runtime.frames import FastFrames
+from runtime.keepalive import Keepalive
+from runtime.tlsio import TLSTransport, handshake, take_socket
 
 HANDSHAKES_AT_ONCE = 128
 WAITING_AT_MOST = 20_000
@@ -140,8 +140,8 @@ class GatedConnection(FastFrames, ServerConnection):
 
     The listener is opened without TLS; ``connection_made`` gets the plain TCP transport, pauses
     reading (the client's TLS hello waits in the kernel) and queues at the gate. Admitted, it takes
-    the socket from that transport, runs TLS on it with OpenSSL (``agent.tlsio``) and only then
-    becomes a websockets connection, over a :class:`~agent.tlsio.TLSTransport`.
+    the socket from that transport, runs TLS on it with OpenSSL (``runtime.tlsio``) and only then
+    becomes a websockets connection, over a :class:`~runtime.tlsio.TLSTransport`.
     """
 
     gate: Gate
@@ -181,7 +181,7 @@ class GatedConnection(FastFrames, ServerConnection):
         task.add_done_callback(self._upgraded)
 
     async def _upgrade(self, raw: asyncio.Transport, tls: ssl.SSLContext) -> None:
-        # OpenSSL takes the socket itself (agent.tlsio): 10 KiB less per connection than
+        # OpenSSL takes the socket itself (runtime.tlsio): 10 KiB less per connection than
         # asyncio's start_tls, and fewer Python steps per frame.
         try:
             sock = tls.wrap_socket(

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent.keys import write_private
-from agent.tlsio import harden
+from runtime.keys import write_private
+from runtime.tlsio import harden
 
 
 def cert_fingerprint(der: bytes) -> str:

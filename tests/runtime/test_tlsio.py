@@ -1,5 +1,5 @@
-"""``agent.tlsio``: TLS with OpenSSL on the socket, as an asyncio transport; and the listener's
-one keepalive loop (``agent.keepalive``). Real OpenSSL on real sockets throughout."""
+"""``runtime.tlsio``: TLS with OpenSSL on the socket, as an asyncio transport; and the listener's
+one keepalive loop (``runtime.keepalive``). Real OpenSSL on real sockets throughout."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Opcode
 from websockets.protocol import State
 
-from agent.gate import Gate
-from agent.keepalive import Keepalive, WatchedConnection, watchdog
-from agent.link import listen
-from agent.tls import ClientTrust, ensure_certificates, server_context
-from agent.tlsio import Connect, TLSTransport, handshake
+from runtime.gate import Gate
+from runtime.keepalive import Keepalive, WatchedConnection, watchdog
+from runtime.link import listen
+from runtime.tls import ClientTrust, ensure_certificates, server_context
+from runtime.tlsio import Connect, TLSTransport, handshake
 from tests.helpers import until
 
 
@@ -179,7 +179,7 @@ async def test_a_protocol_that_fails_on_data_ends_only_its_connection(contexts):
 
 
 async def test_websockets_over_tlstransport_on_both_ends(contexts):
-    """The listener (``agent.link.listen``) and the client (``agent.tlsio.Connect``) both run
+    """The listener (``runtime.link.listen``) and the client (``runtime.tlsio.Connect``) both run
     over TLSTransport; a stock websockets client (asyncio's TLS) still talks to the listener."""
     server_ctx, client_ctx = contexts
     seen: list[object] = []

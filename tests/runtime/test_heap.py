@@ -1,4 +1,4 @@
-"""agent.heap: freed heap memory goes back to the OS after a burst."""
+"""runtime.heap: freed heap memory goes back to the OS after a burst."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from agent import heap
+from runtime import heap
 
 
 def _rss_kib() -> int:
@@ -48,7 +48,7 @@ def test_tune_gc_freezes_the_start_up_heap_and_still_collects_cycles(
     (the collector is slowed, not off)."""
     code = (
         "import gc, json, weakref\n"
-        "from agent import heap\n"
+        "from runtime import heap\n"
         f"heap.tune_gc(many_agents={many_agents})\n"
         "class Node: pass\n"
         "a, b = Node(), Node(); a.b, b.a = b, a\n"
@@ -75,7 +75,7 @@ def test_settle_collects_what_is_not_frozen_freezes_the_rest_and_a_full_settle_f
     a server in-process) ``settle`` does nothing."""
     code = (
         "import gc, json, weakref\n"
-        "from agent import heap\n"
+        "from runtime import heap\n"
         "class Node: pass\n"
         "def cycle():\n"
         "    a, b = Node(), Node(); a.b, b.a = b, a\n"

@@ -24,12 +24,6 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-from agent import frames
-from agent.gate import Gate, GatedConnection, connection_class, handshake_done
-from agent.keepalive import WatchedConnection
-from agent.keys import public_bytes
-from agent.tls import ClientTrust
-from agent.tlsio import Connect as ws_connect
 from protocol import PROTOCOL_VERSION, codec
 from protocol.errors import FrameError, HandshakeError, ProtocolError, RemoteError
 from protocol.identity import NONCE_BYTES, proof_payload, sign, verify
@@ -43,6 +37,12 @@ from protocol.session import (
     check_hello,
     public_key_of,
 )
+from runtime import frames
+from runtime.gate import Gate, GatedConnection, connection_class, handshake_done
+from runtime.keepalive import WatchedConnection
+from runtime.keys import public_bytes
+from runtime.tls import ClientTrust
+from runtime.tlsio import Connect as ws_connect
 
 HANDSHAKE_TIMEOUT_S = 10.0
 FRAME_OVERHEAD = 64
@@ -50,7 +50,7 @@ FRAME_OVERHEAD = 64
 LISTEN_BACKLOG = 2048
 """Connections the kernel holds before we accept them: a burst is accepted, then gated."""
 
-# taskfleet's own connections run TLS on agent.tlsio; this is for any that still go through
+# taskfleet's own connections run TLS on runtime.tlsio; this is for any that still go through
 # asyncio's TLS (tlsio.Connect falls back to it for anything but a direct wss:// connect).
 # asyncio gives every TLS connection a 256 KiB read buffer, zero-filled (sslproto.py), for the
 # life of the connection. A TS with ten thousand agents would spend GiBs on it. taskfleet frames
@@ -142,7 +142,7 @@ class Link:
     def deliver(self, handler: Callable[[Message], None]) -> asyncio.Future[ProtocolError | None]:
         """Hand each message to ``handler`` as its frame is read, instead of :meth:`recv`.
 
-        Only on a connection accepted by :func:`listen` (``agent.gate``): a frame goes from the
+        Only on a connection accepted by :func:`listen` (``runtime.gate``): a frame goes from the
         transport's read straight to ``handler``, no task wakes per message, and the serving
         coroutine waits on one future instead of a stack of ``recv`` calls (a TS serves
         thousands of agents this way). A message must be one unfragmented binary frame here.
@@ -152,7 +152,7 @@ class Link:
         """
         ws = self.ws
         if not isinstance(ws, GatedConnection):
-            raise TypeError("deliver needs a connection accepted by agent.link.listen")
+            raise TypeError("deliver needs a connection accepted by runtime.link.listen")
         done: asyncio.Future[ProtocolError | None] = asyncio.get_running_loop().create_future()
 
         def stop(result: ProtocolError | None, exc: BaseException | None = None) -> None:
@@ -432,7 +432,7 @@ async def listen(
 ) -> tuple[Server, int]:
     """Start a WebSocket listener (TLS when ``ssl_context``); return it and the bound port.
 
-    Connections pass ``gate`` (``agent.gate``) before TLS: at most ``gate.limit`` handshakes run
+    Connections pass ``gate`` (``runtime.gate``) before TLS: at most ``gate.limit`` handshakes run
     at once, the rest wait their turn. The handler calls :meth:`Link.handshake_done` once it
     has sent its ``welcome``; the caller calls ``gate.close()`` when it stops the listener.
     """

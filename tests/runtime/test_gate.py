@@ -1,4 +1,4 @@
-"""The handshake gate (agent.gate) on a real TLS listener: a burst waits its turn before TLS."""
+"""The handshake gate (runtime.gate) on a real TLS listener: a burst waits its turn before TLS."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import ssl
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 
-from agent.gate import Gate
-from agent.link import listen
-from agent.tls import ClientTrust, ensure_certificates, server_context
+from runtime.gate import Gate
+from runtime.link import listen
+from runtime.tls import ClientTrust, ensure_certificates, server_context
 from tests import helpers
 
 

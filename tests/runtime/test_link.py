@@ -7,8 +7,8 @@ import contextlib
 
 from websockets.asyncio.client import connect as ws_connect
 
-from agent.link import Link, listen
-from agent.tls import ClientTrust, ensure_certificates, server_context
+from runtime.link import Link, listen
+from runtime.tls import ClientTrust, ensure_certificates, server_context
 
 
 async def test_send_now_writes_what_fits_and_refuses_the_rest(tmp_path):

@@ -9,9 +9,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from agent.runner import Outcome
 from protocol.states import InstanceState
 from protocol.tasks import replace_tokens
+from runtime.runner import Outcome
 
 
 def _request(
