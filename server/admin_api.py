@@ -10,7 +10,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from protocol.errors import ValidationError
 from protocol.filters import validate_filter
@@ -22,10 +22,8 @@ from protocol.states import InstanceState
 from protocol.tasks import CATALOG, parse_document, validate_task
 from runtime.link import Link
 from server import auth
+from server.interface import NS
 from server.jobs import no_agent_targets
-
-if TYPE_CHECKING:
-    from server.core import NotificationServer
 
 
 class ApiError(Exception):
@@ -36,7 +34,7 @@ class ApiError(Exception):
         self.code = code
 
 
-Handler = Callable[["NotificationServer", Link, dict[str, Any]], Awaitable[Any]]
+Handler = Callable[["NS", Link, dict[str, Any]], Awaitable[Any]]
 _OPS: dict[str, Handler] = {}
 
 
@@ -48,9 +46,7 @@ def op(name: str) -> Callable[[Handler], Handler]:
     return register
 
 
-async def handle(
-    ns: NotificationServer, link: Link, name: str, args: dict[str, Any], who: str = ""
-) -> Any:
+async def handle(ns: NS, link: Link, name: str, args: dict[str, Any], who: str = "") -> Any:
     """Run one admin operation for the admin ``who`` (their role was checked by the caller).
 
     A full disk refuses what would write (``disk_full``) and keeps serving reads.
@@ -110,12 +106,12 @@ def _computer_view(row: dict[str, Any]) -> dict[str, Any]:
 
 
 @op("computers.list")
-async def computers_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def computers_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return [_computer_view(r) for r in await ns.db.computers()]
 
 
 @op("computers.add")
-async def computers_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def computers_add(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     name = _arg(args, "name", str)
     address = _arg(args, "address", str, "")
     if not NAME.fullmatch(name):
@@ -136,7 +132,7 @@ async def computers_add(ns: NotificationServer, link: Link, args: dict[str, Any]
 
 
 @op("taskservers.list")
-async def taskservers_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def taskservers_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return [
         {
             "name": t["name"],
@@ -160,7 +156,7 @@ def _document(args: dict[str, Any]) -> Any:
 
 
 @op("task.add")
-async def task_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def task_add(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     doc = _document(args)
     if is_job_document(doc):
         raise ApiError(
@@ -182,7 +178,7 @@ async def task_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -> 
 
 
 @op("job.add")
-async def job_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def job_add(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     doc = _document(args)
     catalog = await ns.db.catalog()
     try:
@@ -199,11 +195,11 @@ async def job_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -> A
 
 
 @op("jobs.list")
-async def jobs_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def jobs_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return await ns.db.jobs()
 
 
-async def runnable(ns: NotificationServer, name: str) -> dict[str, Any]:
+async def runnable(ns: NS, name: str) -> dict[str, Any]:
     """The definition a run of ``name`` uses: a task as saved, or a job compiled now."""
     catalog = await ns.db.catalog()
     found = catalog.get(name)
@@ -236,12 +232,12 @@ async def runnable(ns: NotificationServer, name: str) -> dict[str, Any]:
 
 
 @op("tasks.list")
-async def tasks_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def tasks_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return await ns.db.tasks()
 
 
 @op("types.list")
-async def types_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def types_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return [
         {"id": t.id, "kind": str(t.kind), "params": sorted(t.params), "doc": t.doc}
         for t in CATALOG.values()
@@ -259,7 +255,7 @@ def _refuse_unknown(kind: str, asked: list[str], known: set[str]) -> None:
 
 
 @op("run.start")
-async def run_start(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def run_start(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     name = _arg(args, "task", str)
     definition = await runnable(ns, name)
     names = _arg(args, "computers", list, [])
@@ -311,12 +307,12 @@ async def run_start(ns: NotificationServer, link: Link, args: dict[str, Any]) ->
 
 
 @op("runs.list")
-async def runs_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def runs_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     limit = _arg(args, "limit", int, 50)
     return await ns.db.runs(max(1, min(limit, 1000)))
 
 
-async def _run_view(ns: NotificationServer, run_id: int, instances: bool = True) -> dict[str, Any]:
+async def _run_view(ns: NS, run_id: int, instances: bool = True) -> dict[str, Any]:
     """A run with its steps and either every instance row or (``instances`` false, for runs
     too big to list) how many top-level instances are in each state."""
     run = await ns.db.run(run_id)
@@ -331,14 +327,14 @@ async def _run_view(ns: NotificationServer, run_id: int, instances: bool = True)
 
 
 @op("run.show")
-async def run_show(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def run_show(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return await _run_view(
         ns, _arg(args, "run_id", int), _arg(args, "instances", bool, default=True)
     )
 
 
 @op("run.watch")
-async def run_watch(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def run_watch(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     """Subscribe to a run's events; the answer is its current state (events follow).
 
     ``instances`` (default true): every instance in the snapshot and an ``instances`` event per
@@ -355,7 +351,7 @@ async def run_watch(ns: NotificationServer, link: Link, args: dict[str, Any]) ->
 
 
 @op("run.stop")
-async def run_stop(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def run_stop(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     run_id = _arg(args, "run_id", int)
     await _run_view(ns, run_id)
     if run_id not in ns.active:
@@ -365,7 +361,7 @@ async def run_stop(ns: NotificationServer, link: Link, args: dict[str, Any]) -> 
 
 
 @op("log.list")
-async def log_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def log_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return await ns.db.server_log(max(1, min(_arg(args, "limit", int, 100), 10_000)))
 
 
@@ -373,17 +369,17 @@ async def log_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> 
 
 
 @op("whoami")
-async def whoami(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def whoami(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return {"admin": link.who}
 
 
 @op("keys.list")
-async def keys_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def keys_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return await ns.db.keys()
 
 
 @op("keys.accept")
-async def keys_accept(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def keys_accept(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     names = _arg(args, "names", list, [])
     if not names and not args.get("all"):
         raise ApiError("bad_request", "name the keys to accept, or accept --all pending keys")
@@ -399,7 +395,7 @@ async def keys_accept(ns: NotificationServer, link: Link, args: dict[str, Any]) 
 
 
 @op("keys.reject")
-async def keys_reject(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def keys_reject(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     name = _arg(args, "name", str)
     rejected = await ns.db.decide_keys([name], "rejected", only_pending=False)
     if not rejected:
@@ -408,7 +404,7 @@ async def keys_reject(ns: NotificationServer, link: Link, args: dict[str, Any]) 
 
 
 @op("keys.delete")
-async def keys_delete(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def keys_delete(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     name = _arg(args, "name", str)
     if not await ns.db.delete_keys(name):
         raise ApiError("unknown_key", f"no key named {name!r}; `taskfleet keys` lists them")
@@ -416,7 +412,7 @@ async def keys_delete(ns: NotificationServer, link: Link, args: dict[str, Any]) 
 
 
 @op("tokens.create")
-async def tokens_create(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def tokens_create(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     ttl_s = _arg(args, "ttl_s", int, 3600)
     uses = _arg(args, "uses", int, 1)
     if not 1 <= ttl_s <= 365 * 86400 or not 1 <= uses <= 1_000_000:
@@ -428,12 +424,12 @@ async def tokens_create(ns: NotificationServer, link: Link, args: dict[str, Any]
 
 
 @op("tokens.list")
-async def tokens_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def tokens_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return await ns.db.enrol_tokens()
 
 
 @op("admins.add")
-async def admins_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def admins_add(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     name = _arg(args, "name", str)
     role = _arg(args, "role", str, "viewer")
     if role not in auth.ADMIN_ROLES:
@@ -446,12 +442,12 @@ async def admins_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -
 
 
 @op("admins.list")
-async def admins_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def admins_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return await ns.db.admins()
 
 
 @op("admins.revoke")
-async def admins_revoke(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def admins_revoke(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     name = _arg(args, "name", str)
     if not await ns.db.revoke_admin(name):
         raise ApiError(
@@ -461,17 +457,17 @@ async def admins_revoke(ns: NotificationServer, link: Link, args: dict[str, Any]
 
 
 @op("audit.list")
-async def audit_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def audit_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return await ns.db.audit_trail(max(1, min(_arg(args, "limit", int, 100), 10_000)))
 
 
 @op("messages.list")
-async def messages_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def messages_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return await ns.db.messages(max(1, min(_arg(args, "limit", int, 100), 10_000)))
 
 
 @op("stats")
-async def stats(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def stats(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     """Refusal counters (by code) since the server started, and the handshake gate's state."""
     relay = ns.relay.refused if ns.relay is not None else {}
     return {
@@ -483,7 +479,7 @@ async def stats(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any
 
 
 @op("inventory.show")
-async def inventory_show(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def inventory_show(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     """The latest basic inventory of a computer (``history``: every one, newest first)."""
     return await ns.db.inventory(_arg(args, "computer", str), bool(args.get("history", False)))
 
@@ -492,12 +488,12 @@ async def inventory_show(ns: NotificationServer, link: Link, args: dict[str, Any
 
 
 @op("groups.list")
-async def groups_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def groups_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return await ns.db.groups()
 
 
 @op("groups.add")
-async def groups_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def groups_add(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     name = _arg(args, "name", str)
     if not NAME.fullmatch(name):
         raise ApiError(
@@ -514,7 +510,7 @@ async def groups_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -
 
 
 @op("filter.add")
-async def filter_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def filter_add(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     from server.tasktypes.filters import recompute_filters
 
     try:
@@ -527,12 +523,12 @@ async def filter_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -
 
 
 @op("filters.list")
-async def filters_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def filters_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return await ns.db.filters()
 
 
 @op("report.add")
-async def report_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def report_add(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     doc = _document(args)
     name, query = doc.get("name"), doc.get("query")
     problems = []
@@ -547,22 +543,22 @@ async def report_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -
 
 
 @op("reports.list")
-async def reports_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def reports_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return await ns.db.reports()
 
 
 @op("items.list")
-async def items_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def items_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return await ns.db.items(_arg(args, "folder", str, "") or None)
 
 
 @op("folders.list")
-async def folders_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def folders_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return await ns.db.folders()
 
 
 @op("policy.add")
-async def policy_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def policy_add(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     doc = _document(args)
     task = await ns.db.task(str(doc.get("task"))) if isinstance(doc, dict) else None
     try:
@@ -574,12 +570,12 @@ async def policy_add(ns: NotificationServer, link: Link, args: dict[str, Any]) -
 
 
 @op("policies.list")
-async def policies_list(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def policies_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return await ns.db.policies()
 
 
 @op("messages.watch")
-async def messages_watch(ns: NotificationServer, link: Link, args: dict[str, Any]) -> Any:
+async def messages_watch(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     """Push every new message to this admin (as ``event`` kind ``message``) until it disconnects."""
     ns.message_watchers.add(link)
     return {"watching": True}

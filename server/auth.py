@@ -12,7 +12,7 @@ import asyncio
 import os
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from protocol.errors import HandshakeError
 from protocol.identity import fingerprint, hash_token, sign, ticket_payload
@@ -25,9 +25,7 @@ from protocol.session import (
 )
 from runtime.keys import write_private
 from runtime.link import Link, challenge
-
-if TYPE_CHECKING:
-    from server.core import NotificationServer
+from server.interface import NS
 
 ADMIN_ROLES = ("viewer", "operator", "admin")
 RANK = {role: n for n, role in enumerate(ADMIN_ROLES)}
@@ -73,7 +71,7 @@ def new_token(prefix: str) -> str:
     return f"{prefix}_{secrets.token_urlsafe(24)}"
 
 
-async def bootstrap_admin(ns: NotificationServer) -> str | None:
+async def bootstrap_admin(ns: NS) -> str | None:
     """At the first start: make the first admin token, write it 0600, return it (printed once)."""
     if await ns.db.admins():
         return None
@@ -87,7 +85,7 @@ async def bootstrap_admin(ns: NotificationServer) -> str | None:
     return token
 
 
-async def authenticate(ns: NotificationServer, link: Link, hello: Hello) -> dict[str, Any]:
+async def authenticate(ns: NS, link: Link, hello: Hello) -> dict[str, Any]:
     """The NS's check of a new peer (see the module docstring)."""
     if hello.role == Role.ADMIN:
         token = hello.credentials.get("token")
@@ -164,9 +162,7 @@ async def authenticate(ns: NotificationServer, link: Link, hello: Hello) -> dict
     )
 
 
-def ticket(
-    ns: NotificationServer, agent: str, public_key: bytes, taskserver: str
-) -> tuple[dict[str, Any], bytes]:
+def ticket(ns: NS, agent: str, public_key: bytes, taskserver: str) -> tuple[dict[str, Any], bytes]:
     """The NS vouches for an agent to its TS: a signed, expiring ticket."""
     body = {
         "agent": agent,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
@@ -39,19 +39,15 @@ from protocol.session import (
 )
 from runtime.link import Link, accept
 from server import auth, policies
-
-if TYPE_CHECKING:
-    from server.core import NotificationServer
-
-BUILTIN = "@ns"
-
+from server.interface import NS
+from server.routes import BUILTIN, RemoteRoute
 
 ALL_ROLES = frozenset({Role.AGENT, Role.TASKSERVER, Role.ADMIN})
 ADMIN_ONLY = frozenset({Role.ADMIN})
 """What the admin listener (``--admin-port``) takes: an agent or TS there is refused (4403)."""
 
 
-async def serve(ns: NotificationServer, ws: Any, roles: frozenset[Role] = ALL_ROLES) -> None:
+async def serve(ns: NS, ws: Any, roles: frozenset[Role] = ALL_ROLES) -> None:
     """One new connection to the NS, from accept to close (``roles``: who may say hello)."""
     address = str(ws.remote_address[0]) if ws.remote_address else "?"
     if not ns.connection_cap.take(address):
@@ -92,9 +88,7 @@ async def serve(ns: NotificationServer, ws: Any, roles: frozenset[Role] = ALL_RO
         ns.connection_cap.give(address)
 
 
-async def serve_agent(
-    ns: NotificationServer, link: Link, hello: Hello, facts: dict[str, Any]
-) -> None:
+async def serve_agent(ns: NS, link: Link, hello: Hello, facts: dict[str, Any]) -> None:
     """Register the agent, tell it its TS (with a ticket), or serve it here."""
     row = await ns.db.register_agent(hello.identity, hello.info)
     ts = await assign(ns, row)
@@ -128,7 +122,7 @@ async def serve_agent(
     await link.close(CLOSE_NORMAL, "use your task server")
 
 
-async def assign(ns: NotificationServer, row: dict[str, Any]) -> dict[str, Any] | None:
+async def assign(ns: NS, row: dict[str, Any]) -> dict[str, Any] | None:
     """Pick the agent's TS: keep its own while that TS is connected or was seen within
     ``ns.ts_grace_s`` (a restarting TS keeps its agents, and the work it holds for them); else the
     connected TS with the fewest computers; else none (the built-in service)."""
@@ -167,11 +161,8 @@ async def assign(ns: NotificationServer, row: dict[str, Any]) -> dict[str, Any] 
     }
 
 
-async def serve_taskserver(
-    ns: NotificationServer, link: Link, hello: Hello, facts: dict[str, Any]
-) -> None:
+async def serve_taskserver(ns: NS, link: Link, hello: Hello, facts: dict[str, Any]) -> None:
     """A TS: take its roll-ups and presence, send it dispatches (through ``RemoteRoute``)."""
-    from server.core import RemoteRoute
 
     name = hello.identity
     url = hello.info.get("url")
@@ -232,9 +223,7 @@ async def serve_taskserver(
         link.fail_waiters(ConnectionError(f"task server {name} disconnected"))
 
 
-async def serve_admin(
-    ns: NotificationServer, link: Link, hello: Hello, facts: dict[str, Any]
-) -> None:
+async def serve_admin(ns: NS, link: Link, hello: Hello, facts: dict[str, Any]) -> None:
     """An admin: requests answered in order, each checked against the admin's role and audited."""
     from server.admin_api import ApiError, handle
 
@@ -308,7 +297,7 @@ async def serve_admin(
         ns.message_watchers.discard(link)
 
 
-async def _audit(ns: NotificationServer, who: str, action: str, detail: str, outcome: str) -> None:
+async def _audit(ns: NS, who: str, action: str, detail: str, outcome: str) -> None:
     """Write the audit row; when the database cannot take it (a full disk), log it instead."""
     try:
         await ns.db.audit(who, action, detail, outcome)

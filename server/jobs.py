@@ -10,7 +10,7 @@ already exist, so nothing is dispatched twice, and results that arrive are count
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from protocol.jobs import (
     JobEnded,
@@ -23,15 +23,12 @@ from protocol.jobs import (
 )
 from protocol.states import InstanceState, RunState
 from protocol.tasks import Kind
+from server.interface import NS
+from server.routes import BUILTIN
 from server.store import NewInstance
-
-if TYPE_CHECKING:
-    from server.core import NotificationServer
 
 SERVER_JOB = "server-job"
 """The ``kind`` stored for server-job runs (tasks use their task kind)."""
-
-BUILTIN = "@ns"
 
 
 def plan_instances(
@@ -84,7 +81,7 @@ def job_needs_agents(job: dict[str, Any]) -> bool:
 
 
 async def run_server_job(
-    ns: NotificationServer,
+    ns: NS,
     run_id: int,
     definition: dict[str, Any],
     targets: list[int],
@@ -119,7 +116,7 @@ async def run_server_job(
                 JobState.STOPPED: RunState.STOPPED,
             }.get(action.state, RunState.FAILED)
             log.info("job_ended", status=str(status), reason=action.reason)
-            await ns._finish(run_id, status)
+            await ns.finish(run_id, status)
             return
         assert isinstance(action, RunStep)
         result = await _run_step(ns, run_id, machine, action, targets, resumed, computers)
@@ -130,7 +127,7 @@ async def run_server_job(
 
 
 async def _run_step(
-    ns: NotificationServer,
+    ns: NS,
     run_id: int,
     machine: JobMachine,
     action: RunStep,

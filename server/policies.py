@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from server.core import NotificationServer
+from server.interface import NS
 
 
-async def targets(ns: NotificationServer, policy: dict[str, Any]) -> list[dict[str, Any]]:
+async def targets(ns: NS, policy: dict[str, Any]) -> list[dict[str, Any]]:
     """The computers a policy targets (all, names, groups, filters)."""
     t = policy.get("targets", {})
     if t.get("all"):
@@ -23,7 +22,7 @@ async def targets(ns: NotificationServer, policy: dict[str, Any]) -> list[dict[s
     return list(chosen.values())
 
 
-async def for_computer(ns: NotificationServer, computer_id: int) -> list[dict[str, Any]]:
+async def for_computer(ns: NS, computer_id: int) -> list[dict[str, Any]]:
     """The enabled policies that target this computer, with their tasks resolved."""
     out = []
     for policy in await ns.db.policies():

@@ -2,41 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-from runtime.runner import Outcome, ScriptRun
-
-if TYPE_CHECKING:
-    from server.core import NotificationServer
-
-
-@dataclass
-class ServerContext:
-    """What a server task type may use: the NS itself, its run, parameters and tokens."""
-
-    ns: NotificationServer
-    run_id: int
-    instance_id: int
-    params: dict[str, Any]
-    tokens: dict[str, str]
-    timeout_s: float
-    track: Callable[[ScriptRun | None], None]
-    targets: list[str] = field(default_factory=list)
-    """Names of the computers the run was given (a server task may act on them)."""
-
-    async def run(self, run: ScriptRun) -> Outcome:
-        self.track(run)
-        try:
-            return await run.run()
-        finally:
-            self.track(None)
-
-
-ServerRunner = Callable[[ServerContext], Awaitable[Outcome]]
-
-from server.tasktypes import (  # noqa: E402  (the registry below needs ServerContext first)
+from server.tasktypes import (
     filters,
     groups,
     hierarchy,
@@ -53,6 +19,9 @@ from server.tasktypes import (  # noqa: E402  (the registry below needs ServerCo
     tickle,
     web_service,
 )
+from server.tasktypes.context import ServerContext, ServerRunner
+
+__all__ = ["SERVER_RUNNERS", "ServerContext", "ServerRunner"]
 
 SERVER_RUNNERS: dict[str, ServerRunner] = {
     "run-script-on-server": script.run,

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING
 
 from protocol.filters import matches, record, validate_filter
 from runtime.runner import Outcome
+from server.interface import NS
+from server.tasktypes.context import ServerContext
 from server.tasktypes.result import done, failed
 
-if TYPE_CHECKING:
-    from server.core import NotificationServer
-    from server.tasktypes import ServerContext
 
-
-async def recompute_filters(
-    ns: NotificationServer, only: str = ""
-) -> dict[str, dict[str, list[str]]]:
+async def recompute_filters(ns: NS, only: str = "") -> dict[str, dict[str, list[str]]]:
     """Recompute cached filter membership; return, per filter, the computers added and removed."""
     computers = await ns.db.computers()
     names = {c["id"]: c["name"] for c in computers}

@@ -9,7 +9,7 @@ from protocol.states import InstanceState
 from runtime.runner import Outcome
 
 if TYPE_CHECKING:
-    from server.tasktypes import ServerContext
+    from server.tasktypes.context import ServerContext
 
 
 async def run(ctx: ServerContext) -> Outcome:

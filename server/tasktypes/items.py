@@ -10,7 +10,7 @@ from runtime.runner import Outcome
 from server.tasktypes.result import done, failed
 
 if TYPE_CHECKING:
-    from server.tasktypes import ServerContext
+    from server.tasktypes.context import ServerContext
 
 
 def _uses(definition: dict[str, Any]) -> set[str]:

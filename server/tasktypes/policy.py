@@ -10,7 +10,7 @@ from server.policies import targets
 from server.tasktypes.result import done, failed
 
 if TYPE_CHECKING:
-    from server.tasktypes import ServerContext
+    from server.tasktypes.context import ServerContext
 
 
 async def enable_disable_policy(ctx: ServerContext) -> Outcome:

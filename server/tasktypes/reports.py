@@ -10,7 +10,7 @@ from server.tasktypes.result import done, failed
 from server.tasktypes.sql_query import query
 
 if TYPE_CHECKING:
-    from server.tasktypes import ServerContext
+    from server.tasktypes.context import ServerContext
 
 
 async def run_report(ctx: ServerContext) -> Outcome:

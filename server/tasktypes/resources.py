@@ -11,7 +11,7 @@ from runtime.runner import Outcome
 from server.tasktypes.result import done
 
 if TYPE_CHECKING:
-    from server.tasktypes import ServerContext
+    from server.tasktypes.context import ServerContext
 
 
 async def file_resource_cleanup(ctx: ServerContext) -> Outcome:

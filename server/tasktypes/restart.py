@@ -9,7 +9,7 @@ from runtime.runner import Outcome
 from server.tasktypes.result import done, failed
 
 if TYPE_CHECKING:
-    from server.tasktypes import ServerContext
+    from server.tasktypes.context import ServerContext
 
 
 async def restart_server_services(ctx: ServerContext) -> Outcome:

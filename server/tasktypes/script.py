@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from runtime.runner import Outcome, ScriptRun
 
 if TYPE_CHECKING:
-    from server.tasktypes import ServerContext
+    from server.tasktypes.context import ServerContext
 
 
 async def run(ctx: ServerContext) -> Outcome:

@@ -17,7 +17,7 @@ from protocol.tasks import replace_tokens
 from runtime.runner import Outcome
 
 if TYPE_CHECKING:
-    from server.tasktypes import ServerContext
+    from server.tasktypes.context import ServerContext
 
 
 def _send(cfg: dict[str, Any], message: EmailMessage) -> None:

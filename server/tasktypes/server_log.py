@@ -10,7 +10,7 @@ from protocol.tasks import replace_tokens
 from runtime.runner import Outcome
 
 if TYPE_CHECKING:
-    from server.tasktypes import ServerContext
+    from server.tasktypes.context import ServerContext
 
 
 async def run(ctx: ServerContext) -> Outcome:

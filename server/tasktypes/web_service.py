@@ -8,7 +8,7 @@ from runtime.httpcall import call
 from runtime.runner import Outcome
 
 if TYPE_CHECKING:
-    from server.tasktypes import ServerContext
+    from server.tasktypes.context import ServerContext
 
 
 async def run(ctx: ServerContext) -> Outcome:

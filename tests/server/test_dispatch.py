@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from admin.client import AdminClient
-from server import core
+from server import dispatch, routes
 from tests.helpers import INSECURE, quick_agent, task_doc, wait_run
 
 
@@ -15,7 +15,7 @@ async def test_a_run_larger_than_a_chunk_is_read_and_sent_in_chunks_each_instanc
     """With chunks of 3, a run on 7 agents is read from the database and sent in three chunks
     (3, 3, 1), each sent before the next is read; every agent runs its instance once, and the
     relay is handed 7 instances, not more."""
-    monkeypatch.setattr(core, "DISPATCH_CHUNK", 3)
+    monkeypatch.setattr(dispatch, "DISPATCH_CHUNK", 3)
     async with AdminClient(ns.url, ns.first_admin_token, INSECURE) as c:
         enrol = (await c.call("tokens.create", uses=7))["token"]
     agents = [quick_agent(ns.url, f"pc-{i}", enrol) for i in range(7)]
@@ -53,7 +53,7 @@ async def test_a_run_larger_than_a_chunk_is_read_and_sent_in_chunks_each_instanc
         # Each chunk leaves before the next is read (it used to read all seven first).
         assert log == [("read", 3), ("sent", 3), ("read", 3), ("sent", 3), ("read", 1), ("sent", 1)]
         assert relay.stats["dispatched"] - before == 7
-        assert await ns.db.undispatched(core.BUILTIN) == []
+        assert await ns.db.undispatched(routes.BUILTIN) == []
     finally:
         for t in tasks:
             t.cancel()
