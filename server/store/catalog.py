@@ -1,0 +1,256 @@
+"""What admins save and file in folders: tasks and jobs, filters (with their cached membership),
+reports (with their snapshots) and policies; and the folders themselves (``ITEM_TABLES``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from runtime.db import run_many
+from server.store.base import StoreBase
+
+ITEM_TABLES = {
+    "task": "tasks",
+    "job": "jobs",
+    "report": "reports",
+    "filter": "filters",
+    "policy": "policies",
+}
+"""Item kind → its table; every item table has ``name`` and ``folder``."""
+
+
+class CatalogMixin(StoreBase):
+    """Tables ``tasks``, ``jobs``, ``filters``, ``filter_members``, ``reports``,
+    ``report_snapshots``, ``policies``, ``folders``."""
+
+    # -- tasks and jobs -----------------------------------------------------------------
+
+    async def save_task(self, definition: dict[str, Any]) -> bool:
+        """Store a validated task; return True when it replaced one of the same name."""
+        return await self._save(
+            "tasks", definition["name"], definition["type"], definition, definition["kind"]
+        )
+
+    async def save_job(self, definition: dict[str, Any]) -> bool:
+        """Store a validated job; return True when it replaced one of the same name."""
+        return await self._save("jobs", definition["name"], definition["type"], definition)
+
+    async def _save(
+        self, table: str, name: str, type_: str, definition: dict[str, Any], kind: str | None = None
+    ) -> bool:
+        now = time.time()
+        old = await self._one(f"SELECT name FROM {table} WHERE name=?", (name,))
+        if table == "tasks":
+            await self.db.execute_fetchall(
+                "INSERT INTO tasks(name, type, kind, definition, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET type=excluded.type,"
+                " kind=excluded.kind, definition=excluded.definition, updated_at=excluded.updated_at",
+                (name, type_, kind, json.dumps(definition), now, now),
+            )
+        else:
+            await self.db.execute_fetchall(
+                "INSERT INTO jobs(name, type, definition, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET type=excluded.type,"
+                " definition=excluded.definition, updated_at=excluded.updated_at",
+                (name, type_, json.dumps(definition), now, now),
+            )
+        await self.db.commit()
+        return old is not None
+
+    async def task(self, name: str) -> dict[str, Any] | None:
+        row = await self._one("SELECT definition FROM tasks WHERE name=?", (name,))
+        return json.loads(row["definition"]) if row else None
+
+    async def tasks(self) -> list[dict[str, Any]]:
+        rows = await self._all("SELECT definition, updated_at FROM tasks ORDER BY name")
+        return [{**json.loads(r["definition"]), "updated_at": r["updated_at"]} for r in rows]
+
+    async def jobs(self) -> list[dict[str, Any]]:
+        rows = await self._all("SELECT definition, updated_at FROM jobs ORDER BY name")
+        return [{**json.loads(r["definition"]), "updated_at": r["updated_at"]} for r in rows]
+
+    async def catalog(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Every saved task and job by name, as ``(\"task\"|\"job\", definition)``."""
+        out: dict[str, tuple[str, dict[str, Any]]] = {}
+        for r in await self._all("SELECT name, definition FROM jobs"):
+            out[r["name"]] = ("job", json.loads(r["definition"]))
+        for r in await self._all("SELECT name, definition FROM tasks"):
+            out[r["name"]] = ("task", json.loads(r["definition"]))
+        return out
+
+    # -- filters ------------------------------------------------------------------------
+
+    async def save_filter(self, definition: dict[str, Any]) -> bool:
+        old = await self._one("SELECT name FROM filters WHERE name=?", (definition["name"],))
+        await self.db.execute_fetchall(
+            "INSERT INTO filters(name, definition, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET definition=excluded.definition, updated_at=excluded.updated_at",
+            (definition["name"], json.dumps(definition), time.time()),
+        )
+        await self.db.commit()
+        return old is not None
+
+    async def filters(self) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT f.definition, f.members_at, (SELECT count(*) FROM filter_members m WHERE m.filter=f.name)"
+            " AS members FROM filters f ORDER BY f.name"
+        )
+        return [
+            {**json.loads(r["definition"]), "members": r["members"], "members_at": r["members_at"]}
+            for r in rows
+        ]
+
+    async def set_filter_members(
+        self, name: str, computer_ids: set[int]
+    ) -> tuple[list[int], list[int]]:
+        """Replace a filter's cached membership; return (added, removed) computer ids."""
+        rows = await self._all("SELECT computer_id FROM filter_members WHERE filter=?", (name,))
+        before = {int(r["computer_id"]) for r in rows}
+        added, removed = sorted(computer_ids - before), sorted(before - computer_ids)
+        await run_many(
+            self.db,
+            "DELETE FROM filter_members WHERE filter=? AND computer_id=?",
+            [(name, c) for c in removed],
+        )
+        await run_many(
+            self.db,
+            "INSERT INTO filter_members(filter, computer_id) VALUES (?, ?)",
+            [(name, c) for c in added],
+        )
+        await self.db.execute_fetchall(
+            "UPDATE filters SET members_at=? WHERE name=?", (time.time(), name)
+        )
+        await self.db.commit()
+        return added, removed
+
+    async def filter_computers(self, names: list[str]) -> list[dict[str, Any]]:
+        return await self._all(
+            "SELECT DISTINCT c.* FROM computers c JOIN filter_members m ON m.computer_id=c.id"
+            f" WHERE m.filter IN ({','.join('?' * len(names))}) ORDER BY c.name",
+            names,
+        )
+
+    # -- reports ------------------------------------------------------------------------
+
+    async def save_report(self, name: str, query: str, description: str) -> bool:
+        old = await self._one("SELECT name FROM reports WHERE name=?", (name,))
+        await self.db.execute_fetchall(
+            "INSERT INTO reports(name, query, description, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET query=excluded.query, description=excluded.description,"
+            " updated_at=excluded.updated_at",
+            (name, query, description, time.time()),
+        )
+        await self.db.commit()
+        return old is not None
+
+    async def report(self, name: str) -> dict[str, Any] | None:
+        return await self._one("SELECT * FROM reports WHERE name=?", (name,))
+
+    async def reports(self) -> list[dict[str, Any]]:
+        return await self._all(
+            "SELECT r.name, r.query, r.description, (SELECT count(*) FROM report_snapshots s WHERE s.report=r.name)"
+            " AS snapshots FROM reports r ORDER BY r.name"
+        )
+
+    async def add_snapshot(
+        self, report: str, run_id: int, columns: list[str], rows: list[list[Any]]
+    ) -> int:
+        return await self._insert(
+            "INSERT INTO report_snapshots(report, at, run_id, columns, rows) VALUES (?, ?, ?, ?, ?)",
+            (report, time.time(), run_id, json.dumps(columns), json.dumps(rows, default=str)),
+        )
+
+    async def latest_snapshot(self, report: str) -> dict[str, Any] | None:
+        row = await self._one(
+            "SELECT at, columns, rows FROM report_snapshots WHERE report=? ORDER BY at DESC, id DESC LIMIT 1",
+            (report,),
+        )
+        if row is None:
+            return None
+        return {
+            "at": row["at"],
+            "columns": json.loads(row["columns"]),
+            "rows": json.loads(row["rows"]),
+        }
+
+    # -- policies -----------------------------------------------------------------------
+
+    async def save_policy(self, definition: dict[str, Any]) -> bool:
+        old = await self._one("SELECT name FROM policies WHERE name=?", (definition["name"],))
+        await self.db.execute_fetchall(
+            "INSERT INTO policies(name, definition, enabled, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET definition=excluded.definition, enabled=excluded.enabled,"
+            " updated_at=excluded.updated_at",
+            (definition["name"], json.dumps(definition), int(definition["enabled"]), time.time()),
+        )
+        await self.db.commit()
+        return old is not None
+
+    async def policies(self) -> list[dict[str, Any]]:
+        rows = await self._all("SELECT definition, enabled FROM policies ORDER BY name")
+        return [{**json.loads(r["definition"]), "enabled": bool(r["enabled"])} for r in rows]
+
+    async def set_policy_enabled(self, name: str, enabled: bool) -> bool:
+        row = await self._one("SELECT definition FROM policies WHERE name=?", (name,))
+        if row is None:
+            return False
+        definition = {**json.loads(row["definition"]), "enabled": enabled}
+        await self.db.execute_fetchall(
+            "UPDATE policies SET enabled=?, definition=?, updated_at=? WHERE name=?",
+            (int(enabled), json.dumps(definition), time.time(), name),
+        )
+        await self.db.commit()
+        return True
+
+    # -- items and folders --------------------------------------------------------------
+
+    async def items(self, folder: str | None = None) -> list[dict[str, Any]]:
+        """Every item (kind, name, folder, path, id), optionally in one folder (and below it)."""
+        union = " UNION ALL ".join(
+            f"SELECT '{kind}' AS kind, name, folder FROM {table}"
+            for kind, table in ITEM_TABLES.items()
+        )
+        rows = await self._all(f"SELECT * FROM ({union}) ORDER BY folder, kind, name")
+        out = []
+        for r in rows:
+            if folder and not (
+                r["folder"] == folder or r["folder"].startswith(folder.rstrip("/") + "/")
+            ):
+                continue
+            out.append(
+                {**r, "path": f"{r['folder']}/{r['name']}", "id": f"{r['kind']}:{r['name']}"}
+            )
+        return out
+
+    async def folders(self) -> list[dict[str, Any]]:
+        items = await self.items()
+        paths = {r["path"] for r in await self._all("SELECT path FROM folders")} | {
+            i["folder"] for i in items
+        }
+        return [
+            {"path": p, "items": sum(1 for i in items if i["folder"] == p)} for p in sorted(paths)
+        ]
+
+    async def find_item(self, ref: str) -> dict[str, Any] | None:
+        """An item by id (``task:NAME``) or by path (``/Jobs and Tasks/NAME``)."""
+        for item in await self.items():
+            if ref in (item["id"], item["path"]):
+                return item
+        return None
+
+    async def move_item(self, kind: str, name: str, folder: str) -> None:
+        await self.db.execute_fetchall("INSERT OR IGNORE INTO folders(path) VALUES (?)", (folder,))
+        await self.db.execute_fetchall(
+            f"UPDATE {ITEM_TABLES[kind]} SET folder=? WHERE name=?", (folder, name)
+        )
+        await self.db.commit()
+
+    async def delete_item(self, kind: str, name: str) -> None:
+        if kind == "filter":
+            await self.db.execute_fetchall("DELETE FROM filter_members WHERE filter=?", (name,))
+        if kind == "report":
+            await self.db.execute_fetchall("DELETE FROM report_snapshots WHERE report=?", (name,))
+        await self.db.execute_fetchall(f"DELETE FROM {ITEM_TABLES[kind]} WHERE name=?", (name,))
+        await self.db.commit()

@@ -1,0 +1,48 @@
+"""What happened, kept append-only and read newest first: the audit trail of admin actions,
+the messages raised for operators, and the server log.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from server.store.base import StoreBase
+
+
+class JournalMixin(StoreBase):
+    """Tables ``audit``, ``messages``, ``server_log``."""
+
+    # -- audit trail --------------------------------------------------------------------
+
+    async def audit(self, who: str, action: str, detail: str, outcome: str) -> None:
+        await self.db.execute_fetchall(
+            "INSERT INTO audit(at, who, action, detail, outcome) VALUES (?, ?, ?, ?, ?)",
+            (time.time(), who, action, detail, outcome),
+        )
+        await self.db.commit()
+
+    async def audit_trail(self, limit: int) -> list[dict[str, Any]]:
+        return await self._all("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+
+    # -- messages -----------------------------------------------------------------------
+
+    async def raise_message(self, severity: str, text: str, source: str) -> int:
+        return await self._insert(
+            "INSERT INTO messages(at, severity, text, source) VALUES (?, ?, ?, ?)",
+            (time.time(), severity, text, source),
+        )
+
+    async def messages(self, limit: int) -> list[dict[str, Any]]:
+        return await self._all("SELECT * FROM messages ORDER BY id DESC LIMIT ?", (limit,))
+
+    # -- server log ---------------------------------------------------------------------
+
+    async def write_log(self, level: str, message: str, source: str) -> int:
+        return await self._insert(
+            "INSERT INTO server_log(at, level, message, source) VALUES (?, ?, ?, ?)",
+            (time.time(), level, message, source),
+        )
+
+    async def server_log(self, limit: int = 100) -> list[dict[str, Any]]:
+        return await self._all("SELECT * FROM server_log ORDER BY id DESC LIMIT ?", (limit,))

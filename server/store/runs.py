@@ -1,0 +1,476 @@
+"""Runs, their steps and instances: creating them, dispatching them, rolling reports up into
+them (``apply_reports``), ending them, and purging old ones; with the row types these pass.
+
+Writes on the hot path (``apply_reports``, ``mark_dispatched``) are one transaction per batch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from protocol.messages import Report
+from protocol.states import TERMINAL, InstanceState, may_move
+from runtime.db import run_many
+from server.store.base import StoreBase
+
+_TERMINAL_SQL = "(" + ",".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
+
+
+@dataclass(frozen=True, slots=True)
+class NewInstance:
+    """One instance to create with a run."""
+
+    computer_id: int | None
+    computer: str
+    route: str | None
+    status: str = InstanceState.PENDING
+    reason: str = ""
+
+
+class Pending(NamedTuple):
+    """An instance waiting to be dispatched (``Store.undispatched``)."""
+
+    id: int
+    run_id: int
+    step: str
+    computer: str
+    computer_id: int | None
+    has_agent: int
+    mac: str
+
+
+class Parent(NamedTuple):
+    """A top-level instance as a batch of reports finds it (``Store.apply_reports``)."""
+
+    status: str
+    run_id: int
+    step: str
+    computer: str
+    computer_id: int | None
+    route: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """An instance that moved to a new state through ``apply_reports``."""
+
+    instance_id: int
+    run_id: int
+    computer: str
+    state: str
+    return_code: int | None
+    reason: str
+    step: str = ""
+    parent_id: int | None = None
+    route: str | None = None
+
+
+class RunsMixin(StoreBase):
+    """Tables ``runs``, ``steps``, ``instances``."""
+
+    # -- runs ---------------------------------------------------------------------------
+
+    async def create_run(
+        self,
+        definition: dict[str, Any],
+        instances: list[NewInstance],
+        deadline: float,
+        *,
+        targets: list[int] | None = None,
+        first_step: bool = True,
+    ) -> int:
+        """Create a run, its first step (``''``) and its instances in one transaction.
+
+        Server jobs pass ``first_step=False``: their steps are created one by one (:meth:`start_step`).
+        """
+        now = time.time()
+        cur = await self.db.execute(
+            "INSERT INTO runs(task_name, kind, definition, status, created_at, deadline, targets)"
+            " VALUES (?, ?, ?, 'running', ?, ?, ?)",
+            (
+                definition["name"],
+                # A client job dispatches like a client task but is listed as what it is.
+                "client-job" if definition.get("type") == "client-job" else definition["kind"],
+                json.dumps(definition),
+                now,
+                deadline,
+                json.dumps(targets or []),
+            ),
+        )
+        run_id = int(cur.lastrowid or 0)
+        await cur.close()
+        if first_step:
+            await self._insert_step(run_id, "", definition, deadline, instances, now)
+        await self.db.commit()
+        return run_id
+
+    async def _insert_step(
+        self,
+        run_id: int,
+        step: str,
+        task: dict[str, Any],
+        deadline: float,
+        instances: list[NewInstance],
+        now: float,
+    ) -> None:
+        await self.db.execute_fetchall(
+            "INSERT INTO steps(run_id, step, task, deadline, started_at) VALUES (?, ?, ?, ?, ?)",
+            (run_id, step, json.dumps(task), deadline, now),
+        )
+        await run_many(
+            self.db,
+            "INSERT INTO instances(run_id, step, computer_id, computer, route, status, reason,"
+            " ended_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    run_id,
+                    step,
+                    i.computer_id,
+                    i.computer,
+                    i.route,
+                    i.status,
+                    i.reason,
+                    now if i.status in TERMINAL else None,
+                    now,
+                )
+                for i in instances
+            ],
+        )
+
+    async def start_step(
+        self,
+        run_id: int,
+        step: str,
+        task: dict[str, Any],
+        deadline: float,
+        instances: list[NewInstance],
+        machine: dict[str, Any],
+    ) -> None:
+        """A server job enters a step: its instances and the job's new state, in one transaction.
+
+        After a crash either both exist or neither: the step is never dispatched twice.
+        """
+        now = time.time()
+        await self._insert_step(run_id, step, task, deadline, instances, now)
+        await self.db.execute_fetchall(
+            "UPDATE runs SET machine=? WHERE id=?", (json.dumps(machine), run_id)
+        )
+        await self.db.commit()
+
+    async def save_machine(self, run_id: int, machine: dict[str, Any]) -> None:
+        await self.db.execute_fetchall(
+            "UPDATE runs SET machine=? WHERE id=?", (json.dumps(machine), run_id)
+        )
+        await self.db.commit()
+
+    async def run(self, run_id: int) -> dict[str, Any] | None:
+        row = await self._one("SELECT * FROM runs WHERE id=?", (run_id,))
+        if row is not None:
+            row["definition"] = json.loads(row["definition"])
+            row["targets"] = json.loads(row["targets"])
+            row["machine"] = json.loads(row["machine"]) if row["machine"] else None
+        return row
+
+    async def runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        return await self._all(
+            "SELECT r.id, r.task_name, r.kind, r.status, r.created_at, r.ended_at,"
+            " count(i.id) AS total,"
+            " coalesce(sum(i.status='succeeded'), 0) AS succeeded,"
+            f" coalesce(sum(i.status IN {_TERMINAL_SQL} AND i.status!='succeeded'), 0) AS failed,"
+            f" coalesce(sum(i.status NOT IN {_TERMINAL_SQL}), 0) AS pending"
+            " FROM runs r LEFT JOIN instances i ON i.run_id=r.id AND i.parent_id IS NULL"
+            " GROUP BY r.id ORDER BY r.id DESC LIMIT ?",
+            (limit,),
+        )
+
+    async def instances(self, run_id: int) -> list[dict[str, Any]]:
+        return await self._all(
+            "SELECT id, step, parent_id, computer, computer_id, route, status, return_code, output, reason,"
+            " started_at, ended_at FROM instances WHERE run_id=? ORDER BY computer, id",
+            (run_id,),
+        )
+
+    async def steps(self, run_id: int) -> list[dict[str, Any]]:
+        return await self._all(
+            "SELECT step, deadline, started_at FROM steps WHERE run_id=? ORDER BY started_at, rowid",
+            (run_id,),
+        )
+
+    async def active_runs(self) -> list[dict[str, Any]]:
+        """Runs not ended (with their definition, targets and job state)."""
+        rows = await self._all(
+            "SELECT id, kind, deadline, definition, targets, machine FROM runs WHERE status='running'"
+        )
+        for r in rows:
+            r["definition"] = json.loads(r["definition"])
+            r["targets"] = json.loads(r["targets"])
+            r["machine"] = json.loads(r["machine"]) if r["machine"] else None
+        return rows
+
+    async def open_steps(self) -> list[dict[str, Any]]:
+        """Steps of running runs, and per route how many top-level instances are not terminal.
+
+        A step whose instances all ended has one row with ``route`` NULL and ``remaining`` 0.
+        """
+        return await self._all(
+            "SELECT s.run_id, s.step, s.deadline, i.route, count(i.id) AS remaining"
+            " FROM steps s JOIN runs r ON r.id=s.run_id"
+            " LEFT JOIN instances i ON i.run_id=s.run_id AND i.step=s.step AND i.parent_id IS NULL"
+            f"  AND i.status NOT IN {_TERMINAL_SQL}"
+            " WHERE r.status='running' GROUP BY s.run_id, s.step, i.route"
+        )
+
+    async def undispatched(self, route: str, after_id: int = 0, limit: int = -1) -> list[Pending]:
+        """Pending instances routed to ``route`` and not yet taken by it: oldest first, from
+        ``after_id`` on, at most ``limit`` (-1: all), so a dispatch of ten thousand can send its
+        first chunk before reading the rest (the partial index ``instances_undispatched`` holds
+        them in id order). Plain rows, not maps: a step reads ten thousand of them."""
+        async with self.db.execute(
+            "SELECT i.id, i.run_id, i.step, i.computer, i.computer_id,"
+            " coalesce(c.has_agent, 0), coalesce(c.mac, '')"
+            " FROM instances i JOIN runs r ON r.id=i.run_id"
+            " LEFT JOIN computers c ON c.id=i.computer_id"
+            " WHERE i.route=? AND i.dispatched=0 AND i.id>? AND r.status='running'"
+            f" AND i.status NOT IN {_TERMINAL_SQL}"
+            " AND i.parent_id IS NULL ORDER BY i.id LIMIT ?",
+            (route, after_id, limit),
+        ) as cur:
+            return list(map(Pending._make, await cur.fetchall()))
+
+    async def step_task(self, run_id: int, step: str) -> tuple[dict[str, Any], float] | None:
+        """A step's task and deadline (read once per dispatch, not once per instance)."""
+        row = await self._one(
+            "SELECT task, deadline FROM steps WHERE run_id=? AND step=?", (run_id, step)
+        )
+        return (json.loads(row["task"]), float(row["deadline"])) if row is not None else None
+
+    async def reroute(self, computer_id: int, old: str, new: str) -> list[dict[str, Any]]:
+        """Move a computer's unfinished instances from one route to another, to be dispatched anew."""
+        rows = await self._all(
+            "SELECT id, run_id, step FROM instances WHERE computer_id=? AND route=? AND parent_id IS NULL"
+            f" AND status NOT IN {_TERMINAL_SQL}",
+            (computer_id, old),
+        )
+        await run_many(
+            self.db,
+            "UPDATE instances SET route=?, dispatched=0 WHERE id=?",
+            [(new, r["id"]) for r in rows],
+        )
+        await self.db.commit()
+        return rows
+
+    async def mark_dispatched(self, instance_ids: list[int]) -> None:
+        # One statement for a dispatch's thousand ids (json_each), not a thousand: a third less.
+        await self.db.execute_fetchall(
+            "UPDATE instances SET dispatched=1 WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(instance_ids),),
+        )
+        await self.db.commit()
+
+    async def apply_reports(self, reports: list[Report], route: str | None = None) -> list[Change]:
+        """Apply a batch of reports in one transaction; return the instances that moved.
+
+        A report that would move a terminal instance, or move progress backwards, is
+        ignored: a repeated or late result changes nothing. A report with a ``step`` is a
+        step of a client job: it creates or moves that step's row under the instance.
+        """
+        if not reports:
+            return []
+        parents = await self._by_ids(list({r.instance_id for r in reports}))
+        mine: list[tuple[Report, Parent, str]] = []  # (report, its instance, the step's row name)
+        for r in reports:
+            parent = parents.get(r.instance_id)
+            if parent is None or (r.computer and r.computer != parent.computer):
+                self.refused += 1
+                continue
+            if route is not None and parent.route != route:
+                self.refused += 1  # a TS may report only for computers routed to it
+                continue
+            step = (f"{parent.step}/{r.step}" if parent.step else r.step) if r.step else ""
+            mine.append((r, parent, step))
+        now = time.time()
+        # A client job's steps: their rows, created (all in one statement) where missing.
+        keys = list({(r.instance_id, step): None for r, _, step in mine if step})
+        children = await self._children(keys)
+        missing: dict[tuple[int, str], Parent] = {}
+        for r, parent, step in mine:
+            if step and (r.instance_id, step) not in children:
+                missing[(r.instance_id, step)] = parent
+        if missing:
+            await run_many(
+                self.db,
+                "INSERT INTO instances(run_id, step, parent_id, computer_id, computer, route,"
+                " status, updated_at, dispatched) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, 1)",
+                [
+                    (p.run_id, step, iid, p.computer_id, p.computer, p.route, now)
+                    for (iid, step), p in missing.items()
+                ],
+            )
+            children.update(await self._children(list(missing)))
+        moved: dict[int, str] = {}  # a top-level instance's status once a report moved it
+        changes: list[Change] = []
+        progress: list[tuple[Any, ...]] = []
+        final: list[tuple[Any, ...]] = []
+        for r, parent, step in mine:
+            if step:
+                child = children[(r.instance_id, step)]
+                target_id, current, shown = int(child["id"]), str(child["status"]), step
+            else:
+                target_id, current, shown = (
+                    r.instance_id,
+                    moved.get(r.instance_id, parent.status),
+                    parent.step,
+                )
+            if not may_move(current, r.state):
+                continue
+            if step:
+                children[(r.instance_id, step)]["status"] = r.state
+            else:
+                moved[r.instance_id] = r.state
+            if r.state in TERMINAL:
+                final.append(
+                    (
+                        r.state,
+                        r.return_code,
+                        r.output,
+                        r.reason,
+                        r.started_at,
+                        r.ended_at or now,
+                        now,
+                        target_id,
+                    )
+                )
+            else:
+                progress.append((r.state, r.started_at, now, target_id))
+            changes.append(
+                Change(
+                    target_id,
+                    parent.run_id,
+                    parent.computer,
+                    r.state,
+                    r.return_code,
+                    r.reason,
+                    shown,
+                    r.instance_id if step else None,
+                    parent.route,
+                )
+            )
+        if progress:
+            await run_many(
+                self.db,
+                "UPDATE instances SET status=?, started_at=coalesce(?, started_at), updated_at=?"
+                " WHERE id=?",
+                progress,
+            )
+        if final:
+            await run_many(
+                self.db,
+                "UPDATE instances SET status=?, return_code=?, output=?, reason=?,"
+                " started_at=coalesce(?, started_at), ended_at=?, updated_at=? WHERE id=?",
+                final,
+            )
+        await self.db.commit()
+        return changes
+
+    async def _children(self, keys: list[tuple[int, str]]) -> dict[tuple[int, str], dict[str, Any]]:
+        """The rows of client-job steps by (parent id, step name)."""
+        out: dict[tuple[int, str], dict[str, Any]] = {}
+        for i in range(0, len(keys), 400):
+            chunk = keys[i : i + 400]
+            where = " OR ".join("(parent_id=? AND step=?)" for _ in chunk)
+            args = [v for pair in chunk for v in pair]
+            for row in await self._all(
+                f"SELECT id, parent_id, step, status FROM instances WHERE {where}", args
+            ):
+                out[(row["parent_id"], row["step"])] = row
+        return out
+
+    async def _by_ids(self, ids: list[int]) -> dict[int, Parent]:
+        """Top-level instances by id: plain rows, not maps (a roll-up reads ten thousand)."""
+        out: dict[int, Parent] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            async with self.db.execute(
+                f"SELECT id, status, run_id, step, computer, computer_id, route FROM instances"
+                f" WHERE id IN ({marks}) AND parent_id IS NULL",
+                chunk,
+            ) as cur:
+                for row in await cur.fetchall():
+                    out[row[0]] = Parent._make(row[1:])
+        return out
+
+    async def end_instances(
+        self, run_id: int, state: str, reason: str, step: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Force non-terminal instances of a run (or of one step) to ``state``; return them (id, route, step)."""
+        sql = (
+            "SELECT id, route, step, parent_id, computer FROM instances"
+            f" WHERE run_id=? AND status NOT IN {_TERMINAL_SQL}"
+        )
+        args: tuple[Any, ...] = (run_id,)
+        if step is not None:
+            sql += " AND (step=? OR step LIKE ?)"
+            args += (step, f"{step}/%")
+        rows = await self._all(sql, args)
+        now = time.time()
+        await run_many(
+            self.db,
+            "UPDATE instances SET status=?, reason=?, ended_at=?, updated_at=? WHERE id=?",
+            [(state, reason, now, now, r["id"]) for r in rows],
+        )
+        await self.db.commit()
+        return rows
+
+    async def finish_run(self, run_id: int, status: str) -> None:
+        await self.db.execute_fetchall(
+            "UPDATE runs SET status=?, ended_at=? WHERE id=? AND status='running'",
+            (status, time.time(), run_id),
+        )
+        await self.db.commit()
+
+    async def instance_states(self, run_id: int, step: str | None = None) -> list[dict[str, Any]]:
+        """Top-level instances of a run (or of one step): status, return code, output."""
+        sql = "SELECT id, status, return_code, output FROM instances WHERE run_id=? AND parent_id IS NULL"
+        args: tuple[Any, ...] = (run_id,)
+        if step is not None:
+            sql += " AND step=?"
+            args += (step,)
+        return await self._all(sql, args)
+
+    async def instance_counts(self, run_id: int, step: str | None = None) -> dict[str, int]:
+        """How many top-level instances of a run (or of one of its steps) are in each state:
+        a barrier's roll-up, or a big run's totals, without reading 10,000 rows back."""
+        where, args = ("", (run_id,)) if step is None else (" AND step=?", (run_id, step))
+        rows = await self.db.execute_fetchall(
+            "SELECT status, count(*) FROM instances WHERE run_id=? AND parent_id IS NULL"
+            f"{where} GROUP BY status",
+            args,
+        )
+        return {str(status): int(n) for status, n in rows}
+
+    # -- retention ----------------------------------------------------------------------
+
+    async def purge(self, older_than: float, runs: bool) -> dict[str, int]:
+        """Delete report snapshots (and ended runs, if asked) older than ``older_than``."""
+        cur = await self.db.execute("DELETE FROM report_snapshots WHERE at < ?", (older_than,))
+        out = {"snapshots": cur.rowcount}
+        await cur.close()
+        if runs:
+            old = "SELECT id FROM runs WHERE status != 'running' AND coalesce(ended_at, created_at) < ?"
+            cur = await self.db.execute(
+                f"DELETE FROM instances WHERE run_id IN ({old})", (older_than,)
+            )
+            out["instances"] = cur.rowcount
+            await cur.close()
+            await self.db.execute_fetchall(
+                f"DELETE FROM steps WHERE run_id IN ({old})", (older_than,)
+            )
+            cur = await self.db.execute(f"DELETE FROM runs WHERE id IN ({old})", (older_than,))
+            out["runs"] = cur.rowcount
+            await cur.close()
+        await self.db.commit()
+        return out

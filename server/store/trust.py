@@ -1,0 +1,141 @@
+"""Trust: peers' public keys and their acceptance, admins' tokens and roles, enrolment tokens."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from runtime.db import run_many
+from server.store.base import StoreBase
+
+
+class TrustMixin(StoreBase):
+    """Tables ``keys``, ``admins``, ``enrol_tokens``."""
+
+    async def key(self, role: str, name: str) -> dict[str, Any] | None:
+        return await self._one("SELECT * FROM keys WHERE role=? AND name=?", (role, name))
+
+    async def keys(self) -> list[dict[str, Any]]:
+        return await self._all(
+            "SELECT role, name, fingerprint, state, address, created_at, decided_at FROM keys ORDER BY role, name"
+        )
+
+    async def put_key(
+        self, role: str, name: str, public_key: bytes, fingerprint: str, state: str, address: str
+    ) -> None:
+        now = time.time()
+        await self.db.execute_fetchall(
+            "INSERT INTO keys(role, name, public_key, fingerprint, state, address, created_at, decided_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(role, name) DO UPDATE SET"
+            " public_key=excluded.public_key, fingerprint=excluded.fingerprint, state=excluded.state,"
+            " address=excluded.address, decided_at=excluded.decided_at",
+            (
+                role,
+                name,
+                public_key,
+                fingerprint,
+                state,
+                address,
+                now,
+                None if state == "pending" else now,
+            ),
+        )
+        await self.db.commit()
+
+    async def decide_keys(
+        self, names: list[str] | None, state: str, *, only_pending: bool = True
+    ) -> list[str]:
+        """Accept or reject keys by name (None: every pending key); return the names changed."""
+        where = "state='pending'" if only_pending else "1=1"
+        rows = await self._all(f"SELECT role, name FROM keys WHERE {where}")
+        chosen = [r for r in rows if names is None or r["name"] in names]
+        await run_many(
+            self.db,
+            "UPDATE keys SET state=?, decided_at=? WHERE role=? AND name=?",
+            [(state, time.time(), r["role"], r["name"]) for r in chosen],
+        )
+        await self.db.commit()
+        return sorted({r["name"] for r in chosen})
+
+    async def delete_keys(self, name: str) -> int:
+        cur = await self.db.execute("DELETE FROM keys WHERE name=?", (name,))
+        count = cur.rowcount
+        await cur.close()
+        await self.db.commit()
+        return count
+
+    async def pending_keys(self) -> int:
+        row = await self._one("SELECT count(*) AS n FROM keys WHERE state='pending'")
+        return int(row["n"]) if row else 0
+
+    async def add_admin(self, name: str, role: str, token_hash: str) -> None:
+        await self.db.execute_fetchall(
+            "INSERT INTO admins(name, role, token_hash, created_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET role=excluded.role, token_hash=excluded.token_hash,"
+            " created_at=excluded.created_at, revoked_at=NULL",
+            (name, role, token_hash, time.time()),
+        )
+        await self.db.commit()
+
+    async def admin_by_token(self, token_hash: str) -> dict[str, Any] | None:
+        return await self._one(
+            "SELECT name, role FROM admins WHERE token_hash=? AND revoked_at IS NULL", (token_hash,)
+        )
+
+    async def admins(self) -> list[dict[str, Any]]:
+        return await self._all(
+            "SELECT name, role, created_at, revoked_at FROM admins ORDER BY name"
+        )
+
+    async def revoke_admin(self, name: str) -> bool:
+        cur = await self.db.execute(
+            "UPDATE admins SET revoked_at=? WHERE name=? AND revoked_at IS NULL",
+            (time.time(), name),
+        )
+        changed = cur.rowcount > 0
+        await cur.close()
+        await self.db.commit()
+        return changed
+
+    async def add_enrol_token(
+        self, token_hash: str, uses: int, expires_at: float, created_by: str
+    ) -> int:
+        return await self._insert(
+            "INSERT INTO enrol_tokens(token_hash, uses_left, expires_at, created_at, created_by)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (token_hash, uses, expires_at, time.time(), created_by),
+        )
+
+    async def enrol_with_token(
+        self, token_hash: str, role: str, name: str, key: bytes, fingerprint: str, address: str
+    ) -> str | None:
+        """Spend one use of an enrolment token and accept the key, in one transaction; return
+        why the token cannot be used, or None.
+
+        One conditional UPDATE: concurrent enrolments can never spend more uses than there are.
+        The key is stored in the same commit, so a use is never spent without its key (a
+        handshake cut in between would otherwise cost a use per retry).
+        """
+        cur = await self.db.execute(
+            "UPDATE enrol_tokens SET uses_left=uses_left-1"
+            " WHERE token_hash=? AND uses_left>0 AND expires_at>=?",
+            (token_hash, time.time()),
+        )
+        spent = cur.rowcount == 1
+        await cur.close()
+        if spent:
+            await self.put_key(role, name, key, fingerprint, "accepted", address)  # commits both
+            return None
+        row = await self._one(
+            "SELECT uses_left, expires_at FROM enrol_tokens WHERE token_hash=?", (token_hash,)
+        )
+        if row is None:
+            return "unknown enrolment token"
+        if row["expires_at"] < time.time():
+            return "the enrolment token has expired"
+        return "the enrolment token is used up"
+
+    async def enrol_tokens(self) -> list[dict[str, Any]]:
+        return await self._all(
+            "SELECT id, uses_left, expires_at, created_at, created_by FROM enrol_tokens ORDER BY id"
+        )
