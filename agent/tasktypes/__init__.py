@@ -2,43 +2,13 @@
 
 A runner takes a :class:`TaskContext` and returns an ``Outcome``. Parameters were validated by
 the NS when the task was saved (``protocol.tasks.CATALOG``), with their defaults filled in.
+``TaskContext`` and ``Runner`` live in ``agent.tasktypes.context`` (the task types import them
+from there, so that none imports this registry back) and are re-exported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
-
-from agent.commands import CommandTable
-from runtime.runner import Outcome, ScriptRun
-
-
-@dataclass
-class TaskContext:
-    """What a client task type may use."""
-
-    params: dict[str, Any]
-    tokens: dict[str, str]
-    timeout_s: float
-    commands: CommandTable
-    agent: Any
-    track: Callable[[ScriptRun | None], None] = lambda run: None
-    """Register the process that runs now, so that ``stop`` can kill it."""
-    after_report: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    """Actions to take once the result is reported (power control acts after it reports)."""
-
-    async def run(self, run: ScriptRun) -> Outcome:
-        self.track(run)
-        try:
-            return await run.run()
-        finally:
-            self.track(None)
-
-
-Runner = Callable[[TaskContext], Awaitable[Outcome]]
-
-from agent.tasktypes import (  # noqa: E402  (the registry below needs TaskContext defined first)
+from agent.tasktypes import (
     agent_control,
     basic_inventory,
     defragment,
@@ -50,6 +20,9 @@ from agent.tasktypes import (  # noqa: E402  (the registry below needs TaskConte
     unix_service,
     web_service,
 )
+from agent.tasktypes.context import Runner, TaskContext
+
+__all__ = ["RUNNERS", "Runner", "TaskContext"]
 
 RUNNERS: dict[str, Runner] = {
     "run-script": run_script.run,

@@ -9,7 +9,7 @@ from protocol.states import InstanceState
 from runtime.runner import Outcome
 
 if TYPE_CHECKING:
-    from agent.tasktypes import TaskContext
+    from agent.tasktypes.context import TaskContext
 
 
 async def update_configuration(ctx: TaskContext) -> Outcome:

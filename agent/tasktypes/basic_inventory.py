@@ -17,7 +17,7 @@ from protocol.states import InstanceState
 from runtime.runner import Outcome
 
 if TYPE_CHECKING:
-    from agent.tasktypes import TaskContext
+    from agent.tasktypes.context import TaskContext
 
 _REAL_FS = {
     "ext2",

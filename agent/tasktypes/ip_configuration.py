@@ -15,7 +15,7 @@ from protocol.states import InstanceState
 from runtime.runner import Outcome
 
 if TYPE_CHECKING:
-    from agent.tasktypes import TaskContext
+    from agent.tasktypes.context import TaskContext
 
 
 async def _ip_json(*args: str) -> Any:

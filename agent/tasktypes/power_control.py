@@ -11,7 +11,7 @@ from protocol.states import InstanceState
 from runtime.runner import Outcome, ScriptRun
 
 if TYPE_CHECKING:
-    from agent.tasktypes import TaskContext
+    from agent.tasktypes.context import TaskContext
 
 
 async def run(ctx: TaskContext) -> Outcome:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from runtime.runner import Outcome, ScriptRun
 
 if TYPE_CHECKING:
-    from agent.tasktypes import TaskContext
+    from agent.tasktypes.context import TaskContext
 
 
 def not_supported(action: str) -> Outcome:

@@ -9,7 +9,7 @@ from agent.tasktypes.services import not_supported
 from runtime.runner import Outcome, ScriptRun
 
 if TYPE_CHECKING:
-    from agent.tasktypes import TaskContext
+    from agent.tasktypes.context import TaskContext
 
 
 async def run(ctx: TaskContext) -> Outcome:

@@ -8,7 +8,7 @@ from runtime.httpcall import call
 from runtime.runner import Outcome
 
 if TYPE_CHECKING:
-    from agent.tasktypes import TaskContext
+    from agent.tasktypes.context import TaskContext
 
 
 async def run(ctx: TaskContext) -> Outcome:
