@@ -56,7 +56,7 @@ LISTEN_BACKLOG = 2048
 # life of the connection. A TS with ten thousand agents would spend GiBs on it. taskfleet frames
 # from agents are small; a larger frame (a dispatch) is simply read in more steps. Measured per
 # idle TLS connection (websockets server, OpenSSL 3.0): 256 KiB -> ~290 KiB, 16 KiB -> 50 KiB,
-# 4 KiB -> 38 KiB, against 14.5 KiB without TLS; run times unchanged (docs/performance.md).
+# 4 KiB -> 38 KiB, against 14.5 KiB without TLS; run times unchanged (bench/HISTORY.md, stop 8).
 if hasattr(sslproto.SSLProtocol, "max_size"):
     sslproto.SSLProtocol.max_size = 4 * 1024
 

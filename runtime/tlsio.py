@@ -7,7 +7,7 @@ Python objects of that machinery. Here OpenSSL reads and writes the file descrip
 (``SSLSocket.recv`` / ``send``), driven by the event loop's readiness callbacks, the way
 asyncio's TLS worked before Python 3.7. Measured per idle TLS connection with no WebSocket
 (``bench/connmem.py``): 25.7 KiB with ``sslproto``, 15.2 KiB this way; it is also fewer Python
-steps per frame (``docs/performance.md``).
+steps per frame (``bench/recvpath.py``; stop 11 in ``bench/HISTORY.md``).
 
 Only what taskfleet's WebSocket connections use is here: a stream transport with flow control
 both ways, no half-close (TLS has none), ``close`` with a best-effort ``close_notify``.
