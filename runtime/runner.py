@@ -2,13 +2,32 @@
 
 The script text is written to a file and the interpreter gets the file as an argument
 list: no shell string is ever built from parameters. The process gets its own session
-(process group), so stop and timeout kill everything it started.
+(process group), and every end of a script (success, failure, time-out, stop) ends everything
+it started:
+
+- the script's process group (and session) is killed with ``SIGKILL`` as soon as the script's
+  own process exits, so ``sleep 3001 &`` does not outlive it; a time-out sends ``SIGTERM`` to the
+  group first, then ``SIGKILL`` after ``KILL_GRACE_S``, and the reason names the signal;
+- on Linux the process that runs scripts makes itself a *child subreaper*
+  (``prctl(PR_SET_CHILD_SUBREAPER)``, once per process), so what a script daemonised (double
+  fork, ``setsid``) is re-parented to this process instead of ``init``. At the script's end its
+  children left in the script's group or session are killed and reaped. One that also left the
+  session (``setsid``) cannot be told apart from another running script's: it is killed and
+  reaped at the end of a script when no other script of this process is running.
+- What this cannot catch: a process that left the tree altogether (handed to systemd, cron,
+  ``at``, ``ssh``, or re-parented to another subreaper), and, off Linux, anything that left the
+  group. A cgroup would catch those, but needs root and systemd delegation: taskfleet uses none.
+
+The script's environment is this process's, without taskfleet's own variables (``TASKFLEET_*``:
+admin and enrolment tokens, the SMTP password, settings), plus the task's ``env`` and the
+documented ``TASKFLEET_<TOKEN>`` values.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -23,6 +42,118 @@ from protocol.states import InstanceState
 from protocol.tasks import output_limit, replace_tokens
 
 KILL_GRACE_S = 2.0
+"""After a time-out's ``SIGTERM``, how long the script has before ``SIGKILL``."""
+REAP_S = 1.0
+"""How long the end of a script waits for what it left behind to die and be reaped."""
+DRAIN_S = 1.0
+"""How long output still in the pipe is read after the script's group is gone; a process that
+escaped the group and holds the pipe open does not hold the result longer."""
+OWN_ENV_PREFIX = "TASKFLEET_"
+"""taskfleet's own environment variables (tokens, the SMTP password, settings): never passed on
+to a script (the documented ``TASKFLEET_<TOKEN>`` values are set afresh)."""
+
+_PR_SET_CHILD_SUBREAPER = 36
+_subreaper: bool | None = None
+_live: set[int] = set()
+"""Process ids of this process's scripts that have not been cleaned up after yet."""
+_starting = 0
+"""Scripts being started right now (forked, not yet in ``_live``)."""
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux; once per process)."""
+    global _subreaper
+    if _subreaper is None:
+        _subreaper = False
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError, AttributeError):
+                libc = ctypes.CDLL(None, use_errno=True)
+                _subreaper = libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    return _subreaper
+
+
+def script_environ() -> dict[str, str]:
+    """This process's environment without taskfleet's own variables (``OWN_ENV_PREFIX``)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(OWN_ENV_PREFIX)}
+
+
+def _children() -> list[int]:
+    """This process's children (Linux ``/proc``; empty where that is not available)."""
+    pids: list[int] = []
+    try:
+        threads = os.listdir("/proc/self/task")
+    except OSError:
+        return pids
+    for tid in threads:
+        try:
+            with open(f"/proc/self/task/{tid}/children") as fh:
+                pids.extend(int(p) for p in fh.read().split())
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, process group, session) of ``pid``, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[2]), int(fields[3])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _sweep(leader: int, marks: set[int]) -> int:
+    """Kill the groups in ``marks`` and this process's children that belong to them (or, when no
+    other script runs here, any child that left this process's session); reap the dead ones.
+    Returns how many were still alive."""
+    for group in marks:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+    idle = _starting == 0 and not (_live - {leader})
+    own_session = os.getsid(0)
+    alive = 0
+    for pid in _children():
+        if pid in _live:
+            continue
+        st = _stat(pid)
+        if st is None:
+            continue
+        state, group, session = st
+        if not (group in marks or session in marks or (idle and session != own_session)):
+            continue
+        marks.update((pid, session))
+        if state == "Z":
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+        else:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+            alive += 1
+    return alive
+
+
+async def end_tree(leader: int) -> None:
+    """Kill and reap what is left of the script whose process was ``leader`` (see the module's
+    docstring for what can and cannot be caught); bounded by ``REAP_S``."""
+    marks = {leader}
+    for _ in range(int(REAP_S / 0.01)):
+        if not _sweep(leader, marks):
+            return
+        await asyncio.sleep(0.01)
+
+
+class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """asyncio's stream protocol that also says when the script's own process exited (asyncio's
+    ``wait`` returns only once every holder of its output pipe has closed it too)."""
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self.exited = asyncio.Event()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        self.exited.set()
 
 
 @dataclass
@@ -98,6 +229,7 @@ class ScriptRun:
         """When given, run this program with these arguments instead of a script."""
         self._proc: asyncio.subprocess.Process | None = None
         self._stopped = False
+        self._ended = False
 
     def stop(self) -> None:
         """Kill the process group; the run ends ``stopped``."""
@@ -105,12 +237,21 @@ class ScriptRun:
         self._kill(signal.SIGKILL)
 
     def _kill(self, sig: int) -> None:
-        if self._proc is not None and self._proc.returncode is None:
+        if self._proc is not None and not self._ended:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._proc.pid, sig)
 
+    def _environ(self) -> dict[str, str]:
+        env = script_environ()
+        for key, value in (self.params.get("env") or {}).items():
+            env[str(key)] = replace_tokens(str(value), self.tokens)
+        for key, value in self.tokens.items():
+            env[f"TASKFLEET_{key}"] = value
+        return env
+
     async def run(self) -> Outcome:
         """Run the script to its end, its timeout, or ``stop``."""
+        global _starting
         started = time.time()
         interpreter = str(self.params.get("interpreter", "sh"))
         limit = output_limit(self.params)
@@ -124,11 +265,7 @@ class ScriptRun:
                 return Outcome.failed(
                     f"{missing} is not installed on this computer", started_at=started
                 )
-            env = dict(os.environ)
-            for key, value in (self.params.get("env") or {}).items():
-                env[str(key)] = replace_tokens(str(value), self.tokens)
-            for key, value in self.tokens.items():
-                env[f"TASKFLEET_{key}"] = value
+            env = self._environ()
             cwd = self.params.get("cwd") or tmp
             if self._stopped:
                 return Outcome(
@@ -137,8 +274,12 @@ class ScriptRun:
                     started_at=started,
                     ended_at=time.time(),
                 )
+            become_subreaper()
+            loop = asyncio.get_running_loop()
+            _starting += 1
             try:
-                self._proc = await asyncio.create_subprocess_exec(
+                transport, protocol = await loop.subprocess_exec(
+                    lambda: _Protocol(limit=2**16, loop=loop),
                     *cmd,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE,
@@ -151,52 +292,75 @@ class ScriptRun:
                 return Outcome.failed(
                     f"could not start {cmd[0]}: {exc.strerror or exc}", started_at=started
                 )
+            finally:
+                _starting -= 1
+            self._proc = asyncio.subprocess.Process(transport, protocol, loop)
+            leader = self._proc.pid
+            _live.add(leader)
+            if self._stopped:
+                self._kill(signal.SIGKILL)
             kept = bytearray()
             dropped = 0
 
             async def pump() -> None:
                 nonlocal dropped
-                assert self._proc is not None and self._proc.stdout is not None
-                while chunk := await self._proc.stdout.read(65_536):
+                assert protocol.stdout is not None
+                while chunk := await protocol.stdout.read(65_536):
                     room = limit - len(kept)
                     kept.extend(chunk[: max(room, 0)])
                     dropped += max(len(chunk) - max(room, 0), 0)
-                await self._proc.wait()
 
-            timed_out = False
+            reader = asyncio.create_task(pump())
+            killed_with = 0
             try:
-                await asyncio.wait_for(pump(), timeout=max(self.timeout_s, 0.001))
-            except TimeoutError:
-                timed_out = True
-                self._kill(signal.SIGTERM)
                 try:
-                    await asyncio.wait_for(self._proc.wait(), KILL_GRACE_S)
+                    await asyncio.wait_for(protocol.exited.wait(), max(self.timeout_s, 0.001))
                 except TimeoutError:
-                    self._kill(signal.SIGKILL)
-                    await self._proc.wait()
+                    killed_with = signal.SIGTERM
+                    self._kill(signal.SIGTERM)
+                    try:
+                        await asyncio.wait_for(protocol.exited.wait(), KILL_GRACE_S)
+                    except TimeoutError:
+                        killed_with = signal.SIGKILL
+                        self._kill(signal.SIGKILL)
+                        await protocol.exited.wait()
+                ended = time.time()
+                # The script is over: what it started goes with it, whether or not it is done.
+                await end_tree(leader)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(reader), DRAIN_S)
             except asyncio.CancelledError:
                 self._kill(signal.SIGKILL)
+                _sweep(leader, {leader})
                 raise
-            ended = time.time()
-            # The group may hold children that outlived the shell; they go with it.
-            self._kill(signal.SIGKILL)
+            finally:
+                self._ended = True
+                _live.discard(leader)
+                transport.close()
+                if not reader.done():
+                    reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
         # Invalid bytes decode to U+FFFD (3 bytes each): cut again so the limit holds in bytes too.
         output = (
             kept.decode("utf-8", errors="replace").encode()[:limit].decode("utf-8", errors="ignore")
         )
         if dropped:
             output += f"\n[output cut: {dropped} more bytes]"
-        code = self._proc.returncode
+        code = transport.get_returncode()
         if self._stopped:
             return Outcome(
                 InstanceState.STOPPED, code, output, "stopped by an administrator", started, ended
             )
-        if timed_out:
+        if killed_with:
+            how = signal.Signals(killed_with).name
+            if killed_with == signal.SIGKILL:
+                how += f" ({KILL_GRACE_S:g} s after SIGTERM)"
             return Outcome(
                 InstanceState.TIMED_OUT,
                 code,
                 output,
-                f"killed after the time limit of {self.timeout_s:.0f} s",
+                f"killed after the time limit of {self.timeout_s:g} s with {how}",
                 started,
                 ended,
             )
