@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 a run had a target that did not succeed; 2 a usage error (bad
 arguments, unknown task, computer or run, invalid document); 3 the server could not be
-reached or refused the connection.
+reached or refused the connection; 4 a role could not start on its data folder (a database
+damaged or unusable: the message names the file and what to do).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ HANDSHAKES_HELP = (
     " turn before TLS, so a burst of agents drains instead of timing out"
 )
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_DATA = 4
 USAGE_CODES = {
     "bad_request",
     "unknown_task",
@@ -61,7 +63,13 @@ def _trust(args: argparse.Namespace) -> ClientTrust:
 
 
 async def _serve_forever(component: Any, ready: str) -> None:
-    await component.start()
+    try:
+        await component.start()
+    except BaseException:
+        # What it opened (a database's thread) would keep the process alive: close it.
+        with contextlib.suppress(Exception):
+            await component.stop()
+        raise
     print(ready.format(c=component), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -88,12 +96,19 @@ def _smtp(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _unusable(exc: Exception) -> int:
+    print(f"taskfleet: {exc}", file=sys.stderr, flush=True)
+    return EXIT_DATA
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     from runtime import heap
+    from runtime.db import DatabaseUnusable
     from runtime.link import split_hostport
     from server.core import NotificationServer
 
     heap.tune_gc()
+    private_data_folder(args.data)
 
     host, port = split_hostport(args.listen, 8470)
     ns = NotificationServer(
@@ -131,7 +146,13 @@ def cmd_server(args: argparse.Namespace) -> int:
                 if ns.ca_file:
                     print(f"taskfleet: or trust the CA file {ns.ca_file} (--ca)", flush=True)
 
-        await ns.start()
+        try:
+            await ns.start()
+        except BaseException:
+            # What it opened (a database's thread) would keep the process alive: close it.
+            with contextlib.suppress(Exception):
+                await ns.stop()
+            raise
         await announce()
         print(
             f"taskfleet server ready url={ns.url} fingerprint={ns.tls_fingerprint or '-'}"
@@ -145,16 +166,21 @@ def cmd_server(args: argparse.Namespace) -> int:
         await stop.wait()
         await ns.stop()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except DatabaseUnusable as exc:
+        return _unusable(exc)
     return EXIT_OK
 
 
 def cmd_taskserver(args: argparse.Namespace) -> int:
     from runtime import heap
+    from runtime.db import DatabaseUnusable
     from runtime.link import split_hostport
     from taskserver.service import TaskServer
 
     heap.tune_gc()
+    private_data_folder(args.data)
 
     host, port = split_hostport(args.listen, 8471)
     ts = TaskServer(
@@ -173,21 +199,28 @@ def cmd_taskserver(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         max_handshakes=args.max_handshakes,
     )
-    asyncio.run(
-        _serve_forever(ts, "taskfleet taskserver ready url={c.url} fingerprint={c.tls_fingerprint}")
-    )
+    try:
+        asyncio.run(
+            _serve_forever(
+                ts, "taskfleet taskserver ready url={c.url} fingerprint={c.tls_fingerprint}"
+            )
+        )
+    except DatabaseUnusable as exc:
+        return _unusable(exc)
     return EXIT_OK
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
     from agent.agent import Agent
     from agent.commands import CommandTable
+    from runtime.db import DatabaseUnusable
 
     try:
         commands = CommandTable.load(args.commands)
     except (OSError, ValueError) as exc:
         print(f"taskfleet: cannot use the command table {args.commands}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    private_data_folder(args.data)
     agent = Agent(
         server_url=args.server,
         name=args.name,
@@ -207,7 +240,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except DatabaseUnusable as exc:
+        return _unusable(exc)
     return EXIT_OK
 
 
@@ -474,7 +510,73 @@ async def v_stop(c: AdminClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def v_backup(c: AdminClient, args: argparse.Namespace) -> int:
+    result = await c.call("backup", path=args.file, force=args.force)
+    if args.json:
+        _print_json(result)
+    else:
+        print(
+            f"backup written on the server's machine: {result['path']} "
+            f"({result['bytes']} bytes, {result['seconds']} s); to restore: docs/operations.md"
+        )
+    return EXIT_OK
+
+
 # -- parser -----------------------------------------------------------------------------
+
+
+class _VisibleSecret(argparse.Action):
+    """A token given on the command line: kept, with a one-line warning that every user of the
+    machine can read it (``ps``, ``/proc/PID/cmdline``), naming the file option to use instead."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        flag = self.option_strings[0]
+        print(
+            f"taskfleet: warning: {flag} is visible to every user of this machine (ps);"
+            f" use {flag}-file FILE or TASKFLEET_{self.dest.upper()} instead",
+            file=sys.stderr,
+        )
+
+
+_SECRET_FILES = (
+    ("token_file", "token", "--token-file"),
+    ("enrol_token_file", "enrol_token", "--enrol-token-file"),
+)
+
+
+def _read_secret_files(args: argparse.Namespace) -> str | None:
+    """Read ``--token-file`` / ``--enrol-token-file`` into the token they stand for (a file
+    given wins over the environment variable); a problem, as a message, or None."""
+    for file_dest, dest, flag in _SECRET_FILES:
+        path = getattr(args, file_dest, None)
+        if not path:
+            continue
+        try:
+            with open(path, encoding="utf-8") as fh:
+                value = fh.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            return f"cannot read {flag} {path}: {getattr(exc, 'strerror', None) or exc}"
+        if not value or any(c.isspace() for c in value):
+            return (
+                f"{flag} {path} must hold one token (from `taskfleet tokens create`), nothing else"
+            )
+        setattr(args, dest, value)
+    return None
+
+
+def private_data_folder(path: str) -> None:
+    """Create a role's data folder 0700; warn (never change) one that exists with wider access."""
+    from runtime.db import make_private_dir
+
+    if (warning := make_private_dir(path)) is not None:
+        print(f"taskfleet: warning: {warning}", file=sys.stderr, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -508,10 +610,16 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--tls-cert", help="PEM certificate (default: one made in the data folder)")
     tls.add_argument("--tls-key", help="PEM key of --tls-cert")
     enrol = argparse.ArgumentParser(add_help=False)
-    enrol.add_argument(
+    enrol_given = enrol.add_mutually_exclusive_group()
+    enrol_given.add_argument(
         "--enrol-token",
         default=env("TASKFLEET_ENROL_TOKEN"),
-        help="enrolment token from `taskfleet tokens create` (else the key waits for an admin)",
+        action=_VisibleSecret,
+        help="enrolment token from `taskfleet tokens create` (else the key waits for an admin);"
+        " visible in `ps`: prefer --enrol-token-file or TASKFLEET_ENROL_TOKEN",
+    )
+    enrol_given.add_argument(
+        "--enrol-token-file", metavar="FILE", help="read the enrolment token from FILE"
     )
 
     s = sub.add_parser("server", parents=[token, tls], help="run the Notification Server")
@@ -524,7 +632,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="also listen on this port for administrators only, with its own handshake gate, so a "
-        "reconnect storm of agents never keeps an admin out (0: any free port; default: none)",
+        "reconnect storm of agents never keeps an admin out (0: any free port; default: none). "
+        "Without it an admin is still served on the main port while one address floods it: an "
+        "address keeps at most 16 handshake places once others are waiting",
     )
     s.add_argument(
         "--min-free-mb",
@@ -578,11 +688,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     admin = argparse.ArgumentParser(add_help=False, parents=[trust])
     admin.add_argument("--server", default=os.environ.get("TASKFLEET_SERVER", DEFAULT_SERVER))
-    admin.add_argument(
+    token_given = admin.add_mutually_exclusive_group()
+    token_given.add_argument(
         "--token",
         default=os.environ.get("TASKFLEET_TOKEN"),
-        help="admin token (or TASKFLEET_TOKEN)",
+        action=_VisibleSecret,
+        help="admin token; visible in `ps`: prefer --token-file or TASKFLEET_TOKEN",
     )
+    token_given.add_argument("--token-file", metavar="FILE", help="read the admin token from FILE")
     admin.add_argument("--json", action="store_true", help="machine-readable output")
 
     def verb(name: str, fn: Any, help: str) -> argparse.ArgumentParser:
@@ -593,8 +706,14 @@ def build_parser() -> argparse.ArgumentParser:
     v = verb("computers", v_computers, "list computers, or `computers add NAME` a device")
     v.add_argument("action", nargs="?", choices=["add"])
     v.add_argument("name", nargs="?")
-    v.add_argument("--address", default="")
-    v.add_argument("--mac", default="", help="the device's MAC address (for wake-on-lan)")
+    v.add_argument(
+        "--address", default="", help="the device's IPv4 or IPv6 address, or its host name"
+    )
+    v.add_argument(
+        "--mac",
+        default="",
+        help="the device's MAC address, six hex pairs (aa:bb:cc:dd:ee:ff or aa-bb-...), for wake-on-lan",
+    )
     verb("taskservers", v_taskservers, "list task servers")
     v = verb("task", v_task, "`task add FILE`: save a task document (TOML or JSON)")
     v.add_argument("action", choices=["add"])
@@ -625,6 +744,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_trust_verbs(verb)
     v = verb("stop", v_stop, "stop a run: pending and running instances end `stopped`")
     v.add_argument("run_id", type=int)
+    v = verb(
+        "backup",
+        v_backup,
+        "`backup FILE`: copy the NS database, while it runs, to FILE on the NS's machine",
+    )
+    v.add_argument("file", help="absolute path on the NS's machine; a new file (mode 0600)")
+    v.add_argument("--force", action="store_true", help="replace FILE if it is an earlier backup")
     return p
 
 
@@ -632,6 +758,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logs.configure(args.log_level)
+    if (problem := _read_secret_files(args)) is not None:
+        print(f"taskfleet: {problem}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
     try:
         code = int(args.func(args))
     except RemoteError as exc:

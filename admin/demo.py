@@ -50,9 +50,14 @@ async def demo(n_agents: int) -> int:
         token = ns.first_admin_token
         trust = ClientTrust(fingerprint=ns.tls_fingerprint)
         async with AdminClient(ns.url, token, trust) as client:
-            enrol = (await client.call("tokens.create", ttl_s=600, uses=n_agents + 1))["token"]
+            enrol = (await client.call("tokens.create", ttl_s=600, uses=n_agents))["token"]
+            created = await client.call("tokens.create", ttl_s=600, uses=1, role="taskserver")
         ts = TaskServer(
-            server_url=ns.url, data_dir=f"{tmp}/ts-1", name="ts-1", trust=trust, enrol_token=enrol
+            server_url=ns.url,
+            data_dir=f"{tmp}/ts-1",
+            name="ts-1",
+            trust=trust,
+            enrol_token=created["token"],
         )
         await ts.start()
         agents = [

@@ -12,6 +12,9 @@ from typing import Any
 
 from admin.client import AdminClient
 from admin.output import short_time, table
+from protocol.session import NAME
+
+_FOR = {"agent": "agents", "taskserver": "task servers"}
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -85,14 +88,32 @@ async def v_keys(c: AdminClient, args: argparse.Namespace) -> int:
 
 async def v_tokens(c: AdminClient, args: argparse.Namespace) -> int:
     if args.action == "create":
-        t = await c.call("tokens.create", ttl_s=args.ttl, uses=args.uses)
+        if args.ids:
+            print(
+                "taskfleet: tokens create takes no ID (see --for, --ttl, --uses)", file=sys.stderr
+            )
+            return 2
+        t = await c.call("tokens.create", ttl_s=args.ttl, uses=args.uses, role=args.role)
         if args.json:
             _json(t)
         else:
+            who = _FOR.get(t.get("role", "agent"), "agents")
             print(
-                f"enrolment token (shown once; {t['uses']} use(s), expires {short_time(t['expires_at'])} UTC):"
+                f"enrolment token #{t['id']} for {who} (shown once; {t['uses']} use(s),"
+                f" expires {short_time(t['expires_at'])} UTC):"
             )
             print(t["token"])
+        return 0
+    if args.action == "revoke":
+        if not args.ids:
+            print(
+                "taskfleet: tokens revoke needs the ID of a token (`taskfleet tokens`)",
+                file=sys.stderr,
+            )
+            return 2
+        for token_id in args.ids:
+            await c.call("tokens.revoke", id=token_id)
+            print(f"revoked enrolment token #{token_id}")
         return 0
     rows = await c.call("tokens.list")
     if args.json:
@@ -100,12 +121,23 @@ async def v_tokens(c: AdminClient, args: argparse.Namespace) -> int:
         return 0
     now = time.time()
     for r in rows:
-        r["expires"] = short_time(r["expires_at"]) + (" (expired)" if r["expires_at"] < now else "")
+        r["expires"] = short_time(r["expires_at"])
+        r["for"] = r.get("role", "agent")
+        if r.get("revoked_at"):
+            r["state"] = "revoked"
+        elif r["expires_at"] < now:
+            r["state"] = "expired"
+        elif r["uses_left"] <= 0:
+            r["state"] = "used up"
+        else:
+            r["state"] = "usable"
     print(
         table(
             rows,
             [
                 ("id", "id"),
+                ("for", "for"),
+                ("state", "state"),
                 ("uses_left", "uses left"),
                 ("expires", "expires (utc)"),
                 ("created_by", "by"),
@@ -120,19 +152,33 @@ async def v_admins(c: AdminClient, args: argparse.Namespace) -> int:
         if not args.name:
             print("taskfleet: admins add needs a NAME", file=sys.stderr)
             return 2
+        if len(args.name) > 64 or not NAME.fullmatch(args.name):
+            print(
+                f"taskfleet: {args.name!r} is refused: an admin name follows the rule for computer"
+                " names: 1 to 64 characters, letters, digits, '.', '_' and '-', starting with a"
+                " letter or digit",
+                file=sys.stderr,
+            )
+            return 2
         a = await c.call("admins.add", name=args.name, role=args.role)
         if args.json:
             _json(a)
         else:
             print(f"admin {a['name']} ({a['role']}); token, shown once:")
             print(a["token"])
+            if a.get("sessions_ended"):
+                print(
+                    f"(its old token is void: {a['sessions_ended']} open session(s) ended)",
+                    file=sys.stderr,
+                )
         return 0
     if args.action == "revoke":
         if not args.name:
             print("taskfleet: admins revoke needs a NAME", file=sys.stderr)
             return 2
-        await c.call("admins.revoke", name=args.name)
-        print(f"revoked {args.name}")
+        r = await c.call("admins.revoke", name=args.name)
+        ended = r.get("sessions_ended", 0)
+        print(f"revoked {args.name}" + (f" ({ended} open session(s) ended)" if ended else ""))
         return 0
     rows = await c.call("admins.list")
     if args.json:
@@ -276,10 +322,23 @@ def add_trust_verbs(verb: Callable[[str, Any, str], argparse.ArgumentParser]) ->
     v.add_argument("action", nargs="?", choices=["accept", "reject", "delete"])
     v.add_argument("names", nargs="*")
     v.add_argument("--all", action="store_true", help="with accept: every pending key")
-    v = verb("tokens", v_tokens, "enrolment tokens: `tokens create --ttl 1h --uses 100`, `tokens`")
-    v.add_argument("action", nargs="?", choices=["create"])
+    v = verb(
+        "tokens",
+        v_tokens,
+        "enrolment tokens: `tokens create [--for agent|taskserver] --ttl 1h --uses 100`,"
+        " `tokens revoke ID`, `tokens`",
+    )
+    v.add_argument("action", nargs="?", choices=["create", "revoke"])
+    v.add_argument("ids", nargs="*", type=int, metavar="ID", help="with revoke: the token's id")
     v.add_argument("--ttl", type=duration_s, default=3600, help="lifetime: 90, 30m, 1h, 7d")
     v.add_argument("--uses", type=int, default=1)
+    v.add_argument(
+        "--for",
+        dest="role",
+        choices=["agent", "taskserver"],
+        default="agent",
+        help="who the token enrols: agents (the default) or task servers, never both",
+    )
     v = verb(
         "admins",
         v_admins,

@@ -33,7 +33,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from agent import __version__
 from agent.commands import CommandTable
 from agent.hold import hold_clock
-from agent.store import AgentStore, Key
+from agent.store import AgentStore, Key, NotStored
 from agent.tasktypes import RUNNERS, TaskContext
 from protocol.errors import ProtocolError, RemoteError
 from protocol.identity import NONCE_BYTES, proof_payload, verify
@@ -52,6 +52,7 @@ from protocol.messages import (
 from protocol.policies import next_due
 from protocol.session import ALLOWED_DOWN, Role, backoff_delays
 from protocol.states import InstanceState, is_terminal
+from protocol.workauth import WORK_KEY_BYTES, check_mac
 from runtime import logs
 from runtime.jobrunner import drive
 from runtime.keys import load_or_create
@@ -94,6 +95,9 @@ class Agent:
     POLICY_RECHECK_S = 60.0
     """The longest the policy loop sleeps (a wall-clock change is noticed within this)."""
     STEP_GRACE_S = 10.0
+    STORE_RETRY_S = 0.5
+    STORE_RETRY_MAX_S = 15.0
+    """Work that could not be stored is tried again after STORE_RETRY_S, doubling up to this."""
 
     def __init__(
         self,
@@ -148,6 +152,14 @@ class Agent:
         self._recent: OrderedDict[int, Report] = OrderedDict()
         self._background: set[asyncio.Task[Any]] = set()
         self._held: dict[Key, Report] = {}
+        self._unstored: dict[int, tuple[Execute, float]] = {}
+        """Work that could not be stored when it came (a full disk), with its deadline: not seen,
+        not run, tried again by ``_store_held_back`` (and whenever the relay sends it again)."""
+        self._storing: set[int] = set()
+        self._store_retry: asyncio.Task[None] | None = None
+        self.work_key: bytes | None = None
+        """The key the NS gave this agent to check its work (``protocol.workauth``)."""
+        self.refused_executes = 0
 
     def info(self) -> dict[str, Any]:
         if self.lightweight:
@@ -169,6 +181,7 @@ class Agent:
                 "insecure", reason="--insecure: plain ws:// is allowed; use only for tests"
             )
         self._set_policies(self.store.config)
+        self._set_work_key(self.store.config)
         self.keep(asyncio.create_task(self._policy_loop(), name="agent-policies"))
         try:
             await self._recover()
@@ -244,8 +257,13 @@ class Agent:
                 raise
             self.log.info("ns_unreachable_using_cached_ts", error=str(exc) or type(exc).__name__)
         else:
-            await self.store.save_config(welcome.config)
-            self._set_policies(welcome.config)
+            config = welcome.config
+            if self.work_key is not None and not config.get("work_key"):
+                # Once held, the key stays: from then on only authenticated work runs here.
+                config = {**config, "work_key": self.work_key.hex()}
+            await self.store.save_config(config)
+            self._set_policies(config)
+            self._set_work_key(config)
             ts = welcome.config.get("taskserver")
             if not ts:
                 self.taskserver = None
@@ -303,6 +321,8 @@ class Agent:
                 if isinstance(message, Execute):
                     if message.acks:
                         await self._acked(message.acks)
+                    if not await self._authentic(message):
+                        continue
                     await self._on_execute(message)
                 elif isinstance(message, Cancel):
                     for iid in message.instance_ids:
@@ -384,6 +404,65 @@ class Agent:
 
     # -- work ---------------------------------------------------------------------------
 
+    def _set_work_key(self, config: dict[str, Any]) -> None:
+        """Take the work key the NS gave this agent (``protocol.workauth``), if there is one."""
+        raw = config.get("work_key")
+        try:
+            key = bytes.fromhex(raw) if isinstance(raw, str) else b""
+        except ValueError:
+            key = b""
+        if len(key) == WORK_KEY_BYTES:
+            self.work_key = key
+
+    async def _authentic(self, message: Execute) -> bool:
+        """Whether ``message`` is work the NS authenticated for this agent.
+
+        An agent that holds a work key runs only work whose MAC it checks (a TS relays work but
+        cannot invent or alter it); anything else is refused: logged, reported ``failed`` with
+        the reason, and nothing runs. An agent given no key yet (registered only with an NS older
+        than work authentication) takes work as before, until it gets one.
+        """
+        key = self.work_key
+        if key is None:
+            return True
+        why = check_mac(
+            key,
+            message.mac,
+            message.instance_id,
+            self.name,
+            message.run_id,
+            message.task,
+            message.tokens,
+        )
+        if why is None:
+            return True
+        self.refused_executes += 1
+        via = self.taskserver or "the built-in task service"
+        self.log.warning(
+            "execute_refused",
+            instance_id=message.instance_id,
+            run_id=message.run_id,
+            via=via,
+            reason=why,
+        )
+        assert self.store is not None
+        if self.store.seen.get(message.instance_id) is None:  # never fail work taken already
+            reason = (
+                f"refused by the agent: this execute from {via} is not work the NS sent ({why}); "
+                "nothing ran. If that task server is older than the NS, upgrade it."
+            )
+            await self._send(
+                [
+                    Report(
+                        instance_id=message.instance_id,
+                        state=InstanceState.FAILED,
+                        reason=reason,
+                        ended_at=time.time(),
+                    )
+                ]
+            )
+        return False
+
     async def _on_execute(self, message: Execute) -> None:
         assert self.store is not None
         iid = message.instance_id
@@ -398,9 +477,66 @@ class Agent:
             # received/running progress, which its result would replace before it left anyway.
             await self._finished(iid, self._simulated_outcome(time.time()))
             return
-        await self.store.mark(iid, InstanceState.RECEIVED)
+        await self._accept(message)
+
+    async def _accept(self, message: Execute, again: bool = False) -> bool:
+        """Store the instance as received, then run it. Only what is stored is seen: work that
+        cannot be stored (a full disk) is held back (``_hold_back``) and runs once it can be;
+        ``again``: this is the agent trying again, not the relay sending it."""
+        assert self.store is not None
+        iid = message.instance_id
+        if iid in self._storing:
+            return True
+        if self.store.seen.get(iid) is not None:
+            self._unstored.pop(iid, None)
+            return True
+        self._storing.add(iid)
+        try:
+            await self.store.mark(iid, InstanceState.RECEIVED)
+        except NotStored as exc:
+            await self._hold_back(message, exc, again)
+            return False
+        finally:
+            self._storing.discard(iid)
+        if self._unstored.pop(iid, None) is not None:
+            self.log.info("work_stored", instance_id=iid)
         self._progress(Report(instance_id=iid, state=InstanceState.RECEIVED))
         self._start(message, None)
+        return True
+
+    async def _hold_back(self, message: Execute, exc: NotStored, again: bool) -> None:
+        """Work came that the disk cannot take: nothing of it is kept, so nothing is lost either.
+
+        The relay still holds it (and sends it again on the next connection). The agent says so
+        each time the relay sends it (a ``pending`` report with the reason, which moves nothing
+        and which the NS raises as a message, at most one per agent in ten minutes), and tries
+        to store it again, less and less often, until it can or the work's time limit passes
+        (then the relay times it out)."""
+        iid = message.instance_id
+        if iid not in self._unstored:
+            self.log.warning("work_not_stored", instance_id=iid, reason=exc.reason)
+        self._unstored[iid] = (message, time.time() + message.timeout_s)
+        if not again:
+            await self._send(
+                [Report(instance_id=iid, state=InstanceState.PENDING, reason=exc.reason)]
+            )
+        if self._store_retry is None or self._store_retry.done():
+            self._store_retry = asyncio.create_task(self._store_held_back())
+            self.keep(self._store_retry)
+
+    async def _store_held_back(self) -> None:
+        delay = self.STORE_RETRY_S
+        while self._unstored:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.STORE_RETRY_MAX_S)
+            for iid, (message, deadline) in list(self._unstored.items()):
+                left = deadline - time.time()
+                if left <= 0:
+                    del self._unstored[iid]
+                    continue
+                if not await self._accept(dataclasses.replace(message, timeout_s=left), True):
+                    break  # still no room: wait
+                delay = self.STORE_RETRY_S
 
     def _instant(self, message: Execute) -> bool:
         """Whether ``message`` is simulated work that takes no time (``--task-delay-ms 0``)."""
@@ -417,6 +553,7 @@ class Agent:
         self._running[message.instance_id] = _Running(None, task)
 
     def _stop(self, iid: int) -> None:
+        self._unstored.pop(iid, None)  # held back for want of disk: it never runs now
         running = self._running.get(iid)
         if running is None:
             return

@@ -4,8 +4,11 @@ and its last configuration. Simulated agents (``data_dir=None``) keep the same s
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import sqlite3
 import time
 from typing import Any
 
@@ -43,6 +46,26 @@ _MIGRATIONS = [
 
 Key = tuple[int, str]
 """An outbox entry: (instance id, step id or '' for the instance itself)."""
+
+
+class NotStored(Exception):
+    """A write the agent's database could not take (its disk is full): nothing of it was kept.
+
+    ``reason`` is what the agent tells the NS."""
+
+    def __init__(self, exc: BaseException):
+        code = getattr(exc, "sqlite_errorcode", None)
+        full = (
+            (isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_FULL)
+            or "database or disk is full" in str(exc)
+            or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
+        )
+        self.reason = (
+            "disk full, work refused until space returns: free space under the agent's data folder"
+            if full
+            else f"cannot store its work ({exc}), work refused until it can"
+        )
+        super().__init__(self.reason)
 
 
 class AgentStore:
@@ -88,16 +111,29 @@ class AgentStore:
     async def _seen(self, instance_id: int, state: str) -> None:
         self.seen[instance_id] = state
         if self.db is not None:
-            await self.db.execute_fetchall(
-                "INSERT INTO seen(instance_id, state, at) VALUES (?, ?, ?)"
-                " ON CONFLICT(instance_id) DO UPDATE SET state=excluded.state",
-                (instance_id, state, time.time()),
-            )
+            await self._write_seen(instance_id, state)
+
+    async def _write_seen(self, instance_id: int, state: str) -> None:
+        assert self.db is not None
+        await self.db.execute_fetchall(
+            "INSERT INTO seen(instance_id, state, at) VALUES (?, ?, ?)"
+            " ON CONFLICT(instance_id) DO UPDATE SET state=excluded.state",
+            (instance_id, state, time.time()),
+        )
 
     async def mark(self, instance_id: int, state: str) -> None:
-        await self._seen(instance_id, state)
+        """Remember an instance as ``state``: in ``seen`` only once it is stored (a re-sent
+        ``execute`` of an instance not stored must run it). :class:`NotStored` if the write
+        fails (a full disk): then nothing changed, in memory or on disk."""
         if self.db is not None:
-            await self.db.commit()
+            try:
+                await self._write_seen(instance_id, state)
+                await self.db.commit()
+            except (sqlite3.Error, OSError) as exc:
+                with contextlib.suppress(sqlite3.Error, OSError):
+                    await self.db.rollback()
+                raise NotStored(exc) from exc
+        self.seen[instance_id] = state
 
     async def finish(self, report: Report, job_snapshot: dict[str, Any] | None = None) -> None:
         """Remember a result (of an instance, or of a job's step) until the relay acknowledges it.

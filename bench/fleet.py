@@ -258,13 +258,17 @@ async def bench(args: argparse.Namespace, n: int, k_ts: int, root: Path) -> dict
             ClientTrust(insecure=True) if args.insecure else ClientTrust(fingerprint=ns.fingerprint)
         )
         async with AdminClient(ns.url, admin_token, trust, identity="bench") as client:
-            created = await client.call("tokens.create", ttl_s=86_400, uses=n + k_ts + 10)
+            created = await client.call("tokens.create", ttl_s=86_400, uses=n + 10)
             enrol = created["token"]
+            created = await client.call(
+                "tokens.create", ttl_s=86_400, uses=k_ts + 1, role="taskserver"
+            )
+            ts_enrol = created["token"]
             procs: dict[str, ServerProc] = {"ns": ns}
             for name in ts_names:
                 ts_args = [
                     "taskserver", "--server", ns.url, "--data", str(root / name),
-                    "--listen", "127.0.0.1:0", "--name", name, "--enrol-token", enrol,
+                    "--listen", "127.0.0.1:0", "--name", name, "--enrol-token", ts_enrol,
                     *(["--insecure"] if args.insecure else ["--server-fingerprint", ns.fingerprint]),
                 ]  # fmt: skip
                 ts = ServerProc(name, ts_args, root / f"{name}.log")

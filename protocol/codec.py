@@ -30,6 +30,22 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 
+HELLO_LIMITS = Limits(
+    max_frame_bytes=16 << 10,
+    max_str_len=8 << 10,
+    max_bin_len=1 << 10,
+    max_array_len=1_024,
+    max_map_len=64,
+    max_depth=8,
+)
+"""Bounds on what a peer may send before it is authenticated (its ``hello`` and ``proof``).
+
+A ``hello`` fits in a few KiB (an agent's with a ticket and a few dozen addresses: under 3 KiB),
+so an unknown peer's frame is held to 16 KiB, and msgpack stops at the first string, array or
+map over these lengths as it reads its header, before it builds anything. A frame of a million
+empty arrays (one MiB) cost the NS 0.19 s of CPU and hundreds of MB under the default limits;
+under these it is refused at its header, and a 16 KiB frame holds at most 16 Ki objects."""
+
 
 def _no_ext(code: int, data: bytes) -> Any:
     raise FrameError(f"msgpack extension type {code} is not allowed")

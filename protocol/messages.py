@@ -33,6 +33,9 @@ class Target:
     tokens: dict[str, str] = field(default_factory=dict)
     local: bool = False
     """True when the relay itself runs the work for this target (a device in a client job)."""
+    mac: bytes = b""
+    """The NS's authentication of this target for its agent (``protocol.workauth``): the relay
+    copies it into the ``execute``; empty from an NS older than work authentication."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -185,6 +188,9 @@ class Execute(Message):
     acks: list[str] = field(default_factory=list)
     """Ids of this agent's ``reports`` messages the relay has stored since its last ack: an
     acknowledgement riding on the next work instead of a ``reports_ack`` of its own."""
+    mac: bytes = b""
+    """``Target.mac`` as the NS sent it: an agent that holds a work key runs nothing whose MAC
+    is missing or wrong (``protocol.workauth.check_mac``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -642,3 +648,17 @@ def to_wire(message: Message) -> dict[str, Any]:
     out: dict[str, Any] = {"type": message.TYPE}
     out.update(_encoder(type(message))(message))
     return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Revoke(Message):
+    """NS → TS: an admin rejected or deleted these agents' keys. The TS closes their links and
+    refuses every ticket the NS signed for them that expires at or before the time given for
+    each (``agent → expires_at``, UNIX seconds on the NS's clock, as in the ticket): tickets
+    signed before the revocation, never a later one. Answered by ``ack``."""
+
+    TYPE: ClassVar[str] = "revoke"
+    agents: dict[str, int]
+
+
+MESSAGE_TYPES[Revoke.TYPE] = Revoke

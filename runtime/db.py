@@ -1,6 +1,8 @@
 """SQLite as every role opens it, and the rows that carry results between roles.
 
-``open_db`` opens a file in WAL mode and applies forward migrations; ``run_many`` is the
+``open_db`` opens a file in WAL mode (created 0600 in a folder created 0700), checks it
+(``PRAGMA quick_check``) and applies forward migrations; a file that is damaged or cannot be
+used raises ``DatabaseUnusable``, which names the file and what to do; ``run_many`` is the
 ``executemany`` that is safe beside aiosqlite's statement cache; ``report_to_row`` and
 ``report_from_row`` are an outbox row (the agent's and the task server's); ``SEEN_KEEP_S`` is how
 long agents and relays remember the instances they took, to drop repeats.
@@ -11,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sqlite3
+import stat
 from collections.abc import Iterable
 from typing import Any
 
@@ -47,20 +51,100 @@ async def run_many(db: aiosqlite.Connection, sql: str, rows: Iterable[Iterable[A
         pass
 
 
+class DatabaseUnusable(RuntimeError):
+    """A database file a role cannot start on; the message names the file and what to do."""
+
+
+RESTORE_HINT = (
+    "move it (with its -wal and -shm files) aside and restore the latest backup in its place"
+    " (`taskfleet backup`; docs/operations.md), or start without it to begin empty (what it held"
+    " is then lost)"
+)
+
+
+def make_private_dir(path: str) -> str | None:
+    """Create ``path`` (and missing parents) with mode 0700. A folder that already exists is left
+    as it is (it may be shared on purpose): if others can reach it, the answer is a warning."""
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)  # mode= is cut by the umask and not given to parents
+        return None
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        return (
+            f"the data folder {path} is open to other users (mode {mode:04o}): it holds keys and"
+            f" tokens; make it private with `chmod 700 {path}`"
+        )
+    return None
+
+
+def _private_file(path: str) -> None:
+    """Create the database file 0600 before SQLite opens it (its -wal and -shm files get the
+    main file's mode), or take group and other access from one an earlier build made wider."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        return
+    except FileExistsError:
+        pass
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            mode = stat.S_IMODE(os.stat(name).st_mode)
+            if mode & 0o077:
+                os.chmod(name, mode & 0o700)
+        except FileNotFoundError:
+            continue
+
+
 async def open_db(path: str, migrations: list[str]) -> aiosqlite.Connection:
-    """Open (creating) a SQLite file in WAL mode and apply forward migrations."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """Open (creating) a SQLite file in WAL mode, check it, and apply forward migrations.
+
+    Raises ``DatabaseUnusable`` (with the connection closed, so no thread holds the process
+    open) when the file is not a database, fails ``PRAGMA quick_check``, is newer than this
+    build, or cannot be opened or written.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        make_private_dir(folder)
+    try:
+        _private_file(path)
+    except OSError as exc:
+        raise DatabaseUnusable(f"cannot create {path}: {exc.strerror or exc}") from exc
     db = await aiosqlite.connect(path)
+    try:
+        await _prepare(db, path, migrations)
+    except BaseException as exc:
+        await db.close()
+        if isinstance(exc, DatabaseUnusable | sqlite3.OperationalError):
+            if isinstance(exc, sqlite3.OperationalError):
+                raise DatabaseUnusable(
+                    f"cannot use the database {path}: {exc}; check its permissions and the"
+                    " free disk space, and that no other taskfleet uses this data folder"
+                ) from exc
+            raise
+        if isinstance(exc, sqlite3.DatabaseError):
+            raise DatabaseUnusable(
+                f"the database {path} is damaged ({exc}); {RESTORE_HINT}"
+            ) from exc
+        raise
+    return db
+
+
+async def _prepare(db: aiosqlite.Connection, path: str, migrations: list[str]) -> None:
     await db.execute_fetchall("PRAGMA journal_mode=WAL")
     await db.execute_fetchall("PRAGMA synchronous=NORMAL")
     await db.execute_fetchall("PRAGMA foreign_keys=ON")
     await db.execute_fetchall("PRAGMA busy_timeout=5000")
+    problems = [str(r[0]) for r in await db.execute_fetchall("PRAGMA quick_check(5)")]
+    if problems != ["ok"]:
+        raise DatabaseUnusable(
+            f"the database {path} is damaged (quick_check: {'; '.join(problems)}); {RESTORE_HINT}"
+        )
     async with db.execute("PRAGMA user_version") as cur:
         row = await cur.fetchone()
     current = int(row[0]) if row else 0
     if current > len(migrations):
-        await db.close()
-        raise RuntimeError(
+        raise DatabaseUnusable(
             f"{path} has schema version {current}, newer than this taskfleet ({len(migrations)}); "
             "upgrade taskfleet"
         )
@@ -69,7 +153,6 @@ async def open_db(path: str, migrations: list[str]) -> aiosqlite.Connection:
             "BEGIN;\n" + migrations[version] + f"\nPRAGMA user_version={version + 1};\nCOMMIT;"
         ):
             pass
-    return db
 
 
 SEEN_KEEP_S = 14 * 24 * 3600

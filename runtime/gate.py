@@ -12,7 +12,27 @@ jitter and comes again.
 
 A connection holds its slot from the start of TLS until its handler calls ``handshake_done()``
 (after the ``welcome``, or when it refuses the peer), or until it closes, or for at most
-``hold_s``: then it is cut, so silent peers cannot keep the gate shut.
+``hold_s``: then it is cut, so silent peers cannot keep the gate shut. Its TLS handshake must end
+within ``tls_timeout_s`` of its arrival (time spent waiting counts, as it does for the client;
+at least a second is left once let in), so a socket that never sends a ClientHello is closed
+within the handshake deadline; a waiting one is closed once it waited ``wait_s``, whether or not
+a slot freed.
+
+One address gets a fair share, not the gate: 200 idle TCP sockets from one address once held
+every slot, and every administrator waited behind them for 37 s and more. So
+
+* an address may have at most ``open_per_address`` connections open (waiting, in their
+  handshake, or served) plus ``per_address`` more: a socket over that is closed on arrival,
+  before any TLS work (the few over ``open_per_address`` still get through, to be told why
+  with 4431 by the listener's own cap, ``runtime.link.ConnectionCap``);
+* a slot that frees goes first to a waiting connection whose address holds fewer than
+  ``per_address`` slots, addresses taken in turn (round robin), so no address waits behind
+  another's burst;
+* a connection from an address below its share that finds every slot taken frees one: the gate
+  cuts the newest handshake (one still in TLS if there is one) of the address holding the most
+  slots, if that address holds more than its share. An address alone may use every slot (a
+  registration burst from one NAT or one simulator keeps the whole gate): it gives them back
+  one by one as others arrive.
 """
 
 from __future__ import annotations
@@ -21,7 +41,7 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +57,8 @@ HANDSHAKES_AT_ONCE = 128
 WAITING_AT_MOST = 20_000
 WAIT_AT_MOST_S = 6.0
 """Less than a client's open timeout (10 s): a connection that waited longer is likely dead."""
+HANDSHAKES_PER_ADDRESS = 16
+"""Slots an address keeps when connections from other addresses arrive and the gate is full."""
 HOLD_AT_MOST_S = 20.0
 """A connection still in its handshake this long after it was let in is closed, so a peer that
 connects and stays silent (or never answers our close) holds a place for a bounded time."""
@@ -51,21 +73,38 @@ class Gate:
         waiting: int = WAITING_AT_MOST,
         wait_s: float = WAIT_AT_MOST_S,
         hold_s: float = HOLD_AT_MOST_S,
+        per_address: int = HANDSHAKES_PER_ADDRESS,
+        open_per_address: int = 0,
     ):
-        if limit < 1:
+        if limit < 1 or per_address < 1:
             raise ValueError("a gate must let at least one handshake through")
         self.limit = limit
         self.waiting = waiting
         self.wait_s = wait_s
         self.hold_s = hold_s
+        self.per_address = per_address
+        self.open_per_address = open_per_address
+        """Connections one address may have open (0: no cap); ``per_address`` more are let
+        through to be told why by the listener."""
         self.busy = 0
         self.peak = 0
-        self.queue: deque[tuple[float, GatedConnection]] = deque()
+        self.queue = WaitingRoom()
+        self.open: Counter[str] = Counter()
+        """Open connections by remote address, from arrival to close."""
+        self.holding: dict[str, dict[GatedConnection, None]] = {}
+        """Connections holding a slot, by address, oldest admitted first."""
+        self.over_share = 0
+        """Addresses holding more than ``per_address`` slots."""
         self.admitted = 0
         self.refused = 0
         """Closed before TLS: the waiting room was full, or the wait too long."""
+        self.capped = 0
+        """Closed on arrival: too many connections open from that address."""
+        self.preempted = 0
+        """Handshakes cut to give their slot to an address below its share."""
         self.overstayed = 0
         """Closed because the handshake took longer than ``hold_s``."""
+        self._sweep: asyncio.TimerHandle | None = None
         self.keepalive = Keepalive()
         """Pings the listener's open connections (one task for all of them)."""
 
@@ -76,38 +115,80 @@ class Gate:
             "waiting": len(self.queue),
             "admitted": self.admitted,
             "refused": self.refused,
+            "capped": self.capped,
+            "preempted": self.preempted,
             "overstayed": self.overstayed,
         }
 
     def arrive(self, conn: GatedConnection) -> None:
+        address = conn.address
+        cap = self.open_per_address
+        if cap and self.open[address] >= cap + self.per_address:
+            self.capped += 1
+            conn.drop()
+            return
+        self.open[address] += 1
+        conn.counted = True
+        conn.arrived = time.monotonic()
         if self.busy < self.limit and not self.queue:
             self._admit(conn)
+        elif (
+            self.busy >= self.limit
+            and self.over_share
+            and len(self.holding.get(address, ())) < self.per_address
+            and self._preempt()
+        ):
+            self._admit(conn)
         elif len(self.queue) < self.waiting:
-            self.queue.append((time.monotonic(), conn))
+            self.queue.push(address, conn)
+            if self._sweep is None:
+                self._sweep = asyncio.get_running_loop().call_later(self._sweep_s(), self._expire)
         else:
             self._refuse(conn)
 
     def release(self, conn: GatedConnection) -> None:
         """``conn`` is done with its handshake (or gone): let the next one in. Idempotent."""
-        if conn.holds_slot:
-            conn.holds_slot = False
-            self.busy -= 1
-            if conn.hold_timer is not None:
-                conn.hold_timer.cancel()
-                conn.hold_timer = None
+        self._free(conn)
         self._next()
+
+    def leave(self, conn: GatedConnection) -> None:
+        """``conn`` is closed: it no longer counts against its address. Idempotent."""
+        if conn.counted:
+            conn.counted = False
+            left = self.open[conn.address] - 1
+            if left > 0:
+                self.open[conn.address] = left
+            else:
+                del self.open[conn.address]
 
     def close(self) -> None:
         """The listener stops: drop every connection still waiting."""
-        while self.queue:
-            _, conn = self.queue.popleft()
+        for conn in self.queue.drain():
             conn.drop()
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         self.keepalive.close()
+
+    def _free(self, conn: GatedConnection) -> None:
+        if not conn.holds_slot:
+            return
+        conn.holds_slot = False
+        self.busy -= 1
+        if conn.hold_timer is not None:
+            conn.hold_timer.cancel()
+            conn.hold_timer = None
+        held = self.holding.get(conn.address)
+        if held is not None and held.pop(conn, False) is None:
+            if len(held) == self.per_address:
+                self.over_share -= 1
+            elif not held:
+                del self.holding[conn.address]
 
     def _next(self) -> None:
         now = time.monotonic()
         while self.queue and self.busy < self.limit:
-            since, conn = self.queue.popleft()
+            since, conn = self.queue.pop(self.holding, self.per_address)
             if conn.gone:
                 continue
             if now - since > self.wait_s:
@@ -115,12 +196,45 @@ class Gate:
                 continue
             self._admit(conn)
 
+    def _expire(self) -> None:
+        """Close the connections that waited longer than ``wait_s`` (their clients gave up),
+        whether or not a slot freed meanwhile."""
+        self._sweep = None
+        for conn in self.queue.expire(time.monotonic() - self.wait_s):
+            if not conn.gone:
+                self._refuse(conn)
+        if self.queue:
+            self._sweep = asyncio.get_running_loop().call_later(self._sweep_s(), self._expire)
+
+    def _sweep_s(self) -> float:
+        """How often the waiting room is swept: a quarter of the longest wait, at most 4 a s."""
+        return max(self.wait_s / 4, 0.25)
+
+    def _preempt(self) -> bool:
+        """Free a slot from the address holding the most, if it holds more than its share: its
+        newest handshake still in TLS (the least work lost), else its newest. True if freed."""
+        address, held = max(self.holding.items(), key=lambda item: len(item[1]))
+        if len(held) <= self.per_address:
+            return False
+        victim = next((c for c in reversed(held) if not c.started), None)
+        if victim is None:
+            victim = next(reversed(held))
+        self.preempted += 1
+        self._free(victim)
+        victim.drop()
+        return True
+
     def _admit(self, conn: GatedConnection) -> None:
         self.busy += 1
         self.peak = max(self.peak, self.busy)
         self.admitted += 1
         conn.holds_slot = True
-        conn.hold_timer = asyncio.get_running_loop().call_later(self.hold_s, self._overstay, conn)
+        held = self.holding.setdefault(conn.address, {})
+        held[conn] = None
+        if len(held) == self.per_address + 1:
+            self.over_share += 1
+        loop = asyncio.get_running_loop()
+        conn.hold_timer = loop.call_later(self.hold_s, self._overstay, conn)
         conn.admit()
 
     def _overstay(self, conn: GatedConnection) -> None:
@@ -133,6 +247,63 @@ class Gate:
     def _refuse(self, conn: GatedConnection) -> None:
         self.refused += 1
         conn.drop()
+
+
+class WaitingRoom:
+    """Connections waiting for a slot, one queue per address (each in arrival order), the
+    addresses taken in turn."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, deque[tuple[float, GatedConnection]]] = {}
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def push(self, address: str, conn: GatedConnection) -> None:
+        queue = self.queues.get(address)
+        if queue is None:
+            queue = self.queues[address] = deque()
+        queue.append((time.monotonic(), conn))
+        self.count += 1
+
+    def pop(
+        self, holding: dict[str, dict[GatedConnection, None]], share: int
+    ) -> tuple[float, GatedConnection]:
+        """The next connection: from the first address (in turn) holding fewer than ``share``
+        slots, else from the first address; that address goes to the back of the line.
+
+        An address holding ``share`` slots or more holds a ``1 / share`` part of the gate at
+        least, so few are passed over before one below its share is found."""
+        chosen = next(iter(self.queues))
+        for address in self.queues:
+            if len(holding.get(address, ())) < share:
+                chosen = address
+                break
+        queue = self.queues.pop(chosen)
+        item = queue.popleft()
+        if queue:
+            self.queues[chosen] = queue
+        self.count -= 1
+        return item
+
+    def expire(self, before: float) -> list[GatedConnection]:
+        """Take out every connection that arrived before ``before``."""
+        gone: list[GatedConnection] = []
+        for address in list(self.queues):
+            queue = self.queues[address]
+            while queue and queue[0][0] < before:
+                gone.append(queue.popleft()[1])
+            if not queue:
+                del self.queues[address]
+        self.count -= len(gone)
+        return gone
+
+    def drain(self) -> list[GatedConnection]:
+        everyone = [conn for queue in self.queues.values() for _, conn in queue]
+        self.queues.clear()
+        self.count = 0
+        return everyone
 
 
 class GatedConnection(FastFrames, ServerConnection):
@@ -151,6 +322,11 @@ class GatedConnection(FastFrames, ServerConnection):
     holds_slot = False
     hold_timer: asyncio.TimerHandle | None = None
     gone = False
+    address = "?"
+    """The peer's address (its host, without the port): what the gate's shares count."""
+    counted = False
+    """Counted in ``gate.open`` (until ``gate.leave``)."""
+    arrived = 0.0
     _raw: asyncio.Transport | None = None
     _started = False
     sink: Callable[[Frame], None] | None = None
@@ -162,7 +338,15 @@ class GatedConnection(FastFrames, ServerConnection):
         raw: asyncio.Transport = transport  # type: ignore[assignment]
         self._raw = raw
         raw.pause_reading()
+        peer = raw.get_extra_info("peername")
+        if peer:
+            self.address = str(peer[0])
         self.gate.arrive(self)
+
+    @property
+    def started(self) -> bool:
+        """Past TLS: a websockets connection now."""
+        return self._started
 
     def admit(self) -> None:
         raw = self._raw
@@ -190,18 +374,28 @@ class GatedConnection(FastFrames, ServerConnection):
         except Exception:
             self.gone = True
             raw.abort()
+            self.gate.leave(self)
             self.gate.release(self)
             return
         finally:
             self._raw = None  # closed either way: the TLS socket is the connection now
+        # The deadline counts from arrival, as the client's own does: waiting took part of it
+        # (at least a second is left, for a connection let in at the very end of its wait). A
+        # gate told to let connections wait longer than that (a bench's, opened wide) gives
+        # each the whole deadline once it is let in.
+        timeout_s = self.tls_timeout_s
+        if self.gate.wait_s <= timeout_s:
+            waited = time.monotonic() - self.arrived
+            timeout_s = max(timeout_s - waited, min(1.0, timeout_s))
         try:
-            async with asyncio.timeout(self.tls_timeout_s):
+            async with asyncio.timeout(timeout_s):
                 await handshake(sock)
         except (Exception, asyncio.CancelledError):
-            # A client that gave up, a scanner, a bad certificate on its side, or dropped by
-            # the gate: it cost one TLS try.
+            # A client that gave up, a scanner, a socket that never sent a ClientHello, a bad
+            # certificate on its side, or dropped by the gate: it cost one TLS try.
             self.gone = True
             sock.close()
+            self.gate.leave(self)
             self.gate.release(self)
             return
         transport = TLSTransport(asyncio.get_running_loop(), sock, self)
@@ -251,6 +445,7 @@ class GatedConnection(FastFrames, ServerConnection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone = True
+        self.gate.leave(self)
         self.gate.keepalive.discard(self)
         if self.holds_slot:
             self.gate.release(self)

@@ -77,6 +77,8 @@ class Link:
     ):
         self.ws = ws
         self.limits = limits
+        self._after_handshake: tuple[codec.Limits, int | None] | None = None
+        """The limits to raise to once the peer is authenticated (``accept``)."""
         self.peer = peer
         self.who = ""
         self._n = 0
@@ -222,6 +224,25 @@ class Link:
         """The ``welcome`` is out: let the listener's gate start the next waiting handshake."""
         handshake_done(self.ws)
 
+    def hold_to_hello_limits(self) -> None:
+        """Until :meth:`lift_hello_limits`, take only frames an unauthenticated peer needs
+        (``codec.HELLO_LIMITS``): both the WebSocket frame size and msgpack's object counts."""
+        if self._after_handshake is None:
+            protocol = self.ws.protocol
+            self._after_handshake = (self.limits, protocol.max_message_size)
+            self.limits = codec.HELLO_LIMITS
+            protocol.max_message_size = min(
+                codec.HELLO_LIMITS.max_frame_bytes,
+                protocol.max_message_size or codec.HELLO_LIMITS.max_frame_bytes,
+            )
+
+    def lift_hello_limits(self) -> None:
+        """The peer is authenticated: its frames may be as large as everyone's again."""
+        if self._after_handshake is not None:
+            self.limits, frame_bytes = self._after_handshake
+            self._after_handshake = None
+            self.ws.protocol.max_message_size = frame_bytes
+
     async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """Close with a code and a reason (reasons are cut to fit a close frame)."""
         with contextlib.suppress(Exception):
@@ -255,12 +276,15 @@ async def connect(
     compression: bool = False,
     open_timeout_s: float = 10.0,
     limits: codec.Limits = codec.DEFAULT_LIMITS,
+    source: str | None = None,
 ) -> tuple[Link, Welcome]:
     """Open a connection the client trusts, say ``hello``, prove ``key`` if challenged.
 
+    ``source``: the local address to connect from (a host with several; default: any).
     Raises RemoteError when the server is not trusted or refuses (its code says why),
     OSError or websockets errors when it cannot be reached.
     """
+    extra: dict[str, Any] = {} if source is None else {"local_addr": (source, 0)}
     ws = await ws_connect(
         url,
         ssl=trust.context(url),
@@ -271,6 +295,7 @@ async def connect(
         ping_interval=None,  # our listeners ping; the client watches for their silence
         create_connection=WatchedConnection,
         user_agent_header=f"taskfleet/{PROTOCOL_VERSION}",
+        **extra,
     )
     link = Link(ws, peer=url, limits=limits)
     untrusted = trust.check(url, ws.transport)
@@ -347,6 +372,8 @@ async def accept(
     addr = ws.remote_address
     peer = f"{addr[0]}:{addr[1]}" if addr else "?"
     link = Link(ws, peer=peer)
+    # Until the peer is authenticated: small frames, few objects (codec.HELLO_LIMITS).
+    link.hold_to_hello_limits()
 
     async def handshake() -> tuple[Hello, dict[str, Any]]:
         hello = check_hello(await link.recv(), roles=roles)
@@ -371,6 +398,7 @@ async def accept(
         return None
     except ConnectionClosed:
         return None
+    link.lift_hello_limits()
     return link, hello, facts
 
 
@@ -402,7 +430,10 @@ async def challenge(link: Link, hello: Hello, server_id: str, signature: bytes =
 
 
 class ConnectionCap:
-    """Counts open connections per remote address and refuses those over the cap."""
+    """Counts open connections per remote address and refuses those over the cap.
+
+    It counts connections past TLS, to tell an honest client why (4431); the listener's gate
+    (``runtime.gate``) caps every socket per address before any TLS work, a little above this."""
 
     def __init__(self, limit: int):
         self.limit = limit

@@ -5,7 +5,10 @@ Every error a user can meet is an :class:`ApiError` whose message says what to d
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ipaddress
+import re
 import shutil
 import sqlite3
 import time
@@ -24,6 +27,7 @@ from runtime.link import Link
 from server import auth
 from server.interface import NS
 from server.jobs import no_agent_targets
+from server.store.backup import BackupError, write_backup
 
 
 class ApiError(Exception):
@@ -110,20 +114,62 @@ async def computers_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return [_computer_view(r) for r in await ns.db.computers()]
 
 
+_MAC = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}")
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def device_mac(text: str) -> str:
+    """A device's MAC address as six hex pairs (``:`` or ``-`` between them), normalised to
+    ``aa:bb:cc:dd:ee:ff``; empty for none. Anything else is a ``bad_request``."""
+    if not text:
+        return ""
+    if not _MAC.fullmatch(text):
+        raise ApiError(
+            "bad_request",
+            f"--mac {text!r} is not a MAC address: give six hex pairs separated by ':' or '-', "
+            "for example aa:bb:cc:dd:ee:ff",
+        )
+    return text.replace("-", ":").lower()
+
+
+def device_address(text: str) -> str:
+    """A device's address: an IPv4 or IPv6 address, or a host name of RFC 1123 labels (letters,
+    digits and '-', 1-63 characters each, not starting or ending with '-'; 253 characters at most;
+    the last label not all digits); empty for none. Anything else is a ``bad_request``."""
+    if not text:
+        return ""
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(text))
+    labels = text.split(".")
+    if (
+        len(text) > 253
+        or not all(_HOST_LABEL.fullmatch(label) for label in labels)
+        or labels[-1].isdigit()
+    ):
+        raise ApiError(
+            "bad_request",
+            f"--address {text!r} is neither an IP address nor a host name: give an IPv4 or IPv6 "
+            "address (192.0.2.7, 2001:db8::7) or a host name of letters, digits, '-' and '.' "
+            "(pc-7.example.org)",
+        )
+    return text
+
+
 @op("computers.add")
 async def computers_add(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     name = _arg(args, "name", str)
-    address = _arg(args, "address", str, "")
     if not NAME.fullmatch(name):
         raise ApiError(
             "bad_request",
             "a computer name has 1-255 characters: letters, digits, '.', '_', '-', starting with a letter or digit",
         )
+    address = device_address(_arg(args, "address", str, ""))
+    mac = device_mac(_arg(args, "mac", str, ""))
     # A device is served by the connected TS with the fewest computers (or the built-in service).
     servers = [t for t in await ns.db.taskservers() if t["name"] in ns.routes]
     ts = min(servers, key=lambda t: (t["computers"], t["name"]))["name"] if servers else None
     try:
-        row = await ns.db.add_device(name, address, ts, _arg(args, "mac", str, ""))
+        row = await ns.db.add_device(name, address, ts, mac)
     except ValueError as exc:
         raise ApiError("exists", str(exc)) from None
     finally:
@@ -383,9 +429,15 @@ async def keys_accept(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     names = _arg(args, "names", list, [])
     if not names and not args.get("all"):
         raise ApiError("bad_request", "name the keys to accept, or accept --all pending keys")
-    accepted = await ns.db.decide_keys(
+    decided = await ns.db.decide_keys(
         None if args.get("all") else [str(n) for n in names], "accepted"
     )
+    accepted = sorted({k["name"] for k in decided})
+    for k in decided:
+        if k["role"] == "taskserver":
+            await auth.taskserver_enrolled(
+                ns, k["name"], k["fingerprint"], k["address"], f"by {link.who} (keys accept)"
+            )
     missing = sorted(set(map(str, names)) - set(accepted))
     if missing and not args.get("all"):
         raise ApiError(
@@ -397,17 +449,22 @@ async def keys_accept(ns: NS, link: Link, args: dict[str, Any]) -> Any:
 @op("keys.reject")
 async def keys_reject(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     name = _arg(args, "name", str)
-    rejected = await ns.db.decide_keys([name], "rejected", only_pending=False)
-    if not rejected:
+    decided = await ns.db.decide_keys([name], "rejected", only_pending=False)
+    if not decided:
         raise ApiError("unknown_key", f"no key named {name!r}; `taskfleet keys` lists them")
-    return {"rejected": rejected}
+    for k in decided:  # its connection ends now, and its tickets open no TS
+        await auth.cut_off(ns, k["role"], name, f"the key of {name} was rejected by an admin")
+    return {"rejected": sorted({k["name"] for k in decided})}
 
 
 @op("keys.delete")
 async def keys_delete(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     name = _arg(args, "name", str)
-    if not await ns.db.delete_keys(name):
+    roles = await ns.db.delete_keys(name)
+    if not roles:
         raise ApiError("unknown_key", f"no key named {name!r}; `taskfleet keys` lists them")
+    for role in roles:  # its connection ends now, and its tickets open no TS
+        await auth.cut_off(ns, role, name, f"the key of {name} was deleted by an admin")
     return {"deleted": name}
 
 
@@ -415,17 +472,34 @@ async def keys_delete(ns: NS, link: Link, args: dict[str, Any]) -> Any:
 async def tokens_create(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     ttl_s = _arg(args, "ttl_s", int, 3600)
     uses = _arg(args, "uses", int, 1)
+    role = _arg(args, "role", str, "agent")
     if not 1 <= ttl_s <= 365 * 86400 or not 1 <= uses <= 1_000_000:
         raise ApiError("bad_request", "ttl must be 1 s to 365 days and uses 1 to 1,000,000")
+    if role not in auth.ENROL_ROLES:
+        raise ApiError(
+            "bad_request",
+            f"an enrolment token is for one of: {', '.join(auth.ENROL_ROLES)} (not {role!r})",
+        )
     token = auth.new_token("tfe")
     expires_at = time.time() + ttl_s
-    token_id = await ns.db.add_enrol_token(hash_token(token), uses, expires_at, link.who)
-    return {"id": token_id, "token": token, "uses": uses, "expires_at": expires_at}
+    token_id = await ns.db.add_enrol_token(hash_token(token), uses, expires_at, link.who, role)
+    return {"id": token_id, "token": token, "uses": uses, "expires_at": expires_at, "role": role}
 
 
 @op("tokens.list")
 async def tokens_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return await ns.db.enrol_tokens()
+
+
+@op("tokens.revoke")
+async def tokens_revoke(ns: NS, link: Link, args: dict[str, Any]) -> Any:
+    token_id = _arg(args, "id", int)
+    if not await ns.db.revoke_enrol_token(token_id):
+        raise ApiError(
+            "unknown_token",
+            f"no enrolment token #{token_id} that is not revoked already; `taskfleet tokens` lists them",
+        )
+    return {"revoked": token_id}
 
 
 @op("admins.add")
@@ -434,11 +508,16 @@ async def admins_add(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     role = _arg(args, "role", str, "viewer")
     if role not in auth.ADMIN_ROLES:
         raise ApiError("bad_request", f"role must be one of {', '.join(auth.ADMIN_ROLES)}")
-    if not name or len(name) > 64:
-        raise ApiError("bad_request", "an admin name has 1 to 64 characters")
+    if not auth.admin_name_ok(name):
+        raise ApiError("bad_request", f"{name!r} is refused: {auth.ADMIN_NAME_RULE}")
     token = auth.new_token("tfa")
     await ns.db.add_admin(name, role, hash_token(token))
-    return {"name": name, "role": role, "token": token}
+    # A name given again gets a new token (and maybe another role): the old token is void, and
+    # so are the sessions it opened.
+    ended = await auth.end_admin_sessions(
+        ns, name, f"the admin token of {name} was replaced (role now {role})", link
+    )
+    return {"name": name, "role": role, "token": token, "sessions_ended": ended}
 
 
 @op("admins.list")
@@ -453,7 +532,8 @@ async def admins_revoke(ns: NS, link: Link, args: dict[str, Any]) -> Any:
         raise ApiError(
             "unknown_admin", f"no active admin named {name!r}; `taskfleet admins list` lists them"
         )
-    return {"revoked": name}
+    ended = await auth.end_admin_sessions(ns, name, f"the admin token of {name} was revoked", link)
+    return {"revoked": name, "sessions_ended": ended}
 
 
 @op("audit.list")
@@ -579,3 +659,20 @@ async def messages_watch(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     """Push every new message to this admin (as ``event`` kind ``message``) until it disconnects."""
     ns.message_watchers.add(link)
     return {"watching": True}
+
+
+@op("backup")
+async def backup(ns: NS, link: Link, args: dict[str, Any]) -> Any:
+    """Copy the database, while the NS runs, to a new file on the NS's machine (mode 0600)."""
+    path = _arg(args, "path", str)
+    force = bool(_arg(args, "force", bool, False))
+    try:
+        return await asyncio.to_thread(write_backup, ns.db_path, path, force)
+    except BackupError as exc:
+        raise ApiError("backup_refused", str(exc)) from None
+    except (OSError, sqlite3.Error) as exc:
+        raise ApiError(
+            "backup_failed",
+            f"the backup to {path} failed ({getattr(exc, 'strerror', None) or exc}); "
+            "nothing was written there: check the folder and its free space, then try again",
+        ) from None

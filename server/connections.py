@@ -33,10 +33,12 @@ from protocol.session import (
     CLOSE_RATE_LIMITED,
     CLOSE_REPLACED,
     CLOSE_TOO_MANY_CONNECTIONS,
+    CLOSE_UNAUTHORIZED,
     RateLimiter,
     Role,
     Session,
 )
+from protocol.workauth import agent_work_key, master_work_key
 from runtime.link import Link, accept
 from server import auth, policies
 from server.interface import NS
@@ -96,6 +98,11 @@ async def serve_agent(ns: NS, link: Link, hello: Hello, facts: dict[str, Any]) -
         "computer_id": row["id"],
         "taskserver": None,
         "policies": await policies.for_computer(ns, row["id"]),
+        # Its key to check that work comes from this NS (protocol.workauth), given only here,
+        # on the agent's own connection to the NS: a TS never sees it.
+        "work_key": agent_work_key(
+            master_work_key(ns.key.private_bytes_raw()), hello.identity
+        ).hex(),
     }
     if ts is not None:
         body, signature = auth.ticket(ns, hello.identity, facts["public_key"], ts["name"])
@@ -204,13 +211,21 @@ async def serve_taskserver(ns: NS, link: Link, hello: Hello, facts: dict[str, An
         if cancels:
             ns.spawn(route.cancel(cancels))
         ns.spawn(ns.dispatch_route(name))
+        ns.spawn(auth.tell_revoked(ns, link))  # tickets voided while it was away
         while True:
             message = await link.recv()
             session.check(message)
             if link.resolve(message):
                 continue
             if isinstance(message, Reports):
-                await ns.on_reports(message.items, route=name)
+                # While the disk is full this waits (reading nothing more from the TS, which
+                # keeps its results) until the batch is stored (``Rollup.on_reports``).
+                try:
+                    await ns.on_reports(message.items, route=name)
+                except ConnectionError:
+                    if link.is_open:
+                        raise
+                    return  # the TS left while its batch waited for space: it keeps the batch
                 await link.send(ReportsAck(id=link.next_id(), reply_to=message.id))
             elif isinstance(message, Presence):
                 await ns.on_presence(name, message.online, message.offline, message.full)
@@ -229,21 +244,33 @@ async def serve_admin(ns: NS, link: Link, hello: Hello, facts: dict[str, Any]) -
 
     who, role = str(facts["admin"]), str(facts["role"])
     link.peer = f"admin:{who}({role})@{link.peer.rsplit('@', 1)[-1]}"
-    await link.send(
-        Welcome(
-            id=link.next_id(),
-            reply_to=hello.id,
-            version=PROTOCOL_VERSION,
-            server=ns.name,
-            config={"admin": who, "role": role},
+    if not ns.admin_sessions.open(who, link, int(facts["mark"])):
+        raise HandshakeError(
+            f"the admin token of {who} was revoked or replaced just now; ask an admin for a token",
+            code="unauthorized",
+            close_code=CLOSE_UNAUTHORIZED,
         )
-    )
-    link.handshake_done()
     session = Session(Role.ADMIN)
     limiter = RateLimiter(ns.admin_rate_per_s, ns.admin_rate_per_s * 4)
     try:
+        await link.send(
+            Welcome(
+                id=link.next_id(),
+                reply_to=hello.id,
+                version=PROTOCOL_VERSION,
+                server=ns.name,
+                config={"admin": who, "role": role},
+            )
+        )
+        link.handshake_done()
         while True:
             message = await link.recv()
+            if not ns.admin_sessions.is_open(who, link):
+                # Revoked or replaced meanwhile (perhaps by this very request's answer).
+                await link.close(
+                    CLOSE_UNAUTHORIZED, f"the admin token of {who} was revoked or replaced"
+                )
+                return
             session.check(message)
             if not limiter.allow(time.monotonic()):
                 raise ProtocolError(
@@ -291,7 +318,13 @@ async def serve_admin(ns: NS, link: Link, hello: Hello, facts: dict[str, Any]) -
             if not read_only:
                 await _audit(ns, who, message.op, _summary(message.args), "ok")
             await link.send(Response(id=link.next_id(), reply_to=message.id, data=data))
+            if not ns.admin_sessions.is_open(who, link):
+                await link.close(
+                    CLOSE_UNAUTHORIZED, f"the admin token of {who} was revoked or replaced"
+                )
+                return
     finally:
+        ns.admin_sessions.close(who, link)
         for subs in ns.watchers.values():
             subs.pop(link, None)
         ns.message_watchers.discard(link)

@@ -32,6 +32,7 @@ from runtime.tls import ensure_certificates, file_fingerprint, server_context
 from server.auth import bootstrap_admin
 from server.connections import ADMIN_ONLY, ALL_ROLES, serve
 from server.dispatch import Dispatcher
+from server.guards import AdminSessions, Alerts
 from server.interface import NS
 from server.rollup import Rollup
 from server.routes import BUILTIN, BuiltinRoute, Route
@@ -43,7 +44,9 @@ from taskserver.store import RelayStore
 
 ADMIN_HANDSHAKES_AT_ONCE = 8
 ADMIN_WAITING_AT_MOST = 64
-"""The admin listener's gate: a handful of administrators, never a fleet."""
+ADMIN_HANDSHAKES_PER_ADDRESS = 2
+"""The admin listener's gate: a handful of administrators, never a fleet (and one address
+flooding it keeps two places when others come)."""
 
 
 class BuiltinUpstream:
@@ -100,7 +103,11 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         self.tls_fingerprint = ""
         self.ca_file = ""
         self.connection_cap = ConnectionCap(max_connections_per_address)
-        self.gate = Gate(limit=max_handshakes, wait_s=min(WAIT_AT_MOST_S, handshake_timeout_s))
+        self.gate = Gate(
+            limit=max_handshakes,
+            wait_s=min(WAIT_AT_MOST_S, handshake_timeout_s),
+            open_per_address=max_connections_per_address,
+        )
         """At most this many handshakes at once; a burst waits its turn before TLS (runtime.gate)."""
         self.admin_port = admin_port
         """A second listener for administrators only (None: none; 0: any free port), with a
@@ -109,6 +116,8 @@ class NotificationServer(Runs, Dispatcher, Rollup):
             limit=ADMIN_HANDSHAKES_AT_ONCE,
             waiting=ADMIN_WAITING_AT_MOST,
             wait_s=min(WAIT_AT_MOST_S, handshake_timeout_s),
+            per_address=ADMIN_HANDSHAKES_PER_ADDRESS,
+            open_per_address=max_connections_per_address,
         )
         self.admin_url = ""
         self._admin_server: Any = None
@@ -116,7 +125,10 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         self.agent_rate_per_s = agent_rate_per_s
         self.admin_rate_per_s = admin_rate_per_s
         self.refused: Counter[str] = Counter()
-        self.mismatches_raised: set[tuple[str, str, str]] = set()
+        self.trust_alerts = Alerts()
+        """Key-mismatch and wrong-role-token alerts, coalesced per name and per address."""
+        self.admin_sessions = AdminSessions()
+        """Open admin connections by name: revoking or replacing a token ends them at once."""
         self.first_admin_token: str | None = None
         self.server_id = ""
         self.public_key = b""

@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from protocol.messages import Dispatch, Target
+from protocol.workauth import agent_work_key, master_work_key, task_digest, work_mac
 from server.interface import CoreParts
 from server.routes import BUILTIN, RemoteRoute
 from server.stages import RouteCount
@@ -23,6 +24,21 @@ DISPATCH_CHUNK = 1_000
 DISPATCH_WINDOW = 4
 """Dispatches a TS may have unacknowledged at once: while it fans one out to its agents, the
 next is already on its way (stop-and-wait cost one round trip and one NS write per 1,000)."""
+
+_AGENT_KEYS: dict[tuple[bytes, str], bytes] = {}
+"""Agents' work keys by (the NS's master work key, computer name): derived once, not once per
+dispatch (an HMAC each; 10,000 computers would cost 10 ms per step)."""
+_AGENT_KEYS_MAX = 200_000
+
+
+def agent_key(master: bytes, computer: str) -> bytes:
+    """The work key of ``computer``'s agent (``protocol.workauth.agent_work_key``), cached."""
+    key = _AGENT_KEYS.get((master, computer))
+    if key is None:
+        if len(_AGENT_KEYS) >= _AGENT_KEYS_MAX:
+            _AGENT_KEYS.clear()
+        key = _AGENT_KEYS[(master, computer)] = agent_work_key(master, computer)
+    return key
 
 
 class Dispatcher(CoreParts):
@@ -43,6 +59,10 @@ class Dispatcher(CoreParts):
 
     def forget_taskserver_load(self) -> None:
         self._ts_load = None
+
+    def work_master_key(self) -> bytes:
+        """The master work key (``protocol.workauth``), derived from this NS's signing key."""
+        return master_work_key(self.key.private_bytes_raw())
 
     def _tokens(
         self, run_id: int, computer: str, computer_id: int | None, route: str, mac: str = ""
@@ -70,6 +90,8 @@ class Dispatcher(CoreParts):
             failed: list[BaseException] = []
             sending: set[asyncio.Task[None]] = set()
             tasks: dict[tuple[int, str], tuple[dict[str, Any], float] | None] = {}
+            digests: dict[tuple[int, str], bytes] = {}
+            master = self.work_master_key()
 
             async def send(message: Dispatch, ids: list[int]) -> None:
                 try:
@@ -92,15 +114,20 @@ class Dispatcher(CoreParts):
                     groups[(r.run_id, r.step)].append(r)
                 for (run_id, step), items in groups.items():
                     if (run_id, step) not in tasks:
-                        tasks[(run_id, step)] = await self.db.step_task(run_id, step)
+                        tasks[(run_id, step)] = found = await self.db.step_task(run_id, step)
+                        if found is not None:
+                            digests[(run_id, step)] = task_digest(found[0])
                     found = tasks[(run_id, step)]
                     if found is None:
                         continue
                     task, deadline = found
+                    digest = digests[(run_id, step)]
                     expires_in_s = deadline - time.time()
                     if expires_in_s <= 0:
                         continue
                     local_capable = task.get("type") == "client-job"
+                    # Work a relay runs itself (task-server tasks, devices) reaches no agent.
+                    for_agents = task.get("kind") != "taskserver"
                     await window.acquire()
                     if failed:
                         window.release()
@@ -110,23 +137,37 @@ class Dispatcher(CoreParts):
                         if isinstance(handle, RemoteRoute)
                         else f"b{run_id}.{items[0].id}"
                     )
+                    targets: list[Target] = []
+                    for r in items:
+                        tokens = self._tokens(run_id, r.computer, r.computer_id, route, r.mac)
+                        local = local_capable and not r.has_agent
+                        targets.append(
+                            Target(
+                                instance_id=r.wire,
+                                computer=r.computer,
+                                computer_id=r.computer_id or 0,
+                                tokens=tokens,
+                                local=local,
+                                # Only that computer's agent can check it: a relay passes it on
+                                # but cannot invent or alter work (protocol.workauth).
+                                mac=work_mac(
+                                    agent_key(master, r.computer),
+                                    r.wire,
+                                    r.computer,
+                                    run_id,
+                                    digest,
+                                    tokens,
+                                )
+                                if for_agents and not local
+                                else b"",
+                            )
+                        )
                     message = Dispatch(
                         id=link_id,
                         run_id=run_id,
                         task=task,
                         expires_in_s=expires_in_s,
-                        targets=[
-                            Target(
-                                instance_id=r.id,
-                                computer=r.computer,
-                                computer_id=r.computer_id or 0,
-                                tokens=self._tokens(
-                                    run_id, r.computer, r.computer_id, route, r.mac
-                                ),
-                                local=local_capable and not r.has_agent,
-                            )
-                            for r in items
-                        ],
+                        targets=targets,
                     )
                     sender = asyncio.create_task(send(message, [r.id for r in items]))
                     sending.add(sender)
@@ -161,7 +202,7 @@ class Dispatcher(CoreParts):
                 else:
                     rc.remaining += 1
                 counts.count(old)
-        ids = [r["id"] for r in rows]
+        ids = [r["wire"] for r in rows]  # as the old relay knows them
         handle = self.routes.get(old)
         if handle is None:
             self.pending_cancels[old].extend(ids)

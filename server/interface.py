@@ -23,6 +23,7 @@ from protocol.messages import Event, Report
 from protocol.states import InstanceState, RunState
 from runtime.gate import Gate
 from runtime.link import ConnectionCap, Link
+from server.guards import AdminSessions, Alerts
 from server.routes import Route
 from server.stages import ActiveRun, Stage
 from server.store import Change, NewInstance, Store
@@ -63,7 +64,8 @@ class NS(Protocol):
     gate: Gate
     admin_gate: Gate
     refused: Counter[str]
-    mismatches_raised: set[tuple[str, str, str]]
+    trust_alerts: Alerts
+    admin_sessions: AdminSessions
     assign_lock: asyncio.Lock
 
     @property

@@ -4,12 +4,20 @@ their steps, and pushed to the admins who watch.
 Results come back in ``reports`` batches, are applied in one transaction each
 (``Store.apply_reports``), and count down their step's routes; a run whose last step reached
 zero ends (``Runs.finish``). Watchers get the changes of one pass of the event loop together.
+
+A batch the database cannot take for lack of space is not dropped and does not cost the relay
+its link: ``on_reports`` keeps it and tries again with a bounded backoff until space returns, and
+meanwhile reads nothing more from that relay (its results wait where they are kept: agents'
+outboxes and the relay's own). One message and one log line say so, per episode.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import sqlite3
+import time
 from collections import Counter
 from typing import Any
 
@@ -18,10 +26,30 @@ from protocol.states import is_terminal
 from runtime.link import Link
 from server.interface import CoreParts
 from server.jobs import SERVER_JOB
+from server.routes import RemoteRoute
 from server.store import Change
 
 WATCH_EVENT_ITEMS = 1_000
 """Instance changes per `instances` event (a watcher gets one event per roll-up batch)."""
+DISK_FULL_TEXT = (
+    "disk full on the NS: results are held by the task servers until space returns"
+    " (free space under the NS's data folder; nothing is lost, storing resumes by itself)"
+)
+DISK_RETRY_FIRST_S = 0.5
+DISK_RETRY_MAX_S = 10.0
+"""A batch the full disk refused is tried again after 0.5 s, 1 s, 2 s, ... at most 10 s apart."""
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or the database) is full: SQLite's SQLITE_FULL, or ENOSPC."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_FULL:
+            return True
+        return "database or disk is full" in str(exc)
+    return False
 
 
 class Rollup(CoreParts):
@@ -30,24 +58,42 @@ class Rollup(CoreParts):
     _changes: dict[int, list[Change]]
     """Changes queued for watchers in this pass of the event loop, by run."""
     _changes_handle: asyncio.Handle | None
+    _disk_full_since: float | None = None
+    """When the database last refused a batch for lack of space (None: it takes them)."""
+    _disk_full_owed = False
+    """The disk-full message could not be stored (the disk was full): store it once it can be."""
 
     async def on_presence(
         self, taskserver: str | None, online: list[str], offline: list[str], full: bool
     ) -> None:
+        """A relay's word on which of its agents came and went. It speaks only for computers
+        assigned to it: other names change nothing and are counted (one log line per batch)."""
         if full:
             await self.db.set_all_offline(taskserver, keep=online)
         if online:
-            await self.db.set_online(online, True, taskserver)
+            refused = await self.db.set_online(online, True, taskserver)
+            if refused:
+                self.refused["foreign_presence"] += refused
+                self.log.warning(
+                    "presence_refused",
+                    taskserver=taskserver,
+                    count=refused,
+                    reason="computers not assigned to this task server",
+                )
         if offline:
             await self.db.set_online(offline, False, taskserver)
 
     async def on_reports(self, reports: list[Report], route: str | None = None) -> None:
         """Apply a batch of reports (one transaction), tell watchers, count steps, end runs."""
         before = self.db.refused
-        changes = await self.db.apply_reports(reports, route)
+        changes = await self._apply_patiently(reports, route)
         if self.db.refused > before:
             self.refused["foreign_report"] += self.db.refused - before
             self.log.warning("reports_refused", route=route, count=self.db.refused - before)
+        if self.db.held_back:  # an agent holds work back (its disk is full): coalesced per agent
+            held, self.db.held_back = self.db.held_back, {}
+            for computer, reason in held.items():
+                await self.raise_message("warning", f"agent {computer}: {reason}", "agent")
         ended: list[int] = []
         inventories: list[int] = []
         for change in changes:
@@ -74,17 +120,75 @@ class Rollup(CoreParts):
         for run_id in ended:
             await self.finish(run_id)
 
+    async def _apply_patiently(self, reports: list[Report], route: str | None) -> list[Change]:
+        """``Store.apply_reports``, tried again while the disk is full (see the module).
+
+        Raises ConnectionError if the relay's link closes meanwhile (it keeps the batch)."""
+        delay = DISK_RETRY_FIRST_S
+        while True:
+            refused = self.db.refused
+            try:
+                changes = await self.db.apply_reports(reports, route)
+            except Exception as exc:
+                if not disk_full(exc):
+                    raise
+                self.db.refused = refused  # the try again counts its refusals again
+                with contextlib.suppress(Exception):
+                    await self.db.db.rollback()
+                relay = self.routes.get(route) if route is not None else None
+                if isinstance(relay, RemoteRoute) and not relay.link.is_open:
+                    raise ConnectionError(
+                        f"task server {route} left while the disk was full; it keeps its results"
+                    ) from None
+                await self._disk_is_full(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, DISK_RETRY_MAX_S)
+                continue
+            if self._disk_full_since is not None:
+                await self._disk_has_room()
+            return changes
+
+    async def _disk_is_full(self, exc: BaseException) -> None:
+        if self._disk_full_since is not None:
+            return  # said once per episode
+        self._disk_full_since = time.monotonic()
+        self.log.error("disk_full", data=self.data_dir, error=str(exc), action=DISK_FULL_TEXT)
+        try:
+            await self.raise_message("error", DISK_FULL_TEXT, "server")
+        except Exception:
+            with contextlib.suppress(Exception):
+                await self.db.db.rollback()
+            # Not stored (no room): the admins who watch hear it now, the list gets it later.
+            self._disk_full_owed = True
+            self._push_message(
+                {"id": 0, "severity": "error", "text": DISK_FULL_TEXT, "source": "server"}
+            )
+
+    async def _disk_has_room(self) -> None:
+        since, self._disk_full_since = self._disk_full_since, None
+        held_s = round(time.monotonic() - (since or time.monotonic()), 1)
+        self.log.warning("disk_space_back", held_s=held_s)
+        if self._disk_full_owed:
+            self._disk_full_owed = False
+            with contextlib.suppress(Exception):
+                await self.raise_message(
+                    "error", f"{DISK_FULL_TEXT}; space returned after {held_s:g} s", "server"
+                )
+
     async def raise_message(self, severity: str, text: str, source: str) -> int:
         """Keep a message and push it to the admins who watch messages."""
         message_id = await self.db.raise_message(severity, text, source)
-        data = {"id": message_id, "severity": severity, "text": text, "source": source}
+        self._push_message({"id": message_id, "severity": severity, "text": text, "source": source})
+        return message_id
+
+    def _push_message(self, data: dict[str, Any]) -> None:
+        """Push a message to the admins who watch messages."""
         for link in list(self.message_watchers):
             self.spawn(
                 self._send_quietly(
                     link, Event(id=link.next_id(), run_id=0, kind="message", data=data)
                 )
             )
-        return message_id
 
     def _notify(self, change: Change) -> None:
         """Queue a change for the run's watchers. Changes queued in one pass of the event loop

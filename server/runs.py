@@ -227,7 +227,7 @@ class Runs(CoreParts):
                 )
             )
             if r["route"] and r["parent_id"] is None:
-                by_route[r["route"]].append(r["id"])
+                by_route[r["route"]].append(r["wire"])  # the id relays know it by
             run = self.server_runs.get(r["id"])
             if run is not None:
                 run.stop()

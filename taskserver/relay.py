@@ -54,7 +54,15 @@ from protocol.messages import (
     StepResult,
     Tickle,
 )
-from protocol.session import CLOSE_RATE_LIMITED, CLOSE_REPLACED, RateLimiter, Role, Session
+from protocol.session import (
+    CLOSE_RATE_LIMITED,
+    CLOSE_REPLACED,
+    REPORT_ITEMS_PER_TOKEN,
+    RateLimiter,
+    Role,
+    Session,
+    message_cost,
+)
 from protocol.states import InstanceState, is_terminal
 from runtime.db import SEEN_KEEP_S
 from runtime.jobrunner import drive
@@ -211,6 +219,7 @@ class Relay(Rollup):
                 t.tokens,
                 deadline,
                 local=runs_here or t.local,
+                mac=t.mac,
             )
             for t in message.targets
         ]
@@ -286,10 +295,11 @@ class Relay(Rollup):
 
             def on_message(message: Message) -> None:
                 session.check(message)
-                if not limiter.allow(time.monotonic()):
+                if not limiter.allow(time.monotonic(), message_cost(message)):
                     self.refused["rate_limited"] += 1
                     raise ProtocolError(
-                        f"more than {self.agent_rate_per_s:g} messages per second",
+                        f"more than {self.agent_rate_per_s:g} messages per second"
+                        f" (a reports message counts one per {REPORT_ITEMS_PER_TOKEN} items)",
                         code="rate_limited",
                         close_code=CLOSE_RATE_LIMITED,
                     )
@@ -357,6 +367,7 @@ class Relay(Rollup):
                 tokens=h.tokens,
                 timeout_s=left_s,
                 acks=acks,
+                mac=h.mac,
             ),
         )
 

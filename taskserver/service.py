@@ -2,7 +2,9 @@
 
 Trust: the TS proves its own Ed25519 key to the NS (and enrols like an agent). An agent is
 served only with a ticket the NS signed for it and this TS, and after proving the ticket's key;
-the TS in turn proves its key to the agent by signing the agent's nonce.
+the TS in turn proves its key to the agent by signing the agent's nonce. When an admin rejects or
+deletes an agent's key, the NS says ``revoke``: the TS closes that agent's link and refuses the
+tickets signed for it until then, for as long as they could be valid.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from protocol.messages import (
     Presence,
     Report,
     Reports,
+    Revoke,
     Tickle,
     Welcome,
 )
@@ -43,6 +46,9 @@ from runtime.link import ConnectionCap, Link, accept, challenge, connect, listen
 from runtime.tls import ClientTrust, ensure_certificates, file_fingerprint, server_context
 from taskserver.relay import Relay
 from taskserver.store import RelayStore
+
+REVOKED_AT_MOST = 100_000
+"""Agents whose tickets this TS refuses, at most; past it the soonest to expire are forgotten."""
 
 
 class RemoteUpstream:
@@ -98,7 +104,7 @@ class TaskServer:
         self.tls_key = tls_key
         self.tls_fingerprint = ""
         self.connection_cap = ConnectionCap(max_connections_per_address)
-        self.gate = Gate(limit=max_handshakes)
+        self.gate = Gate(limit=max_handshakes, open_per_address=max_connections_per_address)
         """At most this many handshakes at once; a burst waits its turn before TLS (runtime.gate)."""
         self.agent_rate_per_s = agent_rate_per_s
         self.log = logs.get("taskserver", ts=name)
@@ -113,6 +119,10 @@ class TaskServer:
         self._trimmer: asyncio.Task[None] | None = None
         self.relay: Relay | None = None
         self.store: RelayStore | None = None
+        self.revoked: dict[str, int] = {}
+        """Agent → the latest ticket expiry the NS voided for it (``revoke``), kept only while
+        such a ticket could still be valid."""
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         os.makedirs(self.data_dir, exist_ok=True)
@@ -245,6 +255,12 @@ class TaskServer:
         expires = ticket.get("expires_at")
         if not isinstance(expires, int) or expires < time.time():
             raise refuse("it has expired; register with the NS again")
+        void_until = self.revoked.get(hello.identity)
+        if void_until is not None and expires <= void_until:
+            raise refuse(
+                "an admin rejected or deleted this agent's key since it was signed;"
+                " the agent must be accepted again (`taskfleet keys`)"
+            )
         key = hello.credentials.get("public_key")
         if not isinstance(key, bytes) or key.hex() != ticket.get("public_key"):
             raise refuse("it names another key")
@@ -322,3 +338,26 @@ class TaskServer:
                 await link.send(Ack(id=link.next_id(), reply_to=message.id))
             elif isinstance(message, Tickle):
                 await self.relay.tickle(message.computers)
+            elif isinstance(message, Revoke):
+                self.revoke(message.agents)
+                await link.send(Ack(id=link.next_id(), reply_to=message.id))
+
+    def revoke(self, agents: dict[str, int]) -> None:
+        """Refuse these agents' tickets expiring at or before the time given for each, and close
+        their links now. The set is bounded: entries leave once such tickets have expired, and
+        past ``REVOKED_AT_MOST`` the soonest to expire go first."""
+        assert self.relay is not None
+        now = time.time()
+        for name, until in agents.items():
+            self.revoked[name] = max(until, self.revoked.pop(name, until))
+            conn = self.relay.agents.get(name)
+            if conn is not None:
+                self.log.info("agent_revoked", agent=name)
+                task = asyncio.create_task(
+                    conn.link.close(CLOSE_UNAUTHORIZED, "this agent's key was revoked by an admin")
+                )
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+        if len(self.revoked) > REVOKED_AT_MOST or any(u < now for u in self.revoked.values()):
+            kept = sorted((u, n) for n, u in self.revoked.items() if u >= now)
+            self.revoked = {n: u for u, n in kept[-REVOKED_AT_MOST:]}

@@ -48,6 +48,10 @@ _MIGRATIONS: list[str] = [
     """
     DROP INDEX held_computer;
     """,
+    # 4: the NS's authentication of each held instance, re-sent with every execute of it
+    """
+    ALTER TABLE held ADD COLUMN mac BLOB NOT NULL DEFAULT x'';
+    """,
 ]
 
 
@@ -75,6 +79,8 @@ class Held:
     deadline: float
     started: bool = False
     local: bool = False
+    mac: bytes = b""
+    """The NS's authentication of this instance for its agent (``Target.mac``)."""
 
 
 class RelayStore:
@@ -121,8 +127,8 @@ class RelayStore:
         )
         await run_many(
             self.db,
-            "INSERT OR IGNORE INTO held(instance_id, run_id, computer, task, tokens, deadline, local)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO held(instance_id, run_id, computer, task, tokens, deadline,"
+            " local, mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     h.instance_id,
@@ -132,6 +138,7 @@ class RelayStore:
                     _pack(h.tokens),
                     h.deadline,
                     int(h.local),
+                    h.mac,
                 )
                 for h in fresh
             ],
@@ -215,7 +222,8 @@ class RelayStore:
         """Everything held and every undelivered result, for a restart."""
         held: list[Held] = []
         async with self.db.execute(
-            "SELECT instance_id, run_id, computer, task, tokens, deadline, started, local FROM held"
+            "SELECT instance_id, run_id, computer, task, tokens, deadline, started, local, mac"
+            " FROM held"
         ) as cur:
             async for row in cur:
                 held.append(
@@ -228,6 +236,7 @@ class RelayStore:
                         row[5],
                         bool(row[6]),
                         bool(row[7]),
+                        bytes(row[8] or b""),
                     )
                 )
         out: list[tuple[int, Report]] = []

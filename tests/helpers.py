@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from admin.client import AdminClient
 from agent.agent import Agent
@@ -118,7 +122,8 @@ class Fleet:
     """Starts an NS, task servers and agents as separate processes in one temporary folder.
 
     Everything speaks TLS with the NS's self-made certificate pinned by fingerprint; agents and
-    task servers enrol with a token the fleet creates through the first admin token.
+    task servers enrol with tokens the fleet creates through the first admin token (one for
+    agents, one for task servers: a token enrols only the role it was made for).
     """
 
     def __init__(self, root: Path):
@@ -127,6 +132,7 @@ class Fleet:
         self.ns: Proc | None = None
         self.admin_token = ""
         self.enrol_token = ""
+        self.ts_enrol_token = ""
 
     def _proc(self, name: str, args: list[str]) -> Proc:
         p = Proc(name, args, self.root / f"{name}.log")
@@ -152,9 +158,14 @@ class Fleet:
             name, ["server", "--data", str(data), "--listen", f"127.0.0.1:{port}", *extra]
         ).start()
         self.admin_token = (data / "admin.token").read_text().strip()
-        if not self.enrol_token:
+        if not self.enrol_token or not self.ts_enrol_token:
             async with self.admin() as c:
-                self.enrol_token = (await c.call("tokens.create", ttl_s=3600, uses=10_000))["token"]
+                if not self.enrol_token:
+                    created = await c.call("tokens.create", ttl_s=3600, uses=10_000)
+                    self.enrol_token = created["token"]
+                if not self.ts_enrol_token:
+                    created = await c.call("tokens.create", ttl_s=3600, uses=100, role="taskserver")
+                    self.ts_enrol_token = created["token"]
         return self.ns
 
     async def taskserver(self, name: str, port: int = 0, *extra: str) -> Proc:
@@ -172,7 +183,7 @@ class Fleet:
                 "--name",
                 name,
                 "--enrol-token",
-                self.enrol_token,
+                self.ts_enrol_token,
                 *self.trust_args(),
                 *extra,
             ],
@@ -299,3 +310,37 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def small_disk(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (e.g. ``"24m"``) under ``tmp_path``: a disk a test can fill for real
+    without touching the machine's own (needs root, as CI has)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(path: Path) -> None:
+    """Fill the file system that holds ``path`` to its last byte (a file at ``path``)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (1 << 20, 1 << 12, 1):
+            block = b"\0" * size
+            while True:
+                try:
+                    if os.write(fd, block) < size:
+                        break
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC, exc
+                    break
+    finally:
+        os.close(fd)

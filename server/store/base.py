@@ -19,7 +19,13 @@ class StoreBase:
     def __init__(self, db: aiosqlite.Connection):
         self.db = db
         self.refused = 0
-        """Reports refused by ``apply_reports`` (unknown instance, wrong computer or route)."""
+        """Reports refused by ``apply_reports`` (unknown instance, wrong computer or route, a
+        step its job does not have)."""
+        self.held_back: dict[str, str] = {}
+        """Computers whose agent holds work back, with its reason (a ``pending`` report with a
+        reason: its disk is full), gathered by ``apply_reports`` until the roll-up takes them."""
+        self.held_back_at: dict[str, float] = {}
+        """When each computer's last ``held_back`` was noted (they are coalesced)."""
 
     @classmethod
     async def open(cls, path: str) -> Self:

@@ -93,26 +93,23 @@ class ComputersMixin(StoreBase):
             (json.dumps(ids),),
         )
 
-    async def set_online(self, names: list[str], online: bool, taskserver: str | None) -> None:
-        """Mark computers online or offline as reported by ``taskserver`` (None: the built-in service).
+    async def set_online(self, names: list[str], online: bool, taskserver: str | None) -> int:
+        """Mark computers online or offline as reported by ``taskserver`` (None: the built-in
+        service); return how many ``online`` names it refused.
 
-        An ``offline`` only counts from the computer's own TS: a late word from the TS it left
-        must not mark a computer offline that is connected elsewhere.
+        A TS speaks only for its own agents: a computer assigned to another TS (or to none, or
+        unknown) is left as it is, and counted when ``online`` (a TS that claims another's
+        computers). An ``offline`` from the TS a computer left is a late word, not a claim: it
+        changes nothing either (the computer may be connected elsewhere), and is not counted.
         """
         now = time.time()
-        if online:
-            await run_many(
-                self.db,
-                "UPDATE computers SET online=1, last_seen=? WHERE name=?",
-                [(now, n) for n in names],
-            )
-        else:
-            await run_many(
-                self.db,
-                "UPDATE computers SET online=0, last_seen=? WHERE name=? AND taskserver IS ?",
-                [(now, n, taskserver) for n in names],
-            )
+        async with self.db.executemany(
+            f"UPDATE computers SET online={int(online)}, last_seen=? WHERE name=? AND taskserver IS ?",
+            [(now, n, taskserver) for n in names],
+        ) as cur:
+            changed = cur.rowcount
         await self.db.commit()
+        return max(0, len(names) - changed) if online else 0
 
     async def set_all_offline(self, taskserver: str | None, keep: list[str] | None = None) -> None:
         """Mark a TS's computers offline (all of them, or all but ``keep``)."""

@@ -16,7 +16,69 @@ from protocol.states import TERMINAL, InstanceState, may_move
 from runtime.db import run_many
 from server.store.base import StoreBase
 
+HELD_BACK_EVERY_S = 600.0
+"""An agent's word that it holds work back (its disk is full) is raised at most this often."""
+HELD_BACK_REMEMBERED = 10_000
 _TERMINAL_SQL = "(" + ",".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
+
+# -- instance ids on the wire ---------------------------------------------------------------
+#
+# An instance's id on the wire is its row id together with the boot epoch of the NS start that
+# created it: ``(epoch << EPOCH_SHIFT) | row id``, at most 63 bits (a signed 64-bit integer, as
+# SQLite and msgpack hold it on relays and agents, who treat it as an opaque number). Restoring
+# a backup of the database makes SQLite hand out again the row ids the lost timeline gave out
+# after the backup, which agents and relays remember for ``runtime.db.SEEN_KEEP_S``; the
+# instances made after the restore come from a new start, so their wire ids are new. Work
+# re-sent after an ordinary restart keeps the epoch it was created with (agents still drop the
+# repeat). Rows made before epochs existed have epoch 0: their wire id is their row id.
+
+EPOCH_SHIFT = 40
+ROW_ID_MASK = (1 << EPOCH_SHIFT) - 1
+EPOCH_LIMIT = 1 << 23
+"""Epochs are 1 .. EPOCH_LIMIT - 1 (0: rows made before epochs existed)."""
+_WIRE_SQL = f"(epoch << {EPOCH_SHIFT}) | id"
+
+
+def boot_epoch(now: float | None = None, previous: int = 0) -> int:
+    """A new boot epoch: the start time in seconds, modulo 2**23 - 1, plus 1 (so never 0), and
+    never ``previous``. Time-ordered rather than random, so wire ids keep growing as relays'
+    ``forget_seen`` expects (it wraps every 97 days, beyond the 14 days ids are remembered), and
+    a start after a restore (later than every start of the lost timeline) cannot repeat one
+    of theirs unless the clock went back by that exact second."""
+    epoch = int(time.time() if now is None else now) % (EPOCH_LIMIT - 1) + 1
+    if epoch == previous:
+        epoch = epoch % (EPOCH_LIMIT - 1) + 1
+    return epoch
+
+
+def wire_id(epoch: int, row_id: int) -> int:
+    """An instance's id as relays and agents know it."""
+    return (epoch << EPOCH_SHIFT) | row_id
+
+
+def _from_wire(reports: list[Report]) -> tuple[list[Report], list[int]]:
+    """Reports from a relay with their row ids, and the epoch each one's wire id claims (in
+    order; ``apply_reports`` checks it against the instance's own). Reports of rows made before
+    epochs existed (epoch 0) pass as they are."""
+    epochs = [r.instance_id >> EPOCH_SHIFT for r in reports]
+    if not any(epochs):
+        return reports, epochs
+    return [
+        r
+        if not e
+        else Report(
+            instance_id=r.instance_id & ROW_ID_MASK,
+            state=r.state,
+            step=r.step,
+            computer=r.computer,
+            return_code=r.return_code,
+            output=r.output,
+            reason=r.reason,
+            started_at=r.started_at,
+            ended_at=r.ended_at,
+        )
+        for r, e in zip(reports, epochs, strict=True)
+    ], epochs
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +102,8 @@ class Pending(NamedTuple):
     computer_id: int | None
     has_agent: int
     mac: str
+    wire: int
+    """Its id on the wire (``wire_id``)."""
 
 
 class Parent(NamedTuple):
@@ -51,6 +115,7 @@ class Parent(NamedTuple):
     computer: str
     computer_id: int | None
     route: str | None
+    epoch: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +133,26 @@ class Change:
     route: str | None = None
 
 
+def _job_step_names(task: dict[str, Any]) -> frozenset[str]:
+    """The steps an agent may report for an instance of ``task``: a client job's ``run``
+    instructions (nested jobs of the same kind are inlined as ``outer/inner``); none otherwise."""
+    if task.get("type") != "client-job":
+        return frozenset()
+    program = task.get("job", {}).get("program", [])
+    return frozenset(str(ins["step"]) for ins in program if ins.get("op") == "run")
+
+
 class RunsMixin(StoreBase):
     """Tables ``runs``, ``steps``, ``instances``."""
+
+    _epoch = 0
+
+    @property
+    def epoch(self) -> int:
+        """This start's boot epoch (made at first use, kept in memory; see ``wire_id``)."""
+        if not self._epoch:
+            self._epoch = boot_epoch()
+        return self._epoch
 
     # -- runs ---------------------------------------------------------------------------
 
@@ -116,6 +199,7 @@ class RunsMixin(StoreBase):
         instances: list[NewInstance],
         now: float,
     ) -> None:
+        epoch = self.epoch
         await self.db.execute_fetchall(
             "INSERT INTO steps(run_id, step, task, deadline, started_at) VALUES (?, ?, ?, ?, ?)",
             (run_id, step, json.dumps(task), deadline, now),
@@ -123,7 +207,7 @@ class RunsMixin(StoreBase):
         await run_many(
             self.db,
             "INSERT INTO instances(run_id, step, computer_id, computer, route, status, reason,"
-            " ended_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " ended_at, updated_at, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     run_id,
@@ -135,6 +219,7 @@ class RunsMixin(StoreBase):
                     i.reason,
                     now if i.status in TERMINAL else None,
                     now,
+                    epoch,
                 )
                 for i in instances
             ],
@@ -230,7 +315,8 @@ class RunsMixin(StoreBase):
         them in id order). Plain rows, not maps: a step reads ten thousand of them."""
         async with self.db.execute(
             "SELECT i.id, i.run_id, i.step, i.computer, i.computer_id,"
-            " coalesce(c.has_agent, 0), coalesce(c.mac, '')"
+            " coalesce(c.has_agent, 0), coalesce(c.mac, ''),"
+            f" (i.epoch << {EPOCH_SHIFT}) | i.id"
             " FROM instances i JOIN runs r ON r.id=i.run_id"
             " LEFT JOIN computers c ON c.id=i.computer_id"
             " WHERE i.route=? AND i.dispatched=0 AND i.id>? AND r.status='running'"
@@ -248,9 +334,10 @@ class RunsMixin(StoreBase):
         return (json.loads(row["task"]), float(row["deadline"])) if row is not None else None
 
     async def reroute(self, computer_id: int, old: str, new: str) -> list[dict[str, Any]]:
-        """Move a computer's unfinished instances from one route to another, to be dispatched anew."""
+        """Move a computer's unfinished instances from one route to another, to be dispatched
+        anew; return them (``wire``: the id the old relay knows them by)."""
         rows = await self._all(
-            "SELECT id, run_id, step FROM instances WHERE computer_id=? AND route=? AND parent_id IS NULL"
+            f"SELECT id, run_id, step, {_WIRE_SQL} AS wire FROM instances WHERE computer_id=? AND route=? AND parent_id IS NULL"
             f" AND status NOT IN {_TERMINAL_SQL}",
             (computer_id, old),
         )
@@ -275,30 +362,57 @@ class RunsMixin(StoreBase):
 
         A report that would move a terminal instance, or move progress backwards, is
         ignored: a repeated or late result changes nothing. A report with a ``step`` is a
-        step of a client job: it creates or moves that step's row under the instance.
+        step of a client job: it creates or moves that step's row under the instance, only if
+        the instance runs a client job whose program has that step, and (to create the row)
+        the instance has not ended; any other step report is refused and counted.
         """
         if not reports:
             return []
+        claimed: list[int] | None = None
+        if route is not None:  # from a relay: wire ids (``wire_id``), made row ids here
+            reports, claimed = _from_wire(reports)
         parents = await self._by_ids(list({r.instance_id for r in reports}))
         mine: list[tuple[Report, Parent, str]] = []  # (report, its instance, the step's row name)
-        for r in reports:
+        with_steps = False
+        for n, r in enumerate(reports):
             parent = parents.get(r.instance_id)
             if parent is None or (r.computer and r.computer != parent.computer):
+                self.refused += 1
+                continue
+            if claimed is not None and claimed[n] != parent.epoch:
+                # An id another start of this NS gave out: the lost timeline of a restored
+                # backup (its row id now names another instance). Never take its result.
                 self.refused += 1
                 continue
             if route is not None and parent.route != route:
                 self.refused += 1  # a TS may report only for computers routed to it
                 continue
+            if r.state == InstanceState.PENDING:
+                # Where every instance starts, so it moves nothing; with a reason, it is the
+                # agent saying why it holds the work back (its disk is full): see ``held_back``.
+                if r.reason:
+                    self._hold_back(parent.computer, r.reason)
+                continue
             step = (f"{parent.step}/{r.step}" if parent.step else r.step) if r.step else ""
+            with_steps = with_steps or bool(step)
             mine.append((r, parent, step))
+        if with_steps:
+            mine = await self._known_steps(mine)
         now = time.time()
         # A client job's steps: their rows, created (all in one statement) where missing.
         keys = list({(r.instance_id, step): None for r, _, step in mine if step})
         children = await self._children(keys)
         missing: dict[tuple[int, str], Parent] = {}
+        late: set[tuple[int, str]] = set()
         for r, parent, step in mine:
             if step and (r.instance_id, step) not in children:
-                missing[(r.instance_id, step)] = parent
+                if parent.status in TERMINAL:
+                    late.add((r.instance_id, step))  # no new step under an ended job
+                else:
+                    missing[(r.instance_id, step)] = parent
+        if late:
+            self.refused += sum(1 for r, _, step in mine if (r.instance_id, step) in late)
+            mine = [m for m in mine if (m[0].instance_id, m[2]) not in late]
         if missing:
             await run_many(
                 self.db,
@@ -375,6 +489,50 @@ class RunsMixin(StoreBase):
         await self.db.commit()
         return changes
 
+    def _hold_back(self, computer: str, reason: str) -> None:
+        """Note that ``computer``'s agent holds work back, for the roll-up to raise: at most once
+        per computer per ``HELD_BACK_EVERY_S``, in bounded memory, as one printable line."""
+        now = time.time()
+        if now - self.held_back_at.get(computer, 0.0) < HELD_BACK_EVERY_S:
+            return
+        if len(self.held_back_at) >= HELD_BACK_REMEMBERED:
+            self.held_back_at = {
+                c: at for c, at in self.held_back_at.items() if now - at < HELD_BACK_EVERY_S
+            }
+            if len(self.held_back_at) >= HELD_BACK_REMEMBERED:
+                return  # thousands of agents said so within the window: enough was raised
+        self.held_back_at[computer] = now
+        self.held_back[computer] = "".join(c if c.isprintable() else " " for c in reason[:500])
+
+    async def _known_steps(
+        self, mine: list[tuple[Report, Parent, str]]
+    ) -> list[tuple[Report, Parent, str]]:
+        """Keep the step reports that name a step of the client job their instance runs; refuse
+        (and count) the rest: a step of a plain task, or a name the job's program does not have.
+
+        Each instance's job is its step's task (the run's definition for a client-job run, the
+        server job's step for a client job inside one), read once per batch, not per report.
+        """
+        wanted = list({(p.run_id, p.step): None for _, p, step in mine if step})
+        names: dict[tuple[int, str], frozenset[str]] = {}
+        for i in range(0, len(wanted), 400):
+            chunk = wanted[i : i + 400]
+            where = " OR ".join("(run_id=? AND step=?)" for _ in chunk)
+            async with self.db.execute(
+                f"SELECT run_id, step, task FROM steps WHERE {where}",
+                [v for pair in chunk for v in pair],
+            ) as cur:
+                for run_id, step, task in await cur.fetchall():
+                    names[(run_id, step)] = _job_step_names(json.loads(task))
+        kept: list[tuple[Report, Parent, str]] = []
+        for item in mine:
+            r, parent, step = item
+            if step and r.step not in names.get((parent.run_id, parent.step), frozenset()):
+                self.refused += 1
+                continue
+            kept.append(item)
+        return kept
+
     async def _children(self, keys: list[tuple[int, str]]) -> dict[tuple[int, str], dict[str, Any]]:
         """The rows of client-job steps by (parent id, step name)."""
         out: dict[tuple[int, str], dict[str, Any]] = {}
@@ -395,7 +553,7 @@ class RunsMixin(StoreBase):
             chunk = ids[i : i + 500]
             marks = ",".join("?" * len(chunk))
             async with self.db.execute(
-                f"SELECT id, status, run_id, step, computer, computer_id, route FROM instances"
+                f"SELECT id, status, run_id, step, computer, computer_id, route, epoch FROM instances"
                 f" WHERE id IN ({marks}) AND parent_id IS NULL",
                 chunk,
             ) as cur:
@@ -406,9 +564,10 @@ class RunsMixin(StoreBase):
     async def end_instances(
         self, run_id: int, state: str, reason: str, step: str | None = None
     ) -> list[dict[str, Any]]:
-        """Force non-terminal instances of a run (or of one step) to ``state``; return them (id, route, step)."""
+        """Force non-terminal instances of a run (or of one step) to ``state``; return them (id,
+        route, step, ``wire``: the id relays know them by)."""
         sql = (
-            "SELECT id, route, step, parent_id, computer FROM instances"
+            f"SELECT id, route, step, parent_id, computer, {_WIRE_SQL} AS wire FROM instances"
             f" WHERE run_id=? AND status NOT IN {_TERMINAL_SQL}"
         )
         args: tuple[Any, ...] = (run_id,)
@@ -473,4 +632,8 @@ class RunsMixin(StoreBase):
             out["runs"] = cur.rowcount
             await cur.close()
         await self.db.commit()
+        if out.get("instances"):
+            # Deleting the newest rows makes SQLite give their ids out again: instances made from
+            # now on take a new epoch, so no wire id repeats one that agents still remember.
+            self._epoch = boot_epoch(previous=self.epoch)
         return out

@@ -226,4 +226,20 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX instances_undispatched ON instances(route) WHERE dispatched=0;
     CREATE INDEX instances_computer ON instances(computer_id);
     """,
+    # 10: an enrolment token is for one role (tokens made before are agents' tokens) and can be
+    # revoked; tickets of agents whose key was rejected or deleted are refused until they expire
+    """
+    ALTER TABLE enrol_tokens ADD COLUMN role TEXT NOT NULL DEFAULT 'agent';
+    ALTER TABLE enrol_tokens ADD COLUMN revoked_at REAL;
+    CREATE TABLE revoked_tickets (
+        agent TEXT PRIMARY KEY,
+        until INTEGER NOT NULL
+    );
+    """,
+    # 11: the start of the NS that created each instance (its boot epoch, never 0 from now on):
+    # part of the instance's id on the wire, so instances made after a backup was restored
+    # never repeat an id the lost timeline gave out (rows made before keep 0: their plain ids)
+    """
+    ALTER TABLE instances ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+    """,
 ]

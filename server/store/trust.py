@@ -44,10 +44,11 @@ class TrustMixin(StoreBase):
 
     async def decide_keys(
         self, names: list[str] | None, state: str, *, only_pending: bool = True
-    ) -> list[str]:
-        """Accept or reject keys by name (None: every pending key); return the names changed."""
+    ) -> list[dict[str, Any]]:
+        """Accept or reject keys by name (None: every pending key); return the keys changed
+        (role, name, fingerprint, address), by name."""
         where = "state='pending'" if only_pending else "1=1"
-        rows = await self._all(f"SELECT role, name FROM keys WHERE {where}")
+        rows = await self._all(f"SELECT role, name, fingerprint, address FROM keys WHERE {where}")
         chosen = [r for r in rows if names is None or r["name"] in names]
         await run_many(
             self.db,
@@ -55,14 +56,14 @@ class TrustMixin(StoreBase):
             [(state, time.time(), r["role"], r["name"]) for r in chosen],
         )
         await self.db.commit()
-        return sorted({r["name"] for r in chosen})
+        return sorted(chosen, key=lambda r: (r["name"], r["role"]))
 
-    async def delete_keys(self, name: str) -> int:
-        cur = await self.db.execute("DELETE FROM keys WHERE name=?", (name,))
-        count = cur.rowcount
-        await cur.close()
+    async def delete_keys(self, name: str) -> list[str]:
+        """Forget every key called ``name``; return their roles."""
+        rows = await self._all("SELECT role FROM keys WHERE name=?", (name,))
+        await self.db.execute_fetchall("DELETE FROM keys WHERE name=?", (name,))
         await self.db.commit()
-        return count
+        return sorted(r["role"] for r in rows)
 
     async def pending_keys(self) -> int:
         row = await self._one("SELECT count(*) AS n FROM keys WHERE state='pending'")
@@ -98,28 +99,30 @@ class TrustMixin(StoreBase):
         return changed
 
     async def add_enrol_token(
-        self, token_hash: str, uses: int, expires_at: float, created_by: str
+        self, token_hash: str, uses: int, expires_at: float, created_by: str, role: str = "agent"
     ) -> int:
         return await self._insert(
-            "INSERT INTO enrol_tokens(token_hash, uses_left, expires_at, created_at, created_by)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (token_hash, uses, expires_at, time.time(), created_by),
+            "INSERT INTO enrol_tokens(token_hash, uses_left, expires_at, created_at, created_by, role)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (token_hash, uses, expires_at, time.time(), created_by, role),
         )
 
     async def enrol_with_token(
         self, token_hash: str, role: str, name: str, key: bytes, fingerprint: str, address: str
     ) -> str | None:
-        """Spend one use of an enrolment token and accept the key, in one transaction; return
-        why the token cannot be used, or None.
+        """Spend one use of an enrolment token made for ``role`` and accept the key, in one
+        transaction; return why the token cannot be used, or None.
 
-        One conditional UPDATE: concurrent enrolments can never spend more uses than there are.
-        The key is stored in the same commit, so a use is never spent without its key (a
-        handshake cut in between would otherwise cost a use per retry).
+        One conditional UPDATE: concurrent enrolments can never spend more uses than there are,
+        and a token for another role, a revoked or an expired one spends nothing. The key is
+        stored in the same commit, so a use is never spent without its key (a handshake cut in
+        between would otherwise cost a use per retry).
         """
         cur = await self.db.execute(
             "UPDATE enrol_tokens SET uses_left=uses_left-1"
-            " WHERE token_hash=? AND uses_left>0 AND expires_at>=?",
-            (token_hash, time.time()),
+            " WHERE token_hash=? AND role=? AND revoked_at IS NULL AND uses_left>0"
+            " AND expires_at>=?",
+            (token_hash, role, time.time()),
         )
         spent = cur.rowcount == 1
         await cur.close()
@@ -127,15 +130,59 @@ class TrustMixin(StoreBase):
             await self.put_key(role, name, key, fingerprint, "accepted", address)  # commits both
             return None
         row = await self._one(
-            "SELECT uses_left, expires_at FROM enrol_tokens WHERE token_hash=?", (token_hash,)
+            "SELECT id, role, revoked_at, uses_left, expires_at FROM enrol_tokens WHERE token_hash=?",
+            (token_hash,),
         )
         if row is None:
             return "unknown enrolment token"
+        if row["revoked_at"] is not None:
+            return f"enrolment token #{row['id']} was revoked"
+        if row["role"] != role:
+            return (
+                f"enrolment token #{row['id']} is for {_ROLE_WORDS.get(row['role'], row['role'])},"
+                f" not {_ROLE_WORDS.get(role, role)}"
+            )
         if row["expires_at"] < time.time():
             return "the enrolment token has expired"
         return "the enrolment token is used up"
 
     async def enrol_tokens(self) -> list[dict[str, Any]]:
         return await self._all(
-            "SELECT id, uses_left, expires_at, created_at, created_by FROM enrol_tokens ORDER BY id"
+            "SELECT id, role, uses_left, expires_at, created_at, created_by, revoked_at"
+            " FROM enrol_tokens ORDER BY id"
         )
+
+    async def revoke_enrol_token(self, token_id: int) -> bool:
+        """Revoke an enrolment token (it enrols no one from now on); False if there is no such
+        token or it was revoked before."""
+        cur = await self.db.execute(
+            "UPDATE enrol_tokens SET revoked_at=? WHERE id=? AND revoked_at IS NULL",
+            (time.time(), token_id),
+        )
+        changed = cur.rowcount > 0
+        await cur.close()
+        await self.db.commit()
+        return changed
+
+    async def revoke_tickets(self, agent: str, until: int) -> None:
+        """Remember that the tickets of ``agent`` expiring at or before ``until`` are void (its
+        key was rejected or deleted); forget what expired."""
+        await self.db.execute_fetchall(
+            "DELETE FROM revoked_tickets WHERE until<?", (int(time.time()),)
+        )
+        await self.db.execute_fetchall(
+            "INSERT INTO revoked_tickets(agent, until) VALUES (?, ?)"
+            " ON CONFLICT(agent) DO UPDATE SET until=max(until, excluded.until)",
+            (agent, until),
+        )
+        await self.db.commit()
+
+    async def revoked_tickets(self) -> dict[str, int]:
+        """The void tickets still in force: agent → the last expiry voided."""
+        rows = await self._all(
+            "SELECT agent, until FROM revoked_tickets WHERE until>=?", (int(time.time()),)
+        )
+        return {r["agent"]: int(r["until"]) for r in rows}
+
+
+_ROLE_WORDS = {"agent": "agents", "taskserver": "task servers"}

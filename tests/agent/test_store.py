@@ -92,8 +92,8 @@ async def test_a_relay_database_of_schema_2_is_migrated_keeping_its_held_work(tm
         )
     finally:
         await store.close()
-    assert [(h.instance_id, h.computer) for h in held] == [(9, "pc-9")]
-    assert version == len(_MIGRATIONS) == 3
+    assert [(h.instance_id, h.computer, h.mac) for h in held] == [(9, "pc-9", b"")]
+    assert version == len(_MIGRATIONS) == 4  # 4: held work keeps the NS's MAC (none before)
     assert [r[0] for r in indexes] == []
 
 

@@ -84,7 +84,7 @@ async def test_runs_complete_when_connections_are_cut_mid_frame(fleet: Fleet):
                 "--name",
                 "ts-1",
                 "--enrol-token",
-                fleet.enrol_token,
+                fleet.ts_enrol_token,
                 *fleet.trust_args(),
             ],
         ).start()

@@ -5,27 +5,18 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
 
 import pytest
 
+from tests import helpers
 from tests.helpers import Fleet, task_doc, wait_run
 
 
 @pytest.fixture
 def small_disk(tmp_path):
     """A 24 MiB tmpfs: a disk the test can fill without touching the machine's own."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with helpers.small_disk(tmp_path, "24m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 async def test_full_disk_refuses_new_runs_and_keeps_serving_reads(

@@ -20,6 +20,7 @@ from protocol.messages import (
     ReportsAck,
     Request,
     Response,
+    Revoke,
     StepRequest,
     StepResult,
     Target,
@@ -66,8 +67,9 @@ SAMPLES: dict[str, Message] = {
                 computer="pc-0042",
                 computer_id=42,
                 tokens={"COMPUTERNAME": "pc-0042", "RUNID": "17"},
+                mac=b"\x5a" * 32,
             ),
-            Target(instance_id=102, computer="pc-0043", computer_id=43),
+            Target(instance_id=(4_000_000 << 40) | 102, computer="pc-0043", computer_id=43),
         ],
     ),
     "execute": Execute(
@@ -77,6 +79,7 @@ SAMPLES: dict[str, Message] = {
         task=TASK,
         tokens={"COMPUTERNAME": "pc-0042", "COMPUTERID": "42"},
         timeout_s=42.25,
+        mac=b"\x5a" * 32,
     ),
     "cancel": Cancel(id="n10", instance_ids=[101, 102, 103]),
     "tickle": Tickle(id="n11", computers=["pc-0042", "pc-0043"]),
@@ -125,4 +128,5 @@ SAMPLES: dict[str, Message] = {
         reply_to="n14",
         result=Report(instance_id=101, state="succeeded", step="fix", return_code=0, output="ok"),
     ),
+    "revoke": Revoke(id="n16", agents={"pc-1": 1_900_000_000}),
 }

@@ -16,6 +16,7 @@ from protocol.messages import (
     Hello,
     Message,
     Presence,
+    Report,
     Reports,
     Request,
     Tickle,
@@ -29,6 +30,7 @@ from protocol.session import (
     Session,
     backoff_delays,
     check_hello,
+    message_cost,
     public_key_of,
 )
 from tests.protocol.samples import SAMPLES
@@ -106,6 +108,24 @@ def test_rate_limiter_allows_the_burst_then_the_rate() -> None:
     assert limiter.allow(0.05) is False  # half a token back
     assert limiter.allow(0.1) is True  # a whole token back
     assert [limiter.allow(10.0) for _ in range(4)] == [True, True, True, False]  # capped at burst
+
+
+def test_a_reports_message_costs_its_items() -> None:
+    """A `reports` message costs one token per 50 items (at least one), anything else one; a
+    message dearer than the burst passes only on a full bucket and leaves it in debt, so 20
+    messages of 10,000 items in a row are throttled after the fourth."""
+
+    def reports(n: int) -> Reports:
+        return Reports(id="r", items=[Report(instance_id=1, state="running")] * n)
+
+    assert [message_cost(reports(n)) for n in (0, 1, 50, 51, 10_000)] == [1, 1, 1, 2, 200]
+    assert message_cost(Tickle(id="t")) == 1
+    limiter = RateLimiter(rate_per_s=200, burst=800)
+    flood = [limiter.allow(0.001 * i, message_cost(reports(10_000))) for i in range(20)]
+    assert flood == [True] * 4 + [False] * 16
+    assert limiter.allow(0.1, 2000) is False  # dearer than the burst: only on a full bucket
+    assert limiter.allow(6.0, 2000) is True  # quiet long enough: a full bucket, left in debt
+    assert limiter.allow(6.1, 1) is False
 
 
 def test_unknown_role_is_refused() -> None:

@@ -86,6 +86,70 @@ def test_codec_returns_a_message_or_a_protocol_error(data: bytes) -> None:
         pass
 
 
+def _header(prefix: int, size: int) -> st.SearchStrategy[bytes]:
+    return st.integers(0, 2 ** (8 * size) - 1).map(
+        lambda n: bytes([prefix]) + n.to_bytes(size, "big")
+    )
+
+
+# msgpack headers of every container and string kind, with any length (the lengths are claims:
+# the bytes that follow may be fewer), and a few whole small values.
+PIECES = st.one_of(
+    st.integers(0, 15).map(lambda n: bytes([0x90 | n])),  # fixarray
+    st.integers(0, 15).map(lambda n: bytes([0x80 | n])),  # fixmap
+    _header(0xDC, 2),  # array 16
+    _header(0xDD, 4),  # array 32
+    _header(0xDE, 2),  # map 16
+    _header(0xDF, 4),  # map 32
+    _header(0xDB, 4),  # str 32
+    _header(0xC6, 4),  # bin 32
+    st.integers(0, 255).map(lambda n: b"\xd9" + bytes([n]) + b"a" * n),  # a whole str 8
+    st.sampled_from([b"\x90", b"\x80", b"\xc0", b"\xa1a", b"\x01"]),
+)
+HELLO_FRAMES = st.builds(
+    lambda head, pieces: head + b"".join(piece * times for piece, times in pieces),
+    st.sampled_from([b"\x81\xa4type\xa5hello", b"\x82\xa4type\xa5hello\xa1x", b""]),
+    st.lists(st.tuples(PIECES, st.integers(1, 3_000)), max_size=12),
+)
+
+
+def _within(obj: object, limits: codec.Limits) -> int:
+    """Count the objects in a decoded frame, checking each container against ``limits``."""
+    if isinstance(obj, list):
+        assert len(obj) <= limits.max_array_len
+        return 1 + sum(_within(item, limits) for item in obj)
+    if isinstance(obj, dict):
+        assert len(obj) <= limits.max_map_len
+        return 1 + sum(_within(k, limits) + _within(v, limits) for k, v in obj.items())
+    if isinstance(obj, str):
+        assert len(obj.encode()) <= limits.max_str_len
+    if isinstance(obj, bytes):
+        assert len(obj) <= limits.max_bin_len
+    return 1
+
+
+@given(HELLO_FRAMES)
+@settings(max_examples=300, deadline=None)
+def test_the_decoder_before_hello_bounds_every_object_while_decoding(data: bytes) -> None:
+    """What a peer may send before it is authenticated (``codec.HELLO_LIMITS``): a frame over
+    16 KiB is refused by its size (1009) before msgpack sees it; any other decodes to a plain
+    map whose every array, map, string and binary is within the limits (msgpack stops at the
+    first header over them), or is refused with a ProtocolError; never another exception."""
+    limits = codec.HELLO_LIMITS
+    try:
+        obj = codec.decode_frame(data, limits)
+    except ProtocolError as exc:
+        if len(data) > limits.max_frame_bytes:
+            assert exc.close_code == 1009
+        return
+    assert len(data) <= limits.max_frame_bytes
+    assert _within(obj, limits) <= len(data)  # each object took at least a byte
+    try:
+        assert isinstance(codec.decode(data, limits), Message)
+    except ProtocolError:
+        pass
+
+
 class ServerThread:
     """An NS in a thread of its own, with its own event loop."""
 

@@ -58,6 +58,11 @@ async def test_a_database_from_a_newer_taskfleet_is_refused(tmp_path):
         await Store.open(str(tmp_path / "server.db"))
 
 
+def run_step(step: str) -> dict:
+    """A client job program's instruction that runs ``step`` (as ``protocol.jobs`` compiles it)."""
+    return {"op": "run", "step": step, "task": {"name": step}, "kind": "client"}
+
+
 async def one_instance(store: Store) -> tuple[int, int]:
     """A client task's run on one computer: (run id, instance id)."""
     run_id = await store.create_run(
@@ -192,9 +197,8 @@ async def test_step_reports_of_a_nested_client_job_make_one_row_per_step(tmp_pat
         run_id = await store.create_run(
             {"name": "j", "kind": "server-job"}, [], 2e9, first_step=False
         )
-        await store.start_step(
-            run_id, "sub", {"name": "inner"}, 2e9, [NewInstance(1, "pc", "ts")], {}
-        )
+        inner = {"name": "inner", "type": "client-job", "job": {"program": [run_step("a")]}}
+        await store.start_step(run_id, "sub", inner, 2e9, [NewInstance(1, "pc", "ts")], {})
         (parent,) = await store.instances(run_id)
         pid = parent["id"]
         for state in ("running", "succeeded", "succeeded"):
@@ -212,8 +216,12 @@ async def test_one_roll_up_makes_each_new_step_row_once_and_none_for_a_refused_r
     store = await Store.open(str(tmp_path / "server.db"))
     try:
         computers = [NewInstance(i, f"pc-{i}", "ts") for i in range(5)]
-        run_id = await store.create_run({"name": "c", "kind": "client"}, computers, 2e9)
-        ids = {r["computer"]: r["id"] for r in await store.instances(run_id)}
+        job = {"program": [run_step("one"), run_step("two")]}
+        run_id = await store.create_run(
+            {"name": "c", "kind": "client", "type": "client-job", "job": job}, computers, 2e9
+        )
+        # From a relay: the ids as dispatched (row id and epoch, ``server.store.runs.wire_id``).
+        ids = {r.computer: r.wire for r in await store.undispatched("ts")}
         batch = []
         for name, iid in ids.items():
             for step in ("one", "two"):

@@ -23,9 +23,9 @@ from server.core import NotificationServer
 from tests.helpers import INSECURE, task_doc, until, wait_run
 
 
-async def enrol_token(ns, uses: int = 10) -> str:
+async def enrol_token(ns, uses: int = 10, role: str = "agent") -> str:
     async with AdminClient(ns.url, ns.first_admin_token, INSECURE) as c:
-        return (await c.call("tokens.create", uses=uses))["token"]
+        return (await c.call("tokens.create", uses=uses, role=role))["token"]
 
 
 async def rogue(ns, role: Role, name: str, **info):
@@ -35,7 +35,7 @@ async def rogue(ns, role: Role, name: str, **info):
         ns.url,
         role=role,
         identity=name,
-        credentials={"enrol_token": await enrol_token(ns)},
+        credentials={"enrol_token": await enrol_token(ns, role=str(role))},
         key=key,
         trust=INSECURE,
         info=info,
