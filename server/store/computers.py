@@ -163,7 +163,12 @@ class ComputersMixin(StoreBase):
         )
 
     async def taskserver_rows(self) -> list[dict[str, Any]]:
-        return await self._all("SELECT * FROM taskservers ORDER BY name")
+        """Every TS an agent may be sent to: those whose key is accepted now (a TS an admin
+        rejected or deleted gets no agent, not even within its restart grace)."""
+        return await self._all(
+            "SELECT t.* FROM taskservers t JOIN keys k"
+            " ON k.role='taskserver' AND k.name=t.name AND k.state='accepted' ORDER BY t.name"
+        )
 
     async def computers_per_taskserver(self) -> dict[str, int]:
         rows = await self._all(

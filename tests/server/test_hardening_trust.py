@@ -333,12 +333,17 @@ async def test_deleting_a_key_closes_the_agent_served_by_the_ns(ns):
 
 
 async def test_rejecting_a_task_server_closes_its_link(ns):
-    """`keys reject` of a connected TS closes its link to the NS at once (4401) and it cannot
-    come back."""
+    """`keys reject` of a connected TS closes its link to the NS at once (4401), it cannot come
+    back, and its agents are not sent back to it (not even within the grace a TS that merely
+    restarts gets): an agent that registers again is served by the NS itself."""
     _, ts_token = await token_for(ns, "taskserver")
-    key = Ed25519PrivateKey.generate()
+    _, agent_token = await token_for(ns, "agent")
+    key, agent_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     link, _ = await peer(ns, Role.TASKSERVER, "ts-9", ts_token, key, url="ws://127.0.0.1:1")
     assert "ts-9" in ns.routes
+    agent, welcome = await peer(ns, Role.AGENT, "pc-a", agent_token, agent_key)
+    assert welcome.config["taskserver"]["name"] == "ts-9"
+    await agent.close()
     async with admin(ns) as c:
         await c.call("keys.reject", name="ts-9")
     assert await close_code(link) == 4401
@@ -350,6 +355,9 @@ async def test_rejecting_a_task_server_closes_its_link(ns):
     with pytest.raises(RemoteError) as refused:
         await peer(ns, Role.TASKSERVER, "ts-9", key=key, url="ws://127.0.0.1:1")
     assert refused.value.code == "rejected"
+    agent, welcome = await peer(ns, Role.AGENT, "pc-a", key=agent_key)
+    assert welcome.config.get("taskserver") is None, welcome.config
+    await agent.close()
 
 
 async def test_a_revoked_enrolment_token_enrols_no_one(ns):
