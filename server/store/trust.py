@@ -129,6 +129,7 @@ class TrustMixin(StoreBase):
         if spent:
             await self.put_key(role, name, key, fingerprint, "accepted", address)  # commits both
             return None
+        await self.db.commit()  # the UPDATE changed nothing: end its transaction here
         row = await self._one(
             "SELECT id, role, revoked_at, uses_left, expires_at FROM enrol_tokens WHERE token_hash=?",
             (token_hash,),
