@@ -1,9 +1,24 @@
 """The ``taskfleet`` command: every role and every admin verb.
 
-Exit codes: 0 success; 1 a run had a target that did not succeed; 2 a usage error (bad
-arguments, unknown task, computer or run, invalid document); 3 the server could not be
-reached or refused the connection; 4 a role could not start on its data folder (a database
-damaged or unusable: the message names the file and what to do).
+Exit codes (also in the README):
+
+===  =====================================================================================
+0    success
+1    a run had a target that did not succeed
+2    a usage error: bad arguments, a server URL not of the form wss://HOST:PORT (or ws:// to a
+     TLS server), no --server-fingerprint/--ca for a wss:// server, unknown task, computer or
+     run, invalid document, a verb your role may not use
+3    the server could not be reached or refused the connection
+4    a role (server, taskserver, agent) could not start: its listen address is taken, its data
+     folder cannot be used, a database is damaged; the message names what and what to do
+5    an agent or task server was refused by the NS for good (an enrolment token used up,
+     expired or revoked, a rejected key, its name enrolled with another key, a wrong pin, an
+     incompatible version): retrying cannot help, the message says what a person must do
+141  stdout was closed early (``taskfleet runs | head -1``): nothing more is written, as with
+     any command killed by SIGPIPE (128 + 13)
+===  =====================================================================================
+
+Roles exit within a second on 4 and 5 (a supervisor sees a dead process, never a hung one).
 """
 
 from __future__ import annotations
@@ -21,9 +36,10 @@ from typing import Any
 from websockets.exceptions import WebSocketException
 
 from admin.client import AdminClient
+from admin.docverbs import definition_verb
 from admin.output import ago, iso, short_time, table
-from admin.trustverbs import add_trust_verbs
-from admin.views import follow, print_run, run_json
+from admin.trustverbs import add_trust_verbs, duration_s
+from admin.views import follow, print_computer, print_run, run_json, select
 from protocol.errors import RemoteError
 from runtime import logs
 from runtime.gate import HANDSHAKES_AT_ONCE
@@ -36,6 +52,11 @@ HANDSHAKES_HELP = (
 )
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 EXIT_DATA = 4
+"""A role could not start: listen address, data folder, database (the name predates the others)."""
+EXIT_START = EXIT_DATA
+EXIT_REFUSED = 5
+EXIT_CLOSED_STDOUT = 128 + signal.SIGPIPE
+DEMO_MAX_AGENTS = 500
 USAGE_CODES = {
     "bad_request",
     "unknown_task",
@@ -51,6 +72,12 @@ USAGE_CODES = {
     "unknown_group",
     "unknown_filter",
     "disk_full",
+    "bad_url",
+    "speaks_tls",
+    "unknown_job",
+    "in_use",
+    "computer_online",
+    "unknown_policy",
 }
 
 
@@ -75,8 +102,19 @@ async def _serve_forever(component: Any, ready: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    ended = getattr(component, "ended", None)  # a TS refused by the NS for good
+    waits = [asyncio.create_task(stop.wait())]
+    if ended is not None:
+        waits.append(asyncio.create_task(ended.wait()))
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for w in waits:
+        w.cancel()
     await component.stop()
+    refusal = getattr(component, "refusal", None)
+    if refusal is not None:
+        from agent.agent import RefusedForGood
+
+        raise RefusedForGood(component.name, component.server_url, refusal, role="task server")
 
 
 def _smtp(args: argparse.Namespace) -> dict[str, Any]:
@@ -101,16 +139,76 @@ def _unusable(exc: Exception) -> int:
     return EXIT_DATA
 
 
+class CannotStart(Exception):
+    """A role cannot start (exit 4); the message says what is wrong and what to do."""
+
+
+def _run_role(role: str, main: Any) -> int:
+    """Run a role's ``main()`` coroutine; a failure to start, or a refusal for good by the NS,
+    ends the process with its own code and one line saying what to do (never a hung process)."""
+    from agent.agent import RefusedForGood
+    from runtime.db import DatabaseUnusable
+    from runtime.link import ListenError
+
+    try:
+        asyncio.run(main())
+    except (DatabaseUnusable, ListenError, CannotStart) as exc:
+        return _unusable(exc)
+    except RefusedForGood as exc:
+        print(f"taskfleet: {exc}", file=sys.stderr, flush=True)
+        return EXIT_REFUSED
+    except OSError as exc:  # nothing a role's start does is reaching a server: a local problem
+        return _unusable(CannotStart(f"the {role} cannot start: {exc}"))
+    return EXIT_OK
+
+
+def _made_in(data: str, role: Any, **kwargs: Any) -> Any:
+    """``role(**kwargs)``: a role whose key cannot be made or read in ``data`` is CannotStart."""
+    try:
+        return role(**kwargs)
+    except OSError as exc:
+        raise CannotStart(
+            f"cannot use the data folder {data}: {exc}; give --data a folder this user can write"
+        ) from None
+
+
+def _check_server_url(args: argparse.Namespace) -> str | None:
+    """For a role that connects to the NS: a --server URL it can use and a way to trust it, or
+    the problem (a usage error, found before anything is written or started)."""
+    from admin.client import url_problem
+
+    if (problem := url_problem(args.server)) is not None:
+        return f"--server {problem}"
+    if args.server.startswith("wss://") and not (args.ca or args.server_fingerprint):
+        return (
+            f"no way to trust the NS at {args.server}: pass --server-fingerprint SHA256:...,"
+            " the fingerprint `taskfleet server` prints at its start (or TASKFLEET_SERVER_FINGERPRINT),"
+            " or --ca FILE (its tls/ca.pem)"
+        )
+    if args.server.startswith("ws://") and not args.insecure:
+        return f"--server {args.server} is plain ws://: use wss://{args.server[5:]} (--insecure allows ws:// for tests)"
+    return None
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     from runtime import heap
-    from runtime.db import DatabaseUnusable
     from runtime.link import split_hostport
     from server.core import NotificationServer
 
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("taskfleet: give both --tls-cert and --tls-key, or neither", file=sys.stderr)
+        return EXIT_USAGE
     heap.tune_gc()
     private_data_folder(args.data)
 
-    host, port = split_hostport(args.listen, 8470)
+    try:
+        host, port = split_hostport(args.listen, 8470)
+    except ValueError:
+        print(
+            f"taskfleet: --listen {args.listen}: give HOST:PORT (port 0: any free port)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     ns = NotificationServer(
         data_dir=args.data,
         host=host,
@@ -166,24 +264,34 @@ def cmd_server(args: argparse.Namespace) -> int:
         await stop.wait()
         await ns.stop()
 
-    try:
-        asyncio.run(main())
-    except DatabaseUnusable as exc:
-        return _unusable(exc)
-    return EXIT_OK
+    return _run_role("server", main)
 
 
 def cmd_taskserver(args: argparse.Namespace) -> int:
     from runtime import heap
-    from runtime.db import DatabaseUnusable
     from runtime.link import split_hostport
     from taskserver.service import TaskServer
 
+    if (problem := _check_server_url(args)) is not None:
+        print(f"taskfleet: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("taskfleet: give both --tls-cert and --tls-key, or neither", file=sys.stderr)
+        return EXIT_USAGE
     heap.tune_gc()
     private_data_folder(args.data)
 
-    host, port = split_hostport(args.listen, 8471)
-    ts = TaskServer(
+    try:
+        host, port = split_hostport(args.listen, 8471)
+    except ValueError:
+        print(
+            f"taskfleet: --listen {args.listen}: give HOST:PORT (port 0: any free port)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    ts = _made_in(
+        args.data,
+        TaskServer,
         server_url=args.server,
         data_dir=args.data,
         name=args.name,
@@ -199,29 +307,30 @@ def cmd_taskserver(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         max_handshakes=args.max_handshakes,
     )
-    try:
-        asyncio.run(
-            _serve_forever(
-                ts, "taskfleet taskserver ready url={c.url} fingerprint={c.tls_fingerprint}"
-            )
-        )
-    except DatabaseUnusable as exc:
-        return _unusable(exc)
-    return EXIT_OK
+    return _run_role(
+        "taskserver",
+        lambda: _serve_forever(
+            ts, "taskfleet taskserver ready url={c.url} fingerprint={c.tls_fingerprint}"
+        ),
+    )
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
     from agent.agent import Agent
     from agent.commands import CommandTable
-    from runtime.db import DatabaseUnusable
 
+    if (problem := _check_server_url(args)) is not None:
+        print(f"taskfleet: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         commands = CommandTable.load(args.commands)
     except (OSError, ValueError) as exc:
         print(f"taskfleet: cannot use the command table {args.commands}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     private_data_folder(args.data)
-    agent = Agent(
+    agent = _made_in(
+        args.data,
+        Agent,
         server_url=args.server,
         name=args.name,
         commands=commands,
@@ -240,17 +349,21 @@ def cmd_agent(args: argparse.Namespace) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    try:
-        asyncio.run(main())
-    except DatabaseUnusable as exc:
-        return _unusable(exc)
-    return EXIT_OK
+    return _run_role("agent", main)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from admin.demo import demo
+    from agent.agent import RefusedForGood
 
-    return asyncio.run(demo(args.agents))
+    try:
+        return asyncio.run(demo(args.agents))
+    except RefusedForGood as exc:
+        print(f"taskfleet: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except (TimeoutError, RuntimeError) as exc:  # a step of the demo did not happen in time
+        print(f"taskfleet: {exc or type(exc).__name__}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 # -- admin verbs ------------------------------------------------------------------------
@@ -286,7 +399,30 @@ async def v_computers(c: AdminClient, args: argparse.Namespace) -> int:
                 f"added device {row['name']} (id {row['id']}, task server {row['taskserver'] or 'built-in'})"
             )
         return EXIT_OK
-    rows = await c.call("computers.list")
+    if args.action == "delete":
+        names = [n for n in [args.name, *args.names] if n]
+        if not names:
+            print("taskfleet: computers delete needs a NAME (one or more)", file=sys.stderr)
+            return EXIT_USAGE
+        result = await c.call("computers.delete", names=names, keep_key=args.keep_key)
+        if args.json:
+            _print_json(result)
+        else:
+            keys = result["keys_deleted"]
+            print(
+                f"deleted {', '.join(result['deleted'])}"
+                + (
+                    f"; {result['stopped']} unfinished instance(s) stopped"
+                    if result["stopped"]
+                    else ""
+                )
+                + (f"; key(s) deleted: {', '.join(keys)}" if keys else "")
+            )
+        return EXIT_OK
+    if args.name or args.names:
+        print("taskfleet: computers takes a NAME only with add or delete", file=sys.stderr)
+        return EXIT_USAGE
+    rows = await c.call("computers.list", offline_for_s=args.offline_for or 0)
     if args.json:
         _print_json(
             [
@@ -346,6 +482,8 @@ async def v_taskservers(c: AdminClient, args: argparse.Namespace) -> int:
 
 
 async def v_task(c: AdminClient, args: argparse.Namespace) -> int:
+    if args.action != "add":
+        return await definition_verb(c, args, "task")
     saved = await c.add_document("task.add", args.file)
     if args.json:
         _print_json(saved)
@@ -358,6 +496,8 @@ async def v_task(c: AdminClient, args: argparse.Namespace) -> int:
 
 
 async def v_job(c: AdminClient, args: argparse.Namespace) -> int:
+    if args.action != "add":
+        return await definition_verb(c, args, "job")
     saved = await c.add_document("job.add", args.file)
     if args.json:
         _print_json(saved)
@@ -426,8 +566,19 @@ async def v_run(c: AdminClient, args: argparse.Namespace) -> int:
         "groups": args.group or [],
         "filters": args.filter or [],
         "all": args.all,
+        "online_only": args.online_only,
     }
     plan = await c.call("run.start", check=True, **target)
+    if plan.get("skipped_offline"):
+        print(
+            f"{plan['skipped_offline']} offline target(s) skipped (--online-only)", file=sys.stderr
+        )
+    elif plan.get("offline"):
+        print(
+            f"warning: {plan['offline']} of {plan['targets']} targets are offline: they run when"
+            " they connect, until the time limit (--online-only skips them)",
+            file=sys.stderr,
+        )
     if plan["no_agent"]:
         print(
             f"warning: {len(plan['no_agent'])} target(s) have no agent and will fail their client steps "
@@ -441,7 +592,13 @@ async def v_run(c: AdminClient, args: argparse.Namespace) -> int:
             _print_json(started)
         else:
             print(
-                f"started run {run_id} on {started['targets']} target(s); `taskfleet watch {run_id}` follows it"
+                f"started run {run_id} on {started['targets']} target(s)"
+                + (
+                    f" ({started['skipped_offline']} offline skipped)"
+                    if started.get("skipped_offline")
+                    else ""
+                )
+                + f"; `taskfleet watch {run_id}` follows it"
             )
         return EXIT_OK
     if not args.json:
@@ -460,8 +617,16 @@ async def v_runs(c: AdminClient, args: argparse.Namespace) -> int:
             print("taskfleet: runs show needs a run ID", file=sys.stderr)
             return EXIT_USAGE
         run = await c.call("run.show", run_id=args.run_id)
+        if args.computer is not None or args.failed:
+            try:
+                run = select(run, args.computer, args.failed)
+            except LookupError as exc:
+                print(f"taskfleet: {exc}", file=sys.stderr)
+                return EXIT_USAGE
         if args.json:
             _print_json(run_json(run))
+        elif args.computer is not None:
+            print_computer(run, args.computer)
         else:
             print_run(run)
         return EXIT_OK
@@ -572,10 +737,23 @@ def _read_secret_files(args: argparse.Namespace) -> str | None:
 
 
 def private_data_folder(path: str) -> None:
-    """Create a role's data folder 0700; warn (never change) one that exists with wider access."""
+    """Create a role's data folder 0700; warn (never change) one that exists with wider access.
+    A folder that cannot be made or written is :class:`CannotStart` (exit 4)."""
     from runtime.db import make_private_dir
 
-    if (warning := make_private_dir(path)) is not None:
+    try:
+        warning = make_private_dir(path)
+    except OSError as exc:
+        raise CannotStart(
+            f"cannot use the data folder {path}: {exc.strerror or exc}; give --data a folder"
+            " this user can create and write"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise CannotStart(
+            f"cannot use the data folder {path}: this user may not write in it; give --data a"
+            " folder this user can write, or fix its owner"
+        )
+    if warning is not None:
         print(f"taskfleet: warning: {warning}", file=sys.stderr, flush=True)
 
 
@@ -645,8 +823,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--ts-grace-s",
         type=float,
-        default=120.0,
-        help="how long agents wait for their TS to come back before they move",
+        default=10.0,
+        help="how long the agents of a TS that went away wait for it before they move to another "
+        "TS or the built-in task service, their unfinished work with them (default 10 s: enough "
+        "for a TS restarted by systemd; they run work again within 30 s of its death)",
     )
     s.add_argument("--smtp", help="HOST:PORT of the mail server for send-email")
     s.add_argument("--smtp-security", choices=["none", "starttls", "tls"], default="starttls")
@@ -683,7 +863,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulate(sub, [trust, enrol])
 
     d = sub.add_parser("demo", help="NS, one TS and N agents in one process: run a task on all")
-    d.add_argument("--agents", type=int, default=20)
+    d.add_argument(
+        "--agents",
+        type=_agent_count,
+        default=20,
+        help=f"how many agents to start in this process, 1 to {DEMO_MAX_AGENTS} (default 20)",
+    )
     d.set_defaults(func=cmd_demo)
 
     admin = argparse.ArgumentParser(add_help=False, parents=[trust])
@@ -704,8 +889,21 @@ def build_parser() -> argparse.ArgumentParser:
         return v
 
     v = verb("computers", v_computers, "list computers, or `computers add NAME` a device")
-    v.add_argument("action", nargs="?", choices=["add"])
+    v.add_argument("action", nargs="?", choices=["add", "delete"])
     v.add_argument("name", nargs="?")
+    v.add_argument("names", nargs="*", metavar="NAME", help="with delete: more computers")
+    v.add_argument(
+        "--keep-key",
+        action="store_true",
+        help="with delete: keep the agent's key, so the computer comes back when it registers"
+        " (refused for an online computer)",
+    )
+    v.add_argument(
+        "--offline-for",
+        type=duration_s,
+        metavar="DURATION",
+        help="list only computers whose agent has been offline that long: 30m, 12h, 7d",
+    )
     v.add_argument(
         "--address", default="", help="the device's IPv4 or IPv6 address, or its host name"
     )
@@ -715,13 +913,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="the device's MAC address, six hex pairs (aa:bb:cc:dd:ee:ff or aa-bb-...), for wake-on-lan",
     )
     verb("taskservers", v_taskservers, "list task servers")
-    v = verb("task", v_task, "`task add FILE`: save a task document (TOML or JSON)")
-    v.add_argument("action", choices=["add"])
-    v.add_argument("file")
-    verb("tasks", v_tasks, "list saved tasks")
-    v = verb("job", v_job, "`job add FILE`: save a job document (TOML or JSON)")
-    v.add_argument("action", choices=["add"])
-    v.add_argument("file")
+    for kind, fn in (("task", v_task), ("job", v_job)):
+        v = verb(
+            kind,
+            fn,
+            f"`{kind} add FILE`: save a {kind} document (TOML or JSON); `{kind} show NAME`,"
+            f" `{kind} history NAME`, `{kind} delete NAME`",
+        )
+        v.add_argument("action", choices=["add", "show", "history", "delete"])
+        v.add_argument("file", metavar="FILE|NAME", help=f"add: a document file; else the {kind}")
+        v.add_argument(
+            "--version",
+            dest="doc_version",
+            type=int,
+            metavar="N",
+            help=f"show: version N (`{kind} history NAME` lists them); default: the current one",
+        )
+        v.add_argument(
+            "--toml", action="store_true", help="show: the document as TOML (the default)"
+        )
+        if kind == "task":
+            verb("tasks", v_tasks, "list saved tasks")
     verb("jobs", v_jobs, "list saved jobs")
     verb("types", v_types, "list task types")
     v = verb("run", v_run, "run a saved task or job")
@@ -733,12 +945,23 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--filter", action="append", help="computers a filter holds (repeatable)")
     v.add_argument("--all", action="store_true", help="every known computer")
     v.add_argument(
+        "--online-only",
+        action="store_true",
+        help="skip targets whose agent is offline now (devices stay); the run says how many",
+    )
+    v.add_argument(
         "--wait", action="store_true", help="follow the run; exit 0 only if all succeeded"
     )
     v = verb("runs", v_runs, "list runs, or `runs show ID`")
     v.add_argument("action", nargs="?", choices=["show"])
     v.add_argument("run_id", nargs="?", type=int)
     v.add_argument("--limit", type=int, default=50)
+    v.add_argument(
+        "--computer",
+        metavar="NAME",
+        help="show: that computer's full output (each step's, for jobs), return code, times, reason",
+    )
+    v.add_argument("--failed", action="store_true", help="show: only what did not succeed")
     v = verb("watch", v_watch, "follow a run live")
     v.add_argument("run_id", type=int)
     add_trust_verbs(verb)
@@ -754,6 +977,56 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _agent_count(text: str) -> int:
+    """``demo --agents``: a whole number from 1 to DEMO_MAX_AGENTS, else a usage error."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= DEMO_MAX_AGENTS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of agents: give 1 to {DEMO_MAX_AGENTS} (the demo runs them"
+            " all in one process; for more, `taskfleet simulate`)"
+        )
+    return n
+
+
+class StdoutClosed(Exception):
+    """Whoever read our output is gone (``taskfleet runs | head -1``): not a server failure."""
+
+
+class _GuardedStdout:
+    """``sys.stdout``, with a write to a closed pipe raised as :class:`StdoutClosed` (so it is
+    never taken for a lost connection to the server, which is also an OSError)."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except BrokenPipeError:
+            raise StdoutClosed from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise StdoutClosed from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _quiet_stdout() -> int:
+    """Stdout was closed early: point it at /dev/null (so the flush at exit fails no more, as
+    Python's documentation on SIGPIPE recommends) and end as a command killed by SIGPIPE."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.__stdout__.fileno() if sys.__stdout__ is not None else 1)
+    os.close(devnull)
+    return EXIT_CLOSED_STDOUT
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -761,8 +1034,16 @@ def main(argv: list[str] | None = None) -> int:
     if (problem := _read_secret_files(args)) is not None:
         print(f"taskfleet: {problem}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    if sys.stdout is not None and not isinstance(sys.stdout, _GuardedStdout):
+        sys.stdout = _GuardedStdout(sys.stdout)
     try:
         code = int(args.func(args))
+        if sys.stdout is not None:
+            sys.stdout.flush()  # here, not at exit: a closed pipe is then seen as what it is
+    except StdoutClosed:
+        code = _quiet_stdout()
+    except CannotStart as exc:
+        code = _unusable(exc)
     except RemoteError as exc:
         print(f"taskfleet: {exc.message}", file=sys.stderr)
         code = EXIT_USAGE if exc.code in USAGE_CODES else EXIT_UNREACHABLE

@@ -7,6 +7,7 @@ import contextlib
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from websockets.exceptions import ConnectionClosed, InvalidMessage
 
@@ -27,6 +28,48 @@ ADMIN_LIMITS = Limits(
 """Bounds on what the admin client accepts from the NS: large, for runs of thousands of computers."""
 BUSY_RETRY_S = 30.0
 """How long an admin keeps trying when the NS's handshake gate turns it away (runtime.gate)."""
+
+
+SERVER_URL_FORM = "wss://HOST:PORT (e.g. wss://127.0.0.1:8470)"
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` is not a server URL, with the form to use instead; None when it is one."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return f"{url!r} is not a server URL: the form is {SERVER_URL_FORM}; here: wss://{url}"
+    if scheme not in ("ws", "wss"):
+        return (
+            f"{url!r} is not a server URL: taskfleet speaks WebSocket over TLS, not {scheme}://;"
+            f" the form is {SERVER_URL_FORM}; here: wss://{rest}"
+        )
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError as exc:
+        return f"{url!r} is not a server URL ({exc}): the form is {SERVER_URL_FORM}"
+    if not parts.hostname:
+        return f"{url!r} names no host: the form is {SERVER_URL_FORM}"
+    return None
+
+
+async def speaks_tls(url: str, timeout_s: float = 3.0) -> bool:
+    """Whether the server at a ``ws://`` URL answers a TLS handshake (it wants ``wss://``).
+    Asked only after a ``ws://`` connection failed, so the common path pays nothing."""
+    parts = urlsplit(url)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # only asking whether it speaks TLS; nothing is sent
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(parts.hostname, parts.port or 80, ssl=ctx), timeout_s
+        )
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
+    return True
 
 
 def _turned_away(exc: BaseException) -> bool:
@@ -64,9 +107,12 @@ class AdminClient:
     async def __aenter__(self) -> AdminClient:
         # While 10,000 agents register at once, the NS's handshake gate may turn a new connection
         # away before TLS; an administrator's command should wait its turn, not fail.
+        if (problem := url_problem(self.url)) is not None:
+            raise RemoteError("bad_url", problem)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.busy_retry_s
         delay = 0.2
+        probed = not self.url.startswith("ws://")
         while True:
             try:
                 # Answers come from the server we chose to trust; a run of thousands is big.
@@ -80,7 +126,18 @@ class AdminClient:
                 )
                 break
             except Exception as exc:
-                if not _turned_away(exc) or loop.time() + delay > give_up:
+                if not _turned_away(exc):
+                    raise
+                if not probed:  # ws:// to a TLS listener also looks turned away: ask once
+                    probed = True
+                    if await speaks_tls(self.url):
+                        raise RemoteError(
+                            "speaks_tls",
+                            f"the server at {self.url} speaks TLS: use"
+                            f" wss://{self.url.partition('://')[2]} (with --server-fingerprint"
+                            " or --ca)",
+                        ) from None
+                if loop.time() + delay > give_up:
                     raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)

@@ -41,37 +41,44 @@ async def _wait_for(predicate: object, what: str, timeout_s: float) -> None:
 
 
 async def demo(n_agents: int) -> int:
-    """Start NS + TS + ``n_agents`` agents, run the sample task on all, print the table."""
+    """Start NS + TS + ``n_agents`` agents, run the sample task on all, print the table.
+
+    Whatever fails on the way (a refused token, an agent that stops, a time limit) ends the demo
+    with a message, and everything started is stopped: the process never hangs."""
+    if n_agents < 1:
+        raise ValueError(f"the demo needs at least one agent, not {n_agents}")
     logs.configure("warning")
     with tempfile.TemporaryDirectory(prefix="taskfleet-demo-") as tmp:
         ns = NotificationServer(data_dir=f"{tmp}/ns")
-        await ns.start()
-        assert ns.first_admin_token is not None
-        token = ns.first_admin_token
-        trust = ClientTrust(fingerprint=ns.tls_fingerprint)
-        async with AdminClient(ns.url, token, trust) as client:
-            enrol = (await client.call("tokens.create", ttl_s=600, uses=n_agents))["token"]
-            created = await client.call("tokens.create", ttl_s=600, uses=1, role="taskserver")
-        ts = TaskServer(
-            server_url=ns.url,
-            data_dir=f"{tmp}/ts-1",
-            name="ts-1",
-            trust=trust,
-            enrol_token=created["token"],
-        )
-        await ts.start()
-        agents = [
-            Agent(
-                server_url=ns.url,
-                name=f"demo-agent-{i:02d}",
-                trust=trust,
-                enrol_token=enrol,
-                data_dir=f"{tmp}/agent-{i:02d}",
-            )
-            for i in range(1, n_agents + 1)
-        ]
-        tasks = [asyncio.create_task(a.run()) for a in agents]
+        ts: TaskServer | None = None
+        tasks: list[asyncio.Task[None]] = []
         try:
+            await ns.start()
+            assert ns.first_admin_token is not None
+            token = ns.first_admin_token
+            trust = ClientTrust(fingerprint=ns.tls_fingerprint)
+            async with AdminClient(ns.url, token, trust) as client:
+                enrol = (await client.call("tokens.create", ttl_s=600, uses=n_agents))["token"]
+                created = await client.call("tokens.create", ttl_s=600, uses=1, role="taskserver")
+            ts = TaskServer(
+                server_url=ns.url,
+                data_dir=f"{tmp}/ts-1",
+                name="ts-1",
+                trust=trust,
+                enrol_token=created["token"],
+            )
+            await ts.start()
+            agents = [
+                Agent(
+                    server_url=ns.url,
+                    name=f"demo-agent-{i:02d}",
+                    trust=trust,
+                    enrol_token=enrol,
+                    data_dir=f"{tmp}/agent-{i:02d}",
+                )
+                for i in range(1, n_agents + 1)
+            ]
+            tasks = [asyncio.create_task(a.run()) for a in agents]
             print(
                 f"taskfleet demo: NS at {ns.url} (TLS {ns.tls_fingerprint[:23]}...), task server ts-1 at {ts.url}"
             )
@@ -80,6 +87,10 @@ async def demo(n_agents: int) -> int:
             async with AdminClient(ns.url, token, trust) as client:
 
                 async def all_online() -> bool:
+                    for t in tasks:
+                        if t.done():  # an agent stopped (refused for good): say why, at once
+                            t.result()
+                            raise RuntimeError("demo: an agent stopped")
                     rows = await client.call("computers.list")
                     return sum(1 for r in rows if r["online"]) >= n_agents
 
@@ -103,6 +114,7 @@ async def demo(n_agents: int) -> int:
             for t in tasks:
                 with contextlib.suppress(BaseException):
                     await t
-            await ts.stop()
+            if ts is not None:
+                await ts.stop()
             await ns.stop()
             sys.stdout.flush()

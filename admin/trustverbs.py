@@ -225,6 +225,48 @@ async def v_groups(c: AdminClient, args: argparse.Namespace) -> int:
         g = await c.call("groups.add", name=args.name, parent=args.parent or "")
         print(f"added group {g['name']}")
         return 0
+    if args.action in ("add-member", "remove-member"):
+        if not args.name or not args.computers:
+            print(f"taskfleet: groups {args.action} needs GROUP NAME...", file=sys.stderr)
+            return 2
+        op = "groups.add_member" if args.action == "add-member" else "groups.remove_member"
+        r = await c.call(op, group=args.name, computers=args.computers)
+        if args.json:
+            _json(r)
+        elif args.action == "add-member":
+            print(
+                f"group {r['group']}: {r['added']} computer(s) added"
+                + (f", {r['already']} already in it" if r["already"] else "")
+            )
+        else:
+            print(
+                f"group {r['group']}: {r['removed']} computer(s) removed"
+                + (f", {r['not_members']} were not in it" if r["not_members"] else "")
+            )
+        return 0
+    if args.action in ("show", "delete"):
+        if not args.name or args.computers:
+            print(f"taskfleet: groups {args.action} needs one GROUP", file=sys.stderr)
+            return 2
+        if args.action == "delete":
+            r = await c.call("groups.delete", group=args.name)
+            if args.json:
+                _json(r)
+            else:
+                print(f"deleted group {r['deleted']} ({r['members']} computer(s) were in it)")
+            return 0
+        g = await c.call("groups.show", group=args.name)
+        if args.json:
+            _json(g)
+            return 0
+        print(f"group {g['name']}" + (f" (in {g['parent']})" if g["parent"] else ""))
+        print(f"nested groups: {', '.join(g['groups']) or '(none)'}")
+        print(f"computers reached by --group {g['name']}: {g['computers']}")
+        for m in g["members"]:
+            m["state"] = "online" if m["online"] else "offline"
+            m["agent"] = "yes" if m["has_agent"] else "no (device)"
+        print(table(g["members"], [("name", "member"), ("agent", "agent"), ("state", "state")]))
+        return 0
     rows = await c.call("groups.list")
     if args.json:
         _json(rows)
@@ -242,6 +284,27 @@ async def v_filter(c: AdminClient, args: argparse.Namespace) -> int:
 
 
 async def v_filters(c: AdminClient, args: argparse.Namespace) -> int:
+    if args.action:
+        if not args.name:
+            print(f"taskfleet: filters {args.action} needs a NAME", file=sys.stderr)
+            return 2
+        if args.action == "delete":
+            r = await c.call("filters.delete", name=args.name)
+            if args.json:
+                _json(r)
+            else:
+                print(f"deleted filter {r['deleted']}")
+            return 0
+        f = await c.call("filters.show", name=args.name)
+        if args.json:
+            _json(f)
+            return 0
+        print(f"filter {f['name']}: {f['query']}")
+        print(f"members computed: {short_time(f['members_at'])} UTC")
+        for m in f["members"]:
+            m["state"] = "online" if m["online"] else "offline"
+        print(table(f["members"], [("name", "member"), ("state", "state")]))
+        return 0
     rows = await c.call("filters.list")
     return _show(rows, args, [("name", "name"), ("members", "computers"), ("query", "query")])
 
@@ -266,10 +329,33 @@ async def v_folders(c: AdminClient, args: argparse.Namespace) -> int:
     return _show(await c.call("folders.list"), args, [("path", "folder"), ("items", "items")])
 
 
+def _told(r: dict[str, Any]) -> str:
+    """What a policy change told its agents (``tickled``, ``offline`` counts)."""
+    if not r.get("tickled") and not r.get("offline"):
+        return ""
+    return f"; {r['tickled']} connected agent(s) get it now" + (
+        f", {r['offline']} offline when they connect" if r.get("offline") else ""
+    )
+
+
 async def v_policy(c: AdminClient, args: argparse.Namespace) -> int:
+    if args.action in ("enable", "disable", "delete"):
+        r = await c.call(f"policy.{args.action}", name=args.file)
+        if args.json:
+            _json(r)
+        elif args.action == "delete":
+            print(f"deleted policy {r['deleted']}{_told(r)}")
+        elif not r["changed"]:
+            print(f"policy {r['policy']} was already {args.action}d")
+        else:
+            print(f"policy {r['policy']} {args.action}d{_told(r)}")
+        return 0
     saved = await c.add_document("policy.add", args.file)
     state = "enabled" if saved["enabled"] else "disabled"
-    print(f"{'replaced' if saved['replaced'] else 'added'} policy {saved['name']} ({state})")
+    print(
+        f"{'replaced' if saved['replaced'] else 'added'} policy {saved['name']} ({state})"
+        + _told(saved)
+    )
     return 0
 
 
@@ -357,16 +443,32 @@ def add_trust_verbs(verb: Callable[[str, Any, str], argparse.ArgumentParser]) ->
     v = verb("inventory", v_inventory, "a computer's basic inventory (--history: every one kept)")
     v.add_argument("computer")
     v.add_argument("--history", action="store_true")
-    v = verb("groups", v_groups, "organizational groups; `groups add NAME [--parent P]`")
-    v.add_argument("action", nargs="?", choices=["add"])
-    v.add_argument("name", nargs="?")
-    v.add_argument("--parent")
+    v = verb(
+        "groups",
+        v_groups,
+        "organizational groups; `groups add NAME [--parent P]`, `groups add-member|remove-member"
+        " GROUP NAME...`, `groups show|delete GROUP`",
+    )
+    v.add_argument(
+        "action", nargs="?", choices=["add", "add-member", "remove-member", "show", "delete"]
+    )
+    v.add_argument("name", nargs="?", metavar="GROUP", help="the group")
+    v.add_argument(
+        "computers", nargs="*", metavar="NAME", help="with add-member, remove-member: computers"
+    )
+    v.add_argument("--parent", help="with add: the group to nest the new one in")
     v = verb(
         "filter", v_filter, "`filter add FILE`: save a filter (name, query over computer.<field>)"
     )
     v.add_argument("action", choices=["add"])
     v.add_argument("file")
-    verb("filters", v_filters, "list filters with their cached membership")
+    v = verb(
+        "filters",
+        v_filters,
+        "list filters with their cached membership; `filters show|delete NAME`",
+    )
+    v.add_argument("action", nargs="?", choices=["show", "delete"])
+    v.add_argument("name", nargs="?", help="with show, delete: the filter")
     v = verb("report", v_report, "`report add FILE`: save a report (name, query: read-only SQL)")
     v.add_argument("action", choices=["add"])
     v.add_argument("file")
@@ -374,9 +476,13 @@ def add_trust_verbs(verb: Callable[[str, Any, str], argparse.ArgumentParser]) ->
     v = verb("items", v_items, "tasks, jobs, reports and filters, by folder")
     v.add_argument("--folder")
     verb("folders", v_folders, "folders and how many items each holds")
-    v = verb("policy", v_policy, "`policy add FILE`: a client task, a schedule, targets")
-    v.add_argument("action", choices=["add"])
-    v.add_argument("file")
+    v = verb(
+        "policy",
+        v_policy,
+        "`policy add FILE`: a client task, a schedule, targets; `policy enable|disable|delete NAME`",
+    )
+    v.add_argument("action", choices=["add", "enable", "disable", "delete"])
+    v.add_argument("file", metavar="FILE|NAME", help="add: the policy document; else its name")
     verb("policies", v_policies, "list policies")
     v = verb("log", v_log, "the server log (write-server-log entries)")
     v.add_argument("--limit", type=int, default=100)

@@ -91,6 +91,7 @@ def run_json(run: dict[str, Any]) -> dict[str, Any]:
         "status": run["status"],
         "created": iso(run["created_at"]),
         "ended": iso(run["ended_at"]),
+        "version": run.get("version"),
     }
     if is_job(run):
         data["computers"] = computers_json(run)
@@ -120,7 +121,9 @@ def print_run(run: dict[str, Any]) -> None:
     kind = (
         run["kind"] if run["kind"] == "server-job" else run["definition"].get("type", run["kind"])
     )
-    print(f"run {run['id']}: {what} {run['task_name']} ({kind}), status {run['status']}")
+    print(
+        f"run {run['id']}: {what} {run['task_name']}{_version(run)} ({kind}), status {run['status']}"
+    )
     columns = [
         ("computer", "computer"),
         ("status", "status"),
@@ -153,6 +156,83 @@ def print_run(run: dict[str, Any]) -> None:
         steps = sorted(children.get(top["id"], ()), key=_by_time)
         rows.extend({**_row(c), "computer": ""} for c in steps)
     print(table(rows, [("computer", "computer"), ("step", "step"), *columns[1:]]))
+
+
+def _version(run: dict[str, Any]) -> str:
+    return f" version {run['version']}" if run.get("version") is not None else ""
+
+
+def select(run: dict[str, Any], computer: str | None, failed: bool) -> dict[str, Any]:
+    """The run with only the rows of ``computer`` (if given) and, with ``failed``, only what did
+    not succeed (a client job's computers whose job did not succeed, with the steps that did
+    not). An unknown computer is a ``LookupError`` naming the run's computers."""
+    rows = run["instances"]
+    if computer is not None:
+        rows = [i for i in rows if i["computer"] == computer]
+        if not rows:
+            names = sorted({i["computer"] for i in run["instances"]})
+            listed = ", ".join(names[:20]) + (
+                f" and {len(names) - 20} more" if len(names) > 20 else ""
+            )
+            raise LookupError(
+                f"computer {computer!r} has no result in run {run['id']}; its computers: "
+                + (listed or "(none)")
+            )
+    if failed:
+        rows = [i for i in rows if i["status"] != "succeeded"]
+    return {**run, "instances": rows}
+
+
+def _times(i: dict[str, Any]) -> str:
+    took = (
+        f" ({i['ended_at'] - i['started_at']:.2f} s)" if i["started_at"] and i["ended_at"] else ""
+    )
+    return f"started {iso(i['started_at']) or '-'}, ended {iso(i['ended_at']) or '-'}{took}"
+
+
+def _detail(i: dict[str, Any], title: str, out: list[str]) -> None:
+    rc = "-" if i["return_code"] is None else i["return_code"]
+    out.append(f"{title}: {i['status']}, return code {rc}, {_times(i)}")
+    if i["reason"]:
+        out.append(f"  reason: {i['reason']}")
+    text = (i["output"] or "").rstrip("\n")
+    if text:
+        out.append("  output:")
+        out.extend("    " + line for line in text.split("\n"))
+    else:
+        out.append("  output: (none)")
+
+
+def print_computer(run: dict[str, Any], computer: str) -> None:
+    """One computer's results in full: output, return code, times and reason (each step's,
+    for jobs). ``run`` holds that computer's rows (``select``)."""
+    what = "job" if is_job(run) else "task"
+    lines = [
+        f"run {run['id']}: {what} {run['task_name']}{_version(run)}, status {run['status']},"
+        f" computer {computer}"
+    ]
+    order = _order(run)
+    tops = sorted(
+        (i for i in run["instances"] if i["parent_id"] is None),
+        key=lambda i: (order.get(i["step"].split("/")[0], 1 << 30), _by_time(i)),
+    )
+    children: dict[int, list[dict[str, Any]]] = {}
+    for i in run["instances"]:
+        if i["parent_id"] is not None:
+            children.setdefault(i["parent_id"], []).append(i)
+    for top in tops:
+        if run["kind"] == "server-job":
+            title = f"step {top['step']}"
+        elif is_job(run):
+            title = "job"
+        else:
+            title = "result"
+        _detail(top, title, lines)
+        for child in sorted(children.get(top["id"], ()), key=_by_time):
+            _detail(child, f"step {child['step']}", lines)
+    if len(lines) == 1:
+        lines.append("(nothing that did not succeed)")
+    print("\n".join(lines))
 
 
 def _bar(done: int, total: int, width: int = 30) -> str:

@@ -56,7 +56,7 @@ from protocol.workauth import WORK_KEY_BYTES, check_mac
 from runtime import logs
 from runtime.jobrunner import drive
 from runtime.keys import load_or_create
-from runtime.link import Link, connect
+from runtime.link import Link, connect, refused_for_good
 from runtime.runner import Outcome, ScriptRun
 from runtime.tls import ClientTrust
 
@@ -79,6 +79,11 @@ class _Running:
     task: asyncio.Task[None]
 
 
+STOP_GRACE_S = 5.0
+"""How long a stopped script's task may take to end (kill, drain its output) before it is
+cancelled, and the output with it."""
+
+
 def _superseding(old: Report | None, new: Report) -> Report:
     """``new`` in place of the held ``old`` of the same instance or step, keeping its start."""
     if old is not None and new.started_at is None:
@@ -86,8 +91,33 @@ def _superseding(old: Report | None, new: Report) -> Report:
     return new
 
 
+_WHAT_TO_DO = {
+    "rejected": "an admin may `taskfleet keys delete NAME` to let it enrol again",
+    "untrusted_server": "give the fingerprint `taskfleet server` printed at its start"
+    " (--server-fingerprint) or its CA file (--ca)",
+}
+
+
+class RefusedForGood(Exception):
+    """The NS refused this agent, or the agent the NS, for a reason no retry will change
+    (``runtime.link.refused_for_good``): ``run`` ends with it instead of retrying forever. The
+    message says what a person must do (the ``taskfleet agent`` process exits 5)."""
+
+    def __init__(self, name: str, url: str, exc: BaseException, *, role: str = "agent"):
+        code = exc.code if isinstance(exc, RemoteError) else "untrusted_server"
+        reason = exc.message if isinstance(exc, RemoteError) else str(exc)
+        todo = _WHAT_TO_DO.get(code, "").replace("NAME", name)
+        super().__init__(
+            f"{role} {name!r} cannot work with the NS at {url}: {reason}"
+            + (f"; {todo}" if todo else "")
+            + f". Retrying cannot help: the {role} stops; start it again once that is done"
+        )
+        self.code = code
+
+
 class Agent:
-    """One agent. ``await run()`` serves until cancelled."""
+    """One agent. ``await run()`` serves until cancelled, or until the NS refuses it for good
+    (:class:`RefusedForGood`)."""
 
     SEND_CHUNK_BYTES = 256 * 1024
     PROGRESS_HOLD_S = 0.05
@@ -134,9 +164,14 @@ class Agent:
         self.taskserver: str | None = None
         self._sem = asyncio.Semaphore(concurrency)
         self._running: dict[int, _Running] = {}
+        self._stopping: set[int] = set()
+        """Instances told to stop whose script is ending (``_stop``)."""
         self._inflight: dict[str, list[Key]] = {}
         self._step_waiters: dict[str, asyncio.Future[Report]] = {}
         self._delay = backoff_delays(initial_s=backoff_initial_s, maximum_s=backoff_max_s)
+        self._register_by: float | None = None
+        """When the NS kept this agent for a TS that is away: register again by then (monotonic;
+        the grace's end plus a jitter, ``welcome``'s ``taskserver.retry_in_s``), to be moved."""
         self.commands = commands or CommandTable()
         self.simulate = simulate
         """For `taskfleet simulate`: every task is a no-op that takes ``delay_ms`` and fails at
@@ -174,7 +209,8 @@ class Agent:
     # -- life cycle ---------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Register, connect, serve; reconnect with backoff and jitter, forever."""
+        """Register, connect, serve; reconnect with backoff and jitter until cancelled. A refusal
+        no retry changes (a used-up token, a rejected key, a wrong pin) ends it: RefusedForGood."""
         self.store = await AgentStore.open(self.data_dir)
         if self.trust.insecure:
             self.log.warning(
@@ -189,9 +225,9 @@ class Agent:
             while True:
                 try:
                     live = await self._open_live()
-                    attempt = 0
+                    attempt, self._register_by = 0, None
                     await self._serve(live)
-                except asyncio.CancelledError:
+                except (asyncio.CancelledError, RefusedForGood):
                     raise
                 except RemoteError as exc:
                     self.log.error("refused", code=exc.code, reason=exc.message)
@@ -200,8 +236,8 @@ class Agent:
                 except Exception:
                     self.log.exception("agent_loop_error")
                 self.connected.clear()
-                await asyncio.sleep(self._delay(attempt))
-                attempt += 1
+                delay, attempt = self._next_try(attempt)
+                await asyncio.sleep(delay)
         finally:
             for r in self._running.values():
                 if r.run is not None:
@@ -216,6 +252,18 @@ class Agent:
                 with contextlib.suppress(BaseException):
                     await t
             await self.store.close()
+
+    def _next_try(self, attempt: int) -> tuple[float, int]:
+        """How long to wait before registering again, and the count of failures after it: the
+        backoff, cut short when the NS named the end of this agent's TS's grace (then the NS
+        moves it, and the backoff starts over: its failures so far were the old TS's)."""
+        delay = self._delay(attempt)
+        if self._register_by is not None:
+            left = self._register_by - time.monotonic()
+            if left <= delay:
+                self._register_by = None
+                return max(0.0, left), 0
+        return delay, attempt + 1
 
     async def _recover(self) -> None:
         """After a restart: finish what died with the last process, resume client jobs."""
@@ -251,9 +299,15 @@ class Agent:
                 info=self.info(),
                 compression=self.compression,
             )
+        except RemoteError as exc:
+            if refused_for_good(exc):
+                raise RefusedForGood(self.name, self.server_url, exc) from exc
+            raise
         except (OSError, TimeoutError, WebSocketException) as exc:
             ts = self.store.config.get("taskserver")
             if not ts:
+                if refused_for_good(exc):
+                    raise RefusedForGood(self.name, self.server_url, exc) from exc
                 raise
             self.log.info("ns_unreachable_using_cached_ts", error=str(exc) or type(exc).__name__)
         else:
@@ -265,6 +319,10 @@ class Agent:
             self._set_policies(config)
             self._set_work_key(config)
             ts = welcome.config.get("taskserver")
+            retry = ts.get("retry_in_s") if isinstance(ts, dict) else None
+            self._register_by = (
+                time.monotonic() + float(retry) if isinstance(retry, (int, float)) else None
+            )
             if not ts:
                 self.taskserver = None
                 return link
@@ -559,6 +617,12 @@ class Agent:
             return
         if running.run is not None:
             running.run.stop()
+            # The script ends ``stopped`` with the output it had produced, reported as any
+            # result (a job's step too; then the job ends, ``_run_job``). The task is cancelled
+            # only if it has not ended a while after.
+            self._stopping.add(iid)
+            asyncio.get_running_loop().call_later(STOP_GRACE_S, running.task.cancel)
+            return
         running.task.cancel()
 
     async def _execute(
@@ -585,6 +649,7 @@ class Agent:
             )
         finally:
             self._running.pop(iid, None)
+            self._stopping.discard(iid)
         await self._finished(iid, outcome)
 
     async def _finished(self, iid: int, outcome: Outcome) -> None:
@@ -774,6 +839,8 @@ class Agent:
             await self.store.finish(report, snap)
             await self._send([report])
             await self._reported(iid)
+            if iid in self._stopping:  # the step's script was stopped: so is the job
+                raise asyncio.CancelledError
 
         async def job_started(snap: dict[str, Any]) -> None:
             assert self.store is not None

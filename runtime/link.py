@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import socket
 import ssl
 from asyncio import sslproto
 from collections import Counter
@@ -258,6 +260,29 @@ class Link:
         await self.close(exc.close_code, exc.message)
 
 
+PERMANENT_REFUSALS = frozenset(
+    {
+        "enrol_token_refused",  # 4401: the token is used up, expired, revoked, unknown, another role's
+        "rejected",  # 4401: an admin rejected this key
+        "key_mismatch",  # 4401: the name is registered with another key (a reinstalled machine)
+        "version_mismatch",  # 4402: one side must be upgraded
+        "bad_identity",  # 4403: the name is not a valid computer name
+        "untrusted_server",  # ours: a wrong pin, no --server-fingerprint/--ca, plain ws:// refused
+    }
+)
+"""Refusals by (or of) the NS that trying again will not change: a person must act (a new token,
+``keys accept`` or ``keys delete``, another pin, an upgrade). Everything else (``pending``, limits,
+time-outs, a server that is down) is transient: back off and try again."""
+
+
+def refused_for_good(exc: BaseException) -> bool:
+    """Whether a failed connection to the NS is a refusal no retry will change
+    (``PERMANENT_REFUSALS``, or a certificate that does not verify against ``--ca``)."""
+    if isinstance(exc, RemoteError):
+        return exc.code in PERMANENT_REFUSALS
+    return isinstance(exc, ssl.SSLCertVerificationError)
+
+
 ServerCheck = Callable[[Challenge], str | None]
 """Checks a server's own proof in its ``challenge``; returns a reason to refuse, or None."""
 
@@ -460,28 +485,66 @@ async def listen(
     ssl_context: ssl.SSLContext | None = None,
     gate: Gate | None = None,
     tls_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+    start_serving: bool = True,
+    option: str = "--listen HOST:PORT",
 ) -> tuple[Server, int]:
     """Start a WebSocket listener (TLS when ``ssl_context``); return it and the bound port.
+
+    With ``start_serving`` false the address is only bound (a taken port fails here, before the
+    caller does anything else) and nothing is accepted until ``await server.start_serving()``.
+    A listener that cannot be opened raises :class:`ListenError` saying why and what to do
+    (``option``: the setting that chose the address, named in the message).
 
     Connections pass ``gate`` (``runtime.gate``) before TLS: at most ``gate.limit`` handshakes run
     at once, the rest wait their turn. The handler calls :meth:`Link.handshake_done` once it
     has sent its ``welcome``; the caller calls ``gate.close()`` when it stops the listener.
     """
     gate = gate if gate is not None else Gate()
-    server = await ws_serve(
-        handler,
-        host,
-        port,
-        ssl=None,  # the gated connection runs TLS itself, once admitted
-        create_connection=connection_class(gate, ssl_context, tls_timeout_s),
-        compression="deflate" if compression else None,
-        max_size=codec.DEFAULT_LIMITS.max_frame_bytes,
-        ping_interval=None,  # the gate's keepalive pings every connection, from one task
-        server_header="taskfleet",
-        backlog=LISTEN_BACKLOG,
-    )
+    try:
+        server = await ws_serve(
+            handler,
+            host,
+            port,
+            ssl=None,  # the gated connection runs TLS itself, once admitted
+            create_connection=connection_class(gate, ssl_context, tls_timeout_s),
+            compression="deflate" if compression else None,
+            max_size=codec.DEFAULT_LIMITS.max_frame_bytes,
+            ping_interval=None,  # the gate's keepalive pings every connection, from one task
+            server_header="taskfleet",
+            backlog=LISTEN_BACKLOG,
+            start_serving=start_serving,
+        )
+    except OSError as exc:
+        raise ListenError(_cannot_listen(host, port, exc, option)) from exc
     bound = next(iter(server.sockets)).getsockname()[1]
     return server, int(bound)
+
+
+class ListenError(RuntimeError):
+    """A listener could not be opened on its address; the message says why and what to do."""
+
+
+def _cannot_listen(host: str, port: int, exc: OSError, option: str) -> str:
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        how = (
+            f"another process listens there (`ss -ltnp 'sport = :{port}'` names it): stop it,"
+            f" or give another {option}"
+        )
+    elif exc.errno == errno.EACCES:
+        how = f"ports below 1024 need privileges: give {option} with a port above 1023"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        how = f"{host} is not an address of this machine: give {option} with one of its addresses"
+    elif isinstance(exc, socket.gaierror):
+        how = f"{host} is not a host name this machine resolves: give {option} with an address"
+    else:
+        how = f"check {option}"
+    # asyncio words a bind error "error while attempting to bind on address ...": the cause only
+    if exc.errno is not None and exc.errno > 0:
+        reason = os.strerror(exc.errno)
+    else:
+        reason = exc.strerror or str(exc)
+    return f"cannot listen on {where}: {reason.lower()}; {how}"
 
 
 def split_hostport(text: str, default_port: int) -> tuple[str, int]:

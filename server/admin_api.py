@@ -18,7 +18,15 @@ from typing import Any
 from protocol.errors import ValidationError
 from protocol.filters import validate_filter
 from protocol.identity import hash_token
-from protocol.jobs import JobCompileError, JobType, compile_job, is_job_document, validate_job
+from protocol.jobs import (
+    JobCompileError,
+    JobType,
+    compile_job,
+    is_job_document,
+    only_taskserver_steps,
+    validate_job,
+)
+from protocol.messages import Report
 from protocol.policies import validate_policy
 from protocol.session import NAME
 from protocol.states import InstanceState
@@ -26,8 +34,10 @@ from protocol.tasks import CATALOG, parse_document, validate_task
 from runtime.link import Link
 from server import auth
 from server.interface import NS
-from server.jobs import no_agent_targets
+from server.jobs import SERVER_JOB, job_needs_agents, no_agent_targets
+from server.policies import targets as policy_targets
 from server.store.backup import BackupError, write_backup
+from server.store.runs import wire_id
 
 
 class ApiError(Exception):
@@ -111,6 +121,13 @@ def _computer_view(row: dict[str, Any]) -> dict[str, Any]:
 
 @op("computers.list")
 async def computers_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
+    """Every computer; ``offline_for_s`` (> 0): only those whose agent is offline and was last
+    seen that many seconds ago or more (stale ones; devices are never listed then)."""
+    offline_for_s = _arg(args, "offline_for_s", int, 0)
+    if offline_for_s < 0:
+        raise ApiError("bad_request", "argument 'offline_for_s' must be 0 or more seconds")
+    if offline_for_s:
+        return [_computer_view(r) for r in await ns.db.stale_computers(time.time() - offline_for_s)]
     return [_computer_view(r) for r in await ns.db.computers()]
 
 
@@ -177,6 +194,72 @@ async def computers_add(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return _computer_view(row)
 
 
+COMPUTER_DELETED = "the computer was deleted"
+"""The reason its unfinished instances end ``stopped`` with when a computer is deleted."""
+
+
+@op("computers.delete")
+async def computers_delete(ns: NS, link: Link, args: dict[str, Any]) -> Any:
+    """Forget computers that left the fleet (``names``), with their agent keys unless
+    ``keep_key``. Their unfinished instances end ``stopped`` ("the computer was deleted")
+    through the roll-up, as a result would (counts, barriers and runs' ends stay right), and
+    their relays are told to drop the work; their history stays, by name
+    (``Store.delete_computers``). A connected agent is closed and its tickets void
+    (``auth.cut_off``). With ``keep_key`` an online computer is refused: its agent would
+    register again at once."""
+    names = _arg(args, "names", list)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ApiError("bad_request", "argument 'names' must list the computers to delete")
+    keep_key = _arg(args, "keep_key", bool, False)
+    names = list(dict.fromkeys(names))
+    rows = await ns.db.computers(names)
+    _refuse_unknown("computer", names, {r["name"] for r in rows})
+    online = sorted(r["name"] for r in rows if r["online"])
+    if keep_key and online:
+        raise ApiError(
+            "computer_online",
+            f"{', '.join(online)} {'is' if len(online) == 1 else 'are'} online: with --keep-key"
+            " its agent would register again at once; stop the agent first, or delete the"
+            " computer with its key (without --keep-key)",
+        )
+    ids = [int(r["id"]) for r in rows]
+    work = await ns.db.unfinished_work(ids)
+    if work:
+        now = time.time()
+        await ns.on_reports(
+            [
+                Report(
+                    instance_id=int(w["id"]),
+                    state=InstanceState.STOPPED,
+                    computer=str(w["computer"]),
+                    reason=COMPUTER_DELETED,
+                    ended_at=now,
+                )
+                for w in work
+            ]
+        )
+        by_route: dict[str, list[int]] = {}
+        for w in work:
+            if w["route"]:
+                by_route.setdefault(w["route"], []).append(wire_id(w["epoch"], w["id"]))
+        for route, wire_ids in by_route.items():
+            handle = ns.routes.get(route)
+            try:
+                if handle is None:
+                    raise ConnectionError(f"{route} is not connected")
+                await handle.cancel(wire_ids)
+            except Exception:  # told when it connects (``pending_cancels``)
+                ns.pending_cancels[route].extend(wire_ids)
+    await ns.db.delete_computers(ids, COMPUTER_DELETED)
+    ns.forget_taskserver_load()
+    keys: list[str] = []
+    if not keep_key:
+        keys = await ns.db.delete_agent_keys([r["name"] for r in rows if r["has_agent"]])
+        for name in keys:  # a connected agent is closed now; its tickets open no TS
+            await auth.cut_off(ns, "agent", name, f"the computer {name} was deleted by an admin")
+    return {"deleted": sorted(names), "keys_deleted": keys, "stopped": len(work)}
+
+
 @op("taskservers.list")
 async def taskservers_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return [
@@ -219,8 +302,8 @@ async def task_add(ns: NS, link: Link, args: dict[str, Any]) -> Any:
             "exists",
             f"a job is already named {definition.name!r}; tasks and jobs share one namespace",
         )
-    replaced = await ns.db.save_task(definition.to_dict())
-    return {**definition.to_dict(), "replaced": replaced}
+    saved = await ns.db.save_task_version(definition.to_dict(), link.who)
+    return {**definition.to_dict(), **saved}
 
 
 @op("job.add")
@@ -236,8 +319,125 @@ async def job_add(ns: NS, link: Link, args: dict[str, Any]) -> Any:
             "exists",
             f"a task is already named {definition['name']!r}; tasks and jobs share one namespace",
         )
-    replaced = await ns.db.save_job(definition)
-    return {**definition, "replaced": replaced}
+    saved = await ns.db.save_job_version(definition, link.who)
+    return {**definition, **saved}
+
+
+def _document_of(kind: str, definition: dict[str, Any]) -> dict[str, Any]:
+    """A saved task or job as a document ``task add`` / ``job add`` takes back: without what
+    the server derives (a task's ``kind``)."""
+    return {k: v for k, v in definition.items() if not (kind == "task" and k == "kind")}
+
+
+async def _saved_or_refuse(ns: NS, kind: str, name: str, version: int | None) -> dict[str, Any]:
+    found = await ns.db.saved(kind, name, version)
+    if found is not None:
+        return found
+    if version is not None and await ns.db.history(kind, name):
+        raise ApiError(
+            f"unknown_{kind}",
+            f"{kind} {name!r} has no version {version}; `taskfleet {kind} history {name}` lists them",
+        )
+    other = "job" if kind == "task" else "task"
+    if version is None and await ns.db.saved(other, name) is not None:
+        raise ApiError(
+            f"unknown_{kind}", f"{name!r} is a {other}, not a {kind}: use `taskfleet {other} ...`"
+        )
+    raise ApiError(f"unknown_{kind}", f"no {kind} named {name!r}; `taskfleet {kind}s` lists them")
+
+
+async def _definition_show(ns: NS, kind: str, args: dict[str, Any]) -> Any:
+    name = _arg(args, "name", str)
+    version = args.get("version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        raise ApiError("bad_request", "argument 'version' must be int")
+    found = await _saved_or_refuse(ns, kind, name, version)
+    document = _document_of(kind, found.pop("definition"))
+    return {**found, "kind": kind, "name": name, "document": document}
+
+
+async def _definition_history(ns: NS, kind: str, args: dict[str, Any]) -> Any:
+    name = _arg(args, "name", str)
+    rows = await ns.db.history(kind, name)
+    if not rows:
+        raise ApiError(
+            f"unknown_{kind}", f"no {kind} named {name!r}; `taskfleet {kind}s` lists them"
+        )
+    current = await ns.db.saved(kind, name)
+    for r in rows:
+        r["current"] = current is not None and r["version"] == current["version"]
+    return rows
+
+
+def _uses(steps: Any, name: str) -> bool:
+    """Whether a job's steps (nested conditions included) name the task or job ``name``."""
+    if isinstance(steps, list):
+        return any(_uses(s, name) for s in steps)
+    if isinstance(steps, dict):
+        if steps.get("task") == name or steps.get("job") == name:
+            return True
+        return any(_uses(v, name) for v in steps.values() if isinstance(v, list | dict))
+    return False
+
+
+async def _definition_delete(ns: NS, kind: str, args: dict[str, Any]) -> Any:
+    name = _arg(args, "name", str)
+    found = (await ns.db.catalog()).get(name)
+    if found is None:
+        raise ApiError(
+            f"unknown_{kind}", f"no {kind} named {name!r}; `taskfleet {kind}s` lists them"
+        )
+    if found[0] != kind:
+        raise ApiError(
+            f"unknown_{kind}",
+            f"{name!r} is a {found[0]}, not a {kind}: use `taskfleet {found[0]} delete {name}`",
+        )
+    jobs = [j["name"] for j in await ns.db.jobs() if j["name"] != name and _uses(j["steps"], name)]
+    policies = [p["name"] for p in await ns.db.policies() if p.get("task") == name]
+    if jobs or policies:
+        users = [f"job {j}" for j in jobs] + [f"policy {p}" for p in policies]
+        raise ApiError(
+            "in_use",
+            f"{kind} {name!r} is used by {', '.join(users)}: change or delete "
+            f"{'them' if len(users) > 1 else 'it'} first",
+        )
+    await ns.db.delete_definition(kind, name)
+    return {"deleted": name, "kind": kind}
+
+
+@op("task.show")
+async def task_show(ns: NS, link: Link, args: dict[str, Any]) -> Any:
+    """A task as saved (``version``: an earlier one): ``document``, ``version``, ``saved_at``,
+    ``saved_by``, ``summary``."""
+    return await _definition_show(ns, "task", args)
+
+
+@op("job.show")
+async def job_show(ns: NS, link: Link, args: dict[str, Any]) -> Any:
+    return await _definition_show(ns, "job", args)
+
+
+@op("task.history")
+async def task_history(ns: NS, link: Link, args: dict[str, Any]) -> Any:
+    """Every kept version of a task: version, saved_at, saved_by, summary, current."""
+    return await _definition_history(ns, "task", args)
+
+
+@op("job.history")
+async def job_history(ns: NS, link: Link, args: dict[str, Any]) -> Any:
+    return await _definition_history(ns, "job", args)
+
+
+@op("task.delete")
+async def task_delete(ns: NS, link: Link, args: dict[str, Any]) -> Any:
+    """Delete a task; refused (``in_use``) while a job's steps or a policy name it."""
+    return await _definition_delete(ns, "task", args)
+
+
+@op("job.delete")
+async def job_delete(ns: NS, link: Link, args: dict[str, Any]) -> Any:
+    """Delete a job; refused (``in_use``) while another job's steps name it."""
+    return await _definition_delete(ns, "job", args)
 
 
 @op("jobs.list")
@@ -329,6 +529,11 @@ async def run_start(ns: NS, link: Link, args: dict[str, Any]) -> Any:
         chosen.update((c["id"], c) for c in await ns.db.filter_computers(filters))
     if not every:
         computers = sorted(chosen.values(), key=lambda c: c["name"])
+    skipped = 0
+    if _arg(args, "online_only", bool, False):
+        # Skip computers whose agent is not connected now; devices (no agent) stay.
+        kept = [c for c in computers if c["online"] or not c["has_agent"]]
+        skipped, computers = len(computers) - len(kept), kept
     only_server_steps = definition["kind"] == "server" or (
         definition["kind"] == "server-job"
         and all(i["kind"] == "server" for i in definition["job"]["program"] if i["op"] == "run")
@@ -337,6 +542,12 @@ async def run_start(ns: NS, link: Link, args: dict[str, Any]) -> Any:
         what = "server job" if definition["kind"] == "server-job" else f"{definition['kind']} task"
         if definition.get("type") == "client-job":
             what = "client job"
+        if skipped:
+            raise ApiError(
+                "no_targets",
+                f"every one of the {skipped} target(s) is offline and --online-only skipped it:"
+                " nothing to run; without --online-only they run when they connect",
+            )
         raise ApiError(
             "no_targets",
             f"{name!r} is a {what}: give --computer, --group or --filter NAME (repeatable), or --all"
@@ -348,8 +559,22 @@ async def run_start(ns: NS, link: Link, args: dict[str, Any]) -> Any:
             "run_id": None,
             "targets": len(computers),
             "no_agent": no_agent_targets(definition, computers),
+            "offline": _offline_agents(definition, computers),
+            "skipped_offline": skipped,
         }
-    return await ns.start_run(definition, computers)
+    return {**await ns.start_run(definition, computers), "skipped_offline": skipped}
+
+
+def _offline_agents(definition: dict[str, Any], computers: list[dict[str, Any]]) -> int:
+    """How many targets would wait for their agent to connect: offline computers with an agent,
+    when the definition has work for agents (0 for server and task-server tasks)."""
+    if definition["kind"] == SERVER_JOB:
+        needs = job_needs_agents(definition["job"])
+    elif definition.get("type") == "client-job":
+        needs = not only_taskserver_steps(definition["job"]["program"])
+    else:
+        needs = definition["kind"] == "client"
+    return sum(1 for c in computers if c["has_agent"] and not c["online"]) if needs else 0
 
 
 @op("runs.list")
@@ -560,8 +785,15 @@ async def stats(ns: NS, link: Link, args: dict[str, Any]) -> Any:
 
 @op("inventory.show")
 async def inventory_show(ns: NS, link: Link, args: dict[str, Any]) -> Any:
-    """The latest basic inventory of a computer (``history``: every one, newest first)."""
-    return await ns.db.inventory(_arg(args, "computer", str), bool(args.get("history", False)))
+    """The latest basic inventory of a computer (``history``: every one, newest first); a name
+    that is no computer is ``unknown_computer`` (a usage error), not an empty inventory."""
+    computer = _arg(args, "computer", str)
+    rows = await ns.db.inventory(computer, bool(args.get("history", False)))
+    if not rows and not await ns.db.computers([computer]):
+        raise ApiError(
+            "unknown_computer", f"unknown computer {computer!r}: `taskfleet computers` lists them"
+        )
+    return rows
 
 
 # -- groups, filters, reports ------------------------------------------------------------
@@ -589,6 +821,89 @@ async def groups_add(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return {"id": group_id, "name": name}
 
 
+async def _group_or_refuse(ns: NS, args: dict[str, Any]) -> dict[str, Any]:
+    name = _arg(args, "group", str)
+    group = await ns.db.group(name)
+    if group is None:
+        raise ApiError("unknown_group", f"no group named {name!r}; `taskfleet groups` lists them")
+    return group
+
+
+async def _member_rows(ns: NS, args: dict[str, Any]) -> list[dict[str, Any]]:
+    names = _arg(args, "computers", list)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ApiError("bad_request", "argument 'computers' must list computer names")
+    names = list(dict.fromkeys(names))
+    rows = await ns.db.computers(names)
+    _refuse_unknown("computer", names, {r["name"] for r in rows})
+    return rows
+
+
+@op("groups.add_member")
+async def groups_add_member(ns: NS, link: Link, args: dict[str, Any]) -> Any:
+    """Put computers (``computers``, every one must exist) in group ``group``."""
+    group = await _group_or_refuse(ns, args)
+    rows = await _member_rows(ns, args)
+    added = await ns.db.add_to_group(group["id"], [r["id"] for r in rows])
+    return {"group": group["name"], "added": added, "already": len(rows) - added}
+
+
+@op("groups.remove_member")
+async def groups_remove_member(ns: NS, link: Link, args: dict[str, Any]) -> Any:
+    """Take computers out of group ``group`` (the computers stay, and in their other groups)."""
+    group = await _group_or_refuse(ns, args)
+    rows = await _member_rows(ns, args)
+    removed = await ns.db.remove_from_group(group["id"], [r["id"] for r in rows])
+    return {"group": group["name"], "removed": removed, "not_members": len(rows) - removed}
+
+
+@op("groups.show")
+async def groups_show(ns: NS, link: Link, args: dict[str, Any]) -> Any:
+    """A group: its parent, the groups nested in it, its own members, and how many computers
+    a run on it reaches (its members and those of every group below it)."""
+    group = await _group_or_refuse(ns, args)
+    members = await ns.db.group_members(group["id"])
+    return {
+        "name": group["name"],
+        "parent": group["parent"],
+        "groups": await ns.db.nested_groups(group["id"]),
+        "members": [
+            {"name": m["name"], "online": bool(m["online"]), "has_agent": bool(m["has_agent"])}
+            for m in members
+        ],
+        "computers": len(await ns.db.group_computers([group["name"]])),
+    }
+
+
+@op("groups.delete")
+async def groups_delete(ns: NS, link: Link, args: dict[str, Any]) -> Any:
+    """Delete a group (its computers stay). Refused (``in_use``) while groups are nested in it,
+    a policy targets it, or an assign-to-group task fills it without creating it."""
+    group = await _group_or_refuse(ns, args)
+    name = group["name"]
+    users = [f"group {g} (nested in it)" for g in await ns.db.nested_groups(group["id"])]
+    users += [
+        f"policy {p['name']}"
+        for p in await ns.db.policies()
+        if name in (p.get("targets") or {}).get("groups", [])
+    ]
+    users += [
+        f"task {t['name']} (assign-to-group)"
+        for t in await ns.db.tasks()
+        if t.get("type") == "assign-to-group"
+        and (t.get("params") or {}).get("group") == name
+        and not (t.get("params") or {}).get("create")
+    ]
+    if users:
+        raise ApiError(
+            "in_use",
+            f"group {name!r} is named by {', '.join(users)}: change or delete "
+            f"{'them' if len(users) > 1 else 'it'} first",
+        )
+    held = await ns.db.delete_group(group["id"])
+    return {"deleted": name, "members": held}
+
+
 @op("filter.add")
 async def filter_add(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     from server.tasktypes.filters import recompute_filters
@@ -605,6 +920,51 @@ async def filter_add(ns: NS, link: Link, args: dict[str, Any]) -> Any:
 @op("filters.list")
 async def filters_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return await ns.db.filters()
+
+
+async def _filter_or_refuse(ns: NS, args: dict[str, Any]) -> dict[str, Any]:
+    name = _arg(args, "name", str)
+    found = await ns.db.filter_definition(name)
+    if found is None:
+        raise ApiError(
+            "unknown_filter", f"no filter named {name!r}; `taskfleet filters` lists them"
+        )
+    return found
+
+
+@op("filters.show")
+async def filters_show(ns: NS, link: Link, args: dict[str, Any]) -> Any:
+    """A filter as saved and its cached members (as computed at ``members_at``)."""
+    found = await _filter_or_refuse(ns, args)
+    members = await ns.db.filter_member_names(found["name"])
+    return {
+        **found,
+        "members": [
+            {"name": m["name"], "online": bool(m["online"]), "has_agent": bool(m["has_agent"])}
+            for m in members
+        ],
+    }
+
+
+@op("filters.delete")
+async def filters_delete(ns: NS, link: Link, args: dict[str, Any]) -> Any:
+    """Delete a filter and its cached membership; refused (``in_use``) while a policy targets
+    it."""
+    found = await _filter_or_refuse(ns, args)
+    name = found["name"]
+    users = [
+        p["name"]
+        for p in await ns.db.policies()
+        if name in (p.get("targets") or {}).get("filters", [])
+    ]
+    if users:
+        raise ApiError(
+            "in_use",
+            f"filter {name!r} is targeted by policy {', '.join(users)}: change or delete "
+            f"{'them' if len(users) > 1 else 'it'} first",
+        )
+    await ns.db.delete_item("filter", name)
+    return {"deleted": name}
 
 
 @op("report.add")
@@ -637,6 +997,31 @@ async def folders_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return await ns.db.folders()
 
 
+async def _tell_policy_agents(ns: NS, *policies: dict[str, Any]) -> dict[str, int]:
+    """A policy changed: its connected agents (of every version given, old and new) are
+    tickled, so they register again and get their new set of policies now; offline ones get it
+    when they connect. Returns ``{tickled, offline}`` counts."""
+    chosen: dict[int, dict[str, Any]] = {}
+    for policy in policies:
+        for c in await policy_targets(ns, policy):
+            if c["has_agent"]:
+                chosen[int(c["id"])] = c
+    if not chosen:
+        return {"tickled": 0, "offline": 0}
+    reached, offline = await ns.tickle(list(chosen.values()))
+    return {"tickled": len(reached), "offline": len(offline)}
+
+
+async def _policy_or_refuse(ns: NS, args: dict[str, Any]) -> dict[str, Any]:
+    name = _arg(args, "name", str)
+    found = next((p for p in await ns.db.policies() if p["name"] == name), None)
+    if found is None:
+        raise ApiError(
+            "unknown_policy", f"no policy named {name!r}; `taskfleet policies` lists them"
+        )
+    return found
+
+
 @op("policy.add")
 async def policy_add(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     doc = _document(args)
@@ -645,8 +1030,47 @@ async def policy_add(ns: NS, link: Link, args: dict[str, Any]) -> Any:
         definition = validate_policy(doc, task["kind"] if task else None)
     except ValidationError as exc:
         raise ApiError("invalid_document", str(exc)) from None
+    old = next((p for p in await ns.db.policies() if p["name"] == definition["name"]), None)
     replaced = await ns.db.save_policy(definition)
-    return {**definition, "replaced": replaced}
+    reach = [p for p in (old, definition) if p is not None and p["enabled"]]
+    return {**definition, "replaced": replaced, **await _tell_policy_agents(ns, *reach)}
+
+
+async def _policy_switch(ns: NS, args: dict[str, Any], enabled: bool) -> dict[str, Any]:
+    policy = await _policy_or_refuse(ns, args)
+    told = {"tickled": 0, "offline": 0}
+    if policy["enabled"] != enabled:
+        await ns.db.set_policy_enabled(policy["name"], enabled)
+        told = await _tell_policy_agents(ns, policy)
+    return {
+        "policy": policy["name"],
+        "enabled": enabled,
+        "changed": policy["enabled"] != enabled,
+        **told,
+    }
+
+
+@op("policy.enable")
+async def policy_enable(ns: NS, link: Link, args: dict[str, Any]) -> Any:
+    """Enable a policy; its connected agents get it now (``_tell_policy_agents``)."""
+    return await _policy_switch(ns, args, True)
+
+
+@op("policy.disable")
+async def policy_disable(ns: NS, link: Link, args: dict[str, Any]) -> Any:
+    """Disable a policy; its connected agents stop running it now."""
+    return await _policy_switch(ns, args, False)
+
+
+@op("policy.delete")
+async def policy_delete(ns: NS, link: Link, args: dict[str, Any]) -> Any:
+    """Delete a policy; if it was enabled, its connected agents stop running it now."""
+    policy = await _policy_or_refuse(ns, args)
+    await ns.db.delete_item("policy", policy["name"])
+    told = (
+        await _tell_policy_agents(ns, policy) if policy["enabled"] else {"tickled": 0, "offline": 0}
+    )
+    return {"deleted": policy["name"], **told}
 
 
 @op("policies.list")

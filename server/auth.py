@@ -54,6 +54,10 @@ OP_ROLE: dict[str, str] = {
     "taskservers.list": "viewer",
     "tasks.list": "viewer",
     "jobs.list": "viewer",
+    "task.show": "viewer",
+    "job.show": "viewer",
+    "task.history": "viewer",
+    "job.history": "viewer",
     "types.list": "viewer",
     "runs.list": "viewer",
     "run.show": "viewer",
@@ -64,7 +68,9 @@ OP_ROLE: dict[str, str] = {
     "stats": "viewer",
     "inventory.show": "viewer",
     "groups.list": "viewer",
+    "groups.show": "viewer",
     "filters.list": "viewer",
+    "filters.show": "viewer",
     "reports.list": "viewer",
     "items.list": "viewer",
     "folders.list": "viewer",
@@ -160,9 +166,21 @@ async def authenticate(ns: NS, link: Link, hello: Hello) -> dict[str, Any]:
                     f"{role} {name!r} (key {fp}, from {address}) tried to enrol with a token"
                     f" made for another role: {why}; refused, and the token's use was not spent",
                 )
+            new_token = f"ask an admin for a new token (`taskfleet tokens create --for {role}`)"
+            # A token used up, expired or mistyped: the key waits for an admin like one that
+            # came with no token (bounded the same way). Not for a revoked token nor one made
+            # for another role: those may be in the wrong hands, and nothing is kept for them.
+            if (
+                " is for " not in why
+                and " was revoked" not in why
+                and await _keep_pending(ns, link, role, name, key, fp, address, row)
+            ):
+                new_token = (
+                    f"the key {fp} now waits for an admin: `taskfleet keys accept {name}`;"
+                    f" or {new_token}"
+                )
             raise HandshakeError(
-                f"enrolment refused: {why}; ask an admin for a new token"
-                f" (`taskfleet tokens create --for {role}`)",
+                f"enrolment refused: {why}; {new_token}",
                 code="enrol_token_refused",
                 close_code=CLOSE_UNAUTHORIZED,
             )
@@ -173,22 +191,40 @@ async def authenticate(ns: NS, link: Link, hello: Hello) -> dict[str, Any]:
         if role == Role.TASKSERVER:
             await taskserver_enrolled(ns, name, fp, address, "with an enrolment token")
         return {"public_key": key}
-    if row is None:
-        if await ns.db.pending_keys() >= ns.max_pending_keys:
-            ns.log.warning("too_many_pending_keys", peer=link.peer)
-            raise HandshakeError(
-                "too many keys wait for acceptance; try again later",
-                code="too_many_pending",
-                close_code=CLOSE_TOO_MANY_PENDING,
-            )
-        await ns.db.put_key(role, name, key, fp, "pending", address)
-        ns.log.info("key_pending", role=role, name=name, fingerprint=fp, peer=link.peer)
+    if not await _keep_pending(ns, link, role, name, key, fp, address, row):
+        raise HandshakeError(
+            "too many keys wait for acceptance; try again later",
+            code="too_many_pending",
+            close_code=CLOSE_TOO_MANY_PENDING,
+        )
     raise HandshakeError(
         f"the key {fp} of {role} {name!r} waits for an admin: `taskfleet keys accept {name}` "
         "(or enrol with a token from `taskfleet tokens create`)",
         code="pending",
         close_code=CLOSE_PENDING,
     )
+
+
+async def _keep_pending(
+    ns: NS,
+    link: Link,
+    role: str,
+    name: str,
+    key: bytes,
+    fp: str,
+    address: str,
+    row: Any,
+) -> bool:
+    """Make sure the (new) key waits as ``pending`` for an admin; False when it cannot, because
+    ``max_pending_keys`` already wait. A key already pending is left as it is."""
+    if row is not None:
+        return bool(row["state"] == "pending")
+    if await ns.db.pending_keys() >= ns.max_pending_keys:
+        ns.log.warning("too_many_pending_keys", peer=link.peer)
+        return False
+    await ns.db.put_key(role, name, key, fp, "pending", address)
+    ns.log.info("key_pending", role=role, name=name, fingerprint=fp, peer=link.peer)
+    return True
 
 
 def _host(link: Link) -> str:

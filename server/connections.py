@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from typing import Any
 
@@ -47,6 +48,15 @@ from server.routes import BUILTIN, RemoteRoute
 ALL_ROLES = frozenset({Role.AGENT, Role.TASKSERVER, Role.ADMIN})
 ADMIN_ONLY = frozenset({Role.ADMIN})
 """What the admin listener (``--admin-port``) takes: an agent or TS there is refused (4403)."""
+
+FAILOVER_AFTER_GRACE_S = 0.2
+FAILOVER_SPREAD_PER_COMPUTER_S = 0.001
+FAILOVER_SPREAD_MAX_S = 10.0
+"""The agents of a TS that went away register again between ``FAILOVER_AFTER_GRACE_S`` and that
+plus a spread after its grace ends: 1 s per 1,000 computers of that TS, at least 1 s, at most
+10 s. They then move together, over a window wide enough that the NS is not stormed."""
+MOVED_WORK_WAIT_S = 5.0
+"""The longest a moved agent's welcome waits for its unfinished work to reach its new relay."""
 
 
 async def serve(ns: NS, ws: Any, roles: frozenset[Role] = ALL_ROLES) -> None:
@@ -130,25 +140,42 @@ async def serve_agent(ns: NS, link: Link, hello: Hello, facts: dict[str, Any]) -
 
 
 async def assign(ns: NS, row: dict[str, Any]) -> dict[str, Any] | None:
-    """Pick the agent's TS: keep its own while that TS is connected or was seen within
-    ``ns.ts_grace_s`` (a restarting TS keeps its agents, and the work it holds for them); else the
-    connected TS with the fewest computers; else none (the built-in service)."""
+    """Pick the agent's TS: keep its own while that TS is connected or went away less than
+    ``ns.ts_grace_s`` ago (a restarting TS keeps its agents, and the work it holds for them); else
+    the connected TS with the fewest computers; else none (the built-in service).
+
+    An agent kept for a TS that is away is told to register again by the grace's end plus a
+    jitter (``retry_in_s``, spread by that TS's count of computers), so it moves then, not when
+    its backoff next wakes it. An agent that leaves a TS takes its unfinished work along, and its
+    welcome waits (up to ``MOVED_WORK_WAIT_S``) until its new relay holds that work: the results
+    it kept for it are then taken there, not refused as work that relay never gave.
+    """
+    retry_in_s: float | None = None
     async with ns.assign_lock:
         known = {t["name"]: t for t in await ns.db.taskserver_rows()}
         load = await ns.taskserver_load()
         servers = {name: t for name, t in known.items() if name in ns.routes}
         current = row["taskserver"]
-        recent = (
-            current in known and time.time() - (known[current]["last_seen"] or 0) < ns.ts_grace_s
-        )
-        if current in servers or (current is not None and recent):
+        left = 0.0
+        if current in known:
+            # Its row's last_seen is when the NS saw it go; a TS not back since this NS started
+            # went at some time the NS cannot know, so its grace counts from the start.
+            away_since = max(known[current]["last_seen"] or 0.0, ns.started_at)
+            left = ns.ts_grace_s - (time.time() - away_since)
+        if current in servers or (current in known and left > 0):
             chosen: str | None = current
+            if current not in servers:
+                spread = min(
+                    FAILOVER_SPREAD_MAX_S, max(1.0, load[current] * FAILOVER_SPREAD_PER_COMPUTER_S)
+                )
+                retry_in_s = left + FAILOVER_AFTER_GRACE_S + random.uniform(0.0, spread)
             servers = known
         elif servers:
             chosen = min(servers, key=lambda name: (load[name], name))
         else:
             chosen = None
-        if chosen != current:
+        moved = chosen != current
+        if moved:
             await ns.db.set_taskserver(row["id"], chosen)
             if current is not None:
                 load[current] -= 1
@@ -157,15 +184,24 @@ async def assign(ns: NS, row: dict[str, Any]) -> dict[str, Any] | None:
             if current is not None or row["has_agent"]:
                 # Its unfinished work follows it to its new relay.
                 await ns.reroute(row["id"], current or BUILTIN, chosen or BUILTIN)
+    if moved and current is not None:
+        # Outside the lock: other registrations go on meanwhile. The dispatch ``reroute``
+        # started holds the route's lock first, so this returns once that one is done.
+        sent = ns.spawn(ns.dispatch_route(chosen or BUILTIN))
+        with contextlib.suppress(Exception):  # a failure is logged by spawn; the agent goes on
+            await asyncio.wait_for(asyncio.shield(sent), MOVED_WORK_WAIT_S)
     if chosen is None:
         return None
     t = servers[chosen]
-    return {
+    ts: dict[str, Any] = {
         "name": chosen,
         "url": t["url"],
         "public_key": bytes(t["public_key"] or b"").hex(),
         "tls_fingerprint": t["tls_fingerprint"],
     }
+    if retry_in_s is not None:
+        ts["retry_in_s"] = round(retry_in_s, 3)
+    return ts
 
 
 async def serve_taskserver(ns: NS, link: Link, hello: Hello, facts: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -84,7 +85,7 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         agent_rate_per_s: float = 200.0,
         admin_rate_per_s: float = 50.0,
         smtp: dict[str, Any] | None = None,
-        ts_grace_s: float = 120.0,
+        ts_grace_s: float = 10.0,
         min_free_bytes: int = 16 << 20,
         admin_port: int | None = None,
     ):
@@ -93,7 +94,10 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         self.smtp = smtp or {}
         """SMTP server for send-email: host, port, security (none|starttls|tls), user, password, sender."""
         self.ts_grace_s = ts_grace_s
-        """How long agents stay with a TS that went away before they move (and their work with them)."""
+        """How long agents stay with a TS that went away before they move (and their work with
+        them), counted from when the NS saw it go or from the NS's own start (``started_at``)."""
+        self.started_at = 0.0
+        """When this NS began to serve (wall clock): it cannot have seen a TS go before then."""
         self.min_free_bytes = min_free_bytes
         """Below this much free disk under the data folder, new runs are refused (reads go on)."""
         self.handshake_timeout_s = handshake_timeout_s
@@ -167,6 +171,10 @@ class NotificationServer(Runs, Dispatcher, Rollup):
 
     async def start(self) -> None:
         os.makedirs(self.data_dir, exist_ok=True)
+        # The listeners are bound first (not yet serving): a taken address ends the start before
+        # the first admin token is made (it would be written to admin.token and never shown).
+        self._ssl_context = self._tls()
+        await self._start_listener(serving=False)
         self.key = load_or_create(os.path.join(self.data_dir, "server.key"))
         self.public_key = public_bytes(self.key)
         self.server_id = f"{self.name}:{fingerprint(self.public_key)}"
@@ -178,6 +186,24 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         )
         await self._start_task_service()
         await self._resume_runs()
+        self.started_at = time.time()
+        for server in (self._server, self._admin_server):
+            if server is not None:
+                await server.start_serving()
+        self.url = self._url(self.port)
+        self._sweeper = asyncio.create_task(self._sweep_loop(), name="ns-sweep")
+        # Registration bursts leave the heap large; settle it when no run is in flight.
+        self.spawn(heap.trim_periodically(quiet=self._idle))
+        self.spawn(self.dispatch_route(BUILTIN))
+        self.log.info(
+            "server_listening",
+            url=self.url,
+            admin_url=self.admin_url or None,
+            active_runs=len(self.active),
+        )
+
+    def _tls(self) -> Any:
+        """The listeners' TLS context (None with ``insecure``), its certificate made if needed."""
         ssl_context = None
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError(
@@ -195,19 +221,7 @@ class NotificationServer(Runs, Dispatcher, Rollup):
             self.log.warning(
                 "insecure_listener", reason="--insecure: plain ws://, no TLS; use only for tests"
             )
-        self._ssl_context = ssl_context
-        await self._start_listener()
-        self.url = self._url(self.port)
-        self._sweeper = asyncio.create_task(self._sweep_loop(), name="ns-sweep")
-        # Registration bursts leave the heap large; settle it when no run is in flight.
-        self.spawn(heap.trim_periodically(quiet=self._idle))
-        self.spawn(self.dispatch_route(BUILTIN))
-        self.log.info(
-            "server_listening",
-            url=self.url,
-            admin_url=self.admin_url or None,
-            active_runs=len(self.active),
-        )
+        return ssl_context
 
     async def _start_task_service(self) -> None:
         assert self._relay_store is not None
@@ -222,16 +236,24 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         self.relay.set_upstream(BuiltinUpstream(self))
         self.routes[BUILTIN] = BuiltinRoute(self.relay)
 
-    async def _start_listener(self) -> None:
-        self._server, self.port = await self._listen(self.port, ALL_ROLES, self.gate)
+    async def _start_listener(self, serving: bool = True) -> None:
+        self._server, self.port = await self._listen(self.port, ALL_ROLES, self.gate, serving)
         if self.admin_port is not None:
             self._admin_server, self.admin_port = await self._listen(
-                self.admin_port, ADMIN_ONLY, self.admin_gate
+                self.admin_port, ADMIN_ONLY, self.admin_gate, serving, "--admin-port PORT"
             )
             self.admin_url = self._url(self.admin_port)
 
-    async def _listen(self, port: int, roles: frozenset[Role], gate: Gate) -> tuple[Any, int]:
-        """One listener on ``port`` for ``roles``, behind ``gate``; returns it and its port."""
+    async def _listen(
+        self,
+        port: int,
+        roles: frozenset[Role],
+        gate: Gate,
+        serving: bool = True,
+        option: str = "--listen HOST:PORT",
+    ) -> tuple[Any, int]:
+        """One listener on ``port`` for ``roles``, behind ``gate``; returns it and its port
+        (``serving`` false: bound only, until ``start_serving``)."""
         return await listen(
             lambda ws: serve(self, ws, roles),
             self.host,
@@ -240,6 +262,8 @@ class NotificationServer(Runs, Dispatcher, Rollup):
             ssl_context=self._ssl_context,
             gate=gate,
             tls_timeout_s=self.handshake_timeout_s,
+            start_serving=serving,
+            option=option,
         )
 
     def _url(self, port: int) -> str:

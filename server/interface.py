@@ -39,6 +39,7 @@ class NS(Protocol):
     db_path: str
     smtp: dict[str, Any]
     ts_grace_s: float
+    started_at: float
     min_free_bytes: int
     handshake_timeout_s: float
     max_pending_keys: int

@@ -68,7 +68,7 @@ from runtime.db import SEEN_KEEP_S
 from runtime.jobrunner import drive
 from runtime.link import Link
 from runtime.runner import Outcome, ScriptRun
-from taskserver.rollup import AckWait, AgentConn, Key, Outgoing, Rollup, Upstream
+from taskserver.rollup import FINISHED_KEPT, AckWait, AgentConn, Key, Outgoing, Rollup, Upstream
 from taskserver.store import Held, RelayStore
 from taskserver.tasktypes import TS_RUNNERS
 
@@ -152,6 +152,9 @@ class Relay(Rollup):
         self.refused: Counter[str] = Counter()
         # Instances finished lately, by computer: a repeated result is acknowledged, not refused.
         self._finished: OrderedDict[int, str] = OrderedDict()
+        # Instances cancelled lately (a stop), by computer: the agent's result, with the output
+        # its script had produced, still goes up to the NS, which keeps that output.
+        self._cancelled: OrderedDict[int, str] = OrderedDict()
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -240,6 +243,10 @@ class Relay(Rollup):
         for iid in instance_ids:
             h = self.held.get(iid)
             if h is not None:
+                if not h.local:
+                    self._cancelled[iid] = h.computer
+                    while len(self._cancelled) > FINISHED_KEPT:
+                        self._cancelled.popitem(last=False)
                 conn = self.agents.get(h.computer)
                 if conn is not None and iid in conn.sent:
                     per_agent.setdefault(h.computer, []).append(iid)
@@ -335,6 +342,10 @@ class Relay(Rollup):
             h = self.held.get(r.instance_id)
             if h is not None and h.computer == conn.name and not h.local:
                 items.append(r.with_computer(conn.name))
+                continue
+            if h is None and self._cancelled.get(r.instance_id) == conn.name:
+                if is_terminal(r.state):  # a stopped instance's result, with its output
+                    items.append(r.with_computer(conn.name))
                 continue
             if h is None and self._finished.get(r.instance_id) == conn.name:
                 continue

@@ -113,6 +113,7 @@ class Rollup:
     _wake_flush: asyncio.Event
     _wake_up: asyncio.Event
     _finished: OrderedDict[int, str]
+    _cancelled: OrderedDict[int, str]
     # ``Relay``'s own methods, called from here.
     _forget: Callable[[int], Held | None]
     _to_agent: Callable[[AgentConn, Message], bool]
@@ -151,7 +152,9 @@ class Rollup:
                     key = (r.instance_id, r.step)
                     if not is_terminal(r.state):
                         progress.append(r)
-                    elif r.instance_id in self.held and key not in final:
+                    elif (
+                        r.instance_id in self.held or r.instance_id in self._cancelled
+                    ) and key not in final:
                         final[key] = (r, conn is not None)
                     # else: a repeated result for work already finished; acknowledged, not stored.
             own = [r for r, kept in final.values() if not kept]

@@ -42,7 +42,15 @@ from protocol.session import (
 from runtime import heap, logs
 from runtime.gate import HANDSHAKES_AT_ONCE, Gate
 from runtime.keys import load_or_create, public_bytes
-from runtime.link import ConnectionCap, Link, accept, challenge, connect, listen
+from runtime.link import (
+    ConnectionCap,
+    Link,
+    accept,
+    challenge,
+    connect,
+    listen,
+    refused_for_good,
+)
 from runtime.tls import ClientTrust, ensure_certificates, file_fingerprint, server_context
 from taskserver.relay import Relay
 from taskserver.store import RelayStore
@@ -123,6 +131,11 @@ class TaskServer:
         """Agent → the latest ticket expiry the NS voided for it (``revoke``), kept only while
         such a ticket could still be valid."""
         self._closing: set[asyncio.Task[None]] = set()
+        self.refusal: BaseException | None = None
+        """Why the NS refused this TS for good (``runtime.link.refused_for_good``): a used-up
+        token, a rejected key, a wrong pin. Its link to the NS then stops trying and ``ended`` is
+        set, for ``taskfleet taskserver`` to exit (5) saying what to do."""
+        self.ended = asyncio.Event()
 
     async def start(self) -> None:
         os.makedirs(self.data_dir, exist_ok=True)
@@ -299,8 +312,12 @@ class TaskServer:
                 raise
             except RemoteError as exc:
                 self.log.error("ns_refused", code=exc.code, reason=exc.message)
+                if refused_for_good(exc):
+                    self.refusal = exc
             except (OSError, TimeoutError, WebSocketException, ProtocolError) as exc:
                 self.log.warning("ns_link_lost", error=str(exc) or type(exc).__name__)
+                if refused_for_good(exc):
+                    self.refusal = exc
             except Exception:
                 # A failure here (a full disk, a bug) must not end the TS: log, back off, reconnect.
                 self.log.exception("ns_link_failed")
@@ -310,6 +327,9 @@ class TaskServer:
                 if link is not None:
                     link.fail_waiters(ConnectionError("link to the NS closed"))
                     await link.close()
+            if self.refusal is not None:  # no retry changes it: stop trying, say so
+                self.ended.set()
+                return
             await asyncio.sleep(delay(attempt))
             attempt += 1
 

@@ -21,43 +21,129 @@ ITEM_TABLES = {
 """Item kind → its table; every item table has ``name`` and ``folder``."""
 
 
+def change_summary(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """One line naming what a save changed: top-level fields, and ``params.KEY`` inside
+    ``params``."""
+    changed: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key):
+            continue
+        a, b = old.get(key), new.get(key)
+        if key == "params" and isinstance(a, dict) and isinstance(b, dict):
+            changed.extend(f"params.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+        else:
+            changed.append(key)
+    return "changed " + ", ".join(changed) if changed else "unchanged"
+
+
 class CatalogMixin(StoreBase):
     """Tables ``tasks``, ``jobs``, ``filters``, ``filter_members``, ``reports``,
     ``report_snapshots``, ``policies``, ``folders``."""
 
     # -- tasks and jobs -----------------------------------------------------------------
 
-    async def save_task(self, definition: dict[str, Any]) -> bool:
+    async def save_task(self, definition: dict[str, Any], who: str = "") -> bool:
         """Store a validated task; return True when it replaced one of the same name."""
+        return bool((await self.save_task_version(definition, who))["replaced"])
+
+    async def save_job(self, definition: dict[str, Any], who: str = "") -> bool:
+        """Store a validated job; return True when it replaced one of the same name."""
+        return bool((await self.save_job_version(definition, who))["replaced"])
+
+    async def save_task_version(self, definition: dict[str, Any], who: str = "") -> dict[str, Any]:
+        """Store a validated task as its next version (the previous ones are kept); return
+        ``replaced`` and ``version``. Saving it unchanged keeps the current version."""
         return await self._save(
-            "tasks", definition["name"], definition["type"], definition, definition["kind"]
+            "task", definition["name"], definition["type"], definition, who, definition["kind"]
         )
 
-    async def save_job(self, definition: dict[str, Any]) -> bool:
-        """Store a validated job; return True when it replaced one of the same name."""
-        return await self._save("jobs", definition["name"], definition["type"], definition)
+    async def save_job_version(self, definition: dict[str, Any], who: str = "") -> dict[str, Any]:
+        """Store a validated job as its next version (see :meth:`save_task_version`)."""
+        return await self._save("job", definition["name"], definition["type"], definition, who)
 
     async def _save(
-        self, table: str, name: str, type_: str, definition: dict[str, Any], kind: str | None = None
-    ) -> bool:
+        self,
+        kind: str,
+        name: str,
+        type_: str,
+        definition: dict[str, Any],
+        who: str,
+        task_kind: str | None = None,
+    ) -> dict[str, Any]:
         now = time.time()
-        old = await self._one(f"SELECT name FROM {table} WHERE name=?", (name,))
+        table = ITEM_TABLES[kind]
+        old = await self._one(f"SELECT definition, version FROM {table} WHERE name=?", (name,))
+        text = json.dumps(definition)
+        if old is not None and json.loads(old["definition"]) == definition:
+            return {"replaced": True, "version": int(old["version"]), "changed": False}
+        last = await self._one(
+            "SELECT max(version) AS v FROM definition_versions WHERE kind=? AND name=?",
+            (kind, name),
+        )
+        version = int(last["v"] or 0) + 1 if last else 1
+        if old is not None:
+            summary = change_summary(json.loads(old["definition"]), definition)
+        else:
+            summary = "first saved" if version == 1 else "saved again after a delete"
         if table == "tasks":
             await self.db.execute_fetchall(
-                "INSERT INTO tasks(name, type, kind, definition, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET type=excluded.type,"
-                " kind=excluded.kind, definition=excluded.definition, updated_at=excluded.updated_at",
-                (name, type_, kind, json.dumps(definition), now, now),
+                "INSERT INTO tasks(name, type, kind, definition, created_at, updated_at, version)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET type=excluded.type,"
+                " kind=excluded.kind, definition=excluded.definition, updated_at=excluded.updated_at,"
+                " version=excluded.version",
+                (name, type_, task_kind, text, now, now, version),
             )
         else:
             await self.db.execute_fetchall(
-                "INSERT INTO jobs(name, type, definition, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET type=excluded.type,"
-                " definition=excluded.definition, updated_at=excluded.updated_at",
-                (name, type_, json.dumps(definition), now, now),
+                "INSERT INTO jobs(name, type, definition, created_at, updated_at, version)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET type=excluded.type,"
+                " definition=excluded.definition, updated_at=excluded.updated_at,"
+                " version=excluded.version",
+                (name, type_, text, now, now, version),
             )
+        await self.db.execute_fetchall(
+            "INSERT INTO definition_versions(kind, name, version, definition, saved_at, saved_by,"
+            " summary) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (kind, name, version, text, now, who, summary),
+        )
         await self.db.commit()
-        return old is not None
+        return {"replaced": old is not None, "version": version, "changed": True}
+
+    async def saved(
+        self, kind: str, name: str, version: int | None = None
+    ) -> dict[str, Any] | None:
+        """A task or job as saved (``kind`` "task" or "job"): the current one, or ``version``
+        (kept after later saves and after a delete). ``{definition, version, saved_at,
+        saved_by, summary, current}``; None when there is no such item or version."""
+        if version is None:
+            row = await self._one(f"SELECT version FROM {ITEM_TABLES[kind]} WHERE name=?", (name,))
+            if row is None:
+                return None
+            version = int(row["version"])
+        row = await self._one(
+            "SELECT version, definition, saved_at, saved_by, summary FROM definition_versions"
+            " WHERE kind=? AND name=? AND version=?",
+            (kind, name, version),
+        )
+        if row is None:
+            return None
+        return {**row, "definition": json.loads(row["definition"])}
+
+    async def history(self, kind: str, name: str) -> list[dict[str, Any]]:
+        """Every kept version of a task or job, oldest first (without the documents)."""
+        return await self._all(
+            "SELECT version, saved_at, saved_by, summary FROM definition_versions"
+            " WHERE kind=? AND name=? ORDER BY version",
+            (kind, name),
+        )
+
+    async def delete_definition(self, kind: str, name: str) -> bool:
+        """Delete a task or job (its kept versions stay, for the runs that used them)."""
+        cur = await self.db.execute(f"DELETE FROM {ITEM_TABLES[kind]} WHERE name=?", (name,))
+        deleted = cur.rowcount > 0
+        await cur.close()
+        await self.db.commit()
+        return deleted
 
     async def task(self, name: str) -> dict[str, Any] | None:
         row = await self._one("SELECT definition FROM tasks WHERE name=?", (name,))
@@ -124,6 +210,21 @@ class CatalogMixin(StoreBase):
         )
         await self.db.commit()
         return added, removed
+
+    async def filter_definition(self, name: str) -> dict[str, Any] | None:
+        """One filter as saved, with ``members_at`` (when its membership was computed)."""
+        row = await self._one("SELECT definition, members_at FROM filters WHERE name=?", (name,))
+        if row is None:
+            return None
+        return {**json.loads(row["definition"]), "members_at": row["members_at"]}
+
+    async def filter_member_names(self, name: str) -> list[dict[str, Any]]:
+        """The cached members of a filter: ``{name, online, has_agent}``, by name."""
+        return await self._all(
+            "SELECT c.name, c.online, c.has_agent FROM filter_members m"
+            " JOIN computers c ON c.id=m.computer_id WHERE m.filter=? ORDER BY c.name",
+            (name,),
+        )
 
     async def filter_computers(self, names: list[str]) -> list[dict[str, Any]]:
         return await self._all(

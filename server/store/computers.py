@@ -8,8 +8,11 @@ import json
 import time
 from typing import Any
 
+from protocol.states import TERMINAL
 from runtime.db import run_many
 from server.store.base import StoreBase
+
+_TERMINAL_SQL = "(" + ",".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
 
 
 class ComputersMixin(StoreBase):
@@ -77,11 +80,79 @@ class ComputersMixin(StoreBase):
 
     async def targets(self) -> list[dict[str, Any]]:
         """Every computer, by name, with what starting a run on it needs (id, name, has_agent,
-        taskserver): ``run.start --all`` on 10,000 computers reads four columns, not all eleven
-        (a third of the time, before the run exists)."""
+        taskserver, online): ``run.start --all`` on 10,000 computers reads five columns, not all
+        eleven (a third of the time, before the run exists)."""
         return await self._all(
-            "SELECT id, name, has_agent, taskserver FROM computers ORDER BY name"
+            "SELECT id, name, has_agent, taskserver, online FROM computers ORDER BY name"
         )
+
+    async def stale_computers(self, seen_before: float) -> list[dict[str, Any]]:
+        """Computers with an agent that is offline and was last seen before ``seen_before``
+        (never seen: since it was created), by name. Devices have no agent to be seen: never
+        listed."""
+        return await self._all(
+            "SELECT * FROM computers WHERE has_agent=1 AND online=0"
+            " AND coalesce(last_seen, created_at) < ? ORDER BY name",
+            (seen_before,),
+        )
+
+    async def unfinished_work(self, computer_ids: list[int]) -> list[dict[str, Any]]:
+        """The instances of these computers that have not ended (not step rows): id, computer,
+        route, epoch. Read with the index on ``computer_id``."""
+        return await self._all(
+            "SELECT id, computer, route, epoch FROM instances"
+            " WHERE computer_id IN (SELECT value FROM json_each(?)) AND parent_id IS NULL"
+            f" AND status NOT IN {_TERMINAL_SQL}",
+            (json.dumps(computer_ids),),
+        )
+
+    async def delete_computers(self, computer_ids: list[int], reason: str) -> None:
+        """Forget computers that left the fleet, in one transaction: their group and filter
+        memberships, their inventory history and their rows.
+
+        Their runs keep their instance rows, by the computer's name (``instances.computer``):
+        those rows lose only their ``computer_id`` (set NULL, as an ``ON DELETE SET NULL`` would),
+        so a computer made later that gets the same row id inherits none of them; a client job's
+        step rows still open end ``stopped`` with ``reason`` (their job's instance was ended by
+        the caller, through the roll-up); a run still going forgets their ids in its targets, so
+        a later step of a server job does not reach them.
+        """
+        if not computer_ids:
+            return
+        now = time.time()
+        ids = [(i,) for i in computer_ids]
+        await run_many(
+            self.db,
+            "UPDATE instances SET status='stopped', reason=?, ended_at=?, updated_at=?"
+            f" WHERE computer_id=? AND parent_id IS NOT NULL AND status NOT IN {_TERMINAL_SQL}",
+            [(reason, now, now, i) for i in computer_ids],
+        )
+        await run_many(self.db, "UPDATE instances SET computer_id=NULL WHERE computer_id=?", ids)
+        await run_many(
+            self.db,
+            "UPDATE runs SET targets=(SELECT json_group_array(value) FROM json_each(runs.targets)"
+            " WHERE value != ?1) WHERE status='running'"
+            " AND EXISTS (SELECT 1 FROM json_each(runs.targets) WHERE value = ?1)",
+            ids,
+        )
+        for table in ("group_members", "filter_members", "inventory"):
+            await run_many(self.db, f"DELETE FROM {table} WHERE computer_id=?", ids)
+        await run_many(self.db, "DELETE FROM computers WHERE id=?", ids)
+        await self.db.commit()
+
+    async def delete_agent_keys(self, names: list[str]) -> list[str]:
+        """Forget the agent keys of these names (a TS's key of the same name stays); return the
+        names that had one."""
+        found = await self._all(
+            "SELECT name FROM keys WHERE role='agent' AND name IN (SELECT value FROM json_each(?))"
+            " ORDER BY name",
+            (json.dumps(names),),
+        )
+        await run_many(
+            self.db, "DELETE FROM keys WHERE role='agent' AND name=?", [(r["name"],) for r in found]
+        )
+        await self.db.commit()
+        return [str(r["name"]) for r in found]
 
     async def computers_by_id(self, ids: list[int]) -> list[dict[str, Any]]:
         """What planning a step needs of each target: id, name, has_agent and taskserver
@@ -124,14 +195,19 @@ class ComputersMixin(StoreBase):
                 self.db, "INSERT OR IGNORE INTO keep_names VALUES (?)", [(k,) for k in keep]
             )
             where += " AND name NOT IN (SELECT name FROM keep_names)"
+        # Seen until now: ``computers --offline-for`` counts from here, not from when it came.
         await self.db.execute_fetchall(
-            f"UPDATE computers SET online=0 WHERE online=1 AND {where}", args
+            f"UPDATE computers SET online=0, last_seen=? WHERE online=1 AND {where}",
+            (time.time(), *args),
         )
         await self.db.commit()
 
     async def reset_presence(self) -> None:
-        """At start nobody is connected yet."""
-        await self.db.execute_fetchall("UPDATE computers SET online=0")
+        """At start nobody is connected yet. Those that were online when this NS last stopped
+        count as seen until now (``computers --offline-for`` counts from there)."""
+        await self.db.execute_fetchall(
+            "UPDATE computers SET online=0, last_seen=? WHERE online=1", (time.time(),)
+        )
         await self.db.execute_fetchall("UPDATE taskservers SET online=0")
         await self.db.commit()
 
@@ -278,3 +354,47 @@ class ComputersMixin(StoreBase):
         ):
             out.setdefault(int(r["computer_id"]), []).append(str(r["name"]))
         return out
+
+    async def group(self, name: str) -> dict[str, Any] | None:
+        """One group: ``{id, name, parent}`` (``parent`` a name or None)."""
+        return await self._one(
+            "SELECT g.id, g.name, p.name AS parent FROM groups g"
+            " LEFT JOIN groups p ON p.id=g.parent_id WHERE g.name=?",
+            (name,),
+        )
+
+    async def nested_groups(self, group_id: int) -> list[str]:
+        """The names of the groups directly below this one."""
+        rows = await self._all(
+            "SELECT name FROM groups WHERE parent_id=? ORDER BY name", (group_id,)
+        )
+        return [str(r["name"]) for r in rows]
+
+    async def group_members(self, group_id: int) -> list[dict[str, Any]]:
+        """The computers directly in a group (not through nested groups): ``{name, online,
+        has_agent}``, by name."""
+        return await self._all(
+            "SELECT c.name, c.online, c.has_agent FROM group_members m"
+            " JOIN computers c ON c.id=m.computer_id WHERE m.group_id=? ORDER BY c.name",
+            (group_id,),
+        )
+
+    async def remove_from_group(self, group_id: int, computer_ids: list[int]) -> int:
+        """Take computers out of a group; return how many were in it."""
+        async with self.db.executemany(
+            "DELETE FROM group_members WHERE group_id=? AND computer_id=?",
+            [(group_id, c) for c in computer_ids],
+        ) as cur:
+            removed = cur.rowcount
+        await self.db.commit()
+        return max(0, removed)
+
+    async def delete_group(self, group_id: int) -> int:
+        """Delete a group with no nested group (the caller checks); its computers stay, out of
+        it. Returns how many computers it held."""
+        cur = await self.db.execute("DELETE FROM group_members WHERE group_id=?", (group_id,))
+        held = cur.rowcount
+        await cur.close()
+        await self.db.execute_fetchall("DELETE FROM groups WHERE id=?", (group_id,))
+        await self.db.commit()
+        return max(0, held)

@@ -170,9 +170,12 @@ class RunsMixin(StoreBase):
         Server jobs pass ``first_step=False``: their steps are created one by one (:meth:`start_step`).
         """
         now = time.time()
+        # The version of the saved task or job this run runs, read in the same statement.
+        version_of = "jobs" if "job" in definition else "tasks"
         cur = await self.db.execute(
-            "INSERT INTO runs(task_name, kind, definition, status, created_at, deadline, targets)"
-            " VALUES (?, ?, ?, 'running', ?, ?, ?)",
+            "INSERT INTO runs(task_name, kind, definition, status, created_at, deadline, targets,"
+            " version) VALUES (?, ?, ?, 'running', ?, ?, ?,"
+            f" (SELECT version FROM {version_of} WHERE name=?))",
             (
                 definition["name"],
                 # A client job dispatches like a client task but is listed as what it is.
@@ -181,6 +184,7 @@ class RunsMixin(StoreBase):
                 now,
                 deadline,
                 json.dumps(targets or []),
+                definition["name"],
             ),
         )
         run_id = int(cur.lastrowid or 0)
@@ -428,6 +432,7 @@ class RunsMixin(StoreBase):
         changes: list[Change] = []
         progress: list[tuple[Any, ...]] = []
         final: list[tuple[Any, ...]] = []
+        kept: list[tuple[Any, ...]] = []  # output of instances stopped before their result came
         for r, parent, step in mine:
             if step:
                 child = children[(r.instance_id, step)]
@@ -439,6 +444,8 @@ class RunsMixin(StoreBase):
                     parent.step,
                 )
             if not may_move(current, r.state):
+                if current == InstanceState.STOPPED and r.state in TERMINAL:
+                    kept.append((r.return_code, r.output, r.started_at, target_id))
                 continue
             if step:
                 children[(r.instance_id, step)]["status"] = r.state
@@ -485,6 +492,15 @@ class RunsMixin(StoreBase):
                 "UPDATE instances SET status=?, return_code=?, output=?, reason=?,"
                 " started_at=coalesce(?, started_at), ended_at=?, updated_at=? WHERE id=?",
                 final,
+            )
+        if kept:
+            # A stop ends an instance at once; the script's own result follows with what it
+            # had printed. The state stays ``stopped``: only an empty output is filled in.
+            await run_many(
+                self.db,
+                "UPDATE instances SET return_code=?, output=?, started_at=coalesce(started_at, ?)"
+                " WHERE id=? AND output='' AND return_code IS NULL",
+                kept,
             )
         await self.db.commit()
         return changes

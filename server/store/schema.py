@@ -242,4 +242,25 @@ _MIGRATIONS: list[str] = [
     """
     ALTER TABLE instances ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
     """,
+    # 12: versions of tasks and jobs: every save is kept (the items saved before become version
+    # 1), and each run records the version of the task or job it ran
+    """
+    CREATE TABLE definition_versions (
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        definition TEXT NOT NULL,
+        saved_at REAL NOT NULL,
+        saved_by TEXT NOT NULL DEFAULT '',
+        summary TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (kind, name, version)
+    );
+    ALTER TABLE tasks ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE jobs ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
+    INSERT INTO definition_versions(kind, name, version, definition, saved_at, summary)
+        SELECT 'task', name, 1, definition, updated_at, 'saved before versions were kept' FROM tasks;
+    INSERT INTO definition_versions(kind, name, version, definition, saved_at, summary)
+        SELECT 'job', name, 1, definition, updated_at, 'saved before versions were kept' FROM jobs;
+    ALTER TABLE runs ADD COLUMN version INTEGER;
+    """,
 ]

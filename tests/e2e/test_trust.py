@@ -7,6 +7,7 @@ import shutil
 import sys
 import time
 
+from admin.cli import EXIT_REFUSED
 from tests.helpers import Fleet, task_doc, until, wait_run
 
 
@@ -38,15 +39,18 @@ async def test_enrolment_with_a_token_and_by_an_admin(fleet: Fleet):
 
 
 async def test_a_known_name_with_another_key_is_refused_and_raised(fleet: Fleet):
-    """A reinstalled machine (same name, new key) is refused and an admin message is raised;
-    `keys delete` lets it enrol again."""
+    """A reinstalled machine (same name, new key) is refused and an admin message is raised; the
+    agent exits 5 (no retry changes it) saying `keys delete` lets it enrol again, and once an
+    admin did, the agent started again is in."""
     await fleet.server()
     first = await fleet.agent("pc-9")
     await fleet.wait_online(["pc-9"])
     first.kill()
     await first.wait()
     shutil.rmtree(fleet.root / "pc-9")  # the machine is reinstalled: a new key
-    await fleet.agent("pc-9")
+    again = await fleet.agent("pc-9")
+    assert await again.wait(30) == EXIT_REFUSED, again.log()
+    assert "keys delete pc-9" in again.log()
     async with fleet.admin() as c:
 
         async def raised():
@@ -57,11 +61,13 @@ async def test_a_known_name_with_another_key_is_refused_and_raised(fleet: Fleet)
         rows = {r["name"]: r for r in await c.call("computers.list")}
         assert not rows["pc-9"]["online"]
         await c.call("keys.delete", name="pc-9")
+    await fleet.agent("pc-9")
     await fleet.wait_online(["pc-9"])
 
 
 async def test_expired_and_used_up_enrolment_tokens_are_refused(fleet: Fleet):
-    """A token past its time and a token with no uses left enrol no one; the log says why."""
+    """A token past its time and a token with no uses left enrol no one; the log says why, the
+    agents exit 5, and their keys wait as `pending` for an admin."""
     await fleet.server()
     async with fleet.admin() as c:
         once = (await c.call("tokens.create", ttl_s=3600, uses=1))["token"]
@@ -86,9 +92,10 @@ async def test_expired_and_used_up_enrolment_tokens_are_refused(fleet: Fleet):
     await until(
         lambda: said_in(slow, "the enrolment token has expired"), "the expired token refused"
     )
+    assert await late.wait(30) == EXIT_REFUSED and await slow.wait(30) == EXIT_REFUSED
     async with fleet.admin() as c:
-        keys = {k["name"] for k in await c.call("keys.list")}
-    assert keys == {"first"}
+        keys = {k["name"]: k["state"] for k in await c.call("keys.list")}
+    assert keys == {"first": "accepted", "second": "pending", "third": "pending"}
 
 
 async def said_in(proc, text: str) -> bool:
