@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import os
-import signal
 import sys
 import time
 from typing import Any
@@ -36,27 +33,39 @@ from typing import Any
 from websockets.exceptions import WebSocketException
 
 from admin.client import AdminClient
+from admin.common import (
+    EXIT_CLOSED_STDOUT,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CannotStart,
+    _print_json,
+    _trust,
+    _unusable,
+)
+from admin.common import EXIT_DATA as EXIT_DATA
+from admin.common import EXIT_FAILED as EXIT_FAILED
+from admin.common import EXIT_REFUSED as EXIT_REFUSED
+from admin.common import EXIT_START as EXIT_START
 from admin.docverbs import definition_verb
-from admin.output import ago, iso, short_time, table
+from admin.output import ago, iso, table
+from admin.roles import DEMO_MAX_AGENTS as DEMO_MAX_AGENTS
+from admin.roles import HANDSHAKES_HELP as HANDSHAKES_HELP
+from admin.roles import add_role_parsers
+from admin.roles import cmd_agent as cmd_agent
+from admin.roles import cmd_demo as cmd_demo
+from admin.roles import cmd_server as cmd_server
+from admin.roles import cmd_taskserver as cmd_taskserver
+from admin.roles import private_data_folder as private_data_folder
+from admin.runverbs import add_run_verbs
+from admin.runverbs import v_run as v_run
+from admin.runverbs import v_runs as v_runs
+from admin.runverbs import v_watch as v_watch
 from admin.trustverbs import add_trust_verbs, duration_s
-from admin.views import follow, print_computer, print_run, run_json, select
 from protocol.errors import RemoteError
 from runtime import logs
-from runtime.gate import HANDSHAKES_AT_ONCE
-from runtime.tls import ClientTrust
 
 DEFAULT_SERVER = "wss://127.0.0.1:8470"
-HANDSHAKES_HELP = (
-    "handshakes (TLS, key proof, registration) worked on at once; more connections wait their"
-    " turn before TLS, so a burst of agents drains instead of timing out"
-)
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-EXIT_DATA = 4
-"""A role could not start: listen address, data folder, database (the name predates the others)."""
-EXIT_START = EXIT_DATA
-EXIT_REFUSED = 5
-EXIT_CLOSED_STDOUT = 128 + signal.SIGPIPE
-DEMO_MAX_AGENTS = 500
 USAGE_CODES = {
     "bad_request",
     "unknown_task",
@@ -81,291 +90,6 @@ USAGE_CODES = {
 }
 
 
-# -- roles ------------------------------------------------------------------------------
-
-
-def _trust(args: argparse.Namespace) -> ClientTrust:
-    """How this client trusts the server: --ca, --server-fingerprint, or --insecure."""
-    return ClientTrust(ca_file=args.ca, fingerprint=args.server_fingerprint, insecure=args.insecure)
-
-
-async def _serve_forever(component: Any, ready: str) -> None:
-    try:
-        await component.start()
-    except BaseException:
-        # What it opened (a database's thread) would keep the process alive: close it.
-        with contextlib.suppress(Exception):
-            await component.stop()
-        raise
-    print(ready.format(c=component), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    ended = getattr(component, "ended", None)  # a TS refused by the NS for good
-    waits = [asyncio.create_task(stop.wait())]
-    if ended is not None:
-        waits.append(asyncio.create_task(ended.wait()))
-    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    for w in waits:
-        w.cancel()
-    await component.stop()
-    refusal = getattr(component, "refusal", None)
-    if refusal is not None:
-        from agent.agent import RefusedForGood
-
-        raise RefusedForGood(component.name, component.server_url, refusal, role="task server")
-
-
-def _smtp(args: argparse.Namespace) -> dict[str, Any]:
-    """The NS's SMTP settings for send-email, from --smtp and friends."""
-    if not args.smtp:
-        return {}
-    from runtime.link import split_hostport
-
-    host, port = split_hostport(args.smtp, 25)
-    return {
-        "host": host,
-        "port": port,
-        "security": args.smtp_security,
-        "user": args.smtp_user or "",
-        "password": os.environ.get("TASKFLEET_SMTP_PASSWORD", ""),
-        "sender": args.smtp_from or "",
-    }
-
-
-def _unusable(exc: Exception) -> int:
-    print(f"taskfleet: {exc}", file=sys.stderr, flush=True)
-    return EXIT_DATA
-
-
-class CannotStart(Exception):
-    """A role cannot start (exit 4); the message says what is wrong and what to do."""
-
-
-def _run_role(role: str, main: Any) -> int:
-    """Run a role's ``main()`` coroutine; a failure to start, or a refusal for good by the NS,
-    ends the process with its own code and one line saying what to do (never a hung process)."""
-    from agent.agent import RefusedForGood
-    from runtime.db import DatabaseUnusable
-    from runtime.link import ListenError
-
-    try:
-        asyncio.run(main())
-    except (DatabaseUnusable, ListenError, CannotStart) as exc:
-        return _unusable(exc)
-    except RefusedForGood as exc:
-        print(f"taskfleet: {exc}", file=sys.stderr, flush=True)
-        return EXIT_REFUSED
-    except OSError as exc:  # nothing a role's start does is reaching a server: a local problem
-        return _unusable(CannotStart(f"the {role} cannot start: {exc}"))
-    return EXIT_OK
-
-
-def _made_in(data: str, role: Any, **kwargs: Any) -> Any:
-    """``role(**kwargs)``: a role whose key cannot be made or read in ``data`` is CannotStart."""
-    try:
-        return role(**kwargs)
-    except OSError as exc:
-        raise CannotStart(
-            f"cannot use the data folder {data}: {exc}; give --data a folder this user can write"
-        ) from None
-
-
-def _check_server_url(args: argparse.Namespace) -> str | None:
-    """For a role that connects to the NS: a --server URL it can use and a way to trust it, or
-    the problem (a usage error, found before anything is written or started)."""
-    from admin.client import url_problem
-
-    if (problem := url_problem(args.server)) is not None:
-        return f"--server {problem}"
-    if args.server.startswith("wss://") and not (args.ca or args.server_fingerprint):
-        return (
-            f"no way to trust the NS at {args.server}: pass --server-fingerprint SHA256:...,"
-            " the fingerprint `taskfleet server` prints at its start (or TASKFLEET_SERVER_FINGERPRINT),"
-            " or --ca FILE (its tls/ca.pem)"
-        )
-    if args.server.startswith("ws://") and not args.insecure:
-        return f"--server {args.server} is plain ws://: use wss://{args.server[5:]} (--insecure allows ws:// for tests)"
-    return None
-
-
-def cmd_server(args: argparse.Namespace) -> int:
-    from runtime import heap
-    from runtime.link import split_hostport
-    from server.core import NotificationServer
-
-    if bool(args.tls_cert) != bool(args.tls_key):
-        print("taskfleet: give both --tls-cert and --tls-key, or neither", file=sys.stderr)
-        return EXIT_USAGE
-    heap.tune_gc()
-    private_data_folder(args.data)
-
-    try:
-        host, port = split_hostport(args.listen, 8470)
-    except ValueError:
-        print(
-            f"taskfleet: --listen {args.listen}: give HOST:PORT (port 0: any free port)",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-    ns = NotificationServer(
-        data_dir=args.data,
-        host=host,
-        port=port,
-        name=args.name,
-        compression=args.compression,
-        flush_ms=args.flush_ms,
-        insecure=args.insecure,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        max_connections_per_address=args.max_connections_per_address,
-        max_handshakes=args.max_handshakes,
-        max_pending_keys=args.max_pending_keys,
-        smtp=_smtp(args),
-        ts_grace_s=args.ts_grace_s,
-        min_free_bytes=int(args.min_free_mb * (1 << 20)),
-        admin_port=args.admin_port,
-    )
-
-    async def main() -> None:
-        async def announce() -> None:
-            if ns.first_admin_token:
-                print(
-                    f"taskfleet: first admin token (shown once, also in {args.data}/admin.token, mode 0600):\n"
-                    f"  {ns.first_admin_token}",
-                    flush=True,
-                )
-            if ns.tls_fingerprint:
-                print(
-                    f"taskfleet: TLS certificate fingerprint (agents pin it): {ns.tls_fingerprint}",
-                    flush=True,
-                )
-                if ns.ca_file:
-                    print(f"taskfleet: or trust the CA file {ns.ca_file} (--ca)", flush=True)
-
-        try:
-            await ns.start()
-        except BaseException:
-            # What it opened (a database's thread) would keep the process alive: close it.
-            with contextlib.suppress(Exception):
-                await ns.stop()
-            raise
-        await announce()
-        print(
-            f"taskfleet server ready url={ns.url} fingerprint={ns.tls_fingerprint or '-'}"
-            + (f" admin_url={ns.admin_url}" if ns.admin_url else ""),
-            flush=True,
-        )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await ns.stop()
-
-    return _run_role("server", main)
-
-
-def cmd_taskserver(args: argparse.Namespace) -> int:
-    from runtime import heap
-    from runtime.link import split_hostport
-    from taskserver.service import TaskServer
-
-    if (problem := _check_server_url(args)) is not None:
-        print(f"taskfleet: {problem}", file=sys.stderr)
-        return EXIT_USAGE
-    if bool(args.tls_cert) != bool(args.tls_key):
-        print("taskfleet: give both --tls-cert and --tls-key, or neither", file=sys.stderr)
-        return EXIT_USAGE
-    heap.tune_gc()
-    private_data_folder(args.data)
-
-    try:
-        host, port = split_hostport(args.listen, 8471)
-    except ValueError:
-        print(
-            f"taskfleet: --listen {args.listen}: give HOST:PORT (port 0: any free port)",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-    ts = _made_in(
-        args.data,
-        TaskServer,
-        server_url=args.server,
-        data_dir=args.data,
-        name=args.name,
-        trust=_trust(args),
-        enrol_token=args.enrol_token or "",
-        host=host,
-        port=port,
-        advertise=args.advertise,
-        compression=args.compression,
-        flush_ms=args.flush_ms,
-        insecure=args.insecure,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        max_handshakes=args.max_handshakes,
-    )
-    return _run_role(
-        "taskserver",
-        lambda: _serve_forever(
-            ts, "taskfleet taskserver ready url={c.url} fingerprint={c.tls_fingerprint}"
-        ),
-    )
-
-
-def cmd_agent(args: argparse.Namespace) -> int:
-    from agent.agent import Agent
-    from agent.commands import CommandTable
-
-    if (problem := _check_server_url(args)) is not None:
-        print(f"taskfleet: {problem}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        commands = CommandTable.load(args.commands)
-    except (OSError, ValueError) as exc:
-        print(f"taskfleet: cannot use the command table {args.commands}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    private_data_folder(args.data)
-    agent = _made_in(
-        args.data,
-        Agent,
-        server_url=args.server,
-        name=args.name,
-        commands=commands,
-        trust=_trust(args),
-        enrol_token=args.enrol_token or "",
-        data_dir=args.data,
-        concurrency=args.concurrency,
-        compression=args.compression,
-    )
-
-    async def main() -> None:
-        task = asyncio.create_task(agent.run())
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    return _run_role("agent", main)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from admin.demo import demo
-    from agent.agent import RefusedForGood
-
-    try:
-        return asyncio.run(demo(args.agents))
-    except RefusedForGood as exc:
-        print(f"taskfleet: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
-    except (TimeoutError, RuntimeError) as exc:  # a step of the demo did not happen in time
-        print(f"taskfleet: {exc or type(exc).__name__}", file=sys.stderr)
-        return EXIT_FAILED
-
-
 # -- admin verbs ------------------------------------------------------------------------
 
 
@@ -378,10 +102,6 @@ async def _admin(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     async with AdminClient(args.server, args.token, _trust(args)) as client:
         return int(await args.verb(client, args))
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 async def v_computers(c: AdminClient, args: argparse.Namespace) -> int:
@@ -559,111 +279,6 @@ async def v_types(c: AdminClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def v_run(c: AdminClient, args: argparse.Namespace) -> int:
-    target = {
-        "task": args.name,
-        "computers": args.computer or [],
-        "groups": args.group or [],
-        "filters": args.filter or [],
-        "all": args.all,
-        "online_only": args.online_only,
-    }
-    plan = await c.call("run.start", check=True, **target)
-    if plan.get("skipped_offline"):
-        print(
-            f"{plan['skipped_offline']} offline target(s) skipped (--online-only)", file=sys.stderr
-        )
-    elif plan.get("offline"):
-        print(
-            f"warning: {plan['offline']} of {plan['targets']} targets are offline: they run when"
-            " they connect, until the time limit (--online-only skips them)",
-            file=sys.stderr,
-        )
-    if plan["no_agent"]:
-        print(
-            f"warning: {len(plan['no_agent'])} target(s) have no agent and will fail their client steps "
-            "with reason 'no agent': " + ", ".join(plan["no_agent"]),
-            file=sys.stderr,
-        )
-    started = await c.call("run.start", **target)
-    run_id = started["run_id"]
-    if not args.wait:
-        if args.json:
-            _print_json(started)
-        else:
-            print(
-                f"started run {run_id} on {started['targets']} target(s)"
-                + (
-                    f" ({started['skipped_offline']} offline skipped)"
-                    if started.get("skipped_offline")
-                    else ""
-                )
-                + f"; `taskfleet watch {run_id}` follows it"
-            )
-        return EXIT_OK
-    if not args.json:
-        print(f"run {run_id} started on {started['targets']} target(s)", file=sys.stderr)
-    final = await follow(c, run_id, quiet=args.json)
-    if args.json:
-        _print_json(run_json(final))
-    else:
-        print_run(final)
-    return EXIT_OK if final["status"] == "succeeded" else EXIT_FAILED
-
-
-async def v_runs(c: AdminClient, args: argparse.Namespace) -> int:
-    if args.action == "show":
-        if args.run_id is None:
-            print("taskfleet: runs show needs a run ID", file=sys.stderr)
-            return EXIT_USAGE
-        run = await c.call("run.show", run_id=args.run_id)
-        if args.computer is not None or args.failed:
-            try:
-                run = select(run, args.computer, args.failed)
-            except LookupError as exc:
-                print(f"taskfleet: {exc}", file=sys.stderr)
-                return EXIT_USAGE
-        if args.json:
-            _print_json(run_json(run))
-        elif args.computer is not None:
-            print_computer(run, args.computer)
-        else:
-            print_run(run)
-        return EXIT_OK
-    rows = await c.call("runs.list", limit=args.limit)
-    if args.json:
-        _print_json(rows)
-        return EXIT_OK
-    for r in rows:
-        r["created"] = short_time(r["created_at"])
-    print(
-        table(
-            rows,
-            [
-                ("id", "id"),
-                ("task_name", "task"),
-                ("kind", "kind"),
-                ("status", "status"),
-                ("total", "targets"),
-                ("succeeded", "ok"),
-                ("failed", "not ok"),
-                ("pending", "open"),
-                ("created", "created (utc)"),
-            ],
-        )
-    )
-    return EXIT_OK
-
-
-async def v_watch(c: AdminClient, args: argparse.Namespace) -> int:
-    final = await follow(c, args.run_id, quiet=args.json)
-    if args.json:
-        _print_json(run_json(final))
-    else:
-        print_run(final)
-    return EXIT_OK if final["status"] == "succeeded" else EXIT_FAILED
-
-
 async def v_stop(c: AdminClient, args: argparse.Namespace) -> int:
     result = await c.call("run.stop", run_id=args.run_id)
     if args.json:
@@ -736,27 +351,6 @@ def _read_secret_files(args: argparse.Namespace) -> str | None:
     return None
 
 
-def private_data_folder(path: str) -> None:
-    """Create a role's data folder 0700; warn (never change) one that exists with wider access.
-    A folder that cannot be made or written is :class:`CannotStart` (exit 4)."""
-    from runtime.db import make_private_dir
-
-    try:
-        warning = make_private_dir(path)
-    except OSError as exc:
-        raise CannotStart(
-            f"cannot use the data folder {path}: {exc.strerror or exc}; give --data a folder"
-            " this user can create and write"
-        ) from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise CannotStart(
-            f"cannot use the data folder {path}: this user may not write in it; give --data a"
-            " folder this user can write, or fix its owner"
-        )
-    if warning is not None:
-        print(f"taskfleet: warning: {warning}", file=sys.stderr, flush=True)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="taskfleet", description="taskfleet: run tasks and jobs across fleets."
@@ -800,76 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--enrol-token-file", metavar="FILE", help="read the enrolment token from FILE"
     )
 
-    s = sub.add_parser("server", parents=[token, tls], help="run the Notification Server")
-    s.add_argument("--insecure", action="store_true", help="plain ws://, no TLS (tests only)")
-    s.add_argument("--max-connections-per-address", type=int, default=20_000)
-    s.add_argument("--max-pending-keys", type=int, default=1_000)
-    s.add_argument("--max-handshakes", type=int, default=HANDSHAKES_AT_ONCE, help=HANDSHAKES_HELP)
-    s.add_argument(
-        "--admin-port",
-        type=int,
-        default=None,
-        help="also listen on this port for administrators only, with its own handshake gate, so a "
-        "reconnect storm of agents never keeps an admin out (0: any free port; default: none). "
-        "Without it an admin is still served on the main port while one address floods it: an "
-        "address keeps at most 16 handshake places once others are waiting",
-    )
-    s.add_argument(
-        "--min-free-mb",
-        type=float,
-        default=16.0,
-        help="refuse new runs when the data folder's disk has less free space",
-    )
-    s.add_argument(
-        "--ts-grace-s",
-        type=float,
-        default=10.0,
-        help="how long the agents of a TS that went away wait for it before they move to another "
-        "TS or the built-in task service, their unfinished work with them (default 10 s: enough "
-        "for a TS restarted by systemd; they run work again within 30 s of its death)",
-    )
-    s.add_argument("--smtp", help="HOST:PORT of the mail server for send-email")
-    s.add_argument("--smtp-security", choices=["none", "starttls", "tls"], default="starttls")
-    s.add_argument("--smtp-user", help="login (the password comes from TASKFLEET_SMTP_PASSWORD)")
-    s.add_argument("--smtp-from", help="sender address")
-    s.add_argument("--data", required=True, help="data folder (created on first start)")
-    s.add_argument("--listen", default="127.0.0.1:8470", help="HOST:PORT (port 0: any free port)")
-    s.add_argument("--name", default="ns")
-    s.add_argument("--flush-ms", type=int, default=10)
-    s.set_defaults(func=cmd_server)
-
-    t = sub.add_parser("taskserver", parents=[token, tls, trust, enrol], help="run a Task Server")
-    t.add_argument("--server", required=True, help="the NS URL, wss://HOST:PORT")
-    t.add_argument("--data", required=True)
-    t.add_argument("--listen", default="127.0.0.1:8471")
-    t.add_argument("--name", default=os.uname().nodename)
-    t.add_argument("--advertise", help="URL agents use to reach this TS (default: wss://LISTEN)")
-    t.add_argument("--flush-ms", type=int, default=10)
-    t.add_argument("--max-handshakes", type=int, default=HANDSHAKES_AT_ONCE, help=HANDSHAKES_HELP)
-    t.set_defaults(func=cmd_taskserver)
-
-    a = sub.add_parser("agent", parents=[token, trust, enrol], help="run an agent")
-    a.add_argument("--server", required=True)
-    a.add_argument("--data", required=True)
-    a.add_argument("--name", default=os.uname().nodename)
-    a.add_argument("--concurrency", type=int, default=4)
-    a.add_argument(
-        "--commands", help="TOML file overriding the platform command table (docs/tasks.md)"
-    )
-    a.set_defaults(func=cmd_agent)
-
-    from admin.simulate import add_parser as add_simulate
-
-    add_simulate(sub, [trust, enrol])
-
-    d = sub.add_parser("demo", help="NS, one TS and N agents in one process: run a task on all")
-    d.add_argument(
-        "--agents",
-        type=_agent_count,
-        default=20,
-        help=f"how many agents to start in this process, 1 to {DEMO_MAX_AGENTS} (default 20)",
-    )
-    d.set_defaults(func=cmd_demo)
+    add_role_parsers(sub, token, tls, trust, enrol)
 
     admin = argparse.ArgumentParser(add_help=False, parents=[trust])
     admin.add_argument("--server", default=os.environ.get("TASKFLEET_SERVER", DEFAULT_SERVER))
@@ -936,34 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
             verb("tasks", v_tasks, "list saved tasks")
     verb("jobs", v_jobs, "list saved jobs")
     verb("types", v_types, "list task types")
-    v = verb("run", v_run, "run a saved task or job")
-    v.add_argument("name")
-    v.add_argument("--computer", action="append", help="target computer (repeatable)")
-    v.add_argument(
-        "--group", action="append", help="computers of an organizational group (repeatable)"
-    )
-    v.add_argument("--filter", action="append", help="computers a filter holds (repeatable)")
-    v.add_argument("--all", action="store_true", help="every known computer")
-    v.add_argument(
-        "--online-only",
-        action="store_true",
-        help="skip targets whose agent is offline now (devices stay); the run says how many",
-    )
-    v.add_argument(
-        "--wait", action="store_true", help="follow the run; exit 0 only if all succeeded"
-    )
-    v = verb("runs", v_runs, "list runs, or `runs show ID`")
-    v.add_argument("action", nargs="?", choices=["show"])
-    v.add_argument("run_id", nargs="?", type=int)
-    v.add_argument("--limit", type=int, default=50)
-    v.add_argument(
-        "--computer",
-        metavar="NAME",
-        help="show: that computer's full output (each step's, for jobs), return code, times, reason",
-    )
-    v.add_argument("--failed", action="store_true", help="show: only what did not succeed")
-    v = verb("watch", v_watch, "follow a run live")
-    v.add_argument("run_id", type=int)
+    add_run_verbs(verb)
     add_trust_verbs(verb)
     v = verb("stop", v_stop, "stop a run: pending and running instances end `stopped`")
     v.add_argument("run_id", type=int)
@@ -975,20 +473,6 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("file", help="absolute path on the NS's machine; a new file (mode 0600)")
     v.add_argument("--force", action="store_true", help="replace FILE if it is an earlier backup")
     return p
-
-
-def _agent_count(text: str) -> int:
-    """``demo --agents``: a whole number from 1 to DEMO_MAX_AGENTS, else a usage error."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if not 1 <= n <= DEMO_MAX_AGENTS:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number of agents: give 1 to {DEMO_MAX_AGENTS} (the demo runs them"
-            " all in one process; for more, `taskfleet simulate`)"
-        )
-    return n
 
 
 class StdoutClosed(Exception):

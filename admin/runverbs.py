@@ -1,0 +1,152 @@
+"""Admin verbs on runs: ``run`` (start a saved task or job on its targets, ``--wait`` to follow
+it), ``runs`` (list them, or ``runs show ID``, one computer's output with ``--computer``) and
+``watch`` (follow a run live); ``run --wait`` and ``watch`` exit 1 when a target did not succeed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from admin.client import AdminClient
+from admin.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _print_json
+from admin.output import short_time, table
+from admin.views import follow, print_computer, print_run, run_json, select
+
+
+async def v_run(c: AdminClient, args: argparse.Namespace) -> int:
+    target = {
+        "task": args.name,
+        "computers": args.computer or [],
+        "groups": args.group or [],
+        "filters": args.filter or [],
+        "all": args.all,
+        "online_only": args.online_only,
+    }
+    plan = await c.call("run.start", check=True, **target)
+    if plan.get("skipped_offline"):
+        print(
+            f"{plan['skipped_offline']} offline target(s) skipped (--online-only)", file=sys.stderr
+        )
+    elif plan.get("offline"):
+        print(
+            f"warning: {plan['offline']} of {plan['targets']} targets are offline: they run when"
+            " they connect, until the time limit (--online-only skips them)",
+            file=sys.stderr,
+        )
+    if plan["no_agent"]:
+        print(
+            f"warning: {len(plan['no_agent'])} target(s) have no agent and will fail their client steps "
+            "with reason 'no agent': " + ", ".join(plan["no_agent"]),
+            file=sys.stderr,
+        )
+    started = await c.call("run.start", **target)
+    run_id = started["run_id"]
+    if not args.wait:
+        if args.json:
+            _print_json(started)
+        else:
+            print(
+                f"started run {run_id} on {started['targets']} target(s)"
+                + (
+                    f" ({started['skipped_offline']} offline skipped)"
+                    if started.get("skipped_offline")
+                    else ""
+                )
+                + f"; `taskfleet watch {run_id}` follows it"
+            )
+        return EXIT_OK
+    if not args.json:
+        print(f"run {run_id} started on {started['targets']} target(s)", file=sys.stderr)
+    final = await follow(c, run_id, quiet=args.json)
+    if args.json:
+        _print_json(run_json(final))
+    else:
+        print_run(final)
+    return EXIT_OK if final["status"] == "succeeded" else EXIT_FAILED
+
+
+async def v_runs(c: AdminClient, args: argparse.Namespace) -> int:
+    if args.action == "show":
+        if args.run_id is None:
+            print("taskfleet: runs show needs a run ID", file=sys.stderr)
+            return EXIT_USAGE
+        run = await c.call("run.show", run_id=args.run_id)
+        if args.computer is not None or args.failed:
+            try:
+                run = select(run, args.computer, args.failed)
+            except LookupError as exc:
+                print(f"taskfleet: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+        if args.json:
+            _print_json(run_json(run))
+        elif args.computer is not None:
+            print_computer(run, args.computer)
+        else:
+            print_run(run)
+        return EXIT_OK
+    rows = await c.call("runs.list", limit=args.limit)
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    for r in rows:
+        r["created"] = short_time(r["created_at"])
+    print(
+        table(
+            rows,
+            [
+                ("id", "id"),
+                ("task_name", "task"),
+                ("kind", "kind"),
+                ("status", "status"),
+                ("total", "targets"),
+                ("succeeded", "ok"),
+                ("failed", "not ok"),
+                ("pending", "open"),
+                ("created", "created (utc)"),
+            ],
+        )
+    )
+    return EXIT_OK
+
+
+async def v_watch(c: AdminClient, args: argparse.Namespace) -> int:
+    final = await follow(c, args.run_id, quiet=args.json)
+    if args.json:
+        _print_json(run_json(final))
+    else:
+        print_run(final)
+    return EXIT_OK if final["status"] == "succeeded" else EXIT_FAILED
+
+
+def add_run_verbs(verb: Callable[[str, Any, str], argparse.ArgumentParser]) -> None:
+    """Register the run verbs on the CLI."""
+    v = verb("run", v_run, "run a saved task or job")
+    v.add_argument("name")
+    v.add_argument("--computer", action="append", help="target computer (repeatable)")
+    v.add_argument(
+        "--group", action="append", help="computers of an organizational group (repeatable)"
+    )
+    v.add_argument("--filter", action="append", help="computers a filter holds (repeatable)")
+    v.add_argument("--all", action="store_true", help="every known computer")
+    v.add_argument(
+        "--online-only",
+        action="store_true",
+        help="skip targets whose agent is offline now (devices stay); the run says how many",
+    )
+    v.add_argument(
+        "--wait", action="store_true", help="follow the run; exit 0 only if all succeeded"
+    )
+    v = verb("runs", v_runs, "list runs, or `runs show ID`")
+    v.add_argument("action", nargs="?", choices=["show"])
+    v.add_argument("run_id", nargs="?", type=int)
+    v.add_argument("--limit", type=int, default=50)
+    v.add_argument(
+        "--computer",
+        metavar="NAME",
+        help="show: that computer's full output (each step's, for jobs), return code, times, reason",
+    )
+    v.add_argument("--failed", action="store_true", help="show: only what did not succeed")
+    v = verb("watch", v_watch, "follow a run live")
+    v.add_argument("run_id", type=int)
