@@ -83,3 +83,19 @@ def test_the_tree_has_no_circle_and_no_crossing():
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no circles" in done.stdout
+
+
+PRODUCT = ("protocol", "runtime", "agent", "taskserver", "server", "admin")
+MODULE_LINES_AT_MOST = 800
+
+
+def test_no_product_module_is_longer_than_a_reader_can_hold():
+    """The layout's rule (docs/architecture.md): no module of the product over 800 lines; a
+    longer one is split by concern (as server/store/ and server/runs.py were)."""
+    long = {
+        str(path.relative_to(ROOT)): n
+        for package in PRODUCT
+        for path in (ROOT / package).rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > MODULE_LINES_AT_MOST
+    }
+    assert long == {}, f"split these by concern: {long}"
