@@ -125,25 +125,35 @@ def _check_server_url(args: argparse.Namespace) -> str | None:
     return None
 
 
-def cmd_server(args: argparse.Namespace) -> int:
+def _listener(args: argparse.Namespace, default_port: int) -> tuple[str, int] | None:
+    """A listening role's own checks before it starts, in order: TLS files given as a pair,
+    then (with the heap tuned and the data folder made private) ``--listen`` read as HOST:PORT.
+    None after saying on stderr what to fix (a usage error)."""
     from runtime import heap
     from runtime.link import split_hostport
-    from server.core import NotificationServer
 
     if bool(args.tls_cert) != bool(args.tls_key):
         print("taskfleet: give both --tls-cert and --tls-key, or neither", file=sys.stderr)
-        return EXIT_USAGE
+        return None
     heap.tune_gc()
     private_data_folder(args.data)
-
     try:
-        host, port = split_hostport(args.listen, 8470)
+        return split_hostport(args.listen, default_port)
     except ValueError:
         print(
             f"taskfleet: --listen {args.listen}: give HOST:PORT (port 0: any free port)",
             file=sys.stderr,
         )
+        return None
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from server.core import NotificationServer
+
+    address = _listener(args, 8470)
+    if address is None:
         return EXIT_USAGE
+    host, port = address
     ns = NotificationServer(
         data_dir=args.data,
         host=host,
@@ -203,27 +213,15 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def cmd_taskserver(args: argparse.Namespace) -> int:
-    from runtime import heap
-    from runtime.link import split_hostport
     from taskserver.service import TaskServer
 
     if (problem := _check_server_url(args)) is not None:
         print(f"taskfleet: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    if bool(args.tls_cert) != bool(args.tls_key):
-        print("taskfleet: give both --tls-cert and --tls-key, or neither", file=sys.stderr)
+    address = _listener(args, 8471)
+    if address is None:
         return EXIT_USAGE
-    heap.tune_gc()
-    private_data_folder(args.data)
-
-    try:
-        host, port = split_hostport(args.listen, 8471)
-    except ValueError:
-        print(
-            f"taskfleet: --listen {args.listen}: give HOST:PORT (port 0: any free port)",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+    host, port = address
     ts = _made_in(
         args.data,
         TaskServer,

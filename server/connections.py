@@ -39,7 +39,7 @@ from protocol.session import (
     Role,
     Session,
 )
-from protocol.workauth import agent_work_key, master_work_key
+from protocol.workauth import agent_work_key
 from runtime.link import Link, accept
 from server import auth, policies
 from server.interface import NS
@@ -110,9 +110,7 @@ async def serve_agent(ns: NS, link: Link, hello: Hello, facts: dict[str, Any]) -
         "policies": await policies.for_computer(ns, row["id"]),
         # Its key to check that work comes from this NS (protocol.workauth), given only here,
         # on the agent's own connection to the NS: a TS never sees it.
-        "work_key": agent_work_key(
-            master_work_key(ns.key.private_bytes_raw()), hello.identity
-        ).hex(),
+        "work_key": agent_work_key(ns.work_master, hello.identity).hex(),
     }
     if ts is not None:
         body, signature = auth.ticket(ns, hello.identity, facts["public_key"], ts["name"])

@@ -24,6 +24,7 @@ from typing import Any
 from protocol.identity import fingerprint
 from protocol.messages import Report
 from protocol.session import Role
+from protocol.workauth import master_work_key
 from runtime import heap, logs
 from runtime.gate import HANDSHAKES_AT_ONCE, WAIT_AT_MOST_S, Gate
 from runtime.keys import load_or_create, public_bytes
@@ -136,6 +137,8 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         self.first_admin_token: str | None = None
         self.server_id = ""
         self.public_key = b""
+        self.work_master = b""
+        """The master work key (``protocol.workauth``), derived once from the signing key."""
         self.host = host
         self.port = port
         self.name = name
@@ -177,6 +180,7 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         await self._start_listener(serving=False)
         self.key = load_or_create(os.path.join(self.data_dir, "server.key"))
         self.public_key = public_bytes(self.key)
+        self.work_master = master_work_key(self.key.private_bytes_raw())
         self.server_id = f"{self.name}:{fingerprint(self.public_key)}"
         self.store = await Store.open(self.db_path)
         self.first_admin_token = await bootstrap_admin(self)

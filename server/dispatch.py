@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from protocol.messages import Dispatch, Target
-from protocol.workauth import agent_work_key, master_work_key, task_digest, work_mac
+from protocol.workauth import agent_work_key, task_digest, work_mac
 from server.interface import CoreParts
 from server.routes import BUILTIN, RemoteRoute
 from server.stages import RouteCount
@@ -60,10 +60,6 @@ class Dispatcher(CoreParts):
     def forget_taskserver_load(self) -> None:
         self._ts_load = None
 
-    def work_master_key(self) -> bytes:
-        """The master work key (``protocol.workauth``), derived from this NS's signing key."""
-        return master_work_key(self.key.private_bytes_raw())
-
     def _tokens(
         self, run_id: int, computer: str, computer_id: int | None, route: str, mac: str = ""
     ) -> dict[str, str]:
@@ -91,7 +87,7 @@ class Dispatcher(CoreParts):
             sending: set[asyncio.Task[None]] = set()
             tasks: dict[tuple[int, str], tuple[dict[str, Any], float] | None] = {}
             digests: dict[tuple[int, str], bytes] = {}
-            master = self.work_master_key()
+            master = self.work_master
 
             async def send(message: Dispatch, ids: list[int]) -> None:
                 try:

@@ -51,6 +51,7 @@ class NS(Protocol):
     # -- identity -----------------------------------------------------------------------
     key: Ed25519PrivateKey
     public_key: bytes
+    work_master: bytes
     server_id: str
 
     # -- state --------------------------------------------------------------------------
