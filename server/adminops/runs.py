@@ -172,10 +172,22 @@ async def run_watch(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     """
     run_id = _arg(args, "run_id", int)
     detail = _arg(args, "instances", bool, default=True)
-    # Subscribe before reading, so no event falls between the snapshot and the first event.
-    if run_id in ns.active:
-        ns.watchers[run_id][link] = detail
-    return await _run_view(ns, run_id, detail)
+    # Subscribe before reading, so no event falls between the snapshot and the first event. Not
+    # only while the run is in ``ns.active``: ``finish`` leaves that before it stores the run's
+    # status, and a watcher arriving in between would read "running" and never hear the end.
+    # ``finish`` takes the watchers (and tells them) only after the status is stored, so a view
+    # read as "running" is always followed by the end; one read as ended needs no subscription.
+    watchers = ns.watchers[run_id]
+    watchers[link] = detail
+    view: dict[str, Any] | None = None
+    try:
+        view = await _run_view(ns, run_id, detail)
+        return view
+    finally:
+        if view is None or view["status"] != "running":
+            watchers.pop(link, None)
+            if not watchers and ns.watchers.get(run_id) is watchers:
+                del ns.watchers[run_id]
 
 
 @op("run.stop")
