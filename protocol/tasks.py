@@ -59,6 +59,8 @@ class TaskType:
     kind: Kind
     params: dict[str, Param]
     doc: str
+    aliases: dict[str, str] = field(default_factory=dict)
+    """Old parameter names still accepted on save: ``{old: new}``; saved under the new name."""
 
 
 INTERPRETERS = ("sh", "bash", "python", "powershell", "cmd")
@@ -69,12 +71,35 @@ _SCRIPT_PARAMS: dict[str, Param] = {
     ),
     "script": Param(str, required=True, doc="script text; tokens like %COMPUTERNAME% are replaced"),
     "env": Param(dict, default={}, item_type=str, doc="extra environment variables"),
-    "cwd": Param(str, default="", doc="working folder (default: a fresh temporary folder)"),
+    "working_dir": Param(
+        str,
+        default="",
+        pattern=r"(?:(?:/|[A-Za-z]:[\\/]|\\\\)[^\x00]{0,4095})?",
+        doc="an absolute folder path, or empty for a fresh temporary folder",
+    ),
     "success_codes": Param(list, default=[0], item_type=int, doc="return codes that mean success"),
     "output_limit_bytes": Param(
         int, default=65_536, minimum=0, maximum=512 * 1024, doc="output kept; the rest is cut"
     ),
 }
+
+USER_NAME = r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?"
+"""A user name as POSIX systems take it (``useradd``'s rule, capitals allowed, an optional
+trailing ``$`` for machine accounts)."""
+
+_CLIENT_SCRIPT_PARAMS: dict[str, Param] = {
+    **_SCRIPT_PARAMS,
+    "run_as": Param(
+        str,
+        default="",
+        pattern=f"(?:{USER_NAME})?",
+        doc="a user name; empty: the agent's own account",
+    ),
+}
+"""run-script on an agent may start the script as another user (the agent must be root)."""
+
+_SCRIPT_ALIASES = {"cwd": "working_dir"}
+"""``cwd`` was the first name of ``working_dir``: documents that use it are still accepted."""
 
 _HTTP_PARAMS: dict[str, Param] = {
     "method": Param(str, default="GET", choices=("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")),
@@ -95,8 +120,9 @@ CATALOG: dict[str, TaskType] = {
         TaskType(
             "run-script",
             Kind.CLIENT,
-            _SCRIPT_PARAMS,
-            "Run a script on each target computer's agent.",
+            _CLIENT_SCRIPT_PARAMS,
+            "Run a script on each target computer's agent (as another user with run_as).",
+            _SCRIPT_ALIASES,
         ),
         TaskType(
             "run-script-on-taskserver",
@@ -104,12 +130,14 @@ CATALOG: dict[str, TaskType] = {
             _SCRIPT_PARAMS,
             "Run a script on the Task Server once per target, with that target's tokens; "
             "reaches devices with no agent.",
+            _SCRIPT_ALIASES,
         ),
         TaskType(
             "run-script-on-server",
             Kind.SERVER,
             _SCRIPT_PARAMS,
             "Run a script once on the Notification Server.",
+            _SCRIPT_ALIASES,
         ),
         TaskType(
             "write-server-log",
@@ -412,11 +440,29 @@ def _is(value: Any, t: type | tuple[type, ...]) -> bool:
     return isinstance(value, t)
 
 
+def _renamed(ttype: TaskType, params: dict[str, Any], problems: list[Problem]) -> dict[str, Any]:
+    """``params`` with old parameter names (``TaskType.aliases``) under their new name, so a
+    document written before a rename still saves; giving both names is a problem."""
+    if not any(old in params for old in ttype.aliases):
+        return params
+    out = dict(params)
+    for old, new in ttype.aliases.items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        if new in out:
+            problems.append(Problem(f"params.{old}", f"the old name of {new}: give only {new}"))
+        else:
+            out[new] = value
+    return out
+
+
 def validate_params(ttype: TaskType, params: Any, problems: list[Problem]) -> dict[str, Any]:
     """Check ``params`` against the type's schema; append problems; return params with defaults."""
     if not isinstance(params, dict):
         problems.append(Problem("params", "must be a table"))
         return {}
+    params = _renamed(ttype, params, problems)
     out: dict[str, Any] = {}
     for key in params:
         if key not in ttype.params:
@@ -535,3 +581,34 @@ def output_limit(params: dict[str, Any]) -> int:
     """Bytes of output a run-script instance keeps."""
     value = params.get("output_limit_bytes", 65_536)
     return int(value) if isinstance(value, int) else 65_536
+
+
+_MAC = re.compile(r"[0-9A-Fa-f]{2}([:-]?)[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}")
+
+
+def unicast_mac(text: Any) -> str:
+    """``text`` as a MAC that can name one network card (``aa:bb:cc:dd:ee:ff``, lower case), or
+    ``""``: six hex pairs separated all by ``:``, all by ``-`` or not at all, not all zero (what
+    a loopback or a virtual interface without a card reports) and not a group address (the low
+    bit of the first byte: multicast, and the broadcast ``ff:ff:ff:ff:ff:ff``). A wake-on-LAN
+    packet for any of those would wake nothing."""
+    if not isinstance(text, str) or not _MAC.fullmatch(text.strip()):
+        return ""
+    raw = bytes.fromhex(text.strip().replace(":", "").replace("-", ""))
+    if not any(raw) or raw[0] & 1:
+        return ""
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def inventory_mac(data: Any) -> str:
+    """The MAC an agent's send-basic-inventory result gives its computer (wake-on-lan's
+    ``%MACADDRESS%``): its ``mac`` (the agent's pick: the card that carries its addresses) if
+    that is a :func:`unicast_mac`, else the first of its ``macs`` that is one; ``""`` for none.
+    The agent's word is checked here again: the NS stores nothing it would not send a packet to."""
+    if not isinstance(data, dict):
+        return ""
+    macs = data.get("macs")
+    for candidate in [data.get("mac"), *(macs if isinstance(macs, list) else [])]:
+        if mac := unicast_mac(candidate):
+            return mac
+    return ""

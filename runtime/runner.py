@@ -21,6 +21,10 @@ it started:
 The script's environment is this process's, without taskfleet's own variables (``TASKFLEET_*``:
 admin and enrolment tokens, the SMTP password, settings), plus the task's ``env`` and the
 documented ``TASKFLEET_<TOKEN>`` values.
+
+With an :class:`Account` (run-script's ``run_as``, on an agent running as root), the script's
+private folder and file are handed to that user (``chown``: it must read the script, nobody else
+may), and the child takes the user's groups, group and user before it runs the interpreter.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,6 +199,19 @@ class Outcome:
         )
 
 
+@dataclass(frozen=True)
+class Account:
+    """The user a script is started as (run-script's ``run_as``, agents running as root): the
+    child sets its groups, group and user before it runs anything (``subprocess``'s
+    ``extra_groups``, ``group``, ``user``), and gets that user's ``HOME``, ``USER``, ``LOGNAME``."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+
+
 def _command(interpreter: str, path: str) -> list[str] | None:
     if interpreter == "python":
         return [sys.executable, path]
@@ -221,12 +239,18 @@ class ScriptRun:
         tokens: dict[str, str],
         timeout_s: float,
         argv: list[str] | None = None,
+        account: Account | None = None,
     ):
         self.params = params
+        self.account = account
+        """Start the script as this user (None: as this process's user)."""
         self.tokens = tokens
         self.timeout_s = timeout_s
         self.argv = argv
         """When given, run this program with these arguments instead of a script."""
+        self.on_output: Callable[[bytes], None] | None = None
+        """Called with each piece of output as the script produces it (live output: the agent
+        sends it on while the script runs); plain code that must not block."""
         self._proc: asyncio.subprocess.Process | None = None
         self._stopped = False
         self._ended = False
@@ -243,11 +267,19 @@ class ScriptRun:
 
     def _environ(self) -> dict[str, str]:
         env = script_environ()
+        if self.account is not None:
+            a = self.account
+            env.update(HOME=a.home, USER=a.name, LOGNAME=a.name)
         for key, value in (self.params.get("env") or {}).items():
             env[str(key)] = replace_tokens(str(value), self.tokens)
         for key, value in self.tokens.items():
             env[f"TASKFLEET_{key}"] = value
         return env
+
+    def _as_account(self) -> dict[str, Any]:
+        """The process-start arguments that make the child ``self.account`` (none without one)."""
+        a = self.account
+        return {} if a is None else {"user": a.uid, "group": a.gid, "extra_groups": list(a.groups)}
 
     async def run(self) -> Outcome:
         """Run the script to its end, its timeout, or ``stop``."""
@@ -259,6 +291,11 @@ class ScriptRun:
             path = os.path.join(tmp, "script" + _SUFFIX.get(interpreter, ""))
             with open(path, "w", encoding="utf-8") as fh:
                 fh.write(replace_tokens(str(self.params.get("script", "")), self.tokens))
+            if self.account is not None:
+                # The folder stays private (0700), to its new owner: the user the script runs as
+                # reads the script there, and it is the script's default working folder.
+                for owned in (tmp, path):
+                    os.chown(owned, self.account.uid, self.account.gid)
             cmd = list(self.argv) if self.argv else _command(interpreter, path)
             if cmd is None or (self.argv and shutil.which(cmd[0]) is None):
                 missing = repr(cmd[0]) if cmd else f"interpreter {interpreter!r}"
@@ -266,7 +303,12 @@ class ScriptRun:
                     f"{missing} is not installed on this computer", started_at=started
                 )
             env = self._environ()
-            cwd = self.params.get("cwd") or tmp
+            cwd = self.params.get("working_dir") or self.params.get("cwd") or tmp
+            if not os.path.isdir(cwd):
+                return Outcome.failed(
+                    f"working_dir {cwd!r} does not exist on this computer (or is not a folder)",
+                    started_at=started,
+                )
             if self._stopped:
                 return Outcome(
                     InstanceState.STOPPED,
@@ -287,6 +329,7 @@ class ScriptRun:
                     cwd=cwd,
                     env=env,
                     start_new_session=True,
+                    **self._as_account(),
                 )
             except OSError as exc:
                 return Outcome.failed(
@@ -306,6 +349,8 @@ class ScriptRun:
                 nonlocal dropped
                 assert protocol.stdout is not None
                 while chunk := await protocol.stdout.read(65_536):
+                    if self.on_output is not None:
+                        self.on_output(chunk)
                     room = limit - len(kept)
                     kept.extend(chunk[: max(room, 0)])
                     dropped += max(len(chunk) - max(room, 0), 0)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from agent import __version__
 from agent.tasktypes.ip_configuration import collect as ip_configuration
 from protocol.states import InstanceState
+from protocol.tasks import unicast_mac
 from runtime.runner import Outcome
 
 if TYPE_CHECKING:
@@ -96,9 +97,21 @@ async def _users() -> list[str]:
     )
 
 
+def _macs(interfaces: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """(the machine's own MAC, every MAC of its cards, sorted): only addresses that can name one
+    card (``protocol.tasks.unicast_mac``: no all-zero loopback, no multicast or broadcast). Its
+    own MAC is the first card that is up and carries an IP address (the one wake-on-lan should
+    wake), else the first valid one; ``""`` when there is none."""
+    valid = [(i, mac) for i in interfaces if (mac := unicast_mac(i.get("mac")))]
+    carrying = [mac for i, mac in valid if i.get("up") and i.get("addresses")]
+    own = (carrying or [mac for _, mac in valid] or [""])[0]
+    return own, sorted({mac for _, mac in valid})
+
+
 async def collect() -> dict[str, Any]:
     release = _os_release()
     ip = await ip_configuration()
+    mac, macs = _macs(ip["interfaces"])
     return {
         "hostname": socket.gethostname(),
         "fqdn": socket.getfqdn(),
@@ -113,9 +126,8 @@ async def collect() -> dict[str, Any]:
         "memory_bytes": _memory_bytes(),
         "disks": _disks(),
         "addresses": [a["address"] for i in ip["interfaces"] for a in i["addresses"]],
-        "macs": sorted(
-            {i["mac"] for i in ip["interfaces"] if i.get("mac") and i["mac"] != "00:00:00:00:00:00"}
-        ),
+        "mac": mac,
+        "macs": macs,
         "uptime_s": _uptime_s(),
         "users": await _users(),
         "agent_version": __version__,

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from protocol.states import TERMINAL
+from protocol.tasks import inventory_mac
 from runtime.db import run_many
 from server.store.base import StoreBase
 
@@ -263,7 +264,7 @@ class ComputersMixin(StoreBase):
             f"SELECT computer_id, output FROM instances WHERE id IN ({marks}) AND computer_id IS NOT NULL",
             instance_ids,
         )
-        keep = []
+        keep, macs = [], []
         for r in rows:
             try:
                 data = json.loads(r["output"])
@@ -271,9 +272,12 @@ class ComputersMixin(StoreBase):
                 continue
             if isinstance(data, dict):
                 keep.append((r["computer_id"], now, json.dumps(data)))
+                if mac := inventory_mac(data):  # wake-on-lan's %MACADDRESS% (docs/tasks.md §10)
+                    macs.append((mac, r["computer_id"]))
         await run_many(
             self.db, "INSERT INTO inventory(computer_id, at, data) VALUES (?, ?, ?)", keep
         )
+        await run_many(self.db, "UPDATE computers SET mac=? WHERE id=?", macs)
         await self.db.commit()
 
     async def inventory(self, computer: str, history: bool = False) -> list[dict[str, Any]]:

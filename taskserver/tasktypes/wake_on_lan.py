@@ -42,7 +42,9 @@ async def run(
             else f"{mac!r} is not a MAC"
         )
         return Outcome.failed(
-            f"{why}: give params.mac, or add the device with --mac", started_at=started
+            f"{why}: give params.mac, add the device with --mac, or run"
+            " send-basic-inventory on its agent first (its inventory sets the MAC)",
+            started_at=started,
         )
     address, port = str(params.get("broadcast", "255.255.255.255")), int(params.get("port", 9))
     try:
