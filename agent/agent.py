@@ -30,6 +30,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.frames import CloseCode
 
 from agent import __version__
 from agent.commands import CommandTable
@@ -126,6 +127,7 @@ class Agent(Work):
         backoff_max_s: float = 30.0,
         commands: CommandTable | None = None,
         simulate: dict[str, float] | None = None,
+        allow_power: bool = False,
     ):
         self.server_url = server_url
         self.name = name
@@ -155,6 +157,9 @@ class Agent(Work):
         """When the NS kept this agent for a TS that is away: register again by then (monotonic;
         the grace's end plus a jitter, ``welcome``'s ``taskserver.retry_in_s``), to be moved."""
         self.commands = commands or CommandTable()
+        self.allow_power = allow_power
+        """``--allow-power``: power-control may restart, shut down or log off this machine with
+        the platform's own commands (``agent.tasktypes.power_control``)."""
         self.simulate = simulate
         """For `taskfleet simulate`: every task is a no-op that takes ``delay_ms`` and fails at
         ``fail_rate`` (the draws are seeded by the agent's name, so a fleet fails alike each time)."""
@@ -177,6 +182,9 @@ class Agent(Work):
         self.work_key: bytes | None = None
         """The key the NS gave this agent to check its work (``protocol.workauth``)."""
         self.refused_executes = 0
+        self.shutting_down = False
+        """The agent stops (SIGTERM): its links close with 1001, and work it was running stores
+        no result now; ``_recover`` reports it ``failed`` at the next start."""
 
     def info(self) -> dict[str, Any]:
         if self.lightweight:
@@ -193,6 +201,7 @@ class Agent(Work):
     async def run(self) -> None:
         """Register, connect, serve; reconnect with backoff and jitter until cancelled. A refusal
         no retry changes (a used-up token, a rejected key, a wrong pin) ends it: RefusedForGood."""
+        logs.bind_role("agent", self.name)
         self.store = await AgentStore.open(self.data_dir)
         if self.trust.insecure:
             self.log.warning(
@@ -221,10 +230,11 @@ class Agent(Work):
                 delay, attempt = self._next_try(attempt)
                 await asyncio.sleep(delay)
         finally:
+            self.shutting_down = True
             for r in self._running.values():
+                r.task.cancel()
                 if r.run is not None:
                     r.run.stop()
-                r.task.cancel()
             for r in list(self._running.values()):
                 with contextlib.suppress(BaseException):
                     await r.task
@@ -383,7 +393,8 @@ class Agent(Work):
                 if not waiter.done():
                     waiter.set_exception(ConnectionError("the connection to the relay closed"))
             self._step_waiters.clear()
-            await link.close()
+            going = self.shutting_down  # the whole agent stops, not just this link
+            await link.close(CloseCode.GOING_AWAY if going else CloseCode.NORMAL_CLOSURE)
 
     def _progress(self, report: Report) -> None:
         """Queue a progress report (``received``, ``running``): it waits up to

@@ -26,13 +26,14 @@ from websockets.exceptions import ConnectionClosed
 
 from agent import __version__
 from agent.commands import CommandTable
+from agent.live import LiveOutput, send_live
 from agent.store import AgentStore, NotStored
 from agent.tasktypes import RUNNERS, TaskContext
 from protocol.jobs import JobMachine, JobState, RunStep
 from protocol.messages import Execute, Report, StepRequest
 from protocol.states import InstanceState
 from protocol.workauth import WORK_KEY_BYTES, check_mac
-from runtime.jobrunner import drive
+from runtime.jobrunner import JobClock, drive, ended_state, job_limit_s
 from runtime.link import Link
 from runtime.runner import Outcome, ScriptRun
 
@@ -41,6 +42,12 @@ from runtime.runner import Outcome, ScriptRun
 class _Running:
     run: ScriptRun | None
     task: asyncio.Task[None]
+    relay_step: bool = False
+    """A client job waits for its relay to run a task-server step: a stop is the relay's to
+    carry out (it kills the script and answers ``stopped``, with the output)."""
+    job: bool = False
+    """A client job: a stop between two steps (a step's result being stored and sent) lets that
+    result go out, then ends the job; it never cuts the report of a step that ended."""
 
 
 STOP_GRACE_S = 5.0
@@ -67,6 +74,7 @@ class Work:
     simulate: dict[str, float] | None
     work_key: bytes | None
     refused_executes: int
+    shutting_down: bool
     _sem: asyncio.Semaphore
     _running: dict[int, _Running]
     _stopping: set[int]
@@ -179,7 +187,7 @@ class Work:
         finally:
             self._storing.discard(iid)
         if self._unstored.pop(iid, None) is not None:
-            self.log.info("work_stored", instance_id=iid)
+            self.log.info("work_stored", instance_id=iid, run_id=message.run_id)
         self._progress(Report(instance_id=iid, state=InstanceState.RECEIVED))
         self._start(message, None)
         return True
@@ -194,7 +202,9 @@ class Work:
         (then the relay times it out)."""
         iid = message.instance_id
         if iid not in self._unstored:
-            self.log.warning("work_not_stored", instance_id=iid, reason=exc.reason)
+            self.log.warning(
+                "work_not_stored", instance_id=iid, run_id=message.run_id, reason=exc.reason
+            )
         self._unstored[iid] = (message, time.time() + message.timeout_s)
         if not again:
             await self._send(
@@ -230,18 +240,21 @@ class Work:
         self, message: Execute, snapshot: dict[str, Any] | None, restarted: bool = False
     ) -> None:
         task = asyncio.create_task(self._execute(message, snapshot, restarted))
-        self._running[message.instance_id] = _Running(None, task)
+        job = message.task.get("type") == "client-job"
+        self._running[message.instance_id] = _Running(None, task, job=job)
 
     def _stop(self, iid: int) -> None:
         self._unstored.pop(iid, None)  # held back for want of disk: it never runs now
         running = self._running.get(iid)
         if running is None:
             return
-        if running.run is not None:
-            running.run.stop()
+        if running.run is not None or running.relay_step or running.job:
+            if running.run is not None:
+                running.run.stop()
             # The script ends ``stopped`` with the output it had produced, reported as any
-            # result (a job's step too; then the job ends, ``_run_job``). The task is cancelled
-            # only if it has not ended a while after.
+            # result (a job's step too, also one the relay runs, which the relay's cancel stops;
+            # then the job ends, ``_run_job``). The task is cancelled only if it has not ended a
+            # while after.
             self._stopping.add(iid)
             asyncio.get_running_loop().call_later(STOP_GRACE_S, running.task.cancel)
             return
@@ -266,6 +279,8 @@ class Work:
                         iid, message.task, message.tokens, message.timeout_s
                     )
         except asyncio.CancelledError:
+            if self.shutting_down:  # not an administrator's stop: reported at the next start
+                raise
             outcome = Outcome(
                 InstanceState.STOPPED, reason="stopped by an administrator", ended_at=time.time()
             )
@@ -286,9 +301,15 @@ class Work:
         await self._reported(iid)
 
     async def _run_task(
-        self, iid: int, task: dict[str, Any], tokens: dict[str, str], timeout_s: float
+        self,
+        iid: int,
+        task: dict[str, Any],
+        tokens: dict[str, str],
+        timeout_s: float,
+        step: str = "",
     ) -> Outcome:
-        """Run one client task here (a plain instance, or a step of a client job)."""
+        """Run one client task here (a plain instance, or a step of a client job). What its
+        scripts print goes on live while they run (``agent.live``; not for policies, iid 0)."""
         kind = str(task.get("type"))
         if self.simulate is not None:
             return await self._simulated(timeout_s)
@@ -298,10 +319,18 @@ class Work:
                 f"this agent ({__version__}) cannot run task type {kind!r}; upgrade it"
             )
         running = self._running.get(iid)
+        live: LiveOutput | None = None
 
         def track(run: ScriptRun | None) -> None:
+            nonlocal live
             if running is not None:
                 running.run = run
+            if live is not None:
+                live.close()
+                live = None
+            if run is not None and iid:
+                live = LiveOutput(lambda report: send_live(self.link, report), iid, step)
+                run.on_output = live.feed
 
         ctx = TaskContext(task.get("params", {}), tokens, timeout_s, self.commands, self, track)
         try:
@@ -310,7 +339,7 @@ class Work:
             raise
         except Exception as exc:
             # A task type that breaks must still end its instance, with a reason to act on.
-            self.log.exception("task_type_failed", type=kind)
+            self.log.exception("task_type_failed", type=kind, instance_id=iid or None, step=step)
             now = time.time()
             outcome = Outcome(
                 InstanceState.FAILED, reason=f"{kind} failed on the agent: {exc}", ended_at=now
@@ -361,9 +390,12 @@ class Work:
             await self.store.start_job(iid, execute, machine.snapshot(), deadline)
             self._progress(Report(instance_id=iid, state=InstanceState.RUNNING, started_at=started))
         pending_restart = restarted and machine.state is JobState.WAITING
+        clock = JobClock(deadline, job_limit_s(message.task))
 
         async def run_step(step: RunStep) -> Outcome:
             nonlocal pending_restart
+            if iid in self._stopping:  # stopped between two steps: start no other
+                raise asyncio.CancelledError
             if pending_restart:
                 pending_restart = False
                 return Outcome(
@@ -372,14 +404,15 @@ class Work:
                     ended_at=time.time(),
                 )
             now = time.time()
-            timeout_s = max(0.0, min(float(step.task.get("timeout_s", 300)), deadline - now))
             self._progress(
                 Report(instance_id=iid, step=step.step, state=InstanceState.RUNNING, started_at=now)
             )
             if step.kind == "taskserver":
-                return await self._ask_relay(iid, step, message.tokens, timeout_s)
-            async with self._sem:
-                return await self._run_task(iid, step.task, message.tokens, timeout_s)
+                return await self._ask_relay(iid, step, message.tokens, clock.step_limit(step))
+            async with self._sem:  # the job's time counts while the step waits for a slot
+                return await self._run_task(
+                    iid, step.task, message.tokens, clock.step_limit(step), step.step
+                )
 
         async def step_ended(step: RunStep, outcome: Outcome, snap: dict[str, Any]) -> None:
             assert self.store is not None
@@ -394,18 +427,27 @@ class Work:
             assert self.store is not None
             await self.store.start_job(iid, self.store.jobs[iid]["execute"], snap, deadline)
 
-        ended = await drive(machine, run_step, step_ended, job_started)
-        state = {
-            JobState.SUCCEEDED: InstanceState.SUCCEEDED,
-            JobState.STOPPED: InstanceState.STOPPED,
-        }.get(ended.state, InstanceState.FAILED)
-        return Outcome(state, None, "", ended.reason, started, time.time())
+        ended = await drive(machine, run_step, step_ended, job_started, clock)
+        return Outcome(ended_state(ended), None, "", ended.reason, started, time.time())
 
     async def _ask_relay(
         self, iid: int, step: RunStep, tokens: dict[str, str], timeout_s: float
     ) -> Outcome:
         """Have the relay run a task-server step; ask again after a reconnect, until the time limit."""
         deadline = time.monotonic() + timeout_s + self.STEP_GRACE_S
+        running = self._running.get(iid)
+        if running is not None:
+            running.relay_step = True
+        try:
+            return await self._relay_step(iid, step, tokens, timeout_s, deadline)
+        finally:
+            if running is not None:
+                running.relay_step = False
+
+    async def _relay_step(
+        self, iid: int, step: RunStep, tokens: dict[str, str], timeout_s: float, deadline: float
+    ) -> Outcome:
+        """Send the step request (again on each new link) until an answer or ``deadline``."""
         while True:
             left = deadline - time.monotonic()
             if left <= 0:

@@ -516,6 +516,7 @@ class JobState(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     STOPPED = "stopped"
+    TIMED_OUT = "timed_out"
 
 
 class JobEvent(StrEnum):
@@ -524,13 +525,23 @@ class JobEvent(StrEnum):
     START = "start"
     STEP_ENDED = "step_ended"
     STOP = "stop"
+    TIME_UP = "time_up"
+    """The job's own time limit was reached (``time_limit_reason``); its result, if any, is that
+    of the step it cut short."""
 
 
 class JobStateError(TaskfleetError):
     """An event the transition table does not allow in the current state."""
 
 
-FINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED})
+FINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.TIMED_OUT})
+
+
+def time_limit_reason(limit_s: float, step: str, *, started: bool = True) -> str:
+    """Why a job ended ``timed_out``: its own limit, and the step it was in (``started``) or the
+    step it did not start. One wording for agents, relays and the NS."""
+    where = f"during step {step!r}" if started else f"before step {step!r} could start"
+    return f"the job's time limit of {limit_s:g} s was reached {where}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -568,6 +579,8 @@ class JobMachine:
     WAITING   STEP_ENDED   record the result; fail, or advance
     READY     STOP         → STOPPED
     WAITING   STOP         → STOPPED
+    READY     TIME_UP      → TIMED_OUT
+    WAITING   TIME_UP      → TIMED_OUT (the step's result, if given, is recorded)
     ========  ===========  =============================================
 
     "Advance" evaluates conditions and jumps until a ``run`` instruction (→ WAITING,
@@ -591,6 +604,8 @@ class JobMachine:
         (JobState.WAITING, JobEvent.STEP_ENDED): "_step_ended",
         (JobState.READY, JobEvent.STOP): "_stop",
         (JobState.WAITING, JobEvent.STOP): "_stop",
+        (JobState.READY, JobEvent.TIME_UP): "_time_up",
+        (JobState.WAITING, JobEvent.TIME_UP): "_time_up",
     }
 
     def snapshot(self) -> dict[str, Any]:
@@ -624,6 +639,15 @@ class JobMachine:
     def _stop(self, result: Mapping[str, Any]) -> list[Action]:
         self.state = JobState.STOPPED
         self.reason = "stopped by an administrator"
+        return [JobEnded(self.state, self.reason)]
+
+    def _time_up(self, result: Mapping[str, Any]) -> list[Action]:
+        """``result``: ``reason`` (``time_limit_reason``) and, when the limit cut a step short,
+        that step's ``result``."""
+        if self.state is JobState.WAITING and result.get("result") is not None:
+            self.results[self.program[self.pc]["step"]] = dict(result["result"])
+        self.state = JobState.TIMED_OUT
+        self.reason = str(result.get("reason") or "the job's time limit was reached")
         return [JobEnded(self.state, self.reason)]
 
     def _step_ended(self, result: Mapping[str, Any]) -> list[Action]:

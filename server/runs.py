@@ -19,15 +19,16 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from protocol.jobs import JobEvent, JobMachine, JobState
+from protocol.jobs import JobEvent, JobMachine, JobState, time_limit_reason
 from protocol.messages import Event, Report
 from protocol.states import InstanceState, RunState, is_terminal, run_outcome
 from protocol.tasks import Kind
 from runtime.runner import Outcome, ScriptRun
 from server.interface import CoreParts
 from server.jobs import SERVER_JOB, job_needs_agents, plan_instances, run_server_job
+from server.metrics import NSMetrics
 from server.routes import BUILTIN
-from server.stages import ActiveRun, RouteCount, Stage, new_stage
+from server.stages import ActiveRun, JobTimeUp, RouteCount, Stage, new_stage
 from server.store import Change, NewInstance
 from server.tasktypes import SERVER_RUNNERS, ServerContext
 
@@ -40,6 +41,7 @@ class Runs(CoreParts):
 
     server_runs: dict[int, ScriptRun]
     """Scripts of server tasks running now, by instance id (so a stop can end them)."""
+    metrics: NSMetrics
 
     async def _resume_runs(self) -> None:
         """After a restart: rebuild the count of every open step; resume server jobs."""
@@ -72,20 +74,24 @@ class Runs(CoreParts):
                 await self.finish(run_id)
 
     async def start_run(
-        self, definition: dict[str, Any], computers: list[dict[str, Any]]
+        self,
+        definition: dict[str, Any],
+        computers: list[dict[str, Any]],
+        schedule: str | None = None,
     ) -> dict[str, Any]:
-        """Create a run of a task or client job (``definition``) on ``computers`` and start it."""
+        """Create a run of a task or client job (``definition``) on ``computers`` and start it
+        (``schedule``: the schedule that fired it, kept on the run)."""
         kind = definition["kind"]
         deadline = time.time() + float(definition["timeout_s"])
         if kind == SERVER_JOB:
-            return await self._start_server_job(definition, computers, deadline)
+            return await self._start_server_job(definition, computers, deadline, schedule)
         if kind == Kind.SERVER:
             instances = [NewInstance(None, "(server)", None)]
             no_agent: list[str] = []
         else:
             instances, no_agent = plan_instances(definition, computers)
         run_id = await self.db.create_run(
-            definition, instances, deadline, targets=[c["id"] for c in computers]
+            definition, instances, deadline, targets=[c["id"] for c in computers], schedule=schedule
         )
         stage = new_stage(deadline, [i.route for i in instances if not is_terminal(i.status)])
         self.active[run_id] = ActiveRun(kind, str(definition.get("type", "")), {"": stage})
@@ -101,7 +107,11 @@ class Runs(CoreParts):
         return {"run_id": run_id, "targets": len(instances), "no_agent": no_agent}
 
     async def _start_server_job(
-        self, definition: dict[str, Any], computers: list[dict[str, Any]], deadline: float
+        self,
+        definition: dict[str, Any],
+        computers: list[dict[str, Any]],
+        deadline: float,
+        schedule: str | None = None,
     ) -> dict[str, Any]:
         no_agent = (
             sorted(c["name"] for c in computers if not c["has_agent"])
@@ -109,7 +119,12 @@ class Runs(CoreParts):
             else []
         )
         run_id = await self.db.create_run(
-            definition, [], deadline, targets=[c["id"] for c in computers], first_step=False
+            definition,
+            [],
+            deadline,
+            targets=[c["id"] for c in computers],
+            first_step=False,
+            schedule=schedule,
         )
         active = ActiveRun(SERVER_JOB, deadline=deadline)
         self.active[run_id] = active
@@ -139,6 +154,8 @@ class Runs(CoreParts):
             computers = None
             try:
                 await job
+            except JobTimeUp as up:
+                await self.job_time_up(run_id, up.machine)
             except Exception as exc:
                 self.log.exception("server_job_failed", run_id=run_id)
                 reason = (
@@ -157,7 +174,10 @@ class Runs(CoreParts):
         instances: list[NewInstance],
         machine: dict[str, Any],
     ) -> Stage:
-        """A server job enters a step: store it with the job's state, count it, dispatch it."""
+        """A server job enters a step: store it with the job's state, count it, dispatch it;
+        :class:`JobTimeUp` (nothing stored) if the job's own time limit was reached."""
+        if time.time() >= self.active[run_id].deadline:
+            raise JobTimeUp(step, machine)
         deadline = time.time() + float(task["timeout_s"])
         await self.db.start_step(run_id, step, task, deadline, instances, machine)
         stage = new_stage(deadline, [i.route for i in instances if not is_terminal(i.status)])
@@ -190,6 +210,7 @@ class Runs(CoreParts):
         # Step rows whose result never arrived (lost with a relay) must not read "running" forever.
         await self.db.end_instances(run_id, InstanceState.FAILED, "no result before the run ended")
         await self.db.finish_run(run_id, status)
+        self.metrics.run_ended(str(status))
         self.log.info("run_ended", run_id=run_id, status=str(status))
         self._flush_changes()  # the run's last instance events go before its end
         for link in list(self.watchers.pop(run_id, {})):
@@ -211,6 +232,7 @@ class Runs(CoreParts):
     ) -> int:
         """Force unfinished instances (of a run, or one step) to ``state``; cancel them downstream."""
         rows = await self.db.end_instances(run_id, state, reason, step)
+        self.metrics.instances_ended(str(state), sum(1 for r in rows if r["parent_id"] is None))
         by_route: dict[str, list[int]] = defaultdict(list)
         for r in rows:
             self._notify(
@@ -240,7 +262,12 @@ class Runs(CoreParts):
                 await handle.cancel(ids)
             except Exception as exc:
                 self.pending_cancels[route].extend(ids)
-                self.log.warning("cancel_failed", route=route, error=str(exc) or type(exc).__name__)
+                self.log.warning(
+                    "cancel_failed",
+                    run_id=run_id,
+                    route=route,
+                    error=str(exc) or type(exc).__name__,
+                )
         active = self.active.get(run_id)
         if active is not None:
             for name in [step] if step is not None else list(active.stages):
@@ -274,16 +301,46 @@ class Runs(CoreParts):
             await self.finish(run_id, final)
         return count
 
+    async def job_time_up(self, run_id: int, waiting: dict[str, Any] | None = None) -> None:
+        """A server job reached its own time limit (the sweep; or ``open_step`` refused its next
+        step, whose machine is ``waiting``). The NS decides here, with no grace: results that come
+        later are late. Its runner stops, so no further step opens; the open step's unfinished
+        instances end ``timed_out`` with a reason naming the limit and the step (their scripts
+        are killed downstream, as for a stop, and their late results ignored: terminal is
+        final); the job's state becomes ``timed_out``; the run ends ``failed``."""
+        active = self.active.get(run_id)
+        if active is None:
+            return
+        runner = active.runner
+        if runner is not None and runner is not asyncio.current_task():
+            runner.cancel()
+            with contextlib.suppress(BaseException):
+                await runner
+        run = await self.db.run(run_id)
+        if run is None or run_id not in self.active:
+            return  # the job ended by itself just before
+        definition = run["definition"]
+        machine = JobMachine(definition["job"]["program"], waiting or run["machine"])
+        current, limit_s = machine.current, float(definition["timeout_s"])
+        reason = (
+            time_limit_reason(limit_s, current.step, started=waiting is None)
+            if current is not None
+            else f"the job's time limit of {limit_s:g} s was reached"
+        )
+        if machine.state in (JobState.READY, JobState.WAITING):
+            machine.handle(JobEvent.TIME_UP, {"reason": reason})
+            await self.db.save_machine(run_id, machine.snapshot())
+        self.log.info("job_time_up", run_id=run_id, reason=reason)
+        await self.end_run(run_id, InstanceState.TIMED_OUT, reason)
+
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(0.5)
             now = time.time()
             for run_id, active in list(self.active.items()):
-                if active.kind == SERVER_JOB and now > active.deadline + ROLLUP_GRACE_S:
+                if active.kind == SERVER_JOB and now >= active.deadline:
                     try:
-                        await self.end_run(
-                            run_id, InstanceState.TIMED_OUT, "the job's time limit passed"
-                        )
+                        await self.job_time_up(run_id)
                     except Exception:
                         self.log.exception("sweep_failed", run_id=run_id)
                     continue
@@ -343,6 +400,11 @@ class Runs(CoreParts):
             try:
                 outcome = await runner(ctx)
             except Exception as exc:
-                self.log.exception("server_task_failed", run_id=run_id, type=definition["type"])
+                self.log.exception(
+                    "server_task_failed",
+                    run_id=run_id,
+                    instance_id=instance_id,
+                    type=definition["type"],
+                )
                 outcome = Outcome.failed(f"the server task failed: {exc}", started_at=started)
         await self.on_reports([outcome.report(instance_id)])

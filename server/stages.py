@@ -1,10 +1,13 @@
 """What the NS keeps in memory about a run in flight: its steps, and per step and route, what
-is still out. A step's barrier is an asyncio gather over its routes' ``done`` events."""
+is still out. A step's barrier is an asyncio gather over its routes' ``done`` events. A server
+job's own time limit is its ``ActiveRun.deadline``; a step it would open too late is refused
+with ``JobTimeUp``."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -42,6 +45,17 @@ class Stage:
             await asyncio.gather(*(rc.done.wait() for rc in pending))
 
 
+class JobTimeUp(Exception):
+    """A server job's own time limit was reached before its next step opened: raised by
+    ``Runs.open_step`` so that the step is neither stored nor dispatched; ``machine`` is the job's
+    state, waiting at that step, with the results of the steps before it."""
+
+    def __init__(self, step: str, machine: dict[str, Any]):
+        super().__init__(f"the job's time is up before step {step!r}")
+        self.step = step
+        self.machine = machine
+
+
 @dataclass
 class ActiveRun:
     """What the NS keeps in memory about a run that has not ended."""
@@ -51,7 +65,8 @@ class ActiveRun:
     stages: dict[str, Stage] = field(default_factory=dict)
     runner: asyncio.Task[None] | None = None
     deadline: float = float("inf")
-    """For server jobs: the job's own time limit, over all its steps."""
+    """For server jobs: when the job's own time limit is reached, over all its steps (the sweep
+    then ends it: ``Runs.job_time_up``)."""
 
 
 def new_stage(deadline: float, routes: list[str | None]) -> Stage:

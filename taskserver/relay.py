@@ -41,7 +41,7 @@ from websockets.exceptions import ConnectionClosed
 
 from protocol import codec
 from protocol.errors import ProtocolError
-from protocol.jobs import JobMachine, JobState, RunStep
+from protocol.jobs import JobMachine, RunStep
 from protocol.messages import (
     Cancel,
     Dispatch,
@@ -65,9 +65,11 @@ from protocol.session import (
 )
 from protocol.states import InstanceState, is_terminal
 from runtime.db import SEEN_KEEP_S
-from runtime.jobrunner import drive
+from runtime.jobrunner import JobClock, drive, ended_state, job_limit_s
 from runtime.link import Link
 from runtime.runner import Outcome, ScriptRun
+from taskserver.live import LiveQueue
+from taskserver.live import fits as live_fits
 from taskserver.rollup import FINISHED_KEPT, AckWait, AgentConn, Key, Outgoing, Rollup, Upstream
 from taskserver.store import Held, RelayStore
 from taskserver.tasktypes import TS_RUNNERS
@@ -128,6 +130,8 @@ class Relay(Rollup):
         self.local: dict[int, LocalRun] = {}
         self._cancel_later: dict[str, set[int]] = {}
         self._steps: dict[tuple[int, str], asyncio.Future[Outcome]] = {}
+        self._step_runs: dict[tuple[int, str], ScriptRun] = {}
+        """The script of each task-server step running for an agent's client job (to stop it)."""
         self._local_sem = asyncio.Semaphore(local_concurrency)
         self._inbox: list[tuple[list[Report], AgentConn | None, str, list[Key]]] = []
         self._acks_due: dict[int, AgentConn] = {}
@@ -147,6 +151,8 @@ class Relay(Rollup):
         self._wake_up = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
+        self.live = LiveQueue(flush_ms / 1000, self._wake_up.set, self._spawn, log)
+        """Agents' live output on its way to the NS: apart from results, never stored."""
         self.stats = {"reports_in": 0, "delivered": 0, "dispatched": 0}
         self.agent_rate_per_s = agent_rate_per_s
         self.refused: Counter[str] = Counter()
@@ -201,7 +207,9 @@ class Relay(Rollup):
     def set_upstream(self, upstream: Upstream | None) -> None:
         """Attach (or detach, with None) the NS. On attach, the full presence list is re-sent."""
         self._upstream = upstream
-        if upstream is not None:
+        if upstream is None:
+            self.live.clear()
+        else:
             self._presence_full = True
             self._presence_on = set(self.agents)
             self._presence_off.clear()
@@ -259,7 +267,13 @@ class Relay(Rollup):
                 local.stop()
             for key, step in list(self._steps.items()):
                 if key[0] == iid and not step.done():
-                    step.cancel()  # a task-server step run for an agent's client job
+                    # A task-server step run for an agent's client job: its script is killed and
+                    # ends ``stopped`` with its output, which is the agent's answer (_answer_step).
+                    script = self._step_runs.get(key)
+                    if script is not None:
+                        script.stop()
+                    else:
+                        step.cancel()
         await self.store.drop(instance_ids)
         for name, ids in per_agent.items():
             conn = self.agents.get(name)
@@ -340,6 +354,16 @@ class Relay(Rollup):
         items: list[Report] = []
         for r in message.items:
             h = self.held.get(r.instance_id)
+            if r.live is not None:  # live output: to the NS apart from results, or dropped
+                if (
+                    h is not None
+                    and h.computer == conn.name
+                    and not h.local
+                    and self._upstream is not None
+                    and live_fits(r)
+                ):
+                    self.live.add(r.with_computer(conn.name))
+                continue
             if h is not None and h.computer == conn.name and not h.local:
                 items.append(r.with_computer(conn.name))
                 continue
@@ -356,7 +380,11 @@ class Relay(Rollup):
             )
             self.refused["foreign_report"] += 1
             self.log.warning(
-                "report_refused", peer=conn.link.peer, instance_id=r.instance_id, reason=why
+                "report_refused",
+                peer=conn.link.peer,
+                computer=conn.name,
+                instance_id=r.instance_id,
+                reason=why,
             )
         # Only results wait in the agent's outbox for an ack; progress needs none.
         results = [(r.instance_id, r.step) for r in message.items if is_terminal(r.state)]
@@ -463,9 +491,15 @@ class Relay(Rollup):
         self._report([outcome.report(iid, computer=h.computer)])
 
     async def _script(
-        self, iid: int, task: dict[str, Any], tokens: dict[str, str], timeout_s: float
+        self,
+        iid: int,
+        task: dict[str, Any],
+        tokens: dict[str, str],
+        timeout_s: float,
+        step: tuple[int, str] | None = None,
     ) -> Outcome:
-        """Run one task-server task here, through the TS's catalog."""
+        """Run one task-server task here, through the TS's catalog (``step``: it is that step of
+        an agent's client job)."""
         runner = TS_RUNNERS.get(str(task.get("type")))
         if runner is None:
             return Outcome.failed(f"this task server cannot run {task.get('type')!r}")
@@ -474,12 +508,15 @@ class Relay(Rollup):
         def track(run: ScriptRun) -> None:
             if local is not None:
                 local.run = run
+            if step is not None:
+                self._step_runs[step] = run
 
         return await runner(task.get("params", {}), tokens, timeout_s, track)
 
     async def _run_local_job(self, h: Held) -> Outcome:
         started = time.time()
         machine = JobMachine(h.task["job"]["program"])
+        clock = JobClock(h.deadline, job_limit_s(h.task))
 
         async def run_step(step: RunStep) -> Outcome:
             now = time.time()
@@ -494,17 +531,13 @@ class Relay(Rollup):
                     )
                 ]
             )
-            timeout_s = max(0.0, min(float(step.task.get("timeout_s", 300)), h.deadline - now))
-            return await self._script(h.instance_id, step.task, h.tokens, timeout_s)
+            return await self._script(h.instance_id, step.task, h.tokens, clock.step_limit(step))
 
         async def step_ended(step: RunStep, outcome: Outcome, snapshot: dict[str, Any]) -> None:
             self._report([outcome.report(h.instance_id, computer=h.computer, step=step.step)])
 
-        ended = await drive(machine, run_step, step_ended)
-        state = (
-            InstanceState.SUCCEEDED if ended.state is JobState.SUCCEEDED else InstanceState.FAILED
-        )
-        return Outcome(state, None, "", ended.reason, started, time.time())
+        ended = await drive(machine, run_step, step_ended, clock=clock)
+        return Outcome(ended_state(ended), None, "", ended.reason, started, time.time())
 
     def _step_request(self, conn: AgentConn, message: StepRequest) -> None:
         """An agent asks this relay to run a task-server step of its client job.
@@ -517,11 +550,19 @@ class Relay(Rollup):
         step = (
             _job_step(h.task, message.step) if h is not None and h.computer == conn.name else None
         )
+        if h is None and self._cancelled.get(message.instance_id) == conn.name:
+            # Asked (again) after a stop: the job is over, and its step must not run again.
+            outcome = Outcome(
+                InstanceState.STOPPED, reason="stopped by an administrator", ended_at=time.time()
+            )
+            self._spawn(self._answer_step(conn, message, asyncio.sleep(0, outcome)))
+            return
         if h is None or step is None or step.get("kind") != "taskserver":
             self.refused["foreign_step"] += 1
             self.log.warning(
                 "step_request_refused",
                 peer=conn.link.peer,
+                computer=conn.name,
                 instance_id=message.instance_id,
                 step=message.step,
             )
@@ -537,9 +578,10 @@ class Relay(Rollup):
         running = self._steps.get(key)
         if running is None:
             running = asyncio.ensure_future(
-                self._script(message.instance_id, task, h.tokens, timeout_s)
+                self._script(message.instance_id, task, h.tokens, timeout_s, key)
             )
             self._steps[key] = running
+            running.add_done_callback(lambda _: self._step_runs.pop(key, None))
             # Keep the answer for a while: an agent that reconnects asks again.
             running.add_done_callback(
                 lambda _: asyncio.get_running_loop().call_later(600, self._steps.pop, key, None)
@@ -549,9 +591,17 @@ class Relay(Rollup):
     async def _answer_step(
         self, conn: AgentConn, message: StepRequest, result: Awaitable[Outcome]
     ) -> None:
-        outcome = (
-            await asyncio.shield(result) if isinstance(result, asyncio.Future) else await result
-        )
+        try:
+            outcome = (
+                await asyncio.shield(result) if isinstance(result, asyncio.Future) else await result
+            )
+        except asyncio.CancelledError:
+            if not (isinstance(result, asyncio.Future) and result.cancelled()):
+                raise  # this answer itself was cancelled (the relay stops)
+            # The step was stopped before its script started: say so, so the job ends stopped.
+            outcome = Outcome(
+                InstanceState.STOPPED, reason="stopped by an administrator", ended_at=time.time()
+            )
         report = outcome.report(message.instance_id, computer=conn.name, step=message.step)
         self._to_agent(conn, StepResult(id=conn.link.next_id(), reply_to=message.id, result=report))
 
@@ -622,6 +672,17 @@ class Relay(Rollup):
                 if not per:
                     del self.by_computer[h.computer]
         return h
+
+    def queue_depths(self) -> dict[str, int]:
+        """What waits where, for ``/metrics`` (``taskserver.metrics``; read at scrape time)."""
+        backlog = sum(len(c.backlog) for c in self.agents.values() if c.backlog)
+        return {
+            "inbox": self._inbox_count,
+            "upstream": len(self._unsent),
+            "awaiting_ns": len(self._upward),
+            "agent_backlog": backlog,
+            "local": len(self.local),
+        }
 
     def idle(self) -> bool:
         """Nothing held, nothing waiting to go upstream or to be stored: no run in flight here."""
