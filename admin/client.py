@@ -193,15 +193,18 @@ class AdminClient:
         return await self.call(op, text=text, filename=path)
 
     async def watch(
-        self, run_id: int, instances: bool = True
+        self, run_id: int, instances: bool = True, output: bool = False
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """Yield ``("snapshot", run)`` first, then one ``("instance", change)`` per change (the
         NS sends them in ``instances`` batches), then ``("run", final run)`` when it ends.
 
         With ``instances`` false the run views carry ``counts`` instead of instance rows, and
         each roll-up yields one ``("counts", {"changes": n, "states": {...}})`` (a run on
-        thousands of computers, followed without moving every row to this client)."""
-        view = await self.call("run.watch", run_id=run_id, instances=instances)
+        thousands of computers, followed without moving every row to this client).
+
+        With ``output`` also ``("output", {"items": [...]})``: pieces of what the run's scripts
+        print while they run (``taskfleet watch --output``)."""
+        view = await self.call("run.watch", run_id=run_id, instances=instances, output=output)
         yield "snapshot", view
         if view["status"] != "running":
             yield "run", view

@@ -39,6 +39,22 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Live:
+    """Output a script produced while it runs, sent as it comes (docs/protocol.md, "Live
+    output"): at most ``LIVE_TEXT_BYTES`` of it, the newest; ``skipped`` bytes produced before
+    it since the last piece were not sent. Never stored: the result carries the whole output."""
+
+    text: str
+    skipped: int = 0
+    at: float = 0.0
+    """When the agent sent it (UNIX seconds, UTC)."""
+
+
+LIVE_TEXT_BYTES = 4096
+"""The most output one live piece carries (UTF-8 bytes); a relay drops a larger one."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Report:
     """Progress or result of one instance. ``state`` is a :class:`protocol.states.InstanceState` value.
 
@@ -56,6 +72,9 @@ class Report:
     reason: str = ""
     started_at: float | None = None
     ended_at: float | None = None
+    live: Live | None = None
+    """Live output of a ``running`` instance or step: a report that carries it moves nothing
+    and is never stored (older receivers ignore the field and see a repeated ``running``)."""
 
     def with_computer(self, computer: str) -> Report:
         """This report as sent by ``computer`` (a relay names the agent on every report it takes
@@ -70,6 +89,7 @@ class Report:
             reason=self.reason,
             started_at=self.started_at,
             ended_at=self.ended_at,
+            live=self.live,
         )
 
 
@@ -634,7 +654,8 @@ def _encoder(cls: type[Any]) -> Callable[[Any], dict[str, Any]]:
         out = {name: getattr(value, name) for name in plain}
         for name, sub in records:
             v = getattr(value, name)
-            out[name] = None if v is None else sub(v)
+            if v is not None:  # an optional record left out is None again on decode
+                out[name] = sub(v)
         for name, sub in lists:
             out[name] = [sub(v) for v in getattr(value, name)]
         return out

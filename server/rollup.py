@@ -24,8 +24,10 @@ from typing import Any
 from protocol.messages import Event, Report
 from protocol.states import is_terminal
 from runtime.link import Link
+from server import liveout
 from server.interface import CoreParts
 from server.jobs import SERVER_JOB
+from server.metrics import NSMetrics
 from server.routes import RemoteRoute
 from server.store import Change
 
@@ -58,6 +60,7 @@ class Rollup(CoreParts):
     _changes: dict[int, list[Change]]
     """Changes queued for watchers in this pass of the event loop, by run."""
     _changes_handle: asyncio.Handle | None
+    metrics: NSMetrics
     _disk_full_since: float | None = None
     """When the database last refused a batch for lack of space (None: it takes them)."""
     _disk_full_owed = False
@@ -85,8 +88,15 @@ class Rollup(CoreParts):
 
     async def on_reports(self, reports: list[Report], route: str | None = None) -> None:
         """Apply a batch of reports (one transaction), tell watchers, count steps, end runs."""
+        if reports and reports[0].live is not None:
+            # Live output, which relays send in batches of its own: to whoever watches it,
+            # never stored (``server.liveout``). A piece in a batch of results is mere progress.
+            liveout.forward(self, reports, route)
+            return
         before = self.db.refused
+        started = time.perf_counter()
         changes = await self._apply_patiently(reports, route)
+        self.metrics.rolled_up(len(reports), time.perf_counter() - started, changes)
         if self.db.refused > before:
             self.refused["foreign_report"] += self.db.refused - before
             self.log.warning("reports_refused", route=route, count=self.db.refused - before)
@@ -94,6 +104,7 @@ class Rollup(CoreParts):
             held, self.db.held_back = self.db.held_back, {}
             for computer, reason in held.items():
                 await self.raise_message("warning", f"agent {computer}: {reason}", "agent")
+        liveout.note(self, changes)
         ended: list[int] = []
         inventories: list[int] = []
         for change in changes:

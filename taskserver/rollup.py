@@ -26,6 +26,7 @@ from typing import Any, NamedTuple, Protocol
 from protocol.messages import Message, Report, ReportsAck
 from protocol.states import is_terminal
 from runtime.link import Link
+from taskserver.live import LiveQueue
 from taskserver.store import Held, RelayStore
 
 BATCH_BYTES = 512 * 1024
@@ -114,6 +115,7 @@ class Rollup:
     _wake_up: asyncio.Event
     _finished: OrderedDict[int, str]
     _cancelled: OrderedDict[int, str]
+    live: LiveQueue
     # ``Relay``'s own methods, called from here.
     _forget: Callable[[int], Held | None]
     _to_agent: Callable[[AgentConn, Message], bool]
@@ -267,6 +269,8 @@ class Rollup:
                             False,
                         )
                         await upstream.presence(on, off, full)
+                    # Live output goes in batches of its own that nothing here waits for.
+                    self.live.send(upstream)
                     if not self._unsent:
                         break
                     batch = self._next_batch()
