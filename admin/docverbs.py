@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
+from admin import schema
 from admin.client import AdminClient
 from admin.output import iso, short_time, table
 from admin.tomlout import TomlError, dumps
@@ -22,11 +22,7 @@ async def definition_verb(c: AdminClient, args: argparse.Namespace, kind: str) -
     if args.action == "history":
         rows = await c.call(f"{kind}.history", name=name)
         if args.json:
-            print(
-                json.dumps(
-                    [{**r, "saved_at": iso(r["saved_at"])} for r in rows], indent=2, sort_keys=True
-                )
-            )
+            print(json.dumps(schema.records(rows), indent=2, sort_keys=True))
             return EXIT_OK
         for r in rows:
             r["saved"] = short_time(r["saved_at"])
@@ -47,7 +43,7 @@ async def definition_verb(c: AdminClient, args: argparse.Namespace, kind: str) -
         return EXIT_OK
     result = await c.call(f"{kind}.delete", name=name)
     if args.json:
-        print(json.dumps(result, indent=2, sort_keys=True))
+        print(json.dumps(schema.record(result), indent=2, sort_keys=True))
     else:
         print(f"deleted {kind} {result['deleted']} (its versions are kept: `{kind} history`)")
     return EXIT_OK
@@ -62,9 +58,8 @@ async def _show(c: AdminClient, args: argparse.Namespace, kind: str, name: str) 
     try:
         text = dumps(document)
     except TomlError as exc:
-        print(
-            f"taskfleet: this {kind} cannot be written as TOML ({exc}): use --json",
-            file=sys.stderr,
+        schema.print_error(
+            args.json, "usage", f"this {kind} cannot be written as TOML ({exc}): use --json"
         )
         return EXIT_USAGE
     by = f" by {shown['saved_by']}" if shown["saved_by"] else ""

@@ -1,18 +1,46 @@
 """Admin verbs on runs: ``run`` (start a saved task or job on its targets, ``--wait`` to follow
 it), ``runs`` (list them, or ``runs show ID``, one computer's output with ``--computer``) and
-``watch`` (follow a run live); ``run --wait`` and ``watch`` exit 1 when a target did not succeed."""
+``watch`` (follow a run live); ``run --wait`` and ``watch`` exit 1 when a target did not succeed,
+130 on Ctrl-C (the run goes on: the message says how to follow or stop it). ``runs show --csv``
+exports the results (:mod:`admin.schema`, docs/json.md)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from admin import schema
 from admin.client import AdminClient
 from admin.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _print_json
+from admin.liveview import follow_output, print_ndjson
 from admin.output import short_time, table
-from admin.views import follow, print_computer, print_run, run_json, select
+from admin.views import follow, print_computer, print_run, select
+
+
+async def _follow(
+    c: AdminClient, run_id: int, as_json: bool, output: bool = False
+) -> dict[str, Any]:
+    """Follow a run to its end. On Ctrl-C say that the run goes on and how to follow or stop
+    it (stopping following stops nothing on the fleet), then let the interrupt end the command
+    (``asyncio.run`` turns it into KeyboardInterrupt: exit 130)."""
+    try:
+        if output:  # ``watch --output``: what the scripts print, as they print it
+            return await follow_output(c, run_id, as_json=as_json)
+        return await follow(c, run_id, quiet=as_json)
+    except asyncio.CancelledError:
+        if not as_json and sys.stdout.isatty():
+            print(file=sys.stderr)  # the progress line may be open on the terminal
+        schema.print_error(
+            as_json,
+            "interrupted",
+            f"run {run_id} goes on: `taskfleet watch {run_id}` follows it,"
+            f" `taskfleet stop {run_id}` stops it",
+            {"run_id": run_id},
+        )
+        raise
 
 
 async def v_run(c: AdminClient, args: argparse.Namespace) -> int:
@@ -59,28 +87,39 @@ async def v_run(c: AdminClient, args: argparse.Namespace) -> int:
         return EXIT_OK
     if not args.json:
         print(f"run {run_id} started on {started['targets']} target(s)", file=sys.stderr)
-    final = await follow(c, run_id, quiet=args.json)
+    final = await _follow(c, run_id, args.json)
     if args.json:
-        _print_json(run_json(final))
+        _print_json(schema.run_detail(final))
     else:
         print_run(final)
     return EXIT_OK if final["status"] == "succeeded" else EXIT_FAILED
 
 
 async def v_runs(c: AdminClient, args: argparse.Namespace) -> int:
+    if args.csv and (args.json or args.action != "show"):
+        schema.print_error(
+            args.json,
+            "usage",
+            "--csv and --json exclude each other: give one of them"
+            if args.json
+            else "--csv is for `runs show ID` (the list has no CSV form)",
+        )
+        return EXIT_USAGE
     if args.action == "show":
         if args.run_id is None:
-            print("taskfleet: runs show needs a run ID", file=sys.stderr)
+            schema.print_error(args.json, "usage", "runs show needs a run ID")
             return EXIT_USAGE
         run = await c.call("run.show", run_id=args.run_id)
         if args.computer is not None or args.failed:
             try:
                 run = select(run, args.computer, args.failed)
             except LookupError as exc:
-                print(f"taskfleet: {exc}", file=sys.stderr)
+                schema.print_error(args.json, "unknown_computer", str(exc))
                 return EXIT_USAGE
-        if args.json:
-            _print_json(run_json(run))
+        if args.csv:
+            schema.write_csv(run, sys.stdout)
+        elif args.json:
+            _print_json(schema.run_detail(run))
         elif args.computer is not None:
             print_computer(run, args.computer)
         else:
@@ -88,7 +127,7 @@ async def v_runs(c: AdminClient, args: argparse.Namespace) -> int:
         return EXIT_OK
     rows = await c.call("runs.list", limit=args.limit)
     if args.json:
-        _print_json(rows)
+        _print_json([schema.run(r) for r in rows])
         return EXIT_OK
     for r in rows:
         r["created"] = short_time(r["created_at"])
@@ -112,9 +151,11 @@ async def v_runs(c: AdminClient, args: argparse.Namespace) -> int:
 
 
 async def v_watch(c: AdminClient, args: argparse.Namespace) -> int:
-    final = await follow(c, args.run_id, quiet=args.json)
-    if args.json:
-        _print_json(run_json(final))
+    final = await _follow(c, args.run_id, args.json, args.output)
+    if args.json and args.output:  # ndjson to the end: the run is one line too
+        print_ndjson({"event": "run", "run": schema.run_detail(final)})
+    elif args.json:
+        _print_json(schema.run_detail(final))
     else:
         print_run(final)
     return EXIT_OK if final["status"] == "succeeded" else EXIT_FAILED
@@ -123,7 +164,7 @@ async def v_watch(c: AdminClient, args: argparse.Namespace) -> int:
 def add_run_verbs(verb: Callable[[str, Any, str], argparse.ArgumentParser]) -> None:
     """Register the run verbs on the CLI."""
     v = verb("run", v_run, "run a saved task or job")
-    v.add_argument("name")
+    v.add_argument("name", help="the saved task or job to run")
     v.add_argument("--computer", action="append", help="target computer (repeatable)")
     v.add_argument(
         "--group", action="append", help="computers of an organizational group (repeatable)"
@@ -139,14 +180,26 @@ def add_run_verbs(verb: Callable[[str, Any, str], argparse.ArgumentParser]) -> N
         "--wait", action="store_true", help="follow the run; exit 0 only if all succeeded"
     )
     v = verb("runs", v_runs, "list runs, or `runs show ID`")
-    v.add_argument("action", nargs="?", choices=["show"])
-    v.add_argument("run_id", nargs="?", type=int)
-    v.add_argument("--limit", type=int, default=50)
+    v.add_argument("action", nargs="?", choices=["show"], help="show: one run (none: list runs)")
+    v.add_argument("run_id", nargs="?", type=int, metavar="ID", help="with show: the run's id")
+    v.add_argument("--limit", type=int, default=50, help="list the newest N runs (default 50)")
     v.add_argument(
         "--computer",
         metavar="NAME",
         help="show: that computer's full output (each step's, for jobs), return code, times, reason",
     )
     v.add_argument("--failed", action="store_true", help="show: only what did not succeed")
+    v.add_argument(
+        "--csv",
+        action="store_true",
+        help="show: one CSV row per computer (per step and computer for jobs), full output"
+        " quoted; not with --json (docs/json.md)",
+    )
     v = verb("watch", v_watch, "follow a run live")
-    v.add_argument("run_id", type=int)
+    v.add_argument("run_id", type=int, metavar="ID", help="the run's id")
+    v.add_argument(
+        "--output",
+        action="store_true",
+        help="print what the scripts print while they run, each line after its computer"
+        " (`pc-1 | line`); with --json one JSON object per line (ndjson)",
+    )

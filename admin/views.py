@@ -1,4 +1,5 @@
-"""How runs look to people (tables, live progress) and to scripts (``--json``).
+"""How runs look to people: tables and live progress (their ``--json`` form is in
+:mod:`admin.schema`).
 
 A plain run has one instance per target. A client-job run has one instance per target (the
 job on that computer) with one child row per step. A server-job run has one instance per
@@ -13,91 +14,14 @@ from typing import Any
 
 from admin.client import AdminClient
 from admin.output import iso, table
+from admin.schema import by_time as _by_time
+from admin.schema import is_job
 
 TERMINAL = ("succeeded", "failed", "timed_out", "stopped")
 
 
-def is_job(run: dict[str, Any]) -> bool:
-    return bool(run["kind"] == "server-job" or run["definition"].get("type") == "client-job")
-
-
-def _step_json(i: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": i["step"],
-        "status": i["status"],
-        "return_code": i["return_code"],
-        "output": i["output"],
-        "reason": i["reason"] or None,
-        "started": iso(i["started_at"]),
-        "finished": iso(i["ended_at"]),
-    }
-
-
-def _instance_json(i: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "computer": i["computer"],
-        "instance_id": i["id"],
-        "status": i["status"],
-        "return_code": i["return_code"],
-        "output": i["output"],
-        "reason": i["reason"],
-        "started": iso(i["started_at"]),
-        "finished": iso(i["ended_at"]),
-    }
-
-
 def _order(run: dict[str, Any]) -> dict[str, int]:
     return {s["step"]: n for n, s in enumerate(run.get("steps", []))}
-
-
-def _by_time(i: dict[str, Any]) -> tuple[float, int]:
-    return (i["started_at"] or i["ended_at"] or float("inf"), i["id"])
-
-
-def computers_json(run: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per computer: the job's status there and every step result, in the order they ran."""
-    tops = [i for i in run["instances"] if i["parent_id"] is None]
-    children = [i for i in run["instances"] if i["parent_id"] is not None]
-    out: dict[str, dict[str, Any]] = {}
-    if run["kind"] == "server-job":
-        for i in sorted(tops, key=_by_time):
-            entry = out.setdefault(i["computer"], {"computer": i["computer"], "steps": []})
-            entry["steps"].append(_step_json(i))
-            for child in sorted((c for c in children if c["parent_id"] == i["id"]), key=_by_time):
-                entry["steps"].append(_step_json(child))
-        for entry in out.values():
-            # A server job runs as one: a failed step handled by a condition does not fail it.
-            entry["status"] = run["status"]
-    else:
-        for i in tops:
-            steps = sorted((c for c in children if c["parent_id"] == i["id"]), key=_by_time)
-            out[i["computer"]] = {
-                "computer": i["computer"],
-                "status": i["status"],
-                "reason": i["reason"] or None,
-                "steps": [_step_json(c) for c in steps],
-            }
-    return [out[k] for k in sorted(out)]
-
-
-def run_json(run: dict[str, Any]) -> dict[str, Any]:
-    """The ``--json`` form of a run."""
-    data: dict[str, Any] = {
-        "run_id": run["id"],
-        "task": run["task_name"],
-        "kind": run["kind"]
-        if run["kind"] == "server-job"
-        else run["definition"].get("type", run["kind"]),
-        "status": run["status"],
-        "created": iso(run["created_at"]),
-        "ended": iso(run["ended_at"]),
-        "version": run.get("version"),
-    }
-    if is_job(run):
-        data["computers"] = computers_json(run)
-    else:
-        data["instances"] = [_instance_json(i) for i in run["instances"]]
-    return data
 
 
 def _row(i: dict[str, Any]) -> dict[str, Any]:

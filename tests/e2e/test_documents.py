@@ -156,7 +156,7 @@ async def test_versions_are_kept_and_a_run_records_the_one_it_ran(fleet: Fleet, 
     history = await fleet.cli_json("task", "history", "hello")
     assert [h["version"] for h in history] == [1, 2, 3]
     assert [h["current"] for h in history] == [False, False, True]
-    assert all(h["saved_by"] == me and h["saved_at"].endswith("Z") for h in history)
+    assert all(h["saved_by"] == me and h["saved"].endswith("Z") for h in history)
     assert history[0]["summary"] == "first saved"
     assert history[1]["summary"] == "changed params.script"
     assert history[2]["summary"] == "changed timeout_s"

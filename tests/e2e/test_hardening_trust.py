@@ -42,15 +42,15 @@ async def test_an_agent_token_does_not_enrol_a_task_server_process(fleet: Fleet)
     assert code == 0, err
     assert "task server 'ts-1' enrolled" in out
 
-    tokens = {t["id"]: t for t in await fleet.cli_json("tokens")}
-    mine = tokens[created["id"]]
+    tokens = {t["token_id"]: t for t in await fleet.cli_json("tokens")}
+    mine = tokens[created["token_id"]]
     assert mine["role"] == "taskserver" and mine["uses_left"] == 0
-    code, out, err = await fleet.cli("tokens", "revoke", str(created["id"]))
-    assert code == 0 and f"revoked enrolment token #{created['id']}" in out, err
+    code, out, err = await fleet.cli("tokens", "revoke", str(created["token_id"]))
+    assert code == 0 and f"revoked enrolment token #{created['token_id']}" in out, err
     code, out, err = await fleet.cli("tokens")
     assert code == 0, err
     listed = {r[0]: r for r in rows(out)[1:]}
-    assert listed[str(created["id"])][1:3] == ["taskserver", "revoked"]
+    assert listed[str(created["token_id"])][1:3] == ["taskserver", "revoked"]
     assert listed["1"][1:3] == [
         "agent",
         "usable",

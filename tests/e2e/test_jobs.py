@@ -113,7 +113,7 @@ async def test_server_job_condition_sends_every_computer_down_one_branch(fleet: 
     for comp in run["computers"]:
         if comp["computer"] == "(server)":
             continue
-        ids = [s["id"] for s in comp["steps"]]
+        ids = [s["step"] for s in comp["steps"]]
         assert ids == ["check", "fix"], comp
         assert comp["steps"][1]["output"].strip() == f"fixing {comp['computer']}"
         assert all(
@@ -388,8 +388,8 @@ async def test_server_job_holding_a_client_job_is_one_barrier_step(fleet: Fleet,
     run = json.loads(out)
     comps = {c["computer"]: c for c in run["computers"]}
     for n in names:
-        assert [s["id"] for s in comps[n]["steps"]] == ["sub", "sub/a", "sub/b"]
+        assert [s["step"] for s in comps[n]["steps"]] == ["sub", "sub/a", "sub/b"]
         assert all(s["status"] == "succeeded" for s in comps[n]["steps"])
     sub_end = max(s["finished"] for n in names for s in comps[n]["steps"])
     (after,) = comps["(server)"]["steps"]
-    assert after["id"] == "after" and after["started"] >= sub_end
+    assert after["step"] == "after" and after["started"] >= sub_end
