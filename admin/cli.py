@@ -16,6 +16,8 @@ Exit codes (also in the README):
      incompatible version): retrying cannot help, the message says what a person must do
 141  stdout was closed early (``taskfleet runs | head -1``): nothing more is written, as with
      any command killed by SIGPIPE (128 + 13)
+130  Ctrl-C on ``run --wait`` or ``watch``: the run goes on (the message says how to follow or
+     stop it)
 ===  =====================================================================================
 
 Roles exit within a second on 4 and 5 (a supervisor sees a dead process, never a hung one).
@@ -32,6 +34,7 @@ from typing import Any
 
 from websockets.exceptions import WebSocketException
 
+from admin import schema
 from admin.client import AdminClient
 from admin.common import (
     EXIT_CLOSED_STDOUT,
@@ -47,8 +50,24 @@ from admin.common import EXIT_DATA as EXIT_DATA
 from admin.common import EXIT_FAILED as EXIT_FAILED
 from admin.common import EXIT_REFUSED as EXIT_REFUSED
 from admin.common import EXIT_START as EXIT_START
+from admin.completion import add_parsers as add_completion_parsers
 from admin.docverbs import definition_verb
-from admin.output import ago, iso, table
+from admin.globalflags import (
+    DEFAULT_SERVER,
+    ROLES,
+    TopParser,
+    VisibleSecret,
+    add_admin_flags,
+    add_log_flags,
+    add_trust_flags,
+    read_secret_files,
+    version,
+)
+from admin.globalflags import LOG_LEVELS as LOG_LEVELS
+from admin.output import ago, table
+from admin.profile import ProfileError
+from admin.profile import add_parser as add_profiles_parser
+from admin.profile import apply as apply_profile
 from admin.roles import DEMO_MAX_AGENTS as DEMO_MAX_AGENTS
 from admin.roles import HANDSHAKES_HELP as HANDSHAKES_HELP
 from admin.roles import add_role_parsers
@@ -61,11 +80,11 @@ from admin.runverbs import add_run_verbs
 from admin.runverbs import v_run as v_run
 from admin.runverbs import v_runs as v_runs
 from admin.runverbs import v_watch as v_watch
+from admin.schedverbs import add_schedule_verbs
 from admin.trustverbs import add_trust_verbs, duration_s
 from protocol.errors import RemoteError
 from runtime import logs
 
-DEFAULT_SERVER = "wss://127.0.0.1:8470"
 USAGE_CODES = {
     "bad_request",
     "unknown_task",
@@ -94,10 +113,17 @@ USAGE_CODES = {
 
 
 async def _admin(args: argparse.Namespace) -> int:
+    try:
+        apply_profile(args, DEFAULT_SERVER)
+    except ProfileError as exc:
+        schema.print_error(args.json, "usage", str(exc))
+        return EXIT_USAGE
     if not args.token:
-        print(
-            "taskfleet: an admin token is required: pass --token or set TASKFLEET_TOKEN",
-            file=sys.stderr,
+        schema.print_error(
+            args.json,
+            "usage",
+            "an admin token is required: pass --token-file FILE, set TASKFLEET_TOKEN,"
+            " or use a profile with a token_file (docs/cli.md)",
         )
         return EXIT_USAGE
     async with AdminClient(args.server, args.token, _trust(args)) as client:
@@ -107,13 +133,13 @@ async def _admin(args: argparse.Namespace) -> int:
 async def v_computers(c: AdminClient, args: argparse.Namespace) -> int:
     if args.action == "add":
         if not args.name:
-            print("taskfleet: computers add needs a NAME", file=sys.stderr)
+            schema.print_error(args.json, "usage", "computers add needs a NAME")
             return EXIT_USAGE
         row = await c.call(
             "computers.add", name=args.name, address=args.address or "", mac=args.mac or ""
         )
         if args.json:
-            _print_json(row)
+            _print_json(schema.computer(row))
         else:
             print(
                 f"added device {row['name']} (id {row['id']}, task server {row['taskserver'] or 'built-in'})"
@@ -122,7 +148,7 @@ async def v_computers(c: AdminClient, args: argparse.Namespace) -> int:
     if args.action == "delete":
         names = [n for n in [args.name, *args.names] if n]
         if not names:
-            print("taskfleet: computers delete needs a NAME (one or more)", file=sys.stderr)
+            schema.print_error(args.json, "usage", "computers delete needs a NAME (one or more)")
             return EXIT_USAGE
         result = await c.call("computers.delete", names=names, keep_key=args.keep_key)
         if args.json:
@@ -140,26 +166,11 @@ async def v_computers(c: AdminClient, args: argparse.Namespace) -> int:
             )
         return EXIT_OK
     if args.name or args.names:
-        print("taskfleet: computers takes a NAME only with add or delete", file=sys.stderr)
+        schema.print_error(args.json, "usage", "computers takes a NAME only with add or delete")
         return EXIT_USAGE
     rows = await c.call("computers.list", offline_for_s=args.offline_for or 0)
     if args.json:
-        _print_json(
-            [
-                {
-                    "name": r["name"],
-                    "id": r["id"],
-                    "has_agent": r["has_agent"],
-                    "online": r["online"],
-                    "taskserver": r["taskserver"],
-                    "last_seen": iso(r["last_seen"]),
-                    "os": r["os"],
-                    "agent_version": r["agent_version"],
-                    "addresses": r["addresses"],
-                }
-                for r in rows
-            ]
-        )
+        _print_json([schema.computer(r) for r in rows])
         return EXIT_OK
     now = time.time()
     for r in rows:
@@ -185,7 +196,7 @@ async def v_computers(c: AdminClient, args: argparse.Namespace) -> int:
 async def v_taskservers(c: AdminClient, args: argparse.Namespace) -> int:
     rows = await c.call("taskservers.list")
     if args.json:
-        _print_json(rows)
+        _print_json([schema.taskserver(r) for r in rows])
     else:
         print(
             table(
@@ -206,7 +217,7 @@ async def v_task(c: AdminClient, args: argparse.Namespace) -> int:
         return await definition_verb(c, args, "task")
     saved = await c.add_document("task.add", args.file)
     if args.json:
-        _print_json(saved)
+        _print_json(schema.record(saved))
     else:
         verb = "replaced" if saved["replaced"] else "added"
         print(
@@ -220,7 +231,7 @@ async def v_job(c: AdminClient, args: argparse.Namespace) -> int:
         return await definition_verb(c, args, "job")
     saved = await c.add_document("job.add", args.file)
     if args.json:
-        _print_json(saved)
+        _print_json(schema.record(saved))
     else:
         verb = "replaced" if saved["replaced"] else "added"
         print(f"{verb} {saved['type']} {saved['name']} ({len(saved['steps'])} top-level steps)")
@@ -230,7 +241,7 @@ async def v_job(c: AdminClient, args: argparse.Namespace) -> int:
 async def v_jobs(c: AdminClient, args: argparse.Namespace) -> int:
     rows = await c.call("jobs.list")
     if args.json:
-        _print_json(rows)
+        _print_json(schema.records(rows))
     else:
         for r in rows:
             r["steps"] = len(r["steps"])
@@ -251,7 +262,7 @@ async def v_jobs(c: AdminClient, args: argparse.Namespace) -> int:
 async def v_tasks(c: AdminClient, args: argparse.Namespace) -> int:
     rows = await c.call("tasks.list")
     if args.json:
-        _print_json(rows)
+        _print_json(schema.records(rows))
     else:
         print(
             table(
@@ -270,12 +281,50 @@ async def v_tasks(c: AdminClient, args: argparse.Namespace) -> int:
 
 async def v_types(c: AdminClient, args: argparse.Namespace) -> int:
     rows = await c.call("types.list")
+    if args.name is not None:
+        return _type_show(rows, args)
     if args.json:
-        _print_json(rows)
+        _print_json(schema.records(rows, id_name="type"))
     else:
         for r in rows:
             r["params"] = ", ".join(r["params"])
         print(table(rows, [("id", "type"), ("kind", "kind"), ("params", "parameters")]))
+    return EXIT_OK
+
+
+def _type_show(rows: list[dict[str, Any]], args: argparse.Namespace) -> int:
+    """``taskfleet types NAME``: one task type, each parameter with its type, whether it is
+    required or its default, its allowed values and what it is for."""
+    found = [r for r in rows if r["id"] == args.name]
+    if not found:
+        known = ", ".join(sorted(r["id"] for r in rows))
+        schema.print_error(args.json, "usage", f"no task type {args.name!r}; known: {known}")
+        return EXIT_USAGE
+    ttype = found[0]
+    if args.json:
+        _print_json(schema.record(ttype, id_name="type"))
+        return EXIT_OK
+    print(f"{ttype['id']} ({ttype['kind']} task): {ttype['doc']}")
+    params = []
+    for p in ttype["parameters"]:
+        limits = [f"one of {', '.join(map(str, p['choices']))}"] if p["choices"] else []
+        if p["minimum"] is not None or p["maximum"] is not None:
+            limits.append(f"{p['minimum']}..{p['maximum']}".replace("None", ""))
+        if p["pattern"]:
+            limits.append(f"matches {p['pattern']}")
+        params.append(
+            {
+                **p,
+                "needed": "required" if p["required"] else f"default {p['default']!r}",
+                "about": "; ".join([p["description"], *limits] if p["description"] else limits),
+            }
+        )
+    print(
+        table(
+            params,
+            [("name", "parameter"), ("type", "type"), ("needed", "required"), ("about", "about")],
+        )
+    )
     return EXIT_OK
 
 
@@ -305,75 +354,24 @@ async def v_backup(c: AdminClient, args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------------------
 
 
-class _VisibleSecret(argparse.Action):
-    """A token given on the command line: kept, with a one-line warning that every user of the
-    machine can read it (``ps``, ``/proc/PID/cmdline``), naming the file option to use instead."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        setattr(namespace, self.dest, values)
-        flag = self.option_strings[0]
-        print(
-            f"taskfleet: warning: {flag} is visible to every user of this machine (ps);"
-            f" use {flag}-file FILE or TASKFLEET_{self.dest.upper()} instead",
-            file=sys.stderr,
-        )
-
-
-_SECRET_FILES = (
-    ("token_file", "token", "--token-file"),
-    ("enrol_token_file", "enrol_token", "--enrol-token-file"),
-)
-
-
-def _read_secret_files(args: argparse.Namespace) -> str | None:
-    """Read ``--token-file`` / ``--enrol-token-file`` into the token they stand for (a file
-    given wins over the environment variable); a problem, as a message, or None."""
-    for file_dest, dest, flag in _SECRET_FILES:
-        path = getattr(args, file_dest, None)
-        if not path:
-            continue
-        try:
-            with open(path, encoding="utf-8") as fh:
-                value = fh.read().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            return f"cannot read {flag} {path}: {getattr(exc, 'strerror', None) or exc}"
-        if not value or any(c.isspace() for c in value):
-            return (
-                f"{flag} {path} must hold one token (from `taskfleet tokens create`), nothing else"
-            )
-        setattr(args, dest, value)
-    return None
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="taskfleet", description="taskfleet: run tasks and jobs across fleets."
+    p = TopParser(
+        prog="taskfleet",
+        description="taskfleet: run tasks and jobs across fleets. The global flags below may"
+        " also come after the verb (docs/cli.md).",
+        allow_abbrev=False,
     )
-    p.add_argument("--log-level", default=os.environ.get("TASKFLEET_LOG_LEVEL", "info"))
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.add_argument("--version", action="version", version=version())
+    add_log_flags(p, top=True)
+    add_admin_flags(p, top=True)
+    add_trust_flags(p, top=True)
+    sub = p.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=argparse.ArgumentParser
+    )
 
     env = os.environ.get
     trust = argparse.ArgumentParser(add_help=False)
-    trust.add_argument(
-        "--server-fingerprint",
-        default=env("TASKFLEET_SERVER_FINGERPRINT"),
-        help="pin the server's TLS certificate (printed at its start)",
-    )
-    trust.add_argument(
-        "--ca", default=env("TASKFLEET_CA"), help="trust this CA file instead of a pin"
-    )
-    trust.add_argument(
-        "--insecure",
-        action="store_true",
-        default=env("TASKFLEET_INSECURE") == "1",
-        help="allow plain ws:// (tests only; logged at every start)",
-    )
+    add_trust_flags(trust)
     token = argparse.ArgumentParser(add_help=False)
     token.add_argument(
         "--compression", action="store_true", help="per-message deflate (for slow links)"
@@ -386,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     enrol_given.add_argument(
         "--enrol-token",
         default=env("TASKFLEET_ENROL_TOKEN"),
-        action=_VisibleSecret,
+        action=VisibleSecret,
         help="enrolment token from `taskfleet tokens create` (else the key waits for an admin);"
         " visible in `ps`: prefer --enrol-token-file or TASKFLEET_ENROL_TOKEN",
     )
@@ -397,16 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_role_parsers(sub, token, tls, trust, enrol)
 
     admin = argparse.ArgumentParser(add_help=False, parents=[trust])
-    admin.add_argument("--server", default=os.environ.get("TASKFLEET_SERVER", DEFAULT_SERVER))
-    token_given = admin.add_mutually_exclusive_group()
-    token_given.add_argument(
-        "--token",
-        default=os.environ.get("TASKFLEET_TOKEN"),
-        action=_VisibleSecret,
-        help="admin token; visible in `ps`: prefer --token-file or TASKFLEET_TOKEN",
-    )
-    token_given.add_argument("--token-file", metavar="FILE", help="read the admin token from FILE")
-    admin.add_argument("--json", action="store_true", help="machine-readable output")
+    add_admin_flags(admin)
 
     def verb(name: str, fn: Any, help: str) -> argparse.ArgumentParser:
         v = sub.add_parser(name, parents=[admin], help=help)
@@ -414,8 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
         return v
 
     v = verb("computers", v_computers, "list computers, or `computers add NAME` a device")
-    v.add_argument("action", nargs="?", choices=["add", "delete"])
-    v.add_argument("name", nargs="?")
+    v.add_argument(
+        "action",
+        nargs="?",
+        choices=["add", "delete"],
+        help="add a device, or delete computers (none: list computers)",
+    )
+    v.add_argument("name", nargs="?", help="with add, delete: the computer")
     v.add_argument("names", nargs="*", metavar="NAME", help="with delete: more computers")
     v.add_argument(
         "--keep-key",
@@ -445,7 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
             f"`{kind} add FILE`: save a {kind} document (TOML or JSON); `{kind} show NAME`,"
             f" `{kind} history NAME`, `{kind} delete NAME`",
         )
-        v.add_argument("action", choices=["add", "show", "history", "delete"])
+        v.add_argument(
+            "action",
+            choices=["add", "show", "history", "delete"],
+            help=f"save a {kind}, show one, list its versions, or delete it",
+        )
         v.add_argument("file", metavar="FILE|NAME", help=f"add: a document file; else the {kind}")
         v.add_argument(
             "--version",
@@ -460,11 +458,16 @@ def build_parser() -> argparse.ArgumentParser:
         if kind == "task":
             verb("tasks", v_tasks, "list saved tasks")
     verb("jobs", v_jobs, "list saved jobs")
-    verb("types", v_types, "list task types")
+    v = verb("types", v_types, "list task types; `types NAME`: one type's parameters in full")
+    v.add_argument("name", nargs="?", metavar="NAME", help="a task type: show its parameters")
     add_run_verbs(verb)
+    from admin.statsverbs import add_stats_verbs
+
+    add_stats_verbs(verb)
+    add_schedule_verbs(verb)
     add_trust_verbs(verb)
     v = verb("stop", v_stop, "stop a run: pending and running instances end `stopped`")
-    v.add_argument("run_id", type=int)
+    v.add_argument("run_id", type=int, metavar="ID", help="the run's id")
     v = verb(
         "backup",
         v_backup,
@@ -472,6 +475,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("file", help="absolute path on the NS's machine; a new file (mode 0600)")
     v.add_argument("--force", action="store_true", help="replace FILE if it is an earlier backup")
+    shown = argparse.ArgumentParser(add_help=False)
+    shown.add_argument("--json", action="store_true", help="machine-readable output")
+    shown.add_argument(
+        "--profile", metavar="NAME", help="mark this profile as the one in use (as a verb would)"
+    )
+    add_profiles_parser(sub, [shown])
+    add_completion_parsers(sub, [admin], p, DEFAULT_SERVER)
+    for command in sub.choices.values():  # last: every verb and role, whoever registered it
+        add_log_flags(command)
     return p
 
 
@@ -511,11 +523,21 @@ def _quiet_stdout() -> int:
     return EXIT_CLOSED_STDOUT
 
 
+def _configure_logs(args: argparse.Namespace) -> None:
+    """Set up logging from the log flags; a log file that cannot be opened ends the command
+    (a role cannot start: exit 4; an admin verb was given a bad argument: exit 2)."""
+    try:
+        logs.configure(args.log_level, fmt=args.log_format, file=args.log_file)
+    except logs.LogFileError as exc:
+        print(f"taskfleet: {exc}", file=sys.stderr)
+        sys.exit(EXIT_START if args.command in ROLES else EXIT_USAGE)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logs.configure(args.log_level)
-    if (problem := _read_secret_files(args)) is not None:
+    _configure_logs(args)
+    if (problem := read_secret_files(args)) is not None:
         print(f"taskfleet: {problem}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     if sys.stdout is not None and not isinstance(sys.stdout, _GuardedStdout):
@@ -529,10 +551,14 @@ def main(argv: list[str] | None = None) -> int:
     except CannotStart as exc:
         code = _unusable(exc)
     except RemoteError as exc:
-        print(f"taskfleet: {exc.message}", file=sys.stderr)
+        schema.print_error(getattr(args, "json", False), exc.code, exc.message)
         code = EXIT_USAGE if exc.code in USAGE_CODES else EXIT_UNREACHABLE
     except (OSError, WebSocketException, TimeoutError) as exc:
-        print(f"taskfleet: cannot reach the server: {exc or type(exc).__name__}", file=sys.stderr)
+        schema.print_error(
+            getattr(args, "json", False),
+            "unreachable",
+            f"cannot reach the server: {exc or type(exc).__name__}",
+        )
         code = EXIT_UNREACHABLE
     except KeyboardInterrupt:
         code = 130

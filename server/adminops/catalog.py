@@ -13,7 +13,7 @@ from protocol.jobs import (
     validate_job,
 )
 from protocol.policies import validate_policy
-from protocol.tasks import CATALOG, validate_task
+from protocol.tasks import CATALOG, Param, validate_task
 from runtime.link import Link
 from server.adminops.base import ApiError, _arg, _document, op
 from server.interface import NS
@@ -186,10 +186,44 @@ async def tasks_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return await ns.db.tasks()
 
 
+_TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean"}
+_TYPE_NAMES.update({dict: "table", list: "list"})
+
+
+def _type_name(t: type | tuple[type, ...], item: type | None) -> str:
+    """A parameter's type as a document writes it: ``integer``, ``list of integer``."""
+    names = [_TYPE_NAMES.get(x, x.__name__) for x in (t if isinstance(t, tuple) else (t,))]
+    of = f" of {_TYPE_NAMES.get(item, item.__name__)}" if item is not None else ""
+    return " or ".join(names) + of
+
+
+def _param_view(name: str, p: Param) -> dict[str, Any]:
+    """One parameter's schema in full, for ``taskfleet types NAME``."""
+    return {
+        "name": name,
+        "type": _type_name(p.type, p.item_type),
+        "required": p.required,
+        "default": None if p.required else p.default,
+        "choices": list(p.choices),
+        "minimum": p.minimum,
+        "maximum": p.maximum,
+        "pattern": p.pattern,
+        "description": p.doc,
+    }
+
+
 @op("types.list")
 async def types_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
+    """Every task type with its parameters: ``params`` (their names) for the list, and
+    ``parameters`` (each one's schema in full) for ``taskfleet types NAME``."""
     return [
-        {"id": t.id, "kind": str(t.kind), "params": sorted(t.params), "doc": t.doc}
+        {
+            "id": t.id,
+            "kind": str(t.kind),
+            "params": sorted(t.params),
+            "parameters": [_param_view(name, p) for name, p in t.params.items()],
+            "doc": t.doc,
+        }
         for t in CATALOG.values()
     ]
 
