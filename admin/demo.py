@@ -47,7 +47,7 @@ async def demo(n_agents: int) -> int:
     with a message, and everything started is stopped: the process never hangs."""
     if n_agents < 1:
         raise ValueError(f"the demo needs at least one agent, not {n_agents}")
-    logs.configure("warning")
+    logs.set_level("warning")
     with tempfile.TemporaryDirectory(prefix="taskfleet-demo-") as tmp:
         ns = NotificationServer(data_dir=f"{tmp}/ns")
         ts: TaskServer | None = None

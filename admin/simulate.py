@@ -69,7 +69,7 @@ async def run_agents(args: argparse.Namespace, names: list[str]) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Start the workers (this process is worker 0) and wait for a signal."""
-    logs.configure(args.log_level if args.log_level != "info" else "warning")
+    logs.set_level(args.log_level if args.log_level != "info" else "warning")
     _raise_open_files()
     processes = max(1, min(args.processes, args.agents))
     worker = args.worker
@@ -103,11 +103,30 @@ def add_parser(
     s = sub.add_parser(
         "simulate", parents=parents, help="many lightweight agents, for load and fault tests"
     )
-    s.add_argument("--server", required=True)
-    s.add_argument("--agents", type=int, required=True)
-    s.add_argument("--processes", type=int, default=os.cpu_count() or 1)
-    s.add_argument("--fail-rate", type=float, default=0.0)
-    s.add_argument("--task-delay-ms", type=int, default=0)
-    s.add_argument("--prefix", default="sim")
+    s.add_argument("--server", required=True, help="the NS URL, wss://HOST:PORT")
+    s.add_argument("--agents", type=int, required=True, help="how many agents to simulate")
+    s.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes the agents are spread over (default: one per CPU)",
+    )
+    s.add_argument(
+        "--fail-rate",
+        type=float,
+        default=0.0,
+        help="share of tasks that fail, 0.0 to 1.0 (default 0: none)",
+    )
+    s.add_argument(
+        "--task-delay-ms",
+        type=int,
+        default=0,
+        help="how long each simulated task takes, in milliseconds (default 0)",
+    )
+    s.add_argument(
+        "--prefix",
+        default="sim",
+        help="agents are named PREFIX-00000, PREFIX-00001... (default sim)",
+    )
     s.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
     s.set_defaults(func=main)

@@ -107,6 +107,10 @@ class Gate:
         self._sweep: asyncio.TimerHandle | None = None
         self.keepalive = Keepalive()
         """Pings the listener's open connections (one task for all of them)."""
+        self.http: Any = None
+        """websockets' ``process_request`` hook for this listener (``runtime.metrics``): plain
+        HTTP requests (``/metrics``, ``/healthz``, ``/readyz``) are answered there, after this
+        gate and TLS like any connection; None: every request is a WebSocket upgrade."""
 
     def stats(self) -> dict[str, int]:
         return {
@@ -412,6 +416,14 @@ class GatedConnection(FastFrames, ServerConnection):
 
     def handshake_done(self) -> None:
         self.gate.release(self)
+
+    async def handshake(
+        self, process_request: Any = None, process_response: Any = None, server_header: Any = None
+    ) -> None:
+        """The opening request, with the gate's ``http`` hook when the listener gives none: a
+        plain HTTP request it answers holds its slot until its connection closes (just after
+        the answer), like a refused handshake."""
+        await super().handshake(process_request or self.gate.http, process_response, server_header)
 
     def process_event(self, event: Any) -> None:
         sink = self.sink

@@ -76,7 +76,14 @@ OP_ROLE: dict[str, str] = {
     "folders.list": "viewer",
     "policies.list": "viewer",
     "messages.watch": "viewer",
+    "schedules.list": "viewer",
+    "schedule.show": "viewer",
     "run.start": "operator",
+    # A schedule starts runs of saved tasks and jobs later: what an operator may do now.
+    "schedule.add": "operator",
+    "schedule.enable": "operator",
+    "schedule.disable": "operator",
+    "schedule.delete": "operator",
     "run.stop": "operator",
 }
 
@@ -138,7 +145,9 @@ async def authenticate(ns: NS, link: Link, hello: Hello) -> dict[str, Any]:
             f"({row['state']}; from {address}); refused. If the machine was reinstalled, "
             f"`taskfleet keys delete {name}` lets it enrol again."
         )
-        ns.log.warning("key_mismatch", role=role, name=name, fingerprint=fp, peer=link.peer)
+        ns.log.warning(
+            "key_mismatch", peer_role=role, peer_name=name, fingerprint=fp, peer=link.peer
+        )
         await alert(ns, ("key", role, name), _host(link), ("key", role, name, fp), text)
         raise HandshakeError(text, code="key_mismatch", close_code=CLOSE_UNAUTHORIZED)
     if row is not None and row["state"] == "rejected":
@@ -187,7 +196,7 @@ async def authenticate(ns: NS, link: Link, hello: Hello) -> dict[str, Any]:
         await ns.db.audit(
             f"{role}:{name}", "keys.enrol", f"key {fp} accepted with an enrolment token", "ok"
         )
-        ns.log.info("key_enrolled", role=role, name=name, fingerprint=fp)
+        ns.log.info("key_enrolled", peer_role=role, peer_name=name, fingerprint=fp)
         if role == Role.TASKSERVER:
             await taskserver_enrolled(ns, name, fp, address, "with an enrolment token")
         return {"public_key": key}
@@ -223,7 +232,7 @@ async def _keep_pending(
         ns.log.warning("too_many_pending_keys", peer=link.peer)
         return False
     await ns.db.put_key(role, name, key, fp, "pending", address)
-    ns.log.info("key_pending", role=role, name=name, fingerprint=fp, peer=link.peer)
+    ns.log.info("key_pending", peer_role=role, peer_name=name, fingerprint=fp, peer=link.peer)
     return True
 
 

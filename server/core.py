@@ -8,6 +8,7 @@ and the background tasks. What it does with them lives in its parts, one concern
 - ``server.rollup``: applying results and presence, telling watchers;
 - ``server.connections`` and ``server.auth``: who connects, and what they may do;
 - ``server.admin_api``: the admin operations; ``server.jobs``: server jobs.
+- ``server.schedules``: firing schedules; ``server.retention``: purging old rows.
 
 The parts below the core see it through ``server.interface.NS`` and never import this module.
 """
@@ -36,9 +37,12 @@ from server.connections import ADMIN_ONLY, ALL_ROLES, serve
 from server.dispatch import Dispatcher
 from server.guards import AdminSessions, Alerts
 from server.interface import NS
+from server.metrics import NSMetrics
+from server.retention import Purger
 from server.rollup import Rollup
 from server.routes import BUILTIN, BuiltinRoute, Route
 from server.runs import Runs
+from server.schedules import Clock, Scheduler, WallClock
 from server.stages import ActiveRun
 from server.store import Change, Store
 from taskserver.relay import Relay
@@ -89,8 +93,17 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         ts_grace_s: float = 10.0,
         min_free_bytes: int = 16 << 20,
         admin_port: int | None = None,
+        retention: dict[str, float | None] | None = None,
+        clock: Clock | None = None,
     ):
         self.data_dir = data_dir
+        self.retention = retention or {}
+        """Keep time per kind (runs, audit, log, messages; None: for ever), over the defaults
+        of ``server.retention``."""
+        self.clock: Clock = clock or WallClock()
+        """The schedules' clock (tests pass one they drive)."""
+        self.scheduler: Scheduler | None = None
+        self.purger: Purger | None = None
         self.db_path = os.path.join(data_dir, "server.db")
         self.smtp = smtp or {}
         """SMTP server for send-email: host, port, security (none|starttls|tls), user, password, sender."""
@@ -164,6 +177,11 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         self._changes_handle: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self.metrics = NSMetrics(self)
+        """``/metrics``, ``/healthz`` and ``/readyz``: on the admin listener if there is one
+        (administrators only reach it), else on the main one (``runtime.metrics``)."""
+        http_gate = self.gate if admin_port is None else self.admin_gate
+        http_gate.http = self.metrics.endpoint.process_request
 
     @property
     def db(self) -> Store:
@@ -173,6 +191,7 @@ class NotificationServer(Runs, Dispatcher, Rollup):
     # -- life cycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        logs.bind_role("server", self.name)
         os.makedirs(self.data_dir, exist_ok=True)
         # The listeners are bound first (not yet serving): a taken address ends the start before
         # the first admin token is made (it would be written to admin.token and never shown).
@@ -183,6 +202,8 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         self.work_master = master_work_key(self.key.private_bytes_raw())
         self.server_id = f"{self.name}:{fingerprint(self.public_key)}"
         self.store = await Store.open(self.db_path)
+        self.store.read_seconds = self.metrics.query_read
+        self.store.write_seconds = self.metrics.query_write
         self.first_admin_token = await bootstrap_admin(self)
         await self.store.reset_presence()
         self._relay_store = await RelayStore.open(
@@ -199,6 +220,10 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         # Registration bursts leave the heap large; settle it when no run is in flight.
         self.spawn(heap.trim_periodically(quiet=self._idle))
         self.spawn(self.dispatch_route(BUILTIN))
+        self.scheduler = Scheduler(self, self.clock)
+        self.spawn(self.scheduler.run())
+        self.purger = Purger(self, self.retention)
+        self.spawn(self.purger.loop())
         self.log.info(
             "server_listening",
             url=self.url,
@@ -322,6 +347,20 @@ class NotificationServer(Runs, Dispatcher, Rollup):
             await self._relay_store.close()
         if self.store is not None:
             await self.store.close()
+
+    def schedules_changed(self) -> None:
+        """A schedule was saved, enabled, disabled or deleted: the scheduler looks again now."""
+        if self.scheduler is not None:
+            self.scheduler.wake()
+
+    def schedule_now(self) -> float:
+        """Now, on the schedules' clock."""
+        return self.clock.now()
+
+    async def purge(self, dry_run: bool = False) -> dict[str, Any]:
+        """A retention pass now (``dry_run``: only count what it would delete)."""
+        assert self.purger is not None, "the server is not started"
+        return await (self.purger.count() if dry_run else self.purger.purge())
 
     def _idle(self) -> bool:
         """No run in flight, here or in the built-in task service."""

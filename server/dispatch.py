@@ -16,6 +16,7 @@ from typing import Any
 from protocol.messages import Dispatch, Target
 from protocol.workauth import agent_work_key, task_digest, work_mac
 from server.interface import CoreParts
+from server.metrics import NSMetrics
 from server.routes import BUILTIN, RemoteRoute
 from server.stages import RouteCount
 from server.store import Pending
@@ -48,6 +49,7 @@ class Dispatcher(CoreParts):
     """One dispatcher at a time per route."""
     _ts_load: Counter[str] | None
     """Computers per TS, kept by ``assign`` once counted (``taskserver_load``)."""
+    metrics: NSMetrics
 
     async def taskserver_load(self) -> Counter[str]:
         """Computers per TS, counted once from the database, then kept by ``assign``: a
@@ -90,8 +92,10 @@ class Dispatcher(CoreParts):
             master = self.work_master
 
             async def send(message: Dispatch, ids: list[int]) -> None:
+                started = time.perf_counter()
                 try:
                     await handle.dispatch(message)
+                    self.metrics.dispatched(len(ids), time.perf_counter() - started)
                 except Exception as exc:
                     failed.append(exc)
                     return

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from websockets.exceptions import WebSocketException
+from websockets.frames import CloseCode
 
 from protocol import PROTOCOL_VERSION
 from protocol.errors import HandshakeError, ProtocolError, RemoteError
@@ -51,7 +52,9 @@ from runtime.link import (
     listen,
     refused_for_good,
 )
+from runtime.metrics import Authorize
 from runtime.tls import ClientTrust, ensure_certificates, file_fingerprint, server_context
+from taskserver.metrics import TSMetrics
 from taskserver.relay import Relay
 from taskserver.store import RelayStore
 
@@ -62,11 +65,16 @@ REVOKED_AT_MOST = 100_000
 class RemoteUpstream:
     """The NS, reached over this TS's link."""
 
-    def __init__(self, link: Link):
+    def __init__(self, link: Link, metrics: TSMetrics | None = None):
         self.link = link
+        self.metrics = metrics
 
     async def deliver(self, reports: list[Report]) -> None:
+        started = time.perf_counter()
         await self.link.request(Reports(id=self.link.next_id(), items=reports), timeout_s=60)
+        if self.metrics is not None:  # per batch (up to 500 reports)
+            self.metrics.rollup_batch.observe(len(reports))
+            self.metrics.rollup_seconds.observe(time.perf_counter() - started)
 
     async def presence(self, online: list[str], offline: list[str], full: bool) -> None:
         await self.link.send(
@@ -96,6 +104,7 @@ class TaskServer:
         max_connections_per_address: int = 20_000,
         max_handshakes: int = HANDSHAKES_AT_ONCE,
         agent_rate_per_s: float = 200.0,
+        metrics_authorize: Authorize | None = None,
     ):
         self.server_url = server_url
         self.data_dir = data_dir
@@ -136,8 +145,13 @@ class TaskServer:
         token, a rejected key, a wrong pin. Its link to the NS then stops trying and ``ended`` is
         set, for ``taskfleet taskserver`` to exit (5) saying what to do."""
         self.ended = asyncio.Event()
+        self.metrics = TSMetrics(self, metrics_authorize)
+        """``/metrics``, ``/healthz``, ``/readyz`` on the agents' listener (``runtime.metrics``);
+        from another machine ``/metrics`` needs ``--metrics-token-file``'s token."""
+        self.gate.http = self.metrics.endpoint.process_request
 
     async def start(self) -> None:
+        logs.bind_role("taskserver", self.name)
         os.makedirs(self.data_dir, exist_ok=True)
         if os.path.exists(self.ns_key_path):
             with open(self.ns_key_path) as fh:
@@ -305,7 +319,7 @@ class TaskServer:
                 self._remember_ns_key(str(welcome.config.get("server_public_key", "")))
                 self.log.info("ns_connected", server=self.server_url)
                 attempt = 0
-                self.relay.set_upstream(RemoteUpstream(link))
+                self.relay.set_upstream(RemoteUpstream(link, self.metrics))
                 self.connected.set()
                 await self._read_ns(link)
             except asyncio.CancelledError:
@@ -326,7 +340,10 @@ class TaskServer:
                 self.connected.clear()
                 if link is not None:
                     link.fail_waiters(ConnectionError("link to the NS closed"))
-                    await link.close()
+                    # Cancelled: the TS stops (``stop``), so it is going away (1001).
+                    task = asyncio.current_task()
+                    going = task is not None and task.cancelling() > 0
+                    await link.close(CloseCode.GOING_AWAY if going else CloseCode.NORMAL_CLOSURE)
             if self.refusal is not None:  # no retry changes it: stop trying, say so
                 self.ended.set()
                 return
@@ -351,8 +368,11 @@ class TaskServer:
                 self.log.warning("ns_sent_unexpected", type=message.TYPE)
                 continue
             if isinstance(message, Dispatch):
+                started = time.perf_counter()
                 await self.relay.dispatch(message)
                 await link.send(Ack(id=link.next_id(), reply_to=message.id))
+                self.metrics.dispatch_batch.observe(len(message.targets))
+                self.metrics.dispatch_seconds.observe(time.perf_counter() - started)
             elif isinstance(message, Cancel):
                 await self.relay.cancel(message.instance_ids)
                 await link.send(Ack(id=link.next_id(), reply_to=message.id))
@@ -372,7 +392,7 @@ class TaskServer:
             self.revoked[name] = max(until, self.revoked.pop(name, until))
             conn = self.relay.agents.get(name)
             if conn is not None:
-                self.log.info("agent_revoked", agent=name)
+                self.log.info("agent_revoked", agent=name, computer=name)
                 task = asyncio.create_task(
                     conn.link.close(CLOSE_UNAUTHORIZED, "this agent's key was revoked by an admin")
                 )

@@ -5,11 +5,13 @@ table's methods use.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Self
 
 import aiosqlite
 
 from runtime.db import open_db
+from runtime.metrics import NOT_OBSERVED, Observer
 from server.store.schema import _MIGRATIONS
 
 
@@ -26,6 +28,9 @@ class StoreBase:
         reason: its disk is full), gathered by ``apply_reports`` until the roll-up takes them."""
         self.held_back_at: dict[str, float] = {}
         """When each computer's last ``held_back`` was noted (they are coalesced)."""
+        self.read_seconds: Observer = NOT_OBSERVED
+        self.write_seconds: Observer = NOT_OBSERVED
+        """Where ``_all`` and ``_insert`` time their queries (the NS's ``/metrics`` sets them)."""
 
     @classmethod
     async def open(cls, path: str) -> Self:
@@ -35,18 +40,22 @@ class StoreBase:
         await self.db.close()
 
     async def _all(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[dict[str, Any]]:
+        started = time.perf_counter()
         async with self.db.execute(sql, args) as cur:
             rows = await cur.fetchall()
             # The column names once: ``description`` builds a new tuple on every access.
             names = [d[0] for d in cur.description] if rows else []
-            return [dict(zip(names, r, strict=True)) for r in rows]
+        self.read_seconds.observe(time.perf_counter() - started)
+        return [dict(zip(names, r, strict=True)) for r in rows]
 
     async def _insert(self, sql: str, args: tuple[Any, ...]) -> int:
         """Insert one row in its own transaction; return its rowid."""
+        started = time.perf_counter()
         cur = await self.db.execute(sql, args)
         rowid = int(cur.lastrowid or 0)
         await cur.close()
         await self.db.commit()
+        self.write_seconds.observe(time.perf_counter() - started)
         return rowid
 
     async def _one(self, sql: str, args: tuple[Any, ...] = ()) -> dict[str, Any] | None:
