@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from admin.common import (
@@ -24,16 +25,36 @@ from admin.common import (
     _trust,
     _unusable,
 )
+from admin.config import print_config, role_parser
 from runtime.gate import HANDSHAKES_AT_ONCE
+from runtime.metrics import token_file_check
+from runtime.sdnotify import Notifier
 
 HANDSHAKES_HELP = (
     "handshakes (TLS, key proof, registration) worked on at once; more connections wait their"
     " turn before TLS, so a burst of agents drains instead of timing out"
 )
+FLUSH_HELP = (
+    "how long results are collected before they go on as one batch, in milliseconds (default 10)"
+)
 DEMO_MAX_AGENTS = 500
+METRICS_TOKEN_HELP = (
+    "a file holding the token that lets another machine read /metrics (Authorization: Bearer);"
+    " without it only loopback may (docs/operations.md)"
+)
 
 
-async def _serve_forever(component: Any, ready: str) -> None:
+async def _serve_forever(
+    component: Any, ready: Callable[[], str], announce: Callable[[], None] | None = None
+) -> None:
+    """Start ``component``, say it is ready (stdout, and systemd's notify socket), serve until
+    SIGTERM/SIGINT (or a refusal for good by the NS), then stop it cleanly: ``stop()`` stores
+    what is in flight and closes every connection with 1001 (going away)."""
+    notify = Notifier.from_environ()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before "ready": a supervisor may stop us then
+        loop.add_signal_handler(sig, stop.set)
     try:
         await component.start()
     except BaseException:
@@ -41,11 +62,11 @@ async def _serve_forever(component: Any, ready: str) -> None:
         with contextlib.suppress(Exception):
             await component.stop()
         raise
-    print(ready.format(c=component), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    if announce is not None:
+        announce()
+    line = ready()
+    print(line, flush=True)
+    notify.ready(line.removeprefix("taskfleet "))
     ended = getattr(component, "ended", None)  # a TS refused by the NS for good
     waits = [asyncio.create_task(stop.wait())]
     if ended is not None:
@@ -53,7 +74,11 @@ async def _serve_forever(component: Any, ready: str) -> None:
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     for w in waits:
         w.cancel()
-    await component.stop()
+    notify.stopping()
+    try:
+        await component.stop()
+    finally:
+        notify.close()
     refusal = getattr(component, "refusal", None)
     if refusal is not None:
         from agent.agent import RefusedForGood
@@ -62,7 +87,8 @@ async def _serve_forever(component: Any, ready: str) -> None:
 
 
 def _smtp(args: argparse.Namespace) -> dict[str, Any]:
-    """The NS's SMTP settings for send-email, from --smtp and friends."""
+    """The NS's SMTP settings for send-email, from --smtp and friends. The password comes from
+    --smtp-password-file, else TASKFLEET_SMTP_PASSWORD: never from the command line."""
     if not args.smtp:
         return {}
     from runtime.link import split_hostport
@@ -73,9 +99,22 @@ def _smtp(args: argparse.Namespace) -> dict[str, Any]:
         "port": port,
         "security": args.smtp_security,
         "user": args.smtp_user or "",
-        "password": os.environ.get("TASKFLEET_SMTP_PASSWORD", ""),
+        "password": _smtp_password(args.smtp_password_file),
         "sender": args.smtp_from or "",
     }
+
+
+def _smtp_password(path: str | None) -> str:
+    """The SMTP password: the first line of ``path``, or TASKFLEET_SMTP_PASSWORD."""
+    if not path:
+        return os.environ.get("TASKFLEET_SMTP_PASSWORD", "")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CannotStart(
+            f"cannot read --smtp-password-file {path}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
 
 
 def _run_role(role: str, main: Any) -> int:
@@ -147,9 +186,34 @@ def _listener(args: argparse.Namespace, default_port: int) -> tuple[str, int] | 
         return None
 
 
+RETENTION_DEFAULTS = {"runs": "90d", "audit": "365d", "log": "30d", "messages": "30d"}
+"""The ``--retention-KIND`` flags and their defaults (as ``server.retention.DEFAULT_KEEP``)."""
+
+
+def _keep_time(text: str) -> str:
+    """A ``--retention-*`` value, checked when the command line is read."""
+    from server.retention import parse_keep
+
+    try:
+        parse_keep(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _retention(args: argparse.Namespace) -> dict[str, float | None]:
+    """The keep times given (None: for ever); kinds not given keep the NS's defaults."""
+    from server.retention import parse_keep
+
+    given = {kind: getattr(args, f"retention_{kind}", None) for kind in RETENTION_DEFAULTS}
+    return {kind: parse_keep(text) for kind, text in given.items() if text is not None}
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     from server.core import NotificationServer
 
+    if args.print_config:
+        return print_config(args)
     address = _listener(args, 8470)
     if address is None:
         return EXIT_USAGE
@@ -171,52 +235,44 @@ def cmd_server(args: argparse.Namespace) -> int:
         ts_grace_s=args.ts_grace_s,
         min_free_bytes=int(args.min_free_mb * (1 << 20)),
         admin_port=args.admin_port,
+        retention=_retention(args),
     )
 
-    async def main() -> None:
-        async def announce() -> None:
-            if ns.first_admin_token:
-                print(
-                    f"taskfleet: first admin token (shown once, also in {args.data}/admin.token, mode 0600):\n"
-                    f"  {ns.first_admin_token}",
-                    flush=True,
-                )
-            if ns.tls_fingerprint:
-                print(
-                    f"taskfleet: TLS certificate fingerprint (agents pin it): {ns.tls_fingerprint}",
-                    flush=True,
-                )
-                if ns.ca_file:
-                    print(f"taskfleet: or trust the CA file {ns.ca_file} (--ca)", flush=True)
+    def announce() -> None:
+        if ns.first_admin_token:
+            print(
+                f"taskfleet: first admin token (shown once, also in {args.data}/admin.token, mode 0600):\n"
+                f"  {ns.first_admin_token}",
+                flush=True,
+            )
+        if ns.tls_fingerprint:
+            print(
+                f"taskfleet: TLS certificate fingerprint (agents pin it): {ns.tls_fingerprint}",
+                flush=True,
+            )
+            if ns.ca_file:
+                print(f"taskfleet: or trust the CA file {ns.ca_file} (--ca)", flush=True)
 
-        try:
-            await ns.start()
-        except BaseException:
-            # What it opened (a database's thread) would keep the process alive: close it.
-            with contextlib.suppress(Exception):
-                await ns.stop()
-            raise
-        await announce()
-        print(
-            f"taskfleet server ready url={ns.url} fingerprint={ns.tls_fingerprint or '-'}"
-            + (f" admin_url={ns.admin_url}" if ns.admin_url else ""),
-            flush=True,
+    def ready() -> str:
+        return f"taskfleet server ready url={ns.url} fingerprint={ns.tls_fingerprint or '-'}" + (
+            f" admin_url={ns.admin_url}" if ns.admin_url else ""
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await ns.stop()
 
-    return _run_role("server", main)
+    return _run_role("server", lambda: _serve_forever(ns, ready, announce))
 
 
 def cmd_taskserver(args: argparse.Namespace) -> int:
     from taskserver.service import TaskServer
 
+    if args.print_config:
+        return print_config(args)
     if (problem := _check_server_url(args)) is not None:
         print(f"taskfleet: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        metrics_authorize = token_file_check(args.metrics_token_file)
+    except ValueError as exc:
+        print(f"taskfleet: {exc}", file=sys.stderr)
         return EXIT_USAGE
     address = _listener(args, 8471)
     if address is None:
@@ -239,11 +295,12 @@ def cmd_taskserver(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         max_handshakes=args.max_handshakes,
+        metrics_authorize=metrics_authorize,
     )
     return _run_role(
         "taskserver",
         lambda: _serve_forever(
-            ts, "taskfleet taskserver ready url={c.url} fingerprint={c.tls_fingerprint}"
+            ts, lambda: f"taskfleet taskserver ready url={ts.url} fingerprint={ts.tls_fingerprint}"
         ),
     )
 
@@ -251,7 +308,10 @@ def cmd_taskserver(args: argparse.Namespace) -> int:
 def cmd_agent(args: argparse.Namespace) -> int:
     from agent.agent import Agent
     from agent.commands import CommandTable
+    from agent.metrics import run_with_metrics
 
+    if args.print_config:
+        return print_config(args)
     if (problem := _check_server_url(args)) is not None:
         print(f"taskfleet: {problem}", file=sys.stderr)
         return EXIT_USAGE
@@ -259,6 +319,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
         commands = CommandTable.load(args.commands)
     except (OSError, ValueError) as exc:
         print(f"taskfleet: cannot use the command table {args.commands}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        metrics_authorize = token_file_check(args.metrics_token_file)
+    except ValueError as exc:
+        print(f"taskfleet: {exc}", file=sys.stderr)
         return EXIT_USAGE
     private_data_folder(args.data)
     agent = _made_in(
@@ -272,17 +337,54 @@ def cmd_agent(args: argparse.Namespace) -> int:
         data_dir=args.data,
         concurrency=args.concurrency,
         compression=args.compression,
+        allow_power=args.allow_power,
     )
 
-    async def main() -> None:
-        task = asyncio.create_task(agent.run())
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
+    return _run_role(
+        "agent",
+        lambda: run_with_metrics(
+            agent, args.metrics_listen, metrics_authorize, lambda: _agent_main(agent)
+        ),
+    )
+
+
+AGENT_READY_WAIT_S = 20.0
+"""How long an agent waits for its first connection before it tells systemd it is ready anyway:
+an agent whose NS is away is still doing its job (retrying, running its policies), and a unit's
+start time-out must not kill and restart it over and over."""
+
+
+async def _agent_main(agent: Any) -> None:
+    """Run the agent until SIGTERM/SIGINT: it then stops its scripts, closes its link with 1001
+    and ends (the instance it was running is reported ``failed`` at its next start,
+    "agent restarted while the task ran", as docs/protocol.md says)."""
+    notify = Notifier.from_environ()
+    task = asyncio.create_task(agent.run())
+
+    def stop() -> None:
+        notify.stopping()
+        agent.shutting_down = True  # before the cancel reaches its link: it closes with 1001
+        task.cancel()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    ready = asyncio.create_task(_agent_ready(agent, notify))
+    try:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    finally:
+        ready.cancel()
+        notify.close()
 
-    return _run_role("agent", main)
+
+async def _agent_ready(agent: Any, notify: Notifier) -> None:
+    """READY=1 once connected (or after AGENT_READY_WAIT_S, saying it is still trying)."""
+    try:
+        await asyncio.wait_for(agent.connected.wait(), AGENT_READY_WAIT_S)
+        notify.ready(f"agent {agent.name} connected to {agent.server_url}")
+    except TimeoutError:
+        notify.ready(f"agent {agent.name} running; not connected yet, trying {agent.server_url}")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -329,10 +431,22 @@ def add_role_parsers(
 ) -> None:
     """Register the roles (server, taskserver, agent, simulate, demo) on the CLI, with the
     option groups ``build_parser`` made: ``token`` (--compression), ``tls``, ``trust``, ``enrol``."""
-    s = sub.add_parser("server", parents=[token, tls], help="run the Notification Server")
+    s = role_parser(sub, "server", parents=[token, tls], help="run the Notification Server")
     s.add_argument("--insecure", action="store_true", help="plain ws://, no TLS (tests only)")
-    s.add_argument("--max-connections-per-address", type=int, default=20_000)
-    s.add_argument("--max-pending-keys", type=int, default=1_000)
+    s.add_argument(
+        "--max-connections-per-address",
+        type=int,
+        default=20_000,
+        help="connections one IP address may hold open at once (default 20000; agents behind"
+        " one NAT share an address)",
+    )
+    s.add_argument(
+        "--max-pending-keys",
+        type=int,
+        default=1_000,
+        help="unknown keys waiting for an admin's `keys accept` before more are refused"
+        " (default 1000)",
+    )
     s.add_argument("--max-handshakes", type=int, default=HANDSHAKES_AT_ONCE, help=HANDSHAKES_HELP)
     s.add_argument(
         "--admin-port",
@@ -357,38 +471,97 @@ def add_role_parsers(
         "TS or the built-in task service, their unfinished work with them (default 10 s: enough "
         "for a TS restarted by systemd; they run work again within 30 s of its death)",
     )
-    s.add_argument("--smtp", help="HOST:PORT of the mail server for send-email")
-    s.add_argument("--smtp-security", choices=["none", "starttls", "tls"], default="starttls")
-    s.add_argument("--smtp-user", help="login (the password comes from TASKFLEET_SMTP_PASSWORD)")
+    s.add_argument(
+        "--smtp",
+        "--smtp-server",
+        dest="smtp",
+        metavar="HOST:PORT",
+        help="the mail server for send-email (in a configuration file: smtp, or server in [smtp])",
+    )
+    s.add_argument(
+        "--smtp-security",
+        choices=["none", "starttls", "tls"],
+        default="starttls",
+        help="how to secure the mail server connection (default starttls)",
+    )
+    s.add_argument(
+        "--smtp-user",
+        help="login (the password comes from --smtp-password-file or TASKFLEET_SMTP_PASSWORD)",
+    )
+    s.add_argument(
+        "--smtp-password-file",
+        metavar="FILE",
+        help="read the SMTP password from the first line of FILE (keep it mode 0600)",
+    )
     s.add_argument("--smtp-from", help="sender address")
     s.add_argument("--data", required=True, help="data folder (created on first start)")
-    s.add_argument("--listen", default="127.0.0.1:8470", help="HOST:PORT (port 0: any free port)")
-    s.add_argument("--name", default="ns")
-    s.add_argument("--flush-ms", type=int, default=10)
+    s.add_argument(
+        "--listen",
+        default="127.0.0.1:8470",
+        help="HOST:PORT to listen on (port 0: any free port; default 127.0.0.1:8470)",
+    )
+    s.add_argument("--name", default="ns", help="this NS's name, in its id and certificate")
+    s.add_argument("--flush-ms", type=int, default=10, help=FLUSH_HELP)
+    for kind, default in RETENTION_DEFAULTS.items():
+        s.add_argument(
+            f"--retention-{kind}",
+            type=_keep_time,
+            metavar="TIME",
+            help=f"keep {kind} this long: 90d, 12h, 30m; 0 or forever: for ever (default {default})",
+        )
     s.set_defaults(func=cmd_server)
 
-    t = sub.add_parser("taskserver", parents=[token, tls, trust, enrol], help="run a Task Server")
+    t = role_parser(sub, "taskserver", parents=[token, tls, trust, enrol], help="run a Task Server")
     t.add_argument("--server", required=True, help="the NS URL, wss://HOST:PORT")
-    t.add_argument("--data", required=True)
-    t.add_argument("--listen", default="127.0.0.1:8471")
-    t.add_argument("--name", default=os.uname().nodename)
+    t.add_argument("--data", required=True, help="data folder (created on first start)")
+    t.add_argument(
+        "--listen",
+        default="127.0.0.1:8471",
+        help="HOST:PORT agents connect to (port 0: any free port; default 127.0.0.1:8471)",
+    )
+    t.add_argument(
+        "--name",
+        default=os.uname().nodename,
+        help="this TS's name at the NS (default: the host name)",
+    )
     t.add_argument("--advertise", help="URL agents use to reach this TS (default: wss://LISTEN)")
-    t.add_argument("--flush-ms", type=int, default=10)
+    t.add_argument("--flush-ms", type=int, default=10, help=FLUSH_HELP)
     t.add_argument("--max-handshakes", type=int, default=HANDSHAKES_AT_ONCE, help=HANDSHAKES_HELP)
+    t.add_argument("--metrics-token-file", metavar="FILE", help=METRICS_TOKEN_HELP)
     t.set_defaults(func=cmd_taskserver)
 
-    a = sub.add_parser("agent", parents=[token, trust, enrol], help="run an agent")
-    a.add_argument("--server", required=True)
-    a.add_argument("--data", required=True)
-    a.add_argument("--name", default=os.uname().nodename)
-    a.add_argument("--concurrency", type=int, default=4)
+    a = role_parser(sub, "agent", parents=[token, trust, enrol], help="run an agent")
+    a.add_argument("--server", required=True, help="the NS URL, wss://HOST:PORT")
+    a.add_argument("--data", required=True, help="data folder (created on first start)")
+    a.add_argument(
+        "--name",
+        default=os.uname().nodename,
+        help="this computer's name at the NS (default: the host name)",
+    )
+    a.add_argument(
+        "--concurrency", type=int, default=4, help="tasks run at once on this computer (default 4)"
+    )
     a.add_argument(
         "--commands", help="TOML file overriding the platform command table (docs/tasks.md)"
     )
+    a.add_argument(
+        "--allow-power",
+        action="store_true",
+        help="let power-control restart, shut down or log off this machine (default: refused,"
+        " unless --commands gives that action a command of its own; docs/tasks.md)",
+    )
+    a.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve /metrics, /healthz and /readyz over plain HTTP there (default: nowhere)",
+    )
+    a.add_argument("--metrics-token-file", metavar="FILE", help=METRICS_TOKEN_HELP)
     a.set_defaults(func=cmd_agent)
 
+    from admin.service import add_parser as add_install_service
     from admin.simulate import add_parser as add_simulate
 
+    add_install_service(sub, {"server": s, "taskserver": t, "agent": a})
     add_simulate(sub, [trust, enrol])
 
     d = sub.add_parser("demo", help="NS, one TS and N agents in one process: run a task on all")
