@@ -13,13 +13,13 @@ import sqlite3
 from typing import Any
 
 from runtime.link import Link
-from server.adminops import catalog, fleet, runs, trust
+from server.adminops import catalog, fleet, runs, schedules, trust
 from server.adminops.base import _OPS, ApiError
 from server.interface import NS
 
 __all__ = ["ApiError", "handle"]
 
-OP_MODULES = (fleet, catalog, runs, trust)
+OP_MODULES = (fleet, catalog, runs, trust, schedules)
 """The modules whose import registers the admin operations."""
 
 

@@ -19,9 +19,11 @@ from protocol.jobs import (
 )
 from protocol.states import InstanceState
 from runtime.link import Link
+from server import liveout
 from server.adminops.base import ApiError, _arg, _refuse_unknown, op
 from server.interface import NS
 from server.jobs import SERVER_JOB, job_needs_agents, no_agent_targets
+from server.metrics import stats as ns_stats
 from server.store.backup import BackupError, write_backup
 
 
@@ -59,6 +61,15 @@ async def runnable(ns: NS, name: str) -> dict[str, Any]:
 
 @op("run.start")
 async def run_start(ns: NS, link: Link, args: dict[str, Any]) -> Any:
+    return await start_from_args(ns, args)
+
+
+async def start_from_args(
+    ns: NS, args: dict[str, Any], schedule: str | None = None
+) -> dict[str, Any]:
+    """Resolve a run's task or job and targets (``computers``, ``groups``, ``filters``,
+    ``all``) and start it: the one path for ``run.start`` and for a schedule's firing
+    (``schedule``: its name, kept on the run)."""
     name = _arg(args, "task", str)
     definition = await runnable(ns, name)
     names = _arg(args, "computers", list, [])
@@ -119,7 +130,8 @@ async def run_start(ns: NS, link: Link, args: dict[str, Any]) -> Any:
             "offline": _offline_agents(definition, computers),
             "skipped_offline": skipped,
         }
-    return {**await ns.start_run(definition, computers), "skipped_offline": skipped}
+    started = await ns.start_run(definition, computers, schedule=schedule)
+    return {**started, "skipped_offline": skipped}
 
 
 def _offline_agents(definition: dict[str, Any], computers: list[dict[str, Any]]) -> int:
@@ -169,9 +181,13 @@ async def run_watch(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     roll-up listing each change. False: the snapshot holds ``counts`` (top-level instances per
     state) and each roll-up sends one ``counts`` event (``changes``: how many instances moved,
     ``states``: how many top-level ones reached each state), for runs on thousands of computers.
+
+    ``output`` (default false): also ``output`` events, pieces of what the run's scripts print
+    while they run (``server.liveout``); asking without it later does not stop them.
     """
     run_id = _arg(args, "run_id", int)
     detail = _arg(args, "instances", bool, default=True)
+    output = _arg(args, "output", bool, default=False)
     # Subscribe before reading, so no event falls between the snapshot and the first event. Not
     # only while the run is in ``ns.active``: ``finish`` leaves that before it stores the run's
     # status, and a watcher arriving in between would read "running" and never hear the end.
@@ -182,6 +198,9 @@ async def run_watch(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     view: dict[str, Any] | None = None
     try:
         view = await _run_view(ns, run_id, detail)
+        if output and view["status"] == "running":
+            rows = view["instances"] if detail else await ns.db.instances(run_id)
+            liveout.watch(ns, run_id, link, rows)
         return view
     finally:
         if view is None or view["status"] != "running":
@@ -212,9 +231,12 @@ async def messages_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
 
 @op("stats")
 async def stats(ns: NS, link: Link, args: dict[str, Any]) -> Any:
-    """Refusal counters (by code) since the server started, and the handshake gate's state."""
+    """What the NS knows about itself (``server.metrics.stats``: connections, runs in flight,
+    database size, TS links), refusal counters (by code) since it started, and the handshake
+    gates' state."""
     relay = ns.relay.refused if ns.relay is not None else {}
     return {
+        **ns_stats(ns),
         "refused": dict(ns.refused),
         "builtin_relay_refused": dict(relay),
         "handshake_gate": ns.gate.stats(),

@@ -13,6 +13,8 @@ Writes on the hot path (``apply_reports``, ``mark_dispatched``) are one transact
   them, purging old ones; the row types ``NewInstance``, ``Pending``, ``Parent``, ``Change``.
 - ``trust``: peer keys, admins, enrolment tokens.
 - ``journal``: the audit trail, messages, the server log.
+- ``schedules``: schedules on the NS and their firings (each time recorded once).
+- ``retention``: counting and purging old rows, a small batch per statement.
 
 The parts import only ``base`` (which imports ``schema``), never each other nor this package.
 """
@@ -22,7 +24,9 @@ from __future__ import annotations
 from server.store.catalog import ITEM_TABLES, CatalogMixin
 from server.store.computers import ComputersMixin
 from server.store.journal import JournalMixin
+from server.store.retention import RetentionMixin
 from server.store.runs import Change, NewInstance, Parent, Pending, RunsMixin
+from server.store.schedules import SchedulesMixin
 from server.store.schema import _MIGRATIONS
 from server.store.trust import TrustMixin
 
@@ -37,5 +41,13 @@ __all__ = [
 ]
 
 
-class Store(ComputersMixin, CatalogMixin, RunsMixin, TrustMixin, JournalMixin):
+class Store(
+    ComputersMixin,
+    CatalogMixin,
+    RunsMixin,
+    TrustMixin,
+    JournalMixin,
+    SchedulesMixin,
+    RetentionMixin,
+):
     """The NS database (SQLite, WAL). Open with :meth:`open`."""

@@ -164,17 +164,19 @@ class RunsMixin(StoreBase):
         *,
         targets: list[int] | None = None,
         first_step: bool = True,
+        schedule: str | None = None,
     ) -> int:
         """Create a run, its first step (``''``) and its instances in one transaction.
 
         Server jobs pass ``first_step=False``: their steps are created one by one (:meth:`start_step`).
+        ``schedule``: the schedule that fired it (None: an administrator started it).
         """
         now = time.time()
         # The version of the saved task or job this run runs, read in the same statement.
         version_of = "jobs" if "job" in definition else "tasks"
         cur = await self.db.execute(
             "INSERT INTO runs(task_name, kind, definition, status, created_at, deadline, targets,"
-            " version) VALUES (?, ?, ?, 'running', ?, ?, ?,"
+            " schedule, version) VALUES (?, ?, ?, 'running', ?, ?, ?, ?,"
             f" (SELECT version FROM {version_of} WHERE name=?))",
             (
                 definition["name"],
@@ -184,6 +186,7 @@ class RunsMixin(StoreBase):
                 now,
                 deadline,
                 json.dumps(targets or []),
+                schedule,
                 definition["name"],
             ),
         )
@@ -265,7 +268,8 @@ class RunsMixin(StoreBase):
 
     async def runs(self, limit: int = 50) -> list[dict[str, Any]]:
         return await self._all(
-            "SELECT r.id, r.task_name, r.kind, r.status, r.created_at, r.ended_at,"
+            "SELECT r.id, r.task_name, r.kind, r.status, r.created_at, r.ended_at, r.schedule,"
+            " r.version,"
             " count(i.id) AS total,"
             " coalesce(sum(i.status='succeeded'), 0) AS succeeded,"
             f" coalesce(sum(i.status IN {_TERMINAL_SQL} AND i.status!='succeeded'), 0) AS failed,"
@@ -628,6 +632,11 @@ class RunsMixin(StoreBase):
         return {str(status): int(n) for status, n in rows}
 
     # -- retention ----------------------------------------------------------------------
+
+    def renew_epoch(self) -> None:
+        """Take a new epoch: the newest instances were deleted, so SQLite gives their row ids
+        out again, and ids made from now on must not repeat a wire id agents remember."""
+        self._epoch = boot_epoch(previous=self.epoch)
 
     async def purge(self, older_than: float, runs: bool) -> dict[str, int]:
         """Delete report snapshots (and ended runs, if asked) older than ``older_than``."""

@@ -263,4 +263,27 @@ _MIGRATIONS: list[str] = [
         SELECT 'job', name, 1, definition, updated_at, 'saved before versions were kept' FROM jobs;
     ALTER TABLE runs ADD COLUMN version INTEGER;
     """,
+    # 13: schedules on the NS; each firing recorded once per (schedule, time), so no time fires
+    # twice, also across a restart; the schedule a run was started by; retention purges ended
+    # runs by their end time
+    """
+    CREATE TABLE schedules (
+        name TEXT PRIMARY KEY,
+        definition TEXT NOT NULL,
+        enabled INTEGER NOT NULL,
+        since REAL NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE schedule_firings (
+        schedule TEXT NOT NULL,
+        due_at REAL NOT NULL,
+        fired_at REAL NOT NULL,
+        run_id INTEGER,
+        outcome TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (schedule, due_at)
+    );
+    ALTER TABLE runs ADD COLUMN schedule TEXT;
+    CREATE INDEX runs_ended ON runs(ended_at) WHERE status != 'running';
+    """,
 ]

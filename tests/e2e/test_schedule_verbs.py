@@ -1,0 +1,101 @@
+"""The schedule and purge verbs against a real NS process: documents validated with problems at
+their field paths (exit 2), list, show, enable/disable/delete, the roles that may use each, the
+audit trail, and ``purge --dry-run`` with the NS's --retention-* flags."""
+
+from __future__ import annotations
+
+import json
+
+NOTE = {"name": "note", "type": "write-server-log", "params": {"message": "scheduled"}}
+
+GOOD = """\
+name = "nightly"
+description = "the nightly note"
+run = "note"
+cron = "0 3 * * *"
+timezone = "Europe/Berlin"
+window = { start = "22:00", end = "05:00" }
+missed = "run-once"
+"""
+
+BAD = """\
+name = "broken"
+run = "nothing-saved"
+every = "15 minutes"
+window = { start = "25:00", end = "05:00" }
+"""
+
+
+async def test_schedule_verbs_validate_list_show_switch_and_delete(fleet, tmp_path):
+    await fleet.server()
+    async with fleet.admin() as c:
+        await c.call("task.add", document=NOTE)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(BAD)
+    code, _, err = await fleet.cli("schedule", "add", str(bad))
+    assert code == 2, err
+    assert "every: '15 minutes' is not a duration" in err
+    assert "window.start: must be a time" in err
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text('name = "u"\nrun = "nothing-saved"\nevery = "15m"\n')
+    code, _, err = await fleet.cli("schedule", "add", str(unknown))
+    assert code == 2 and "run: no task or job named 'nothing-saved'" in err, err
+
+    good = tmp_path / "nightly.toml"
+    good.write_text(GOOD)
+    code, out, err = await fleet.cli("schedule", "add", str(good))
+    assert code == 0, err
+    assert "added schedule nightly: runs note" in out
+    (row,) = await fleet.cli_json("schedules")
+    assert row["name"] == "nightly" and row["enabled"] and row["last_at"] is None
+    assert row["next_at"].endswith(("T01:00:00Z", "T02:00:00Z"))  # 03:00 in Berlin
+
+    code, out, err = await fleet.cli("schedule", "show", "nightly")
+    assert code == 0, err
+    assert 'cron = "0 3 * * *"' in out and 'missed = "run-once"' in out
+    assert out.count("\n#   20") == 5
+
+    code, out, _ = await fleet.cli("schedule", "disable", "nightly")
+    assert code == 0 and "schedule nightly disabled" in out
+    (row,) = await fleet.cli_json("schedules")
+    assert not row["enabled"] and row["next_at"] is None
+    code, _, err = await fleet.cli("schedule", "show", "nope")
+    assert code == 2 and "no schedule named 'nope'" in err
+    code, out, _ = await fleet.cli("schedule", "delete", "nightly")
+    assert code == 0 and "deleted schedule nightly" in out
+    assert await fleet.cli_json("schedules") == []
+
+    async with fleet.admin() as c:
+        audit = await c.call("audit.list")
+    actions = [a["action"] for a in audit if a["who"] == "admin"]
+    for action in ("schedule.add", "schedule.disable", "schedule.delete"):
+        assert action in actions
+
+
+async def test_roles_for_schedules_and_purge(fleet, tmp_path):
+    await fleet.server("ns", 0, "--retention-runs", "30d", "--retention-log", "forever")
+    async with fleet.admin() as c:
+        await c.call("task.add", document=NOTE)
+        viewer = (await c.call("admins.add", name="vera", role="viewer"))["token"]
+        operator = (await c.call("admins.add", name="otto", role="operator"))["token"]
+    doc = tmp_path / "every.json"
+    doc.write_text(json.dumps({"name": "often", "run": "note", "every": "15m"}))
+
+    code, _, err = await fleet.cli("schedule", "add", str(doc), token=viewer)
+    assert code == 2 and "needs the role operator" in err, err
+    code, out, err = await fleet.cli("schedule", "add", str(doc), token=operator)
+    assert code == 0, err
+    code, out, err = await fleet.cli("schedules", token=viewer)
+    assert code == 0 and "often" in out and "every 15m" in out, err
+    code, _, err = await fleet.cli("schedule", "disable", "often", token=viewer)
+    assert code == 2 and "needs the role operator" in err
+
+    code, _, err = await fleet.cli("purge", "--dry-run", token=operator)
+    assert code == 2 and "needs the role admin" in err
+    code, out, err = await fleet.cli("purge", "--dry-run")
+    assert code == 0, err
+    assert "WOULD DELETE (DRY RUN)" in out and "kept for ever" in out
+    dry = await fleet.cli_json("purge", "--dry-run")
+    assert dry["cutoffs"]["log"] is None and dry["cutoffs"]["runs"].endswith("Z")
+    done = await fleet.cli_json("purge")
+    assert done["dry_run"] is False and done["runs"] == dry["runs"] == 0
