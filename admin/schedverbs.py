@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from admin import schema
 from admin.client import AdminClient
 from admin.common import EXIT_OK, EXIT_USAGE, _print_json
 from admin.output import table
@@ -29,7 +30,7 @@ async def v_schedule(c: AdminClient, args: argparse.Namespace) -> int:
         print(f"taskfleet: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     if args.json:
-        _print_json(result)
+        _print_json(schema.record(result))
     elif args.action == "show":
         return _show(result)
     elif args.action == "delete":
@@ -42,7 +43,7 @@ async def v_schedule(c: AdminClient, args: argparse.Namespace) -> int:
 
 def _added(saved: dict[str, Any], as_json: bool) -> int:
     if as_json:
-        _print_json(saved)
+        _print_json(schema.record(saved))
         return EXIT_OK
     verb = "replaced" if saved["replaced"] else "added"
     state = "" if saved["enabled"] else " (disabled)"
@@ -76,7 +77,7 @@ def _show(shown: dict[str, Any]) -> int:
 async def v_schedules(c: AdminClient, args: argparse.Namespace) -> int:
     rows = await c.call("schedules.list")
     if args.json:
-        _print_json(rows)
+        _print_json(schema.records(rows))
         return EXIT_OK
     for r in rows:
         r["state"] = "enabled" if r["enabled"] else "disabled"
@@ -107,7 +108,8 @@ _CUT_OF = {"instances": "runs", "steps": "runs", "schedule_firings": "runs"}
 async def v_purge(c: AdminClient, args: argparse.Namespace) -> int:
     done = await c.call("purge", dry_run=args.dry_run)
     if args.json:
-        _print_json(done)
+        cutoffs = {k: schema.when(v) for k, v in done["cutoffs"].items()}
+        _print_json({**done, "cutoffs": cutoffs})
         return EXIT_OK
     rows = [
         {

@@ -47,8 +47,8 @@ async def test_schedule_verbs_validate_list_show_switch_and_delete(fleet, tmp_pa
     assert code == 0, err
     assert "added schedule nightly: runs note" in out
     (row,) = await fleet.cli_json("schedules")
-    assert row["name"] == "nightly" and row["enabled"] and row["last_at"] is None
-    assert row["next_at"].endswith(("T01:00:00Z", "T02:00:00Z"))  # 03:00 in Berlin
+    assert row["name"] == "nightly" and row["enabled"] and row["last"] is None
+    assert row["next"].endswith(("T01:00:00Z", "T02:00:00Z"))  # 03:00 in Berlin
 
     code, out, err = await fleet.cli("schedule", "show", "nightly")
     assert code == 0, err
@@ -58,7 +58,7 @@ async def test_schedule_verbs_validate_list_show_switch_and_delete(fleet, tmp_pa
     code, out, _ = await fleet.cli("schedule", "disable", "nightly")
     assert code == 0 and "schedule nightly disabled" in out
     (row,) = await fleet.cli_json("schedules")
-    assert not row["enabled"] and row["next_at"] is None
+    assert not row["enabled"] and row["next"] is None
     code, _, err = await fleet.cli("schedule", "show", "nope")
     assert code == 2 and "no schedule named 'nope'" in err
     code, out, _ = await fleet.cli("schedule", "delete", "nightly")
