@@ -76,6 +76,9 @@ class Purger:
         self.batch = batch
         self.pause_s = pause_s
         self.every_s = every_s
+        self.first_pass = asyncio.Event()
+        """Set once the pass at start has ended (tests that write old rows wait for it, or it
+        would purge them under their feet)."""
         self._lock = asyncio.Lock()
         """At most one pass at a time (the periodic one and ``taskfleet purge``)."""
 
@@ -92,6 +95,7 @@ class Purger:
                     self.ns.log.info("retention_purged", **done)
             except Exception:
                 self.ns.log.exception("retention_pass_failed")
+            self.first_pass.set()
             await asyncio.sleep(self.every_s)
 
     async def count(self, now: float | None = None) -> dict[str, Any]:

@@ -15,7 +15,15 @@ from server.store.base import StoreBase
 JOURNALS = {"audit": "audit", "log": "server_log", "messages": "messages"}
 """Retention kind → its append-only table (each has ``id`` and ``at``)."""
 
-_OLD_RUNS = "SELECT id FROM runs WHERE status != 'running' AND ended_at < ?"
+_OLD_RUNS = (
+    "SELECT id FROM runs WHERE status != 'running' AND ended_at < ?"
+    " AND id < (SELECT max(id) FROM runs)"
+    " AND id IS NOT (SELECT run_id FROM instances WHERE id=(SELECT max(id) FROM instances))"
+)
+"""Ended runs older than a cut-off, but never the newest run nor the run holding the newest
+instance row: SQLite gives a new row ``max(id) + 1``, so deleting those would hand out their ids
+again (a run id in the audit trail or a schedule's last firing would name another run, and an
+instance id the agents remember would be taken for a repeat). Both ids only grow."""
 _OLD_FIRINGS = (
     "SELECT f.rowid FROM schedule_firings f WHERE f.due_at < ? AND f.due_at <"
     " (SELECT max(g.due_at) FROM schedule_firings g WHERE g.schedule=f.schedule)"

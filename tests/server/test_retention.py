@@ -4,6 +4,7 @@ then deletes. The rows are written into the NS's real database file."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -14,6 +15,15 @@ from server.retention import DAY_S, Purger, parse_keep
 from tests.helpers import INSECURE, wait_run
 
 NOW = time.time()
+
+
+@pytest.fixture
+async def ns(ns):
+    """The NS, once its own retention pass at start has ended (it would purge the old rows these
+    tests write while they count them)."""
+    assert ns.purger is not None
+    await asyncio.wait_for(ns.purger.first_pass.wait(), 30)
+    return ns
 
 
 async def add_run(ns, *, status: str, ended_days_ago: float | None, instances: int, nested: int):
@@ -93,6 +103,7 @@ async def test_old_ended_runs_go_with_their_rows_and_a_running_run_stays(ns):
 
 async def test_each_statement_deletes_at_most_one_batch(ns):
     old = await add_run(ns, status="succeeded", ended_days_ago=100, instances=23, nested=9)
+    await add_run(ns, status="succeeded", ended_days_ago=1, instances=1, nested=0)
     batches = []
     while done := await ns.db.purge_runs_batch(NOW - 90 * DAY_S, 5):
         batches.append(done)
@@ -127,6 +138,7 @@ async def test_purge_op_counts_then_deletes_a_real_run(ns):
     async with AdminClient(ns.url, ns.first_admin_token, INSECURE) as c:
         await c.call("task.add", document=doc)
         run = await wait_run(c, (await c.call("run.start", task="note"))["run_id"])
+        await wait_run(c, (await c.call("run.start", task="note"))["run_id"])  # the newest stays
         await ns.db.db.execute(
             "UPDATE runs SET ended_at=? WHERE id=?", (NOW - 100 * DAY_S, run["id"])
         )
@@ -141,3 +153,20 @@ async def test_purge_op_counts_then_deletes_a_real_run(ns):
             dry["steps"],
         )
         assert await ns.db.run(run["id"]) is None
+
+
+async def test_the_newest_run_is_kept_so_ids_are_never_given_again(ns):
+    """Every run ended long ago: all go but the newest, and the newest instance's run; a run
+    started after the purge gets a higher id than any before (SQLite reuses ``max(id) + 1``)."""
+    first = await add_run(ns, status="succeeded", ended_days_ago=200, instances=2, nested=0)
+    last = await add_run(ns, status="succeeded", ended_days_ago=200, instances=2, nested=0)
+    top_instance = await count(ns, "SELECT max(id) FROM instances")
+    done = await Purger(ns, {}, pause_s=0).purge(NOW)
+    assert done["runs"] == 1
+    assert await count(ns, "SELECT count(*) FROM runs WHERE id=?", first) == 0
+    assert await count(ns, "SELECT count(*) FROM runs WHERE id=?", last) == 1
+    again = await add_run(ns, status="succeeded", ended_days_ago=1, instances=1, nested=0)
+    assert again > last
+    assert await count(ns, "SELECT max(id) FROM instances") > top_instance
+    # Now that a newer run holds the top ids, the old `last` may go like any other.
+    assert (await Purger(ns, {}, pause_s=0).count(NOW))["runs"] == 1
