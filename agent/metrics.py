@@ -75,7 +75,7 @@ class AgentMetrics:
         if self.agent.store is None:
             return "the database is not open"
         if not self.agent.connected.is_set():
-            return f"no live link yet (registering with the NS at {self.agent.server_url})"
+            return "no live link yet (registering with the NS)"
         return None
 
     async def start(self, address: str) -> int:

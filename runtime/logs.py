@@ -9,6 +9,8 @@ instance ``instance_id`` and ``computer``: the call sites pass them.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import sys
@@ -93,12 +95,18 @@ def _open(path: str) -> TextIO:
     addresses and errors: for the service's user only)."""
     global _opened
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        # Never through a symlink (a root agent's log in a folder others can write would append
+        # to whatever file the link names), and a file found readable by others is made 0600.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
+        why = "it is a symlink" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
         raise LogFileError(
-            f"cannot open the log file {path}: {exc.strerror or exc}; give --log-file a file in"
+            f"cannot open the log file {path}: {why}; give --log-file a file in"
             " a folder this user can write (or leave it out to log on stderr)"
         ) from None
+    with contextlib.suppress(OSError):
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
     stream = os.fdopen(fd, "a", buffering=1, encoding="utf-8")
     if _opened is not None:
         _opened.close()
