@@ -119,10 +119,17 @@ async def _admin(args: argparse.Namespace) -> int:
         schema.print_error(args.json, "usage", str(exc))
         return EXIT_USAGE
     if not args.token:
+        elsewhere = getattr(args, "profile_elsewhere", None)
         schema.print_error(
             args.json,
             "usage",
-            "an admin token is required: pass --token-file FILE, set TASKFLEET_TOKEN,"
+            (
+                f"no admin token for {args.server}: the profile {elsewhere!r} names another"
+                " server, and its token goes only there; pass --token-file FILE, set"
+                " TASKFLEET_TOKEN, or use --profile with a profile for this server (docs/cli.md)"
+            )
+            if elsewhere
+            else "an admin token is required: pass --token-file FILE, set TASKFLEET_TOKEN,"
             " or use a profile with a token_file (docs/cli.md)",
         )
         return EXIT_USAGE

@@ -185,8 +185,17 @@ def apply(args: argparse.Namespace, default_server: str, *, warn: bool = True) -
 
     The trust settings go together: a ``--server-fingerprint`` or ``--ca`` given (or set in the
     environment) takes neither from the profile, so a pin given never loses to a profile's CA.
+
+    A server given on the command line or in the environment that is not the profile's takes
+    nothing from it, above all not its token: an admin token is a bearer secret that the hello
+    hands to whatever server it reaches (a lab NS, a demo, a typo), so it goes only to the
+    server its profile names. ``args.profile_elsewhere`` then names the profile, for the message.
     """
     profile = chosen(load(), _asked(args))
+    args.profile_elsewhere = None
+    if profile is not None and args.server and args.server != profile.server:
+        args.profile_elsewhere = profile.name
+        profile = None
     if profile is not None:
         if not args.server:
             args.server = profile.server

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.server import serve
 
 from admin.profile import ProfileError, config_path, load
 from tests.admin.clirun import clean_env, taskfleet
@@ -71,10 +72,33 @@ async def test_profile_flag_beats_env_beats_default(fleet, tmp_path):
         "--profile", "down", "tasks", env={**env, "TASKFLEET_PROFILE": "prod"}
     )
     assert code == 3, err
+    # A server that is not the profile's takes nothing of it, above all not its token...
     code, _, err = await taskfleet("tasks", "--server", fleet.ns.url, env=env)
-    assert code == 0, err
+    assert code == 2 and "the profile 'down' names another server" in err, err
     code, _, err = await taskfleet("tasks", env={**env, "TASKFLEET_SERVER": fleet.ns.url})
+    assert code == 2, err
+    # ... and the profile's own server, given again, is still the profile's.
+    code, _, err = await taskfleet("tasks", "--profile", "prod", "--server", fleet.ns.url, env=env)
     assert code == 0, err
+
+
+async def test_a_profiles_token_never_goes_to_another_server(fleet, tmp_path):
+    """The default profile's admin token is a bearer secret: `--server` naming another server (a
+    lab NS, a demo, a typo) must not receive it. A listener there sees no connection at all."""
+    await fleet.server()
+    _profiles(fleet, tmp_path)
+    seen: list[str] = []
+
+    async def capture(ws) -> None:
+        seen.append(str(await ws.recv()))
+
+    async with serve(capture, "127.0.0.1", 0) as other:
+        port = other.sockets[0].getsockname()[1]
+        code, _, err = await taskfleet(
+            "--server", f"ws://127.0.0.1:{port}", "--insecure", "tasks", env=clean_env(tmp_path)
+        )
+    assert code == 2 and "its token goes only there" in err, err
+    assert seen == []
 
 
 async def test_a_token_from_the_command_line_or_environment_beats_the_profiles(fleet, tmp_path):
