@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pwd
 import shutil
 import sys
 from typing import Any
@@ -175,9 +176,11 @@ def cmd_install_service(args: argparse.Namespace, parsers: dict[str, Any]) -> in
             f"{config} has no data key: the unit lets the {role} write only its data folder"
             f' (ReadWritePaths=); add data = "/var/lib/taskfleet/{role}"'
         )
-    text = unit_text(
-        role, config, os.path.abspath(data), taskfleet_command(), _port(settings.get("listen"))
-    )
+    command = taskfleet_command()
+    if role != "agent":
+        for problem in sandbox_problems(command[0], config, os.path.abspath(data)):
+            print(f"taskfleet: warning: {problem}", file=sys.stderr)
+    text = unit_text(role, config, os.path.abspath(data), command, _port(settings.get("listen")))
     if args.print:
         print(text, end="")
         return EXIT_OK
@@ -194,6 +197,34 @@ def cmd_install_service(args: argparse.Namespace, parsers: dict[str, Any]) -> in
     name = unit_name(role).removesuffix(".service")
     print(f"wrote {path}\nnow run:\n  systemctl daemon-reload && systemctl enable --now {name}")
     return EXIT_OK
+
+
+HIDDEN = ("/home/", "/root/", "/run/user/", "/tmp/", "/var/tmp/")
+"""Folders the NS's and TS's units hide (``ProtectHome=yes``, ``PrivateTmp=yes``)."""
+
+
+def sandbox_problems(program: str, config: str, data: str) -> list[str]:
+    """What would keep the sandboxed unit of the NS or a TS from starting, found now rather than
+    at ``systemctl start`` (status 203/EXEC): a program, configuration or data folder its
+    sandbox hides, or no ``taskfleet`` user to run it as."""
+    out = []
+    for what, path in (("the taskfleet program", program), ("the configuration", config)):
+        if path.startswith(HIDDEN):
+            out.append(
+                f"{what} is {path}, which the unit's ProtectHome=/PrivateTmp= hide from the"
+                " service: install taskfleet (and its configuration) outside /home, /root and /tmp"
+            )
+    if data.startswith(HIDDEN):
+        out.append(f"the data folder {data} is hidden from the service: use /var/lib/taskfleet/…")
+    try:
+        pwd.getpwnam("taskfleet")
+    except KeyError:
+        out.append(
+            "there is no user taskfleet to run the service as: create it first (useradd --system"
+            " --home-dir /var/lib/taskfleet --shell /usr/sbin/nologin taskfleet), and give it the"
+            " data folder"
+        )
+    return out
 
 
 def _port(listen: Any) -> int | None:

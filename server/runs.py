@@ -13,7 +13,6 @@ server tasks run here, once, through ``server.tasktypes``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import time
 from collections import defaultdict
@@ -34,6 +33,16 @@ from server.tasktypes import SERVER_RUNNERS, ServerContext
 
 ROLLUP_GRACE_S = 10.0
 """How long after a deadline the sweep waits for results already on their way."""
+
+
+async def _cancelled(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait for it to end, taking on none of its outcome (its exception is
+    read, so never reported as lost); a cancellation of the waiting task itself (the NS
+    stopping) still propagates, where ``suppress(BaseException)`` around ``await`` hid it."""
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()
 
 
 class Runs(CoreParts):
@@ -286,9 +295,7 @@ class Runs(CoreParts):
             and active.runner is not None
             and active.runner is not asyncio.current_task()
         ):
-            active.runner.cancel()
-            with contextlib.suppress(BaseException):
-                await active.runner
+            await _cancelled(active.runner)
             run = await self.db.run(run_id)
             if run is not None and run["machine"] is not None:
                 machine = JobMachine(run["definition"]["job"]["program"], run["machine"])
@@ -313,9 +320,7 @@ class Runs(CoreParts):
             return
         runner = active.runner
         if runner is not None and runner is not asyncio.current_task():
-            runner.cancel()
-            with contextlib.suppress(BaseException):
-                await runner
+            await _cancelled(runner)
         run = await self.db.run(run_id)
         if run is None or run_id not in self.active:
             return  # the job ended by itself just before

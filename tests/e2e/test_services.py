@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pwd
 import signal
 import socket
 import ssl
@@ -381,3 +382,22 @@ async def test_sigterm_during_a_client_job_step_resumes_the_job_at_the_next_star
     assert steps["s1"]["reason"] == "agent restarted while this step ran"
     assert steps["s2"]["status"] == "succeeded"
     assert (marks / "s1").read_text() == "1\n"  # not run again
+
+
+def test_install_service_warns_of_paths_the_sandbox_hides_and_a_missing_user(tmp_path):
+    """A configuration under /tmp (this test's) and a data folder there: the NS's unit would hide
+    them (PrivateTmp=yes) and fail only at `systemctl start`; install-service says so now."""
+    config = _config(tmp_path, "server", f'data = "{tmp_path}/ns"\n')
+    done = _taskfleet("install-service", "server", "--config", str(config), "--print")
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"the configuration is {config}, which the unit's ProtectHome=/PrivateTmp=" in done.stderr
+    )
+    assert f"the data folder {tmp_path}/ns is hidden from the service" in done.stderr
+    try:
+        pwd.getpwnam("taskfleet")
+    except KeyError:
+        assert "there is no user taskfleet" in done.stderr
+    agent = _config(tmp_path, "agent", f'data = "{tmp_path}/a"\nserver = "wss://127.0.0.1:1"\n')
+    done = _taskfleet("install-service", "agent", "--config", str(agent), "--print")
+    assert done.returncode == 0 and "warning" not in done.stderr, done.stderr  # no sandbox there
