@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import random
+import sqlite3
 import time
 import uuid
 from collections import OrderedDict
@@ -48,8 +49,13 @@ class _Running:
     job: bool = False
     """A client job: a stop between two steps (a step's result being stored and sent) lets that
     result go out, then ends the job; it never cuts the report of a step that ended."""
+    ran: ScriptRun | None = None
+    """The last script this instance started, kept once it ended: when the agent stops, what it
+    printed goes with the result stored for the next start (``_keep_interrupted``)."""
 
 
+RESTARTED = "agent restarted while the task ran"
+"""The reason of an instance whose script the agent's own stop (or crash) ended."""
 STOP_GRACE_S = 5.0
 """How long a stopped script's task may take to end (kill, drain its output) before it is
 cancelled, and the output with it."""
@@ -280,6 +286,7 @@ class Work:
                     )
         except asyncio.CancelledError:
             if self.shutting_down:  # not an administrator's stop: reported at the next start
+                await self._keep_interrupted(iid)
                 raise
             outcome = Outcome(
                 InstanceState.STOPPED, reason="stopped by an administrator", ended_at=time.time()
@@ -288,6 +295,26 @@ class Work:
             self._running.pop(iid, None)
             self._stopping.discard(iid)
         await self._finished(iid, outcome)
+
+    async def _keep_interrupted(self, iid: int) -> None:
+        """The agent stops while a plain instance's script runs: store its result now, with the
+        output the script printed, for the next start to send (what a crash leaves unstored is
+        reported then too, without output: ``Agent._recover``). A job resumes instead."""
+        assert self.store is not None
+        running = self._running.get(iid)
+        if running is None or running.job or running.ran is None:
+            return
+        report = Report(
+            instance_id=iid,
+            state=InstanceState.FAILED,
+            reason=RESTARTED,
+            output=running.ran.output(),
+            ended_at=time.time(),
+        )
+        try:
+            await self.store.finish(report)
+        except (sqlite3.Error, OSError):  # not stored: reported at the next start, without output
+            self.log.exception("interrupted_result_not_stored", instance_id=iid)
 
     async def _finished(self, iid: int, outcome: Outcome) -> None:
         """Store an instance's result until the relay acknowledges it, and send it."""
@@ -325,6 +352,7 @@ class Work:
             nonlocal live
             if running is not None:
                 running.run = run
+                running.ran = run or running.ran
             if live is not None:
                 live.close()
                 live = None

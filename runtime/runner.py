@@ -24,7 +24,14 @@ documented ``TASKFLEET_<TOKEN>`` values.
 
 With an :class:`Account` (run-script's ``run_as``, on an agent running as root), the script's
 private folder and file are handed to that user (``chown``: it must read the script, nobody else
-may), and the child takes the user's groups, group and user before it runs the interpreter.
+may), and the child takes the user's groups, group and user before it runs the interpreter. Its
+environment then starts afresh, as a login (``runuser -l``) would give it: ``SAFE_PATH``, the
+locale and time zone (``LANG``, ``LANGUAGE``, ``LC_*``, ``TZ``), the user's ``HOME``, ``USER``,
+``LOGNAME``, ``SHELL``, then ``env`` and the tokens; nothing else of this (root) process's
+environment (credentials it was given) reaches the lower user. The working folder is entered *as
+that user* (:data:`ENTER`, a small ``sh`` that changes folder, then ``exec``-s the script), never
+by root before the switch, after a check started as that user too: a folder the user cannot
+enter fails the instance with a reason naming both, instead of starting the script there.
 """
 
 from __future__ import annotations
@@ -56,6 +63,14 @@ escaped the group and holds the pipe open does not hold the result longer."""
 OWN_ENV_PREFIX = "TASKFLEET_"
 """taskfleet's own environment variables (tokens, the SMTP password, settings): never passed on
 to a script (the documented ``TASKFLEET_<TOKEN>`` values are set afresh)."""
+
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+"""``PATH`` of a script started as another user (a login's default on Linux)."""
+_KEPT_FOR_ACCOUNT = ("LANG", "LANGUAGE", "TZ")
+"""Variables (with every ``LC_*``) a script started as another user gets from this process."""
+ENTER = 'cd -- "$1" || exit 126; shift; exec "$@"'
+"""``sh -c`` text that enters a folder (``$1``) and runs the rest of its arguments there: the
+``cd`` is done by the user the script runs as (``exit 126``: it could not)."""
 
 _PR_SET_CHILD_SUBREAPER = 36
 _subreaper: bool | None = None
@@ -203,13 +218,53 @@ class Outcome:
 class Account:
     """The user a script is started as (run-script's ``run_as``, agents running as root): the
     child sets its groups, group and user before it runs anything (``subprocess``'s
-    ``extra_groups``, ``group``, ``user``), and gets that user's ``HOME``, ``USER``, ``LOGNAME``."""
+    ``extra_groups``, ``group``, ``user``), and gets a login's environment: that user's ``HOME``,
+    ``USER``, ``LOGNAME``, ``SHELL`` and none of this process's variables but the locale's."""
 
     name: str
     uid: int
     gid: int
     groups: tuple[int, ...]
     home: str
+    shell: str = "/bin/sh"
+
+    def environ(self) -> dict[str, str]:
+        """The environment a script run as this user starts from (``runuser -l``'s, roughly):
+        never this process's credentials or settings, only its locale and time zone."""
+        env = {k: v for k, v in os.environ.items() if k in _KEPT_FOR_ACCOUNT or k.startswith("LC_")}
+        env.update(
+            PATH=SAFE_PATH, HOME=self.home, USER=self.name, LOGNAME=self.name, SHELL=self.shell
+        )
+        return env
+
+    def start_in(self, folder: str, cmd: list[str]) -> list[str]:
+        """``cmd`` run in ``folder``, entered by this user once it is this user (:data:`ENTER`)."""
+        return ["/bin/sh", "-c", ENTER, "sh", folder, *cmd]
+
+    def spawn_args(self) -> dict[str, Any]:
+        """The process-start arguments that make a child this user."""
+        return {"user": self.uid, "group": self.gid, "extra_groups": list(self.groups)}
+
+    async def can_enter(self, folder: str) -> bool:
+        """Whether this user may enter ``folder`` (every parent searchable, the folder too):
+        asked of a tiny ``sh`` started as the user, since only the kernel can tell."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "/bin/sh",
+                "-c",
+                'cd -- "$1"',
+                "sh",
+                folder,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                cwd="/",
+                env=self.environ(),
+                **self.spawn_args(),
+            )
+        except OSError:
+            return False
+        return await proc.wait() == 0
 
 
 def _command(interpreter: str, path: str) -> list[str] | None:
@@ -254,6 +309,21 @@ class ScriptRun:
         self._proc: asyncio.subprocess.Process | None = None
         self._stopped = False
         self._ended = False
+        self._limit = output_limit(params)
+        self._kept = bytearray()
+        self._dropped = 0
+
+    def output(self) -> str:
+        """What the script printed, up to the task's output limit (with a note of what was cut):
+        all of it once ``run`` returned, what was read so far if it was cancelled (an agent
+        that stops keeps it with the result it reports at its next start)."""
+        limit = self._limit
+        # Invalid bytes decode to U+FFFD (3 bytes each): cut again so the limit holds in bytes too.
+        raw = self._kept.decode("utf-8", errors="replace").encode()[:limit]
+        output = raw.decode("utf-8", errors="ignore")
+        if self._dropped:
+            output += f"\n[output cut: {self._dropped} more bytes]"
+        return output
 
     def stop(self) -> None:
         """Kill the process group; the run ends ``stopped``."""
@@ -266,10 +336,7 @@ class ScriptRun:
                 os.killpg(self._proc.pid, sig)
 
     def _environ(self) -> dict[str, str]:
-        env = script_environ()
-        if self.account is not None:
-            a = self.account
-            env.update(HOME=a.home, USER=a.name, LOGNAME=a.name)
+        env = script_environ() if self.account is None else self.account.environ()
         for key, value in (self.params.get("env") or {}).items():
             env[str(key)] = replace_tokens(str(value), self.tokens)
         for key, value in self.tokens.items():
@@ -278,15 +345,13 @@ class ScriptRun:
 
     def _as_account(self) -> dict[str, Any]:
         """The process-start arguments that make the child ``self.account`` (none without one)."""
-        a = self.account
-        return {} if a is None else {"user": a.uid, "group": a.gid, "extra_groups": list(a.groups)}
+        return {} if self.account is None else self.account.spawn_args()
 
     async def run(self) -> Outcome:
         """Run the script to its end, its timeout, or ``stop``."""
         global _starting
         started = time.time()
         interpreter = str(self.params.get("interpreter", "sh"))
-        limit = output_limit(self.params)
         with tempfile.TemporaryDirectory(prefix="taskfleet-") as tmp:
             path = os.path.join(tmp, "script" + _SUFFIX.get(interpreter, ""))
             with open(path, "w", encoding="utf-8") as fh:
@@ -309,6 +374,14 @@ class ScriptRun:
                     f"working_dir {cwd!r} does not exist on this computer (or is not a folder)",
                     started_at=started,
                 )
+            if self.account is not None:
+                if not await self.account.can_enter(cwd):
+                    return Outcome.failed(
+                        f"working_dir {cwd!r} is not reachable by user {self.account.name!r}"
+                        " (it cannot enter that folder or one above it)",
+                        started_at=started,
+                    )
+                cmd, cwd = self.account.start_in(cwd, cmd), None
             if self._stopped:
                 return Outcome(
                     InstanceState.STOPPED,
@@ -342,18 +415,16 @@ class ScriptRun:
             _live.add(leader)
             if self._stopped:
                 self._kill(signal.SIGKILL)
-            kept = bytearray()
-            dropped = 0
+            kept = self._kept
 
             async def pump() -> None:
-                nonlocal dropped
                 assert protocol.stdout is not None
                 while chunk := await protocol.stdout.read(65_536):
                     if self.on_output is not None:
                         self.on_output(chunk)
-                    room = limit - len(kept)
-                    kept.extend(chunk[: max(room, 0)])
-                    dropped += max(len(chunk) - max(room, 0), 0)
+                    room = max(self._limit - len(kept), 0)
+                    kept.extend(chunk[:room])
+                    self._dropped += max(len(chunk) - room, 0)
 
             reader = asyncio.create_task(pump())
             killed_with = 0
@@ -377,6 +448,9 @@ class ScriptRun:
             except asyncio.CancelledError:
                 self._kill(signal.SIGKILL)
                 _sweep(leader, {leader})
+                # What it printed up to now stays readable (``output``); bounded as at its end.
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(reader), DRAIN_S)
                 raise
             finally:
                 self._ended = True
@@ -386,12 +460,7 @@ class ScriptRun:
                     reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
-        # Invalid bytes decode to U+FFFD (3 bytes each): cut again so the limit holds in bytes too.
-        output = (
-            kept.decode("utf-8", errors="replace").encode()[:limit].decode("utf-8", errors="ignore")
-        )
-        if dropped:
-            output += f"\n[output cut: {dropped} more bytes]"
+        output = self.output()
         code = transport.get_returncode()
         if self._stopped:
             return Outcome(

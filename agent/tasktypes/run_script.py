@@ -48,7 +48,9 @@ def resolve_run_as(name: str, euid: int | None = None) -> Account | None:
             f" (it runs as {me!r}); run the agent as root, or leave run_as empty"
         )
     groups = tuple(os.getgrouplist(name, entry.pw_gid))
-    return Account(name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
+    return Account(
+        name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir, entry.pw_shell or "/bin/sh"
+    )
 
 
 async def run(ctx: TaskContext) -> Outcome:

@@ -10,6 +10,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import stat
 import threading
@@ -22,7 +23,7 @@ from admin.client import AdminClient
 from agent.agent import Agent
 from agent.commands import CommandTable, default_table
 from server.core import NotificationServer
-from tests.helpers import INSECURE, Fleet, Proc, until, wait_run
+from tests.helpers import INSECURE, Fleet, Proc, task_doc, until, wait_run
 
 
 class Here:
@@ -457,6 +458,37 @@ async def test_run_script_as_another_user_in_a_working_dir(here, tmp_path, monke
         inst["reason"]
         == f"working_dir {gone!r} does not exist on this computer (or is not a folder)"
     )
+
+
+async def test_a_script_stopped_by_the_agents_sigterm_keeps_its_output(tmp_path, fleet):
+    """SIGTERM to a real agent mid-script: the result stored at its stop carries what the script
+    had printed, and the next start reports it ("agent restarted while the task ran")."""
+    await fleet.server()
+    agent = await fleet.agent("pc-1")
+    await fleet.wait_online(["pc-1"])
+    printed = tmp_path / "printed"
+    doc = tmp_path / "long.toml"
+    doc.write_text(task_doc("long", f"echo start; touch '{printed}'; sleep 120", timeout_s=600))
+    assert (await fleet.cli("task", "add", str(doc)))[0] == 0
+    code, out, err = await fleet.cli("run", "long", "--computer", "pc-1", "--json")
+    assert code == 0, err
+    run_id = json.loads(out)["run_id"]
+
+    async def has_printed() -> bool:
+        return printed.exists()
+
+    await until(has_printed, "the script to print 'start'")
+    agent.kill(signal.SIGTERM)
+    assert await agent.wait(20) == 0
+    await fleet.agent("pc-1", enrol=False)
+    async with fleet.admin() as c:
+        final = await wait_run(c, run_id, timeout_s=60)
+    [instance] = final["instances"]
+    assert (instance["status"], instance["reason"]) == (
+        "failed",
+        "agent restarted while the task ran",
+    ), instance
+    assert instance["output"] == "start\n"
 
 
 async def test_run_as_is_refused_at_save_when_malformed(here):
