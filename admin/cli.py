@@ -18,6 +18,8 @@ Exit codes (also in the README):
      any command killed by SIGPIPE (128 + 13)
 130  Ctrl-C on ``run --wait`` or ``watch``: the run goes on (the message says how to follow or
      stop it)
+70   an internal error (a bug in taskfleet): one line ``taskfleet: internal error: ...; please
+     report it`` on stderr (with ``--json``, code ``internal``), no traceback
 ===  =====================================================================================
 
 Roles exit within a second on 4 and 5 (a supervisor sees a dead process, never a hung one).
@@ -540,6 +542,10 @@ def _configure_logs(args: argparse.Namespace) -> None:
         sys.exit(EXIT_START if args.command in ROLES else EXIT_USAGE)
 
 
+EXIT_INTERNAL = 70
+"""An unexpected error (a bug): EX_SOFTWARE of sysexits.h."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -569,4 +575,11 @@ def main(argv: list[str] | None = None) -> int:
         code = EXIT_UNREACHABLE
     except KeyboardInterrupt:
         code = 130
+    except Exception as exc:  # a bug of ours: one line and an exit code, not a traceback
+        schema.print_error(
+            getattr(args, "json", False),
+            "internal",
+            f"internal error: {type(exc).__name__}: {exc}; please report it",
+        )
+        code = EXIT_INTERNAL
     sys.exit(code)

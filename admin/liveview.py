@@ -4,6 +4,8 @@ output"), then the usual final summary.
 The NS sends ``output`` events (``run.watch`` with ``output: true``), each with pieces of what
 scripts printed. As text, each complete line is printed with its computer (and job step) in
 front, ``pc-1 | line``; a line still being printed waits for its end (or the end of its instance).
+Control characters in them (colours, titles, a ``\\r`` inside a line) are shown escaped
+(:func:`admin.output.printable`): the text is the agent's, the terminal the admin's.
 With ``--json``, one JSON object per line (ndjson): one per piece, ``{"event": "output", ...}``
 with the time in ISO 8601 UTC, and last the run, ``{"event": "run", "run": {...}}``.
 """
@@ -14,7 +16,7 @@ import json
 from typing import Any
 
 from admin.client import AdminClient
-from admin.output import iso
+from admin.output import iso, printable
 from admin.views import TERMINAL
 
 Key = tuple[int, str]
@@ -23,7 +25,8 @@ Key = tuple[int, str]
 
 def _prefix(item: dict[str, Any]) -> str:
     step = item.get("step") or ""
-    return f"{item['computer']} [{step}] | " if step else f"{item['computer']} | "
+    computer = printable(str(item["computer"]))
+    return f"{computer} [{printable(step)}] | " if step else f"{computer} | "
 
 
 class Lines:
@@ -42,11 +45,11 @@ class Lines:
         skipped = int(item.get("skipped") or 0)
         if skipped:
             if held:
-                out.append(prefix + held)
+                out.append(prefix + printable(held))
             held = ""
             out.append(f"{prefix}[... {skipped} bytes skipped ...]")
         *whole, rest = (held + str(item.get("text") or "")).split("\n")
-        out.extend(prefix + line.rstrip("\r") for line in whole)
+        out.extend(prefix + printable(line.rstrip("\r")) for line in whole)
         if rest:
             self._partial[key] = (prefix, rest)
         return out
@@ -62,7 +65,7 @@ class Lines:
 
     def _line(self, key: Key) -> str:
         prefix, text = self._partial.pop(key)
-        return prefix + text.rstrip("\r")
+        return prefix + printable(text.rstrip("\r"))
 
 
 def _say(lines: list[str]) -> None:

@@ -238,13 +238,28 @@ def csv_rows(view: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+"""A text cell starting with one of these is read as a formula by spreadsheets."""
+
+
+def csv_cell(value: Any) -> Any:
+    """A value as a CSV cell: a text that a spreadsheet would run as a formula (a script can
+    print ``=HYPERLINK(...)``) gets a ``'`` in front, as OWASP advises against CSV injection;
+    numbers stay numbers."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
 def write_csv(view: dict[str, Any], stream: IO[str]) -> None:
     """The run's :func:`csv_rows` with a header line; every field is quoted as CSV needs (an
-    output's lines, commas and quotes stay in their one field)."""
+    output's lines, commas and quotes stay in their one field), formulas defused (:func:`csv_cell`)."""
     writer = csv.DictWriter(stream, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in csv_rows(view):
-        writer.writerow({k: "" if row[k] is None else row[k] for k in CSV_COLUMNS})
+        writer.writerow({k: csv_cell(row[k]) for k in CSV_COLUMNS})
 
 
 # -- the fleet and trust ----------------------------------------------------------------

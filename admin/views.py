@@ -13,7 +13,7 @@ from collections import Counter
 from typing import Any
 
 from admin.client import AdminClient
-from admin.output import iso, table
+from admin.output import iso, printable, table
 from admin.schema import by_time as _by_time
 from admin.schema import is_job
 
@@ -116,13 +116,13 @@ def _times(i: dict[str, Any]) -> str:
 
 def _detail(i: dict[str, Any], title: str, out: list[str]) -> None:
     rc = "-" if i["return_code"] is None else i["return_code"]
-    out.append(f"{title}: {i['status']}, return code {rc}, {_times(i)}")
+    out.append(f"{printable(title)}: {i['status']}, return code {rc}, {_times(i)}")
     if i["reason"]:
-        out.append(f"  reason: {i['reason']}")
+        out.append(f"  reason: {printable(i['reason'])}")
     text = (i["output"] or "").rstrip("\n")
     if text:
         out.append("  output:")
-        out.extend("    " + line for line in text.split("\n"))
+        out.extend("    " + printable(line.rstrip("\r")) for line in text.split("\n"))
     else:
         out.append("  output: (none)")
 
@@ -228,7 +228,7 @@ class Progress:
             out = []
             for iid, row in sorted(self.top.items(), key=lambda kv: kv[1]["computer"]):
                 latest = self.latest.get(iid)
-                where = f"{latest[1]} {latest[2]}" if latest else "-"
+                where = f"{printable(latest[1])} {latest[2]}" if latest else "-"
                 out.append(f"{row['computer']}: {row['status']} (step {where})")
             return out
         total: Counter[str] = Counter()

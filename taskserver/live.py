@@ -6,12 +6,14 @@ for ``flush_ms`` (as progress is batched) and sends them in ``reports`` batches 
 never in a batch of results and never awaited by the upstream loop, so a result is never delayed
 or put behind them. Live output is never stored: the queue holds at most ``QUEUE_BYTES`` (the
 oldest pieces go first), one batch at a time is in flight, and a batch the NS did not take is
-dropped, not sent again. Losing a piece costs a watcher a few lines; the result has them all.
+dropped, not sent again. One computer's pieces pass at ``RATE_PER_S`` (``Rate``), so one agent
+cannot crowd the others out. Losing a piece costs a watcher a few lines; the result has them all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -32,10 +34,59 @@ class Deliver(Protocol):
     def deliver(self, reports: list[Report]) -> Awaitable[None]: ...
 
 
+RATE_PER_S = 2.0
+"""Live pieces a relay takes from one computer per second, on average (an agent sends one a
+second per script; a job's parallel steps or a burst after a pause need a little more)."""
+BURST = 4
+"""Live pieces one computer may send at once, above ``RATE_PER_S``."""
+BUCKETS_KEPT = 4096
+"""Past this many computers' buckets, the full ones (idle long enough to be full) are forgotten."""
+
+
 def fits(report: Report) -> bool:
-    """Whether an agent's piece is within the size an agent sends (``LIVE_TEXT_BYTES``)."""
+    """Whether an agent's piece is within the size an agent sends (``LIVE_TEXT_BYTES`` of
+    UTF-8: counted in characters, 4096 four-byte characters would pass at four times that)."""
     live = report.live
-    return live is not None and len(live.text) <= LIVE_TEXT_BYTES
+    if live is None:
+        return False
+    text = live.text
+    if len(text) * 4 <= LIVE_TEXT_BYTES:  # no need to encode: it fits whatever its characters
+        return True
+    return (
+        len(text) <= LIVE_TEXT_BYTES
+        and len(text.encode("utf-8", "surrogatepass")) <= LIVE_TEXT_BYTES
+    )
+
+
+class Rate:
+    """A token bucket per computer: ``RATE_PER_S`` live pieces a second, ``BURST`` at once.
+
+    Without it one agent (rogue, or a loop printing as fast as it can) would fill the relay's
+    queue, push every other computer's pieces out (the oldest go first) and reach every
+    watcher through the NS. Memory stays bounded: a bucket idle for ``BURST / RATE_PER_S``
+    seconds is full, the same as none, and such buckets are forgotten past ``BUCKETS_KEPT``."""
+
+    def __init__(self, rate_per_s: float = RATE_PER_S, burst: int = BURST):
+        self.rate_per_s = rate_per_s
+        self.burst = float(burst)
+        self._buckets: dict[str, tuple[float, float]] = {}
+        """Computer -> (tokens left, when counted)."""
+
+    def take(self, computer: str, now: float) -> bool:
+        """Whether ``computer`` may send one more piece now (and count it if so)."""
+        tokens, then = self._buckets.get(computer, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - then) * self.rate_per_s)
+        if tokens < 1.0:
+            self._buckets[computer] = (tokens, now)
+            return False
+        if len(self._buckets) >= BUCKETS_KEPT and computer not in self._buckets:
+            self._forget_full(now)
+        self._buckets[computer] = (tokens - 1.0, now)
+        return True
+
+    def _forget_full(self, now: float) -> None:
+        full_after = self.burst / self.rate_per_s
+        self._buckets = {c: tb for c, tb in self._buckets.items() if now - tb[1] < full_after}
 
 
 class LiveQueue:
@@ -60,6 +111,15 @@ class LiveQueue:
         self._timer: asyncio.TimerHandle | None = None
         self._in_flight = False
         self.stats = {"live_in": 0, "live_sent": 0, "live_dropped": 0}
+        self.rate = Rate()
+
+    def admit(self, computer: str) -> bool:
+        """Whether a piece from ``computer`` is within its rate (``Rate``); one that is not is
+        dropped and counted in ``live_dropped``."""
+        if self.rate.take(computer, time.monotonic()):
+            return True
+        self.stats["live_dropped"] += 1
+        return False
 
     def __len__(self) -> int:
         return len(self._items)
@@ -67,7 +127,7 @@ class LiveQueue:
     def add(self, report: Report) -> None:
         """Queue one piece (already checked: work this relay holds for that agent)."""
         assert report.live is not None
-        cost = PIECE_COST + len(report.live.text)
+        cost = PIECE_COST + len(report.live.text)  # characters: a cheap estimate of bytes
         self._items.append((report, cost))
         self._bytes += cost
         self.stats["live_in"] += 1

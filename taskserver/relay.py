@@ -361,6 +361,7 @@ class Relay(Rollup):
                     and not h.local
                     and self._upstream is not None
                     and live_fits(r)
+                    and self.live.admit(conn.name)
                 ):
                     self.live.add(r.with_computer(conn.name))
                 continue

@@ -6,7 +6,9 @@ Writes on the hot path (``apply_reports``, ``mark_dispatched``) are one transact
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -49,6 +51,30 @@ def boot_epoch(now: float | None = None, previous: int = 0) -> int:
     if epoch == previous:
         epoch = epoch % (EPOCH_LIMIT - 1) + 1
     return epoch
+
+
+AHEAD_S = 86_400.0
+"""A time an agent reports (``started_at``, ``ended_at``, a live piece's ``at``) is kept at most
+this far ahead of the NS's clock, and never before 1970: a wrong clock or a rogue agent's 1e20
+would otherwise be stored and break every admin who shows it (docs/protocol.md, "Reports")."""
+
+
+def sane_time(ts: float | None, now: float) -> float | None:
+    """``ts`` clamped to [0, ``now`` + ``AHEAD_S``] (None stays None). A time that is not a
+    finite number raises ``ValueError``: the report that carries it is refused."""
+    if ts is None:
+        return None
+    if not math.isfinite(ts):
+        raise ValueError(f"not a finite time: {ts!r}")
+    return min(max(ts, 0.0), now + AHEAD_S)
+
+
+def _sane_times(r: Report, now: float) -> Report:
+    """``r`` with its times made sane (``sane_time``); cheap when they already are."""
+    started, ended = sane_time(r.started_at, now), sane_time(r.ended_at, now)
+    if started == r.started_at and ended == r.ended_at:
+        return r
+    return dataclasses.replace(r, started_at=started, ended_at=ended)
 
 
 def wire_id(epoch: int, row_id: int) -> int:
@@ -279,6 +305,46 @@ class RunsMixin(StoreBase):
             (limit,),
         )
 
+    async def running_runs(self, limit: int) -> list[dict[str, Any]]:
+        """Runs not ended, newest first, with their instance counts as in :meth:`runs`."""
+        return await self._all(
+            "SELECT r.id, r.task_name, r.kind, r.status, r.created_at, r.deadline, r.schedule,"
+            " count(i.id) AS total,"
+            " coalesce(sum(i.status='succeeded'), 0) AS succeeded,"
+            f" coalesce(sum(i.status IN {_TERMINAL_SQL} AND i.status!='succeeded'), 0) AS failed,"
+            f" coalesce(sum(i.status NOT IN {_TERMINAL_SQL}), 0) AS pending"
+            " FROM runs r LEFT JOIN instances i ON i.run_id=r.id AND i.parent_id IS NULL"
+            " WHERE r.status='running' GROUP BY r.id ORDER BY r.id DESC LIMIT ?",
+            (limit,),
+        )
+
+    async def recent_failures(self, limit: int, runs: int = 200) -> list[dict[str, Any]]:
+        """The last ``limit`` top-level instances that ended ``failed`` or ``timed_out``, among
+        the newest ``runs`` runs (so the read stays on the run index, not a scan of every
+        instance ever kept), latest end first."""
+        return await self._all(
+            "SELECT i.id AS instance_id, i.run_id, r.task_name, i.step, i.computer, i.status,"
+            " i.return_code, i.reason, i.ended_at FROM instances i JOIN runs r ON r.id=i.run_id"
+            " WHERE i.run_id IN (SELECT id FROM runs ORDER BY id DESC LIMIT ?)"
+            " AND i.parent_id IS NULL AND i.status IN ('failed', 'timed_out')"
+            " ORDER BY i.ended_at DESC, i.id DESC LIMIT ?",
+            (runs, limit),
+        )
+
+    async def computer_runs(self, computer_id: int, limit: int) -> list[dict[str, Any]]:
+        """Every run with a top-level instance on a computer, newest first, with that
+        instance's state there (for a server job with several steps on it: its latest step's
+        instance). Found through the ``instances_computer`` index."""
+        return await self._all(
+            "SELECT r.id AS run_id, r.task_name, r.kind, r.status AS run_status, r.created_at,"
+            " i.id AS instance_id, i.step, i.status, i.return_code, i.reason, i.started_at,"
+            " i.ended_at FROM instances i JOIN runs r ON r.id=i.run_id"
+            " WHERE i.id IN (SELECT max(id) FROM instances"
+            "  WHERE computer_id=? AND parent_id IS NULL GROUP BY run_id)"
+            " ORDER BY r.id DESC LIMIT ?",
+            (computer_id, limit),
+        )
+
     async def instances(self, run_id: int) -> list[dict[str, Any]]:
         return await self._all(
             "SELECT id, step, parent_id, computer, computer_id, route, status, return_code, output, reason,"
@@ -372,7 +438,8 @@ class RunsMixin(StoreBase):
         ignored: a repeated or late result changes nothing. A report with a ``step`` is a
         step of a client job: it creates or moves that step's row under the instance, only if
         the instance runs a client job whose program has that step, and (to create the row)
-        the instance has not ended; any other step report is refused and counted.
+        the instance has not ended; any other step report is refused and counted. Report
+        times are made sane first (``sane_time``): not finite, refused; far off, clamped.
         """
         if not reports:
             return []
@@ -382,8 +449,14 @@ class RunsMixin(StoreBase):
         parents = await self._by_ids(list({r.instance_id for r in reports}))
         mine: list[tuple[Report, Parent, str]] = []  # (report, its instance, the step's row name)
         with_steps = False
+        clock = time.time()
         for n, r in enumerate(reports):
             parent = parents.get(r.instance_id)
+            try:
+                r = _sane_times(r, clock)
+            except ValueError:
+                self.refused += 1  # NaN or inf: no time to keep, so not the report either
+                continue
             if parent is None or (r.computer and r.computer != parent.computer):
                 self.refused += 1
                 continue
