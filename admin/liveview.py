@@ -29,6 +29,10 @@ def _prefix(item: dict[str, Any]) -> str:
     return f"{computer} [{printable(step)}] | " if step else f"{computer} | "
 
 
+HELD_MAX = 4096
+"""The most of an unfinished line held back per script; past it, the text is shown as it is."""
+
+
 class Lines:
     """Whole lines out of pieces of output, per instance and step, each with its prefix."""
 
@@ -50,6 +54,11 @@ class Lines:
             out.append(f"{prefix}[... {skipped} bytes skipped ...]")
         *whole, rest = (held + str(item.get("text") or "")).split("\n")
         out.extend(prefix + printable(line.rstrip("\r")) for line in whole)
+        if len(rest) > HELD_MAX:
+            # A script that never ends a line (a progress bar, `yes | tr -d '\n'`): shown as it
+            # comes, in pieces, rather than held for the whole run.
+            out.append(prefix + printable(rest) + " …")
+            rest = ""
         if rest:
             self._partial[key] = (prefix, rest)
         return out

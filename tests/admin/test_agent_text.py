@@ -88,6 +88,16 @@ def test_watch_lines_escape_text_a_lone_cr_and_the_step_name():
     assert Lines().take({"instance_id": 2, "computer": "pc-1", "text": "dos\r\n"}) == ["pc-1 | dos"]
 
 
+def test_a_line_that_never_ends_is_shown_in_pieces_not_held_for_the_whole_run():
+    lines = Lines()
+    shown: list[str] = []
+    for _ in range(10):  # 10 pieces of 1,000 characters, no newline: a progress bar
+        shown += lines.take({"instance_id": 3, "computer": "pc-1", "text": "#" * 1000})
+    assert shown == ["pc-1 | " + "#" * 5000 + " …"] * 2  # each time past 4 KiB held
+    more = lines.take({"instance_id": 3, "computer": "pc-1", "text": "done"})
+    assert more == [] and lines.end(3) == ["pc-1 | done"]
+
+
 def test_times_no_date_fits_are_shown_as_numbers():
     assert iso(1.5) == "1970-01-01T00:00:01.500000Z"
     assert iso(1e20) == "1e+20"
