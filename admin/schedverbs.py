@@ -27,7 +27,9 @@ async def v_schedule(c: AdminClient, args: argparse.Namespace) -> int:
     except RemoteError as exc:
         if exc.code != "unknown_schedule":
             raise
-        print(f"taskfleet: {exc.message}", file=sys.stderr)
+        # An unknown name is a usage error (exit 2), which admin/cli.py's common handler gives
+        # only to the codes it lists; the error's shape (JSON with --json) is the shared one.
+        schema.print_error(args.json, exc.code, exc.message)
         return EXIT_USAGE
     if args.json:
         _print_json(schema.record(result))

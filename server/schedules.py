@@ -19,19 +19,29 @@ changes the way Debian's cron does), never by a parser of ours.
 time, sleeps until the earliest (woken at once when a schedule changes), and starts an ordinary
 run through the same path as ``run.start`` (``server.adminops.runs.start_from_args``), with the
 schedule's name on the run, audited as ``schedule:NAME``. Each firing is recorded under the key
-(schedule, time) *before* its run starts, so no time fires twice, also across a restart. Its
-clock is injected (:class:`Clock`): tests drive it without sleeping.
+(schedule, time) *before* its run starts, so no time fires twice, also across a restart, and
+only while the schedule is still what the pass read (a change made meanwhile wins). Its clock
+is injected (:class:`Clock`): tests drive it without sleeping.
+
+Every search runs on the NS's event loop, so each is bounded: by a span of time
+(:data:`HORIZON_S`), never a count of candidates, and a window is applied by jumping to its
+next opening rather than by trying every time outside it (:class:`When`). A schedule no time
+of which falls in its window is refused at save. The searches made are kept (:func:`next_time`),
+so ``schedules`` and ``schedule show`` reuse what the scheduler found.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -47,8 +57,14 @@ MISSED_GRACE_S = 60.0
 stalled): ``missed = "skip"`` lets it go, ``"run-once"`` runs the latest such time once."""
 IDLE_WAKE_S = 60.0
 """The wall clock is looked at again at least this often (it may have been set meanwhile)."""
-SEARCH_LIMIT = 100_000
-"""Candidate times tried when a window rules most out; past this a schedule has no next time."""
+HORIZON_S = 366 * 86400.0
+"""How far a search for a schedule's time looks (ahead for the next, back for the latest
+missed): a span of time, not a count of candidates, so a dense cron (every minute of one
+hour) costs no more than a sparse one. A window no time falls in within it is refused at
+save; a search that reaches it gives up (None)."""
+MAX_EVERY_S = 366 * 86400
+"""The longest ``every``: rarer times are what ``cron`` and ``at`` are for (and a huge one
+put firing times past the year 9999)."""
 MISSED = ("skip", "run-once")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
@@ -81,10 +97,13 @@ def parse_every(text: str) -> int:
     return ((d * 24 + h) * 60 + mi) * 60 + s
 
 
-def validate_schedule(doc: Any) -> dict[str, Any]:
-    """Check a schedule document; return it normalized (defaults filled in). Every problem is
-    reported at its field path (``window.start``, ``targets.groups``); whether ``run`` and the
-    targets exist is checked by the caller, against the saved catalog."""
+def validate_schedule(doc: Any, *, now: float) -> dict[str, Any]:
+    """Check a schedule document saved at ``now`` (the schedules' clock); return it normalized
+    (defaults filled in). Every problem is reported at its field path (``window.start``,
+    ``targets.groups``); whether ``run`` and the targets exist is checked by the caller, against
+    the saved catalog. A schedule that could never fire (an ``at`` in the past or outside its
+    window, a window none of its times fall in within :data:`HORIZON_S`) is refused here: saved,
+    it would fire never, silently, and its searches would cost the NS for nothing."""
     if not isinstance(doc, dict):
         raise ValidationError("schedule document", [Problem("(document)", "must be a table")])
     problems: list[Problem] = []
@@ -113,6 +132,8 @@ def validate_schedule(doc: Any) -> dict[str, Any]:
         "enabled": doc.get("enabled", True),
     }
     out.update(_when(doc, problems))
+    if not problems:
+        _can_fire(out, now, problems)
     if problems:
         label = f"schedule {name!r}" if isinstance(name, str) else "schedule document"
         raise ValidationError(label, problems)
@@ -176,8 +197,11 @@ def _when(doc: dict[str, Any], problems: list[Problem]) -> dict[str, Any]:
     if "every" in doc:
         out["every"] = doc["every"]
         try:
-            if parse_every(doc["every"]) < MIN_EVERY_S:
+            every_s = parse_every(doc["every"])
+            if every_s < MIN_EVERY_S:
                 problems.append(Problem("every", "must be at least 1m"))
+            elif every_s > MAX_EVERY_S:
+                problems.append(Problem("every", "at most 366d; use cron or at for rarer times"))
         except ValueError as exc:
             problems.append(Problem("every", str(exc)))
     window = doc.get("window")
@@ -191,11 +215,23 @@ def _when(doc: dict[str, Any], problems: list[Problem]) -> dict[str, Any]:
                     problems.append(Problem(f"window.{key}", 'must be a time "HH:MM"'))
             if window["start"] == window["end"]:
                 problems.append(Problem("window.end", "must differ from window.start"))
-    if not problems and "at" in doc and window is not None and zone is not None:
-        at = _instant(doc["at"])
-        if at is not None and not in_window(at, _window(window), zone):
-            problems.append(Problem("at", "lies outside the window: it would never fire"))
     return out
+
+
+def _can_fire(definition: dict[str, Any], now: float, problems: list[Problem]) -> None:
+    """Refuse a valid-looking schedule that would never fire, counting from ``now`` (its
+    ``every`` counts from its save, which is now)."""
+    when = When.of(definition)
+    if when.at is not None:
+        if when.at <= now:
+            problems.append(Problem("at", f"{definition['at']} is in the past; give a future time"))
+        elif not when.fits(when.at):
+            problems.append(Problem("at", "lies outside the window: it would never fire"))
+    elif when.window is not None and when.next_after(now, now) is None:
+        problems.append(Problem("window", NO_TIME_IN_WINDOW))
+
+
+NO_TIME_IN_WINDOW = "no time of this schedule falls in its window in the next 366 days"
 
 
 def _zone(name: Any, problems: list[Problem]) -> ZoneInfo | None:
@@ -242,10 +278,102 @@ def in_window(t: float, window: tuple[int, int] | None, zone: ZoneInfo) -> bool:
 # -- times --------------------------------------------------------------------------------
 
 
+class SearchTally:
+    """Candidate times examined by every search of this process: what schedules cost the NS.
+    A candidate is one step of a cron expression or of an interval and one look at its local
+    time; tests bound the count instead of timing the event loop."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+
+TALLY = SearchTally()
+
+
+def _offset(t: float, zone: ZoneInfo) -> timedelta | None:
+    return datetime.fromtimestamp(t, zone).utcoffset()
+
+
+def _wall(day: date, minute: int, zone: ZoneInfo) -> tuple[float, float]:
+    """The instants a wall-clock time of ``day`` may name (two in a repeated hour, or around
+    a skipped one), earliest first."""
+    naive = datetime.combine(day, dtime(minute // 60, minute % 60))
+    a, b = (naive.replace(tzinfo=zone, fold=f).timestamp() for f in (0, 1))
+    return (a, b) if a <= b else (b, a)
+
+
+def _change(a: float, b: float, zone: ZoneInfo) -> float:
+    """The first whole second in ``(a, b]`` whose UTC offset differs from ``a``'s (the caller
+    knows ``b``'s does): a bisection, about 17 looks for a day."""
+    lo, hi, before = math.floor(a), math.ceil(b), _offset(a, zone)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if _offset(mid, zone) == before else (lo, mid)
+    return float(hi)
+
+
+class _Walk:
+    """The raw candidate times of a cron or ``every`` schedule in one direction (the window not
+    applied), which can jump: ``forward`` gives times after a point, ascending, and jumps to
+    the first at or after a target; backward gives times at or before a point, descending, and
+    jumps to the last before a target. ``every`` jumps by arithmetic; cron starts ``cronsim``
+    again at the target (its own stepping is by calendar fields, not minutes)."""
+
+    def __init__(self, when: When, anchor: float, forward: bool):
+        self.when, self.anchor, self.forward = when, anchor, forward
+        self._cron: CronSim | None = None
+        self._k = 0
+
+    def start(self, t: float) -> float | None:
+        """The first candidate after ``t`` (forward) or at or before it (backward)."""
+        every = self.when.every_s
+        if every is not None:
+            k = math.floor((t - self.anchor) / every)
+            return self._at(k + 1 if self.forward else k)
+        if self.forward:
+            return self._cron_from(datetime.fromtimestamp(t, self.when.zone))
+        # cronsim's reverse steps strictly before its start: start one second later.
+        return self._cron_from(datetime.fromtimestamp(math.floor(t) + 1, self.when.zone))
+
+    def jump(self, target: float) -> float | None:
+        """The first candidate at or after ``target`` (forward), the last before it (back)."""
+        every = self.when.every_s
+        if every is not None:
+            k = math.ceil((target - self.anchor) / every)
+            return self._at(max(k, self._k + 1) if self.forward else min(k - 1, self._k - 1))
+        # Cron times are whole seconds: starting at ceil(target) - 1 (forward) or ceil(target)
+        # (backward) gives times >= target, or < target.
+        edge = math.ceil(target) - (1 if self.forward else 0)
+        return self._cron_from(datetime.fromtimestamp(edge, self.when.zone))
+
+    def step(self) -> float | None:
+        """The next candidate in this walk's direction."""
+        if self.when.every_s is not None:
+            return self._at(self._k + (1 if self.forward else -1))
+        if self._cron is None:
+            return None
+        dt = next(self._cron, None)  # None: cronsim found nothing in 50 years
+        return None if dt is None else dt.timestamp()
+
+    def _at(self, k: int) -> float | None:
+        assert self.when.every_s is not None
+        self._k = max(k, 1) if self.forward else k
+        return self.anchor + self._k * self.when.every_s if self._k >= 1 else None
+
+    def _cron_from(self, start: datetime) -> float | None:
+        assert self.when.cron is not None
+        self._cron = CronSim(self.when.cron, start, reverse=not self.forward)
+        return self.step()
+
+
 @dataclass(frozen=True)
 class When:
     """When a (valid) schedule fires: its times, in UNIX seconds. ``anchor`` is the schedule's
-    start (saved or enabled), from which ``every`` counts."""
+    start (saved or enabled), from which ``every`` counts.
+
+    A window is applied by jumping, never by trying every candidate: a time outside it sends
+    the search to the window's next opening (or, backward, its previous closing), so a search
+    costs about one candidate per day it spans, and it spans at most :data:`HORIZON_S`."""
 
     zone: ZoneInfo
     cron: str | None = None
@@ -265,50 +393,46 @@ class When:
             window=_window(window) if window else None,
         )
 
-    def _raw_after(self, t: float, anchor: float) -> Any:
-        """Candidate times after ``t``, ascending (the window not applied)."""
-        if self.cron is not None:
-            for dt in CronSim(self.cron, datetime.fromtimestamp(t, self.zone)):
-                yield dt.timestamp()
-        elif self.every_s is not None:
-            k = max(1, math.floor((t - anchor) / self.every_s) + 1)
-            while True:
-                yield anchor + k * self.every_s
-                k += 1
-        elif self.at is not None and self.at > t:
-            yield self.at
-
-    def _raw_before(self, t: float, anchor: float) -> Any:
-        """Candidate times at or before ``t``, descending (the window not applied)."""
-        if self.cron is not None:
-            # cronsim's reverse steps strictly before its start: start one second later.
-            start = datetime.fromtimestamp(math.floor(t) + 1, self.zone)
-            for dt in CronSim(self.cron, start, reverse=True):
-                yield dt.timestamp()
-        elif self.every_s is not None:
-            k = math.floor((t - anchor) / self.every_s)
-            while k >= 1:
-                yield anchor + k * self.every_s
-                k -= 1
-        elif self.at is not None and self.at <= t:
-            yield self.at
+    def fits(self, t: float) -> bool:
+        """Whether ``t`` is inside the window (always, without one)."""
+        return in_window(t, self.window, self.zone)
 
     def next_after(self, t: float, anchor: float) -> float | None:
-        """The first firing time after ``t`` (None: there is none)."""
-        for n, due in enumerate(self._raw_after(t, anchor)):
-            if n >= SEARCH_LIMIT:
-                return None
-            if due > t and in_window(due, self.window, self.zone):
+        """The first firing time after ``t`` (None: there is none, or none inside the window
+        within :data:`HORIZON_S`)."""
+        if self.at is not None or (self.cron is None and self.every_s is None):
+            return self.at if self.at is not None and self.at > t and self.fits(self.at) else None
+        walk, limit, low = _Walk(self, anchor, True), t + HORIZON_S, t
+        due = walk.start(t)
+        while due is not None:
+            TALLY.steps += 1
+            if due > low and self.fits(due):
                 return float(due)
+            if due > limit:
+                return None
+            target = self._opening_after(due) if due > low else due
+            if target > due:
+                # Around a clock change cronsim may give a time before its start: not wanted.
+                low = max(low, target - 1e-6)
+                due = walk.jump(target)
+            else:
+                due = walk.step()
         return None
 
     def latest_in(self, after: float, t: float, anchor: float) -> float | None:
-        """The latest firing time in ``(after, t]`` (None: there is none)."""
-        for n, due in enumerate(self._raw_before(t, anchor)):
-            if n >= SEARCH_LIMIT or due <= after:
-                return None
-            if due <= t and in_window(due, self.window, self.zone):
+        """The latest firing time in ``(after, t]``, looking back at most :data:`HORIZON_S`
+        (None: there is none)."""
+        if self.at is not None or (self.cron is None and self.every_s is None):
+            inside = self.at is not None and after < self.at <= t and self.fits(self.at)
+            return self.at if inside else None
+        walk, floor = _Walk(self, anchor, False), max(after, t - HORIZON_S)
+        due = walk.start(t)
+        while due is not None and due > floor:
+            TALLY.steps += 1
+            if due <= t and self.fits(due):
                 return float(due)
+            target = self._closing_before(due)
+            due = walk.jump(target) if target < due else walk.step()
         return None
 
     def upcoming(self, t: float, anchor: float, count: int) -> list[float]:
@@ -319,6 +443,109 @@ class When:
             t = due
         return times
 
+    def _opening_after(self, t: float) -> float:
+        """No time after ``t`` (outside the window) is inside it before this: the window's next
+        opening, earliest reading of its wall time; if the clocks go back first, the moment
+        they do (the wall time may then come back into the window the same day)."""
+        assert self.window is not None
+        start, end = self.window
+        local = datetime.fromtimestamp(t, self.zone)
+        day = local.date()
+        if start < end and local.hour * 60 + local.minute >= end:
+            day += timedelta(days=1)
+        opening = _wall(day, start, self.zone)[0]
+        if opening > t and _back(t, opening, self.zone):
+            opening = min(opening, _change(t, opening, self.zone))
+        return opening
+
+    def _closing_before(self, t: float) -> float:
+        """No time before ``t`` (outside the window) is inside it after this: the window's
+        previous closing, latest reading of its wall time; if the clocks went back since, the
+        moment they did."""
+        assert self.window is not None
+        start, end = self.window
+        local = datetime.fromtimestamp(t, self.zone)
+        day = local.date()
+        if start < end and local.hour * 60 + local.minute < start:
+            day -= timedelta(days=1)
+        closing = _wall(day, end, self.zone)[1]
+        if closing < t and _back(closing, t, self.zone):
+            closing = max(closing, _change(closing, t, self.zone))
+        return closing
+
+
+def _back(a: float, b: float, zone: ZoneInfo) -> bool:
+    """Whether the clocks are set back between ``a`` and ``b`` (its UTC offset shrinks)."""
+    before, after = _offset(a, zone), _offset(b, zone)
+    return before is not None and after is not None and after < before
+
+
+class _Memo:
+    """The last searches per schedule (its definition and anchor): a found next time ``n``
+    from ``t`` answers any look from ``[t, n)`` (no time lies between), a search that found
+    none answers for :data:`NONE_KEPT_S`. The scheduler's pass and ``schedules``/``schedule
+    show`` look up the same entries, so a listing recomputes nothing the scheduler knows, and
+    each schedule is searched again only when it fires, changes or its time passes."""
+
+    SIZE = 4096
+    KEPT = 2
+    """Searches kept per schedule: the scheduler's (from its last firing) and a listing's
+    (from now) differ while a time is due."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[str, tuple[When, list[tuple[float, float | None]]]] = (
+            OrderedDict()
+        )
+
+    def next_after(self, definition: dict[str, Any], t: float, anchor: float) -> float | None:
+        key = f"{anchor!r} {json.dumps(definition, sort_keys=True)}"
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = (When.of(definition), [])
+            self._entries[key] = entry
+            if len(self._entries) > self.SIZE:
+                self._entries.popitem(last=False)
+        self._entries.move_to_end(key)
+        when, searches = entry
+        for start, found in searches:
+            if start <= t and (t < found if found is not None else t <= start + NONE_KEPT_S):
+                return found
+        found = when.next_after(t, anchor)
+        searches.insert(0, (t, found))
+        del searches[self.KEPT :]
+        return found
+
+
+NONE_KEPT_S = 3600.0
+"""How long a search that found no time (within :data:`HORIZON_S`) answers for."""
+_MEMO = _Memo()
+
+
+def next_time(definition: dict[str, Any], t: float, anchor: float) -> float | None:
+    """A schedule's first firing time after ``t``, through the shared memo of searches."""
+    return _MEMO.next_after(definition, t, anchor)
+
+
+def upcoming(row: dict[str, Any], now: float, count: int) -> list[float]:
+    """The next ``count`` firing times after ``now`` of the schedule ``row`` (as the store
+    gives it), for ``schedules`` and ``schedule show``. The first is looked up from where the
+    scheduler's pass looks (:func:`search_base`), so it is the search the scheduler made; only
+    a time due and not yet fired needs a search from ``now``."""
+    definition, anchor = row["definition"], float(row["since"])
+    first = next_time(definition, search_base(row, now), anchor)
+    if first is not None and first <= now:
+        first = next_time(definition, now, anchor)
+    if first is None or count < 1:
+        return []
+    return [first, *When.of(definition).upcoming(first, anchor, count - 1)]
+
+
+def search_base(row: dict[str, Any], now: float, skipped: float = 0.0) -> float:
+    """Where the search for a schedule's next time starts: its last firing, its save or
+    enable, or a time it let go (``skipped``), whichever is latest; but times more than
+    :data:`HORIZON_S` before ``now`` (an NS down for over a year) are not weighed."""
+    return max(base_of(row), skipped, now - HORIZON_S)
+
 
 def base_of(row: dict[str, Any]) -> float:
     """The time a schedule's next firing counts from: its last recorded firing, or when it was
@@ -327,10 +554,15 @@ def base_of(row: dict[str, Any]) -> float:
 
 
 def iso(t: float | None) -> str | None:
-    """UNIX seconds as ISO 8601 UTC (None stays None)."""
+    """UNIX seconds as ISO 8601 UTC. Total: None, and a time no date can show (not finite,
+    past the year 9999: a row saved before the limits), give None, so one bad row never
+    breaks a listing."""
     if t is None:
         return None
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    try:
+        return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 # -- the scheduler ------------------------------------------------------------------------
@@ -384,6 +616,10 @@ class Scheduler:
                 self.ns.log.exception("scheduler_pass_failed")
                 rows = []
             for row in rows:
+                # Let the loop run between schedules: a pass never holds it for more than one
+                # schedule's search (a few ms; ~20 for a row an older NS saved that has no
+                # time in its window, once, until it is kept).
+                await asyncio.sleep(0)
                 try:
                     due = await self._pass(row) if row["enabled"] else None
                 except Exception:
@@ -417,29 +653,33 @@ class Scheduler:
             self.ns.log.error("schedule_unreadable", schedule=name)
             return None
         now = self.clock.now()
-        base = max(base_of(row), self._skipped.get(name, 0.0))
+        base = search_base(row, now, self._skipped.get(name, 0.0))
         anchor = float(row["since"])
-        first = when.next_after(base, anchor)
+        first = next_time(definition, base, anchor)
         if first is None or first > now:
             return first
         latest = when.latest_in(base, now, anchor)
-        if latest is None:  # only if the window's search limit was reached
-            return when.next_after(now, anchor)
+        if latest is None:  # cannot be (first is one), unless the clock moved meanwhile
+            latest = first
         if now - latest <= MISSED_GRACE_S or definition.get("missed") == "run-once":
             if latest > first:
                 self.ns.log.warning(
                     "schedule_missed", schedule=name, since=iso(first), running_once=iso(latest)
                 )
-            await self.fire(name, definition, latest)
+            await self.fire(row, latest)
         else:
             self._skipped[name] = latest
             self.ns.log.warning("schedule_missed", schedule=name, skipped_through=iso(latest))
-        return when.next_after(latest, anchor)
+        return next_time(definition, latest, anchor)
 
-    async def fire(self, name: str, definition: dict[str, Any], due: float) -> int | None:
-        """Start the run of ``name`` for its time ``due``, once: the firing is recorded first
-        (a time already recorded is not fired again). Returns the run's id (None: none)."""
-        if not await self.ns.db.claim_firing(name, due):
+    async def fire(self, row: dict[str, Any], due: float) -> int | None:
+        """Start the run of the schedule ``row`` (as the pass read it) for its time ``due``,
+        once: the firing is recorded first, and only while the schedule is still saved,
+        enabled and unchanged since ``row`` was read (a time already recorded, or a schedule
+        disabled, deleted or replaced meanwhile, is not fired). Returns the run's id (None:
+        none)."""
+        name, definition = row["name"], row["definition"]
+        if not await self.ns.db.claim_firing(row, due):
             return None
         targets = definition.get("targets", {})
         args = {

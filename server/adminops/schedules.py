@@ -14,7 +14,13 @@ from runtime.link import Link
 from server.adminops.base import ApiError, _arg, _document, op
 from server.adminops.runs import start_from_args
 from server.interface import NS
-from server.schedules import When, base_of, iso, validate_schedule
+from server.schedules import (
+    NO_TIME_IN_WINDOW,
+    When,
+    iso,
+    upcoming,
+    validate_schedule,
+)
 
 NEXT_SHOWN = 5
 """How many next firings ``schedule show`` lists."""
@@ -33,7 +39,7 @@ _TARGET_PATHS = {
 async def schedule_add(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     """Save a schedule document (replacing one of that name); its times count from now."""
     try:
-        definition = validate_schedule(_document(args))
+        definition = validate_schedule(_document(args), now=ns.schedule_now())
     except ValidationError as exc:
         raise ApiError("invalid_document", str(exc)) from None
     targets = definition["targets"]
@@ -71,11 +77,15 @@ async def _schedule_or_refuse(ns: NS, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _next(row: dict[str, Any], now: float, count: int) -> list[float]:
-    """The next ``count`` firing times of a schedule row (none while it is disabled)."""
+    """The next ``count`` firing times of a schedule row (none while it is disabled). The
+    first comes from the searches the scheduler already made (``server.schedules.next_time``),
+    so listing many schedules costs no search per request."""
     if not row["enabled"]:
         return []
-    when = When.of(row["definition"])
-    return when.upcoming(max(base_of(row), now), float(row["since"]), count)
+    try:
+        return upcoming(row, now, count)
+    except (ValueError, KeyError):  # a row this NS cannot read (its time zone is gone...)
+        return []
 
 
 def _when_text(definition: dict[str, Any]) -> str:
@@ -116,7 +126,7 @@ async def schedule_show(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return {
         "document": row["definition"],
         "enabled": row["enabled"],
-        "next": [iso(t) for t in _next(row, ns.schedule_now(), NEXT_SHOWN)],
+        "next": [at for at in map(iso, _next(row, ns.schedule_now(), NEXT_SHOWN)) if at],
         "last_at": iso(row["last_due"]),
         "last_run_id": row["last_run_id"],
         "last_outcome": row["last_outcome"],
@@ -125,10 +135,24 @@ async def schedule_show(ns: NS, link: Link, args: dict[str, Any]) -> Any:
 
 async def _switch(ns: NS, args: dict[str, Any], enabled: bool) -> dict[str, Any]:
     row = await _schedule_or_refuse(ns, args)
+    if enabled and not row["enabled"]:
+        _refuse_if_never(row, ns.schedule_now())
     if row["enabled"] != enabled:
         await ns.db.set_schedule_enabled(row["name"], enabled, ns.schedule_now())
         ns.schedules_changed()
     return {"schedule": row["name"], "enabled": enabled, "changed": row["enabled"] != enabled}
+
+
+def _refuse_if_never(row: dict[str, Any], now: float) -> None:
+    """Enabling counts an ``every`` from now: refuse when none of its times would then fall in
+    its window (the save-time rule, :func:`server.schedules.validate_schedule`)."""
+    when = When.of(row["definition"])
+    if when.window is not None and when.at is None and when.next_after(now, now) is None:
+        raise ApiError(
+            "bad_request",
+            f"schedule {row['name']!r}: counted from now, {NO_TIME_IN_WINDOW}; change its"
+            " every or window and save it again (`taskfleet schedule add`)",
+        )
 
 
 @op("schedule.enable")

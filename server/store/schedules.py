@@ -40,7 +40,8 @@ class SchedulesMixin(StoreBase):
         return replaced is not None
 
     async def schedules(self) -> list[dict[str, Any]]:
-        """Every schedule with its last firing (scheduled time, run id, outcome), by name."""
+        """Every schedule with its last firing (scheduled time, run id, outcome), by name;
+        ``stored`` is the definition's text as stored (what :meth:`claim_firing` compares)."""
         rows = await self._all(
             "SELECT s.name, s.definition, s.enabled, s.since, s.updated_at,"
             " f.due_at AS last_due, f.run_id AS last_run_id, f.outcome AS last_outcome"
@@ -49,6 +50,7 @@ class SchedulesMixin(StoreBase):
             " ORDER BY s.name"
         )
         for r in rows:
+            r["stored"] = r["definition"]
             r["definition"] = json.loads(r["definition"])
             r["enabled"] = bool(r["enabled"])
         return rows
@@ -71,14 +73,28 @@ class SchedulesMixin(StoreBase):
         await self.db.execute_fetchall("DELETE FROM schedules WHERE name=?", (name,))
         await self.db.commit()
 
-    async def claim_firing(self, schedule: str, due_at: float) -> bool:
-        """Record that ``schedule`` fires for ``due_at``, durably; False if that time was
-        already recorded (it must not fire again)."""
+    async def claim_firing(self, row: dict[str, Any], due_at: float) -> bool:
+        """Record that the schedule ``row`` (as :meth:`schedules` gave it) fires for
+        ``due_at``, durably; False if that time was already recorded (it must not fire again),
+        or if the schedule is no longer what the caller read: deleted, disabled, enabled again
+        or replaced since (its ``updated_at`` and stored definition are compared). The check and the
+        record are one statement, so a change an admin makes while the scheduler's pass is
+        starting other runs is never overtaken by a stale read (and a deleted schedule gets
+        no firing row that nothing would ever remove)."""
         # OR IGNORE, not a caught IntegrityError: a rollback on the shared connection would
         # also undo what another part of the NS wrote and had not committed yet.
         cur = await self.db.execute(
-            "INSERT OR IGNORE INTO schedule_firings(schedule, due_at, fired_at) VALUES (?, ?, ?)",
-            (schedule, due_at, time.time()),
+            "INSERT OR IGNORE INTO schedule_firings(schedule, due_at, fired_at)"
+            " SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM schedules"
+            " WHERE name=? AND enabled=1 AND updated_at=? AND definition=?)",
+            (
+                row["name"],
+                due_at,
+                time.time(),
+                row["name"],
+                row["updated_at"],
+                row["stored"],
+            ),
         )
         claimed = cur.rowcount == 1
         await cur.close()

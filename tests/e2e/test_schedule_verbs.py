@@ -99,3 +99,37 @@ async def test_roles_for_schedules_and_purge(fleet, tmp_path):
     assert dry["cutoffs"]["log"] is None and dry["cutoffs"]["runs"].endswith("Z")
     done = await fleet.cli_json("purge")
     assert done["dry_run"] is False and done["runs"] == dry["runs"] == 0
+
+
+async def test_unknown_names_and_schedules_that_never_fire_are_usage_errors(fleet, tmp_path):
+    """``schedule show|enable|disable|delete NOPE --json`` prints the one JSON error shape
+    (docs/json.md) with exit 2; a window no time of the schedule falls in, and an ``at`` in the
+    past, are refused at save with exit 2 and the field to fix."""
+    await fleet.server()
+    async with fleet.admin() as c:
+        await c.call("task.add", document=NOTE)
+    for action in ("show", "enable", "disable", "delete"):
+        code, out, err = await fleet.cli("schedule", action, "nope", "--json")
+        assert code == 2 and out == "", (action, err)
+        error = json.loads(err.strip().splitlines()[-1])["error"]
+        assert error["code"] == "unknown_schedule", action
+        assert error["message"].startswith("no schedule named 'nope'")
+
+    never = tmp_path / "never.toml"
+    never.write_text(
+        'name = "never"\nrun = "note"\ncron = "0 3 * * *"\n'
+        'window = { start = "22:00", end = "23:00" }\n'
+    )
+    code, _, err = await fleet.cli("schedule", "add", str(never))
+    assert code == 2, err
+    assert "window: no time of this schedule falls in its window in the next 366 days" in err
+    past = tmp_path / "past.toml"
+    past.write_text('name = "past"\nrun = "note"\nat = "2020-01-01T00:00:00+00:00"\n')
+    code, _, err = await fleet.cli("schedule", "add", str(past))
+    assert code == 2, err
+    assert "at: 2020-01-01T00:00:00+00:00 is in the past; give a future time" in err
+    huge = tmp_path / "huge.toml"
+    huge.write_text('name = "huge"\nrun = "note"\nevery = "99999999999d"\n')
+    code, _, err = await fleet.cli("schedule", "add", str(huge))
+    assert code == 2 and "every: at most 366d; use cron or at for rarer times" in err, err
+    assert await fleet.cli_json("schedules") == []
