@@ -236,6 +236,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         min_free_bytes=int(args.min_free_mb * (1 << 20)),
         admin_port=args.admin_port,
         retention=_retention(args),
+        console=args.console,
     )
 
     def announce() -> None:
@@ -252,6 +253,10 @@ def cmd_server(args: argparse.Namespace) -> int:
             )
             if ns.ca_file:
                 print(f"taskfleet: or trust the CA file {ns.ca_file} (--ca)", flush=True)
+        console = ns.admin_url or (ns.url if args.console else None)
+        if console and console.startswith("wss://"):
+            where = console.removeprefix("wss://").rstrip("/")
+            print(f"taskfleet: web console at https://{where}/ (docs/console.md)", flush=True)
 
     def ready() -> str:
         return f"taskfleet server ready url={ns.url} fingerprint={ns.tls_fingerprint or '-'}" + (
@@ -456,6 +461,12 @@ def add_role_parsers(
         "reconnect storm of agents never keeps an admin out (0: any free port; default: none). "
         "Without it an admin is still served on the main port while one address floods it: an "
         "address keeps at most 16 handshake places once others are waiting",
+    )
+    s.add_argument(
+        "--console",
+        action="store_true",
+        help="serve the web console on the main listener too (a small site; docs/console.md). "
+        "It is always served on --admin-port",
     )
     s.add_argument(
         "--min-free-mb",

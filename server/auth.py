@@ -78,6 +78,10 @@ OP_ROLE: dict[str, str] = {
     "messages.watch": "viewer",
     "schedules.list": "viewer",
     "schedule.show": "viewer",
+    # The web console's pages (issue 21): reads only.
+    "fleet.summary": "viewer",
+    "computer.show": "viewer",
+    "computer.runs": "viewer",
     "run.start": "operator",
     # A schedule starts runs of saved tasks and jobs later: what an operator may do now.
     "schedule.add": "operator",

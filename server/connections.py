@@ -293,7 +293,9 @@ async def serve_admin(ns: NS, link: Link, hello: Hello, facts: dict[str, Any]) -
                 reply_to=hello.id,
                 version=PROTOCOL_VERSION,
                 server=ns.name,
-                config={"admin": who, "role": role},
+                # The op -> least role table, so a client (the web console) offers only what
+                # this admin may do; ops not in it need "admin". The NS checks every op anyway.
+                config={"admin": who, "role": role, "op_roles": dict(auth.OP_ROLE)},
             )
         )
         link.handshake_done()

@@ -34,6 +34,7 @@ from runtime.runner import ScriptRun
 from runtime.tls import ensure_certificates, file_fingerprint, server_context
 from server.auth import bootstrap_admin
 from server.connections import ADMIN_ONLY, ALL_ROLES, serve
+from server.console import Console, http_hook
 from server.dispatch import Dispatcher
 from server.guards import AdminSessions, Alerts
 from server.interface import NS
@@ -95,6 +96,7 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         admin_port: int | None = None,
         retention: dict[str, float | None] | None = None,
         clock: Clock | None = None,
+        console: bool = False,
     ):
         self.data_dir = data_dir
         self.retention = retention or {}
@@ -180,8 +182,17 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         self.metrics = NSMetrics(self)
         """``/metrics``, ``/healthz`` and ``/readyz``: on the admin listener if there is one
         (administrators only reach it), else on the main one (``runtime.metrics``)."""
-        http_gate = self.gate if admin_port is None else self.admin_gate
-        http_gate.http = self.metrics.endpoint.process_request
+        self.console = console
+        """The web console on the main listener too (``--console``); it is always on the admin
+        listener. Every listener checks browsers' Origin (``server.console``)."""
+        metrics_gate = self.gate if admin_port is None else self.admin_gate
+        for gate in (self.gate, self.admin_gate):
+            gate.http = http_hook(
+                secure=not insecure,
+                console=Console() if gate is self.admin_gate or console else None,
+                metrics=self.metrics.endpoint.process_request if gate is metrics_gate else None,
+                log=self.log,
+            )
 
     @property
     def db(self) -> Store:

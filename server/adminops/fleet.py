@@ -8,6 +8,7 @@ import contextlib
 import ipaddress
 import re
 import time
+import weakref
 from typing import Any
 
 from protocol.errors import ValidationError
@@ -45,9 +46,112 @@ async def computers_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     offline_for_s = _arg(args, "offline_for_s", int, 0)
     if offline_for_s < 0:
         raise ApiError("bad_request", "argument 'offline_for_s' must be 0 or more seconds")
+    # ``group`` (with its nested groups, as a run on it reaches) and ``filter`` narrow the list
+    # on the server, so the console's Computers page needs no second request per computer.
+    group = (await _group_or_refuse(ns, args))["name"] if args.get("group") else ""
+    filter_name = (
+        (await _filter_or_refuse(ns, {"name": args["filter"]}))["name"]
+        if args.get("filter")
+        else ""
+    )
     if offline_for_s:
-        return [_computer_view(r) for r in await ns.db.stale_computers(time.time() - offline_for_s)]
-    return [_computer_view(r) for r in await ns.db.computers()]
+        rows = await ns.db.stale_computers(time.time() - offline_for_s)
+    else:
+        rows = await ns.db.group_computers([group]) if group else await ns.db.computers()
+    if filter_name:
+        members = {r["name"] for r in await ns.db.filter_member_names(filter_name)}
+        rows = [r for r in rows if r["name"] in members]
+    if group and offline_for_s:
+        reached = {r["name"] for r in await ns.db.group_computers([group])}
+        rows = [r for r in rows if r["name"] in reached]
+    return [_computer_view(r) for r in rows]
+
+
+async def _computer_or_refuse(ns: NS, args: dict[str, Any]) -> dict[str, Any]:
+    name = _arg(args, "computer", str)
+    rows = await ns.db.computers([name])
+    if not rows:
+        raise ApiError(
+            "unknown_computer", f"unknown computer {name!r}: `taskfleet computers` lists them"
+        )
+    return rows[0]
+
+
+@op("computer.show")
+async def computer_show(ns: NS, link: Link, args: dict[str, Any]) -> Any:
+    """One computer for the console's Computer page, in one request: its view, the groups it
+    is directly in, the filters holding it, and its latest inventory (``None``: none yet)."""
+    row = await _computer_or_refuse(ns, args)
+    inventory = await ns.db.inventory(row["name"])
+    return {
+        **_computer_view(row),
+        "mac": row["mac"],
+        "created_at": row["created_at"],
+        "groups": await ns.db.computer_groups(int(row["id"])),
+        "filters": await ns.db.computer_filters(int(row["id"])),
+        "inventory": inventory[0] if inventory else None,
+    }
+
+
+@op("computer.runs")
+async def computer_runs(ns: NS, link: Link, args: dict[str, Any]) -> Any:
+    """What ran on a computer: every run with an instance on it, newest first, with its state
+    there (``Store.computer_runs``); ``limit`` clamped to 1-1000."""
+    row = await _computer_or_refuse(ns, args)
+    limit = max(1, min(_arg(args, "limit", int, 100), 1000))
+    return await ns.db.computer_runs(int(row["id"]), limit)
+
+
+SUMMARY_KEEP_S = 2.0
+"""How long a fleet summary is served again: every open Fleet page asks every few seconds (and
+at each message), and the failures read scans the newest runs' instances; many tabs cost the NS
+one read per this time, not one each."""
+_summaries: weakref.WeakKeyDictionary[Any, dict[tuple[int, int], tuple[float, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@op("fleet.summary")
+async def fleet_summary(ns: NS, link: Link, args: dict[str, Any]) -> Any:
+    """The console's Fleet page in one request: computers (total, online, with an agent, and
+    per TS), the runs in flight, the latest failed or timed-out instances, the newest
+    messages. ``failures`` and ``messages`` (default 10) are clamped to 1-100. An answer up to
+    ``SUMMARY_KEEP_S`` old may be served again."""
+    failures = max(1, min(_arg(args, "failures", int, 10), 100))
+    messages = max(1, min(_arg(args, "messages", int, 10), 100))
+    kept = _summaries.setdefault(ns, {})
+    now = time.monotonic()
+    hit = kept.get((failures, messages))
+    if hit is not None and now - hit[0] < SUMMARY_KEEP_S:
+        return hit[1]
+    summary = await _summary(ns, failures, messages)
+    kept[(failures, messages)] = (now, summary)
+    return summary
+
+
+async def _summary(ns: NS, failures: int, messages: int) -> dict[str, Any]:
+    by_ts = await ns.db.fleet_counts()
+    total = sum(int(t["computers"]) for t in by_ts)
+    agents = sum(int(t["agents"]) for t in by_ts)
+    return {
+        "computers": total,
+        "online": sum(int(t["online"]) for t in by_ts),
+        "agents": agents,
+        "no_agent": total - agents,
+        "by_taskserver": [
+            {
+                "taskserver": t["taskserver"],
+                "computers": int(t["computers"]),
+                "online": int(t["online"]),
+                # The built-in service is the NS itself; devices with no TS have no link.
+                "connected": t["taskserver"] == "(built-in)" or t["taskserver"] in ns.routes,
+            }
+            for t in by_ts
+        ],
+        "runs_in_flight": await ns.db.running_runs(100),
+        "failures": await ns.db.recent_failures(failures),
+        "messages": await ns.db.messages(messages),
+    }
 
 
 _MAC = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}")

@@ -152,15 +152,26 @@ async def runs_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return await ns.db.runs(max(1, min(limit, 1000)))
 
 
-async def _run_view(ns: NS, run_id: int, instances: bool = True) -> dict[str, Any]:
+async def _run_view(
+    ns: NS,
+    run_id: int,
+    instances: bool = True,
+    computer: str | None = None,
+    brief: bool = False,
+) -> dict[str, Any]:
     """A run with its steps and either every instance row or (``instances`` false, for runs
-    too big to list) how many top-level instances are in each state."""
+    too big to list) how many top-level instances are in each state.
+
+    ``computer``: only that computer's rows (its instances and their step rows), so a console
+    opening one cell of a 10,000-computer grid reads one output, not all. ``brief``: rows
+    without their ``output``, so the grid's snapshot stays small; the output is read per
+    computer when someone looks."""
     run = await ns.db.run(run_id)
     if run is None:
         raise ApiError("unknown_run", f"no run with id {run_id}; `taskfleet runs` lists them")
     view = {**run, "steps": await ns.db.steps(run_id)}
     if instances:
-        view["instances"] = await ns.db.instances(run_id)
+        view["instances"] = await ns.db.instances(run_id, computer, output=not brief)
     else:
         view["counts"] = await ns.db.instance_counts(run_id)
     return view
@@ -169,7 +180,11 @@ async def _run_view(ns: NS, run_id: int, instances: bool = True) -> dict[str, An
 @op("run.show")
 async def run_show(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return await _run_view(
-        ns, _arg(args, "run_id", int), _arg(args, "instances", bool, default=True)
+        ns,
+        _arg(args, "run_id", int),
+        _arg(args, "instances", bool, default=True),
+        computer=_arg(args, "computer", str, "") or None,
+        brief=_arg(args, "brief", bool, default=False),
     )
 
 
@@ -188,6 +203,7 @@ async def run_watch(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     run_id = _arg(args, "run_id", int)
     detail = _arg(args, "instances", bool, default=True)
     output = _arg(args, "output", bool, default=False)
+    brief = _arg(args, "brief", bool, default=False)
     # Subscribe before reading, so no event falls between the snapshot and the first event. Not
     # only while the run is in ``ns.active``: ``finish`` leaves that before it stores the run's
     # status, and a watcher arriving in between would read "running" and never hear the end.
@@ -197,7 +213,7 @@ async def run_watch(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     watchers[link] = detail
     view: dict[str, Any] | None = None
     try:
-        view = await _run_view(ns, run_id, detail)
+        view = await _run_view(ns, run_id, detail, brief=brief)
         if output and view["status"] == "running":
             rows = view["instances"] if detail else await ns.db.instances(run_id)
             liveout.watch(ns, run_id, link, rows)

@@ -139,4 +139,8 @@ async def admins_revoke(ns: NS, link: Link, args: dict[str, Any]) -> Any:
 
 @op("audit.list")
 async def audit_list(ns: NS, link: Link, args: dict[str, Any]) -> Any:
-    return await ns.db.audit_trail(max(1, min(_arg(args, "limit", int, 100), 10_000)))
+    return await ns.db.audit_trail(
+        max(1, min(_arg(args, "limit", int, 100), 10_000)),
+        who=_arg(args, "who", str, ""),
+        action=_arg(args, "action", str, ""),
+    )

@@ -150,12 +150,18 @@ class CatalogMixin(StoreBase):
         return json.loads(row["definition"]) if row else None
 
     async def tasks(self) -> list[dict[str, Any]]:
-        rows = await self._all("SELECT definition, updated_at FROM tasks ORDER BY name")
-        return [{**json.loads(r["definition"]), "updated_at": r["updated_at"]} for r in rows]
+        rows = await self._all("SELECT definition, updated_at, version FROM tasks ORDER BY name")
+        return [
+            {**json.loads(r["definition"]), "updated_at": r["updated_at"], "version": r["version"]}
+            for r in rows
+        ]
 
     async def jobs(self) -> list[dict[str, Any]]:
-        rows = await self._all("SELECT definition, updated_at FROM jobs ORDER BY name")
-        return [{**json.loads(r["definition"]), "updated_at": r["updated_at"]} for r in rows]
+        rows = await self._all("SELECT definition, updated_at, version FROM jobs ORDER BY name")
+        return [
+            {**json.loads(r["definition"]), "updated_at": r["updated_at"], "version": r["version"]}
+            for r in rows
+        ]
 
     async def catalog(self) -> dict[str, tuple[str, dict[str, Any]]]:
         """Every saved task and job by name, as ``(\"task\"|\"job\", definition)``."""

@@ -288,6 +288,33 @@ class ComputersMixin(StoreBase):
         )
         return [{"at": r["at"], **json.loads(r["data"])} for r in rows]
 
+    async def fleet_counts(self) -> list[dict[str, Any]]:
+        """Computers per task server, ``{taskserver, computers, online, agents}`` by TS name
+        (``(built-in)``: agents served by the NS; ``None``: devices with no TS), as the computer
+        view names them. The console's Fleet page sums them: one pass over ``computers``."""
+        return await self._all(
+            "SELECT coalesce(taskserver, CASE WHEN has_agent=1 THEN '(built-in)' END)"
+            " AS taskserver, count(*) AS computers, coalesce(sum(online), 0) AS online,"
+            " coalesce(sum(has_agent), 0) AS agents FROM computers"
+            " GROUP BY 1 ORDER BY 1"
+        )
+
+    async def computer_groups(self, computer_id: int) -> list[str]:
+        """The groups a computer is directly in, by name."""
+        rows = await self._all(
+            "SELECT g.name FROM group_members m JOIN groups g ON g.id=m.group_id"
+            " WHERE m.computer_id=? ORDER BY g.name",
+            (computer_id,),
+        )
+        return [str(r["name"]) for r in rows]
+
+    async def computer_filters(self, computer_id: int) -> list[str]:
+        """The filters whose cached membership holds a computer, by name."""
+        rows = await self._all(
+            "SELECT filter FROM filter_members WHERE computer_id=? ORDER BY filter", (computer_id,)
+        )
+        return [str(r["filter"]) for r in rows]
+
     async def latest_inventories(self) -> dict[int, dict[str, Any]]:
         rows = await self._all(
             "SELECT i.computer_id, i.data FROM inventory i JOIN ("

@@ -22,8 +22,16 @@ class JournalMixin(StoreBase):
         )
         await self.db.commit()
 
-    async def audit_trail(self, limit: int) -> list[dict[str, Any]]:
-        return await self._all("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+    async def audit_trail(
+        self, limit: int, who: str = "", action: str = ""
+    ) -> list[dict[str, Any]]:
+        """The newest ``limit`` entries; ``who`` (exact) and ``action`` (a prefix: ``keys``
+        matches ``keys.accept``) narrow them when given."""
+        return await self._all(
+            "SELECT * FROM audit WHERE (?='' OR who=?) AND (?='' OR instr(action, ?)=1)"
+            " ORDER BY id DESC LIMIT ?",
+            (who, who, action, action, limit),
+        )
 
     # -- messages -----------------------------------------------------------------------
 

@@ -345,11 +345,22 @@ class RunsMixin(StoreBase):
             (computer_id, limit),
         )
 
-    async def instances(self, run_id: int) -> list[dict[str, Any]]:
+    async def instances(
+        self, run_id: int, computer: str | None = None, output: bool = True
+    ) -> list[dict[str, Any]]:
+        """A run's instance rows; ``computer``: only that computer's; ``output`` false: without
+        the output column, which is most of a row's bytes (the filters are SQL: a console that
+        opens one cell of a 10,000-computer run reads one computer's rows, not all)."""
+        columns = "id, step, parent_id, computer, computer_id, route, status, return_code,"
+        columns += " output, reason," if output else " reason,"
+        args: tuple[Any, ...]
+        where, args = "run_id=?", (run_id,)
+        if computer is not None:
+            where, args = "run_id=? AND computer=?", (run_id, computer)
         return await self._all(
-            "SELECT id, step, parent_id, computer, computer_id, route, status, return_code, output, reason,"
-            " started_at, ended_at FROM instances WHERE run_id=? ORDER BY computer, id",
-            (run_id,),
+            f"SELECT {columns} started_at, ended_at FROM instances WHERE {where}"
+            " ORDER BY computer, id",
+            args,
         )
 
     async def steps(self, run_id: int) -> list[dict[str, Any]]:
