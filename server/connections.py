@@ -352,7 +352,7 @@ async def serve_admin(ns: NS, link: Link, hello: Hello, facts: dict[str, Any]) -
                 )
                 continue
             if not read_only:
-                await _audit(ns, who, message.op, _summary(message.args), "ok")
+                await _audit(ns, who, message.op, _summary(message.args, data), "ok")
             await link.send(Response(id=link.next_id(), reply_to=message.id, data=data))
             if not ns.admin_sessions.is_open(who, link):
                 await link.close(
@@ -383,8 +383,13 @@ async def _audit(ns: NS, who: str, action: str, detail: str, outcome: str) -> No
         )
 
 
-def _summary(args: dict[str, Any]) -> str:
-    """What an admin asked for, for the audit trail (documents and secrets left out)."""
+def _summary(args: dict[str, Any], saved: Any = None) -> str:
+    """What an admin asked for, for the audit trail (documents and secrets left out). For a
+    document saved (a task, job, schedule, policy...), what it was saved as: its ``name`` and,
+    for a schedule, what it runs, so the trail says which item changed whatever the file was
+    called."""
     shown = {k: v for k, v in args.items() if k not in ("text", "document", "token")}
+    if ("text" in args or "document" in args) and isinstance(saved, dict):
+        shown.update({k: saved[k] for k in ("name", "run") if isinstance(saved.get(k), str)})
     text = ", ".join(f"{k}={v!r}" for k, v in sorted(shown.items()))
     return text[:500]

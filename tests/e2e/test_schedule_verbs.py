@@ -46,6 +46,10 @@ async def test_schedule_verbs_validate_list_show_switch_and_delete(fleet, tmp_pa
     code, out, err = await fleet.cli("schedule", "add", str(good))
     assert code == 0, err
     assert "added schedule nightly: runs note" in out
+    # The trail names what was saved, whatever the file was called.
+    audit = await fleet.cli_json("audit", "--limit", "5")
+    (saved,) = [a for a in audit if a["action"] == "schedule.add" and a["outcome"] == "ok"]
+    assert "name='nightly'" in saved["detail"] and "run='note'" in saved["detail"], saved
     (row,) = await fleet.cli_json("schedules")
     assert row["name"] == "nightly" and row["enabled"] and row["last"] is None
     assert row["next"].endswith(("T01:00:00Z", "T02:00:00Z"))  # 03:00 in Berlin
