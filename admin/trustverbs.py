@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -13,19 +12,18 @@ from typing import Any
 from admin import schema
 from admin.client import AdminClient
 from admin.output import short_time, table
+from protocol import policies
 from protocol.session import NAME
 
 _FOR = {"agent": "agents", "taskserver": "task servers"}
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
 
 def duration_s(text: str) -> int:
     """``90``, ``30m``, ``1h``, ``7d`` → seconds."""
-    m = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
-    if not m:
+    seconds = policies.duration_s(text)
+    if seconds is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90, 30m, 1h or 7d")
-    return int(m.group(1)) * _UNITS[m.group(2) or "s"]
+    return seconds
 
 
 def _json(data: Any) -> None:

@@ -20,6 +20,35 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$")
 _TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
+UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+_DURATION = re.compile(r"\s*(\d+)\s*([smhd]?)\s*")
+
+
+def duration_s(text: str) -> int | None:
+    """``90``, ``30m``, ``12h``, ``7d`` → seconds (a bare number is seconds); None when
+    ``text`` is not such a duration (each caller says what it expected)."""
+    m = _DURATION.fullmatch(text)
+    return int(m.group(1)) * UNITS_S[m.group(2) or "s"] if m else None
+
+
+def target_problems(targets: dict[str, Any]) -> list[Problem]:
+    """What is wrong with a ``targets`` table (``all``, ``computers``, ``groups``, ``filters``)
+    of a policy or a schedule, each at its field path."""
+    problems = []
+    for key, value in targets.items():
+        if key == "all":
+            if not isinstance(value, bool):
+                problems.append(Problem("targets.all", "must be true or false"))
+        elif key in ("computers", "groups", "filters"):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                problems.append(Problem(f"targets.{key}", "must be a list of names"))
+        else:
+            problems.append(
+                Problem(f"targets.{key}", "unknown (known: all, computers, filters, groups)")
+            )
+    return problems
+
+
 def validate_policy(doc: Any, task_kind: str | None) -> dict[str, Any]:
     """Check a policy document; ``task_kind`` is the kind of the task it names (None: no such task)."""
     problems: list[Problem] = []
@@ -71,17 +100,7 @@ def validate_policy(doc: Any, task_kind: str | None) -> dict[str, Any]:
     if not isinstance(targets, dict):
         problems.append(Problem("targets", "must be a table"))
     else:
-        for key, value in targets.items():
-            if key == "all":
-                if not isinstance(value, bool):
-                    problems.append(Problem("targets.all", "must be true or false"))
-            elif key in ("computers", "groups", "filters"):
-                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    problems.append(Problem(f"targets.{key}", "must be a list of names"))
-            else:
-                problems.append(
-                    Problem(f"targets.{key}", "unknown (known: all, computers, filters, groups)")
-                )
+        problems.extend(target_problems(targets))
     if problems:
         raise ValidationError(f"policy {name!r}", problems)
     return {

@@ -19,10 +19,10 @@ through the same connection, is served between batches (``bench/purge.py`` measu
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from typing import Any
 
+from protocol.policies import duration_s
 from server.interface import NS
 
 DAY_S = 86_400.0
@@ -39,8 +39,6 @@ PAUSE_S = 0.005
 """Pause between statements: other work on the connection goes first."""
 EVERY_S = 300.0
 """A pass every five minutes (and one at start)."""
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
-_KEEP = re.compile(r"^(\d+)([smhd]?)$")
 
 
 def parse_keep(text: str) -> float | None:
@@ -49,10 +47,9 @@ def parse_keep(text: str) -> float | None:
     value = text.strip().lower()
     if value in ("0", "forever"):
         return None
-    m = _KEEP.match(value)
-    if not m:
+    seconds = duration_s(value)
+    if seconds is None:
         raise ValueError(f"{text!r} is not a keep time like 90d, 12h, 30m, or 0/forever")
-    seconds = int(m.group(1)) * _UNITS[m.group(2) or "s"]
     return float(seconds) if seconds else None
 
 

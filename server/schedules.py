@@ -48,6 +48,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cronsim import CronSim, CronSimError
 
 from protocol.errors import Problem, ValidationError
+from protocol.policies import target_problems
 from server.adminops.base import ApiError
 from server.adminops.runs import start_from_args
 from server.interface import NS
@@ -144,17 +145,7 @@ def _targets(targets: Any, problems: list[Problem]) -> dict[str, Any]:
     if not isinstance(targets, dict):
         problems.append(Problem("targets", "must be a table: computers, groups, filters, all"))
         return {}
-    for key, value in targets.items():
-        if key == "all":
-            if not isinstance(value, bool):
-                problems.append(Problem("targets.all", "must be true or false"))
-        elif key in ("computers", "groups", "filters"):
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                problems.append(Problem(f"targets.{key}", "must be a list of names"))
-        else:
-            problems.append(
-                Problem(f"targets.{key}", "unknown (known: all, computers, filters, groups)")
-            )
+    problems.extend(target_problems(targets))
     if targets.get("all") and any(targets.get(k) for k in ("computers", "groups", "filters")):
         problems.append(
             Problem("targets.all", "give either computers, groups and filters, or all, not both")
