@@ -266,14 +266,22 @@ def cmd_server(args: argparse.Namespace) -> int:
     return _run_role("server", lambda: _serve_forever(ns, ready, announce))
 
 
-def cmd_taskserver(args: argparse.Namespace) -> int:
-    from taskserver.service import TaskServer
-
+def _connecting_role_prelude(args: argparse.Namespace) -> int | None:
+    """What a TS and an agent do before anything starts: ``--print-config`` (its exit code), or
+    the check of the NS URL they connect to (a usage error); None to go on."""
     if args.print_config:
         return print_config(args)
     if (problem := _check_server_url(args)) is not None:
         print(f"taskfleet: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    return None
+
+
+def cmd_taskserver(args: argparse.Namespace) -> int:
+    from taskserver.service import TaskServer
+
+    if (early := _connecting_role_prelude(args)) is not None:
+        return early
     try:
         metrics_authorize = token_file_check(args.metrics_token_file)
     except ValueError as exc:
@@ -315,11 +323,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from agent.commands import CommandTable
     from agent.metrics import run_with_metrics
 
-    if args.print_config:
-        return print_config(args)
-    if (problem := _check_server_url(args)) is not None:
-        print(f"taskfleet: {problem}", file=sys.stderr)
-        return EXIT_USAGE
+    if (early := _connecting_role_prelude(args)) is not None:
+        return early
     try:
         commands = CommandTable.load(args.commands)
     except (OSError, ValueError) as exc:

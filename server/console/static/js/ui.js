@@ -262,3 +262,15 @@ export function table(rows, columns, opts = {}) {
   draw();
   return wrapper;
 }
+
+/** Run an action of a page (`fn`, returning a promise), show its error in `errors` (cleared
+ * first), then read the page again (`then`) whatever became of it. */
+export async function attempt(errors, fn, then) {
+  clear(errors);
+  try {
+    await fn();
+  } catch (err) {
+    errors.appendChild(errorBox(err));
+  }
+  await then();
+}

@@ -6,7 +6,7 @@
 // revoke-admin-NAME, admin-form, admin-name-input, admin-role-select, admin-add,
 // admin-new-token, error.
 
-import { badge, button, clear, el, errorBox, time } from "../ui.js";
+import { attempt, badge, button, clear, el, errorBox, time } from "../ui.js";
 import { pagedTable } from "./computers.js";
 
 const ROLES = ["viewer", "operator", "admin"];
@@ -62,15 +62,7 @@ export async function render(root, ctx) {
     }
   }
 
-  async function act(fn) {
-    clear(errors);
-    try {
-      await fn();
-    } catch (err) {
-      errors.appendChild(errorBox(err));
-    }
-    await load();
-  }
+  const act = (fn) => attempt(errors, fn, load);
 
   const name = el("input", { type: "text", placeholder: "name", maxlength: "64", "aria-label": "Admin name", "data-testid": "admin-name-input" });
   const role = el("select", { "aria-label": "Role", "data-testid": "admin-role-select" }, ROLES.map((r) => el("option", { value: r }, r)));

@@ -4,22 +4,14 @@
 // testids: schedules-table, schedule-row-NAME (data-enabled = yes | no),
 // schedule-enable-NAME, schedule-disable-NAME, error.
 
-import { ago, badge, button, clear, display, el, errorBox, time } from "../ui.js";
+import { ago, attempt, badge, button, display, el, errorBox, time } from "../ui.js";
 import { pagedTable } from "./computers.js";
 
 export async function render(root, ctx) {
   const { api } = ctx;
   const errors = el("div");
 
-  async function act(fn) {
-    clear(errors);
-    try {
-      await fn();
-    } catch (err) {
-      errors.appendChild(errorBox(err));
-    }
-    await load();
-  }
+  const act = (fn) => attempt(errors, fn, load);
 
   const table = pagedTable(
     [

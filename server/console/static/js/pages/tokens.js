@@ -7,7 +7,7 @@
 // revoke-ID, token-form, token-for, token-ttl, token-uses, token-create, token-new (the new
 // token's text), error.
 
-import { ago, badge, button, clear, display, el, errorBox, time } from "../ui.js";
+import { ago, attempt, badge, button, clear, display, el, errorBox, time } from "../ui.js";
 import { pagedTable } from "./computers.js";
 
 const TTLS = [
@@ -70,15 +70,7 @@ export async function render(root, ctx) {
     }
   }
 
-  async function act(fn) {
-    clear(errors);
-    try {
-      await fn();
-    } catch (err) {
-      errors.appendChild(errorBox(err));
-    }
-    await load();
-  }
+  const act = (fn) => attempt(errors, fn, load);
 
   const role = el("select", { "aria-label": "For", "data-testid": "token-for" }, el("option", { value: "agent" }, "agents"), el("option", { value: "taskserver" }, "task servers"));
   const ttl = el("select", { "aria-label": "Time to live", "data-testid": "token-ttl" }, TTLS.map(([label, s]) => el("option", { value: String(s) }, label)));
