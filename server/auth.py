@@ -62,6 +62,7 @@ OP_ROLE: dict[str, str] = {
     "runs.list": "viewer",
     "run.show": "viewer",
     "run.watch": "viewer",
+    "run.unwatch": "viewer",
     "log.list": "viewer",
     "messages.list": "viewer",
     "whoami": "viewer",

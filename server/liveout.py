@@ -80,6 +80,19 @@ def watch(ns: NS, run_id: int, link: Link, rows: Iterable[dict[str, Any]]) -> No
             _seen_step(watches, run_id, str(row["step"]))
 
 
+def unwatch(ns: NS, run_id: int, link: Link) -> None:
+    """``link`` no longer gets ``run_id``'s live output (``run.unwatch``); with no link left the
+    run's instances are forgotten."""
+    watches = _WATCHES.get(ns)
+    if watches is None:
+        return
+    links = watches.links.get(run_id)
+    if links is not None:
+        links.discard(link)
+        if not links:
+            watches.drop_run(run_id)
+
+
 def _add(
     ns: NS,
     watches: _Watches,

@@ -225,6 +225,21 @@ async def run_watch(ns: NS, link: Link, args: dict[str, Any]) -> Any:
                 del ns.watchers[run_id]
 
 
+@op("run.unwatch")
+async def run_unwatch(ns: NS, link: Link, args: dict[str, Any]) -> Any:
+    """End this connection's subscription to a run (``run.watch``): no more events for it, live
+    output included. The web console calls it when a run's page closes, so a tab that opened a
+    long run does not keep receiving its changes. Unwatching a run not watched is not an error
+    (the run may have ended, which ends every subscription): ``unwatched`` says whether one ended."""
+    run_id = _arg(args, "run_id", int)
+    watchers = ns.watchers.get(run_id)
+    unwatched = watchers is not None and watchers.pop(link, None) is not None
+    if watchers is not None and not watchers:
+        del ns.watchers[run_id]
+    liveout.unwatch(ns, run_id, link)
+    return {"run_id": run_id, "unwatched": unwatched}
+
+
 @op("run.stop")
 async def run_stop(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     run_id = _arg(args, "run_id", int)

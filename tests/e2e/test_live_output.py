@@ -240,3 +240,28 @@ async def test_the_watch_verb_prints_lines_as_they_come(fleet: Fleet, tmp_path):
             assert objects[-1]["event"] == "run"
             assert objects[-1]["run"]["status"] == "succeeded"
             assert all(o["event"] == "output" for o in objects[:-1])
+
+
+async def test_unwatch_ends_one_connections_events_and_output_only(fleet: Fleet, tmp_path):
+    """``run.unwatch`` ends the caller's subscription (events and live output) while another
+    watcher of the same run keeps both; unwatching again says nothing was watched."""
+    computer = await _one_agent(fleet, via_ts=False)
+    go, gate = tmp_path / "go", tmp_path / "gate"
+    async with fleet.admin() as leaving, fleet.admin() as c:
+        run_id = await _start(fleet, c, "live", _waiting_script(go, gate), computer)
+        await leaving.call("run.watch", run_id=run_id, output=True)
+        await c.call("run.watch", run_id=run_id, output=True)
+        assert await leaving.call("run.unwatch", run_id=run_id) == {
+            "run_id": run_id,
+            "unwatched": True,
+        }
+        go.touch()
+        await _pieces_until(c, run_id, lambda got: "first line" in "".join(i["text"] for i in got))
+        gate.touch()
+        final = await wait_run(c, run_id)
+        assert final["status"] == "succeeded"
+        ended = await c.call("run.unwatch", run_id=run_id)
+        assert ended == {"run_id": run_id, "unwatched": False}  # the run's end ended it
+        await leaving.call("whoami")  # every event sent before this answer has arrived
+        left = [leaving._events.get_nowait() for _ in range(leaving._events.qsize())]
+        assert [e for e in left if e is not None and e.run_id == run_id] == []

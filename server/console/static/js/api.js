@@ -176,6 +176,13 @@ export class Api {
     if (op === "messages.watch") this._watchMessages = true;
   }
 
+  /** Stop following a run (its page closed): forget it for reconnects and tell the NS, which
+   *  stops sending its events to this connection. Failures do not matter: the run may be over. */
+  unwatch(runId) {
+    this._watches.delete(idKey(runId));
+    if (this.state === "open") this.call("run.unwatch", { run_id: runId }).catch(() => {});
+  }
+
   /** Listen to every event {run_id, kind, data}; returns the function that stops listening. */
   onEvent(fn) {
     this._eventFns.add(fn);

@@ -106,6 +106,7 @@ class RunPage {
   close() {
     this.closed = true;
     if (this.unsubscribe) this.unsubscribe();
+    this.api.unwatch(this.runId);
     if (this.frame) cancelAnimationFrame(this.frame);
     clearTimeout(this.detailTimer);
     if (this.resizeObserver) this.resizeObserver.disconnect();
@@ -119,7 +120,10 @@ class RunPage {
       this.root.appendChild(errorBox(err));
       return;
     }
-    if (this.closed) return;
+    if (this.closed) {
+      this.api.unwatch(this.runId); // closed while the watch was on its way: end it now
+      return;
+    }
     this.view = view;
     this.isServerJob = view.kind === "server-job";
     for (const [i, s] of (view.steps || []).entries()) this.stepOrder.set(s.step, i);
