@@ -301,19 +301,47 @@ class Taskfleet:
 
     async def runs(self, name: str, rounds: int) -> dict[str, Any]:
         """``rounds`` runs of ``name`` on every computer (after one warm-up): the server's time
-        (run created to ended: the last result stored) and the time this client saw."""
+        (run created to ended: the last result stored), the time this client saw, and the CPU
+        seconds per run of the NS, the TS, the agents and the scripts they started (where a
+        step's time goes on a machine of two CPUs)."""
         server, seen = [], []
+        cpu: dict[str, float] = {}
         procs = {"ns": self.ns, "ts-1": self.ts} if self.ts else {"ns": self.ns}
         async with self.client() as c:
             for i in range(rounds + 1):
+                agents0 = self.agents_cpu_s()
                 r = await one_run(c, name, 600, procs)
                 if not r["ok"]:
                     raise RuntimeError(f"taskfleet run of {name} did not succeed: {r['statuses']}")
                 if i:
                     server.append(r["server_s"])
                     seen.append(r["end_s"])
+                    agents1 = self.agents_cpu_s()
+                    agents, scripts = agents1[0] - agents0[0], agents1[1] - agents0[1]
+                    # machine_busy_s counts every process: less ours, what others took meanwhile.
+                    others = max(0.0, r["cpu_s"]["others"] - agents - scripts)
+                    for key, value in (
+                        ("ns", r["cpu_s"]["ns"]),
+                        ("ts", r["cpu_s"]["ts"]),
+                        ("agents", agents),
+                        ("scripts", scripts),
+                        ("others", others),
+                    ):
+                        cpu[key] = cpu.get(key, 0.0) + value / rounds
                 await asyncio.sleep(0.3)
-        return {"server_s": spread(server), "client_s": spread(seen)}
+        return {"server_s": spread(server), "client_s": spread(seen), "cpu_per_run_s": cpu}
+
+    def agents_cpu_s(self) -> tuple[float, float]:
+        """CPU seconds the agent processes used so far, and their reaped children (scripts)."""
+        own = children = 0
+        for p in self.agents:
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                with open(f"/proc/{p.pid}/stat", encoding="ascii") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                own += int(fields[11]) + int(fields[12])
+                children += int(fields[13]) + int(fields[14])
+        tick = os.sysconf("SC_CLK_TCK")
+        return own / tick, children / tick
 
     async def cli(self, name: str, rounds: int) -> dict[str, Any]:
         """Wall time of ``taskfleet run NAME --all --wait`` as a process (token in the env)."""
@@ -650,6 +678,13 @@ def render(r: dict[str, Any]) -> str:
         )
     if fl := r.get("floor"):
         rows += _floor_rows(r, fl)
+    for key, what in (
+        ("taskfleet_true20", f"`true` on {n}"),
+        ("taskfleet_true3", f"3 steps on {h}"),
+    ):
+        if cpu := (r.get(key) or {}).get("cpu_per_run_s"):
+            cells = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+            rows.append(_row(f"CPU s per run, {what}", cells, "", ""))
     return "\n".join(rows)
 
 

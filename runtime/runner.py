@@ -42,8 +42,10 @@ import ctypes
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,6 +115,22 @@ def _children() -> list[int]:
     return pids
 
 
+def _childless() -> bool:
+    """Whether this process has no child at all, alive or dead (one system call, where the scan
+    of ``_children`` reads a file per thread): then a script left nothing behind to kill or
+    reap. Nothing is reaped here (``WNOWAIT``)."""
+    waitid = getattr(os, "waitid", None)
+    if waitid is None or not hasattr(os, "WNOWAIT"):
+        return False
+    try:
+        waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def _stat(pid: int) -> tuple[str, int, int] | None:
     """(state, process group, session) of ``pid``, or None if it is gone."""
     try:
@@ -130,6 +148,8 @@ def _sweep(leader: int, marks: set[int]) -> int:
     for group in marks:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, signal.SIGKILL)
+    if _childless():
+        return 0
     idle = _starting == 0 and not (_live - {leader})
     own_session = os.getsid(0)
     alive = 0
@@ -163,17 +183,91 @@ async def end_tree(leader: int) -> None:
         await asyncio.sleep(0.01)
 
 
-class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
-    """asyncio's stream protocol that also says when the script's own process exited (asyncio's
-    ``wait`` returns only once every holder of its output pipe has closed it too)."""
+class _Child:
+    """A script's process, watched from the event loop itself: its exit through a pidfd (Linux
+    5.3 and later), its output pipe through the loop's reader.
 
-    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(limit=limit, loop=loop)
+    asyncio's own subprocess machinery (Python 3.11) starts a thread per child to wait for it,
+    and ``Thread.start`` blocks the event loop until that thread runs; with a hundred agents
+    each starting a script on two CPUs, those threads and their hand-offs were a large share of
+    a step. Where there is no pidfd, one thread per child waits, as asyncio's would.
+    """
+
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        loop: asyncio.AbstractEventLoop,
+        on_chunk: Callable[[bytes], None],
+    ) -> None:
+        assert popen.stdout is not None
+        self.popen = popen
+        self.pid = popen.pid
+        self.loop = loop
+        self.returncode: int | None = None
         self.exited = asyncio.Event()
+        """Set once the script's own process exited (and was reaped)."""
+        self.drained = asyncio.Event()
+        """Set once its output pipe is closed by every holder (or ``close`` gave up on it)."""
+        self._on_chunk = on_chunk
+        self._out = popen.stdout.fileno()
+        os.set_blocking(self._out, False)
+        loop.add_reader(self._out, self._read)
+        self._pidfd = -1
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):  # not Linux, or a kernel older than 5.3
+            threading.Thread(target=self._wait_in_thread, daemon=True).start()
+        else:
+            loop.add_reader(self._pidfd, self._reap)
 
-    def process_exited(self) -> None:
-        super().process_exited()
+    def _read(self) -> None:
+        try:
+            chunk = os.read(self._out, 65_536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if chunk:
+            self._on_chunk(chunk)
+            return
+        self._close_output()
+
+    def _close_output(self) -> None:
+        if self.drained.is_set():
+            return
+        self.loop.remove_reader(self._out)
+        assert self.popen.stdout is not None
+        self.popen.stdout.close()
+        self.drained.set()
+
+    def _reap(self) -> None:
+        """The pidfd is readable: the process exited; collect its status."""
+        self.loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._pidfd = -1
+        try:
+            _, status = os.waitpid(self.pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:  # reaped by someone else: no status to read
+            code = 255
+        self._exited(code)
+
+    def _wait_in_thread(self) -> None:
+        code = self.popen.wait()
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            self.loop.call_soon_threadsafe(self._exited, code)
+
+    def _exited(self, code: int) -> None:
+        self.returncode = self.popen.returncode = code
         self.exited.set()
+
+    def close(self) -> None:
+        """Stop reading its output; a process still running is killed (its exit is still
+        collected when it comes, so nothing is left a zombie)."""
+        self._close_output()
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, signal.SIGKILL)
 
 
 @dataclass
@@ -285,6 +379,41 @@ def _command(interpreter: str, path: str) -> list[str] | None:
 _SUFFIX = {"python": ".py", "powershell": ".ps1", "cmd": ".cmd", "sh": ".sh", "bash": ".sh"}
 
 
+_removing: set[asyncio.Future[None]] = set()
+"""Script folders being removed (``_remove_later``)."""
+
+
+def _remove_folder(folder: str) -> None:
+    """Remove a script's folder and what the script left in it; what it made read-only is
+    made writable first (as ``tempfile.TemporaryDirectory`` does)."""
+
+    def unlock(_func: Any, path: str, _exc: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(path), 0o700)
+            os.chmod(path, 0o700)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
+
+    shutil.rmtree(folder, onerror=unlock)
+
+
+def _remove_later(folder: str) -> None:
+    """Remove a script's folder in a worker thread, while its result goes on its way.
+
+    Removing a folder waits on the file system's journal and on the lock of the folder above it
+    (``/tmp``, shared by every process starting scripts): 3 ms a removal on a loaded machine,
+    in the event loop and before the result, when a hundred agents ended a step at once."""
+    try:
+        removal = asyncio.get_running_loop().run_in_executor(None, _remove_folder, folder)
+    except RuntimeError:  # the loop's executor is already shut down: remove it here
+        _remove_folder(folder)
+        return
+    _removing.add(removal)
+    removal.add_done_callback(_removing.discard)
+
+
 class ScriptRun:
     """One script execution that can be stopped from outside (``stop``)."""
 
@@ -306,7 +435,7 @@ class ScriptRun:
         self.on_output: Callable[[bytes], None] | None = None
         """Called with each piece of output as the script produces it (live output: the agent
         sends it on while the script runs); plain code that must not block."""
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: _Child | None = None
         self._stopped = False
         self._ended = False
         self._limit = output_limit(params)
@@ -352,7 +481,8 @@ class ScriptRun:
         global _starting
         started = time.time()
         interpreter = str(self.params.get("interpreter", "sh"))
-        with tempfile.TemporaryDirectory(prefix="taskfleet-") as tmp:
+        tmp = tempfile.mkdtemp(prefix="taskfleet-")
+        try:
             path = os.path.join(tmp, "script" + _SUFFIX.get(interpreter, ""))
             with open(path, "w", encoding="utf-8") as fh:
                 fh.write(replace_tokens(str(self.params.get("script", "")), self.tokens))
@@ -390,18 +520,29 @@ class ScriptRun:
                     ended_at=time.time(),
                 )
             become_subreaper()
-            loop = asyncio.get_running_loop()
+            kept = self._kept
+
+            def take(chunk: bytes) -> None:
+                if self.on_output is not None:
+                    self.on_output(chunk)
+                room = max(self._limit - len(kept), 0)
+                kept.extend(chunk[:room])
+                self._dropped += max(len(chunk) - room, 0)
+
             _starting += 1
             try:
-                transport, protocol = await loop.subprocess_exec(
-                    lambda: _Protocol(limit=2**16, loop=loop),
-                    *cmd,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.STDOUT,
+                # Started here rather than through ``loop.subprocess_exec``: see ``_Child``. Popen
+                # only starts it (vfork and exec, as asyncio's transport does too, in the loop);
+                # its end and its output are awaited on the loop.
+                popen = subprocess.Popen(  # noqa: ASYNC220
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
                     cwd=cwd,
                     env=env,
                     start_new_session=True,
+                    bufsize=0,
                     **self._as_account(),
                 )
             except OSError as exc:
@@ -410,58 +551,44 @@ class ScriptRun:
                 )
             finally:
                 _starting -= 1
-            self._proc = asyncio.subprocess.Process(transport, protocol, loop)
-            leader = self._proc.pid
+            child = self._proc = _Child(popen, asyncio.get_running_loop(), take)
+            leader = child.pid
             _live.add(leader)
             if self._stopped:
                 self._kill(signal.SIGKILL)
-            kept = self._kept
-
-            async def pump() -> None:
-                assert protocol.stdout is not None
-                while chunk := await protocol.stdout.read(65_536):
-                    if self.on_output is not None:
-                        self.on_output(chunk)
-                    room = max(self._limit - len(kept), 0)
-                    kept.extend(chunk[:room])
-                    self._dropped += max(len(chunk) - room, 0)
-
-            reader = asyncio.create_task(pump())
             killed_with = 0
             try:
                 try:
-                    await asyncio.wait_for(protocol.exited.wait(), max(self.timeout_s, 0.001))
+                    await asyncio.wait_for(child.exited.wait(), max(self.timeout_s, 0.001))
                 except TimeoutError:
                     killed_with = signal.SIGTERM
                     self._kill(signal.SIGTERM)
                     try:
-                        await asyncio.wait_for(protocol.exited.wait(), KILL_GRACE_S)
+                        await asyncio.wait_for(child.exited.wait(), KILL_GRACE_S)
                     except TimeoutError:
                         killed_with = signal.SIGKILL
                         self._kill(signal.SIGKILL)
-                        await protocol.exited.wait()
+                        await child.exited.wait()
                 ended = time.time()
                 # The script is over: what it started goes with it, whether or not it is done.
                 await end_tree(leader)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(reader), DRAIN_S)
+                    await asyncio.wait_for(child.drained.wait(), DRAIN_S)
             except asyncio.CancelledError:
                 self._kill(signal.SIGKILL)
                 _sweep(leader, {leader})
                 # What it printed up to now stays readable (``output``); bounded as at its end.
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(asyncio.shield(reader), DRAIN_S)
+                    await asyncio.wait_for(child.drained.wait(), DRAIN_S)
                 raise
             finally:
                 self._ended = True
                 _live.discard(leader)
-                transport.close()
-                if not reader.done():
-                    reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
+                child.close()
+        finally:
+            _remove_later(tmp)
         output = self.output()
-        code = transport.get_returncode()
+        code = child.returncode
         if self._stopped:
             return Outcome(
                 InstanceState.STOPPED, code, output, "stopped by an administrator", started, ended

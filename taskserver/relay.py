@@ -11,10 +11,12 @@ Theory of operation
   ``execute`` to each connected agent. Agents that are offline get theirs when they connect.
   A re-sent dispatch is recognised by instance id (``seen``) and not run twice.
 * Agent reports enter an in-memory inbox. The *flush loop* takes everything waiting (after
-  ``flush_ms`` or at ``batch_max`` reports) and queues it for the NS. An agent's result needs
-  no write here: the agent keeps it in its own outbox until it is acknowledged, and it is
-  acknowledged only once the NS has stored it. Results this relay makes itself (its own
-  task-server work, time-outs) have no such keeper: they go to the ``outbox`` table first.
+  ``flush_ms``, at ``batch_max`` reports, or at once when the inbox holds the result of every
+  instance of a run held here: nothing more of it is coming) and queues it for the NS. An
+  agent's result needs no write here: the agent keeps it in its own outbox until it is
+  acknowledged, and it is acknowledged only once the NS has stored it. Results this relay makes
+  itself (its own task-server work, time-outs) have no such keeper: they go to the ``outbox``
+  table first.
 * The *upstream loop* sends the queue to the NS in batches. Once the NS has stored a batch,
   the agents whose results it carried are acknowledged, and the held work of those results and
   the batch's outbox rows are deleted, in one transaction. A lost upstream keeps everything
@@ -134,6 +136,12 @@ class Relay(Rollup):
         """The script of each task-server step running for an agent's client job (to stop it)."""
         self._local_sem = asyncio.Semaphore(local_concurrency)
         self._inbox: list[tuple[list[Report], AgentConn | None, str, list[Key]]] = []
+        self._held_per_run: Counter[int] = Counter()
+        """Instances held per run (``_keep``, ``_forget``): a run whose every held instance has
+        its result in the inbox is flushed at once (``Rollup._completes_a_run``)."""
+        self._inbox_results: dict[int, set[int]] = {}
+        """Per run, the held instances whose result waits in the inbox."""
+        self._flush_due = asyncio.Event()
         self._acks_due: dict[int, AgentConn] = {}
         self._ack_timer: asyncio.TimerHandle | None = None
         self._acks_since = 0.0
@@ -658,12 +666,19 @@ class Relay(Rollup):
     # -- bookkeeping --------------------------------------------------------------------
 
     def _keep(self, h: Held) -> None:
+        if h.instance_id not in self.held:
+            self._held_per_run[h.run_id] += 1
         self.held[h.instance_id] = h
         self.by_computer.setdefault(h.computer, {})[h.instance_id] = h
 
     def _forget(self, instance_id: int) -> Held | None:
         h = self.held.pop(instance_id, None)
         if h is not None:
+            left = self._held_per_run[h.run_id] - 1
+            if left > 0:
+                self._held_per_run[h.run_id] = left
+            else:
+                del self._held_per_run[h.run_id]
             conn = self.agents.get(h.computer)
             if conn is not None:
                 conn.sent.discard(instance_id)

@@ -18,7 +18,7 @@ Also the types the relay shares with it: ``AgentConn`` (a connected agent), ``Up
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -101,6 +101,9 @@ class Rollup:
     stats: dict[str, int]
     _inbox: list[tuple[list[Report], AgentConn | None, str, list[Key]]]
     _inbox_count: int
+    _held_per_run: Counter[int]
+    _inbox_results: dict[int, set[int]]
+    _flush_due: asyncio.Event
     _acks_due: dict[int, AgentConn]
     _ack_timer: asyncio.TimerHandle | None
     _acks_since: float
@@ -135,14 +138,40 @@ class Rollup:
         self._inbox_count += len(items)
         self.stats["reports_in"] += len(items)
         self._wake_flush.set()
+        if self._inbox_count >= self.batch_max or self._completes_a_run(items):
+            self._flush_due.set()
+
+    def _completes_a_run(self, items: list[Report]) -> bool:
+        """Whether ``items`` bring the last result the relay waits for in some run: every
+        instance of that run held here has its result in the inbox.
+
+        The barrier of that run's step waits on exactly these results; holding them for the rest
+        of ``flush_ms`` would only delay it (and every step after it). While results still
+        trickle in, the interval keeps gathering them into batches."""
+        complete = False
+        for r in items:
+            if r.step or not is_terminal(r.state):
+                continue
+            h = self.held.get(r.instance_id)
+            if h is None:
+                continue
+            waiting = self._inbox_results.setdefault(h.run_id, set())
+            waiting.add(r.instance_id)
+            complete = complete or len(waiting) >= self._held_per_run[h.run_id]
+        return complete
 
     async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake_flush.wait()
-            if self._inbox_count < self.batch_max and self.flush_ms:
-                await asyncio.sleep(self.flush_ms / 1000)
+            if self.flush_ms and not self._flush_due.is_set():
+                timer = loop.call_later(self.flush_ms / 1000, self._flush_due.set)
+                await self._flush_due.wait()
+                timer.cancel()
+            self._flush_due.clear()
             self._wake_flush.clear()
             batch, self._inbox, self._inbox_count = self._inbox, [], 0
+            self._inbox_results.clear()
             if not batch:
                 continue
             # An agent's result (``True``) is kept by the agent until acknowledged; a result
