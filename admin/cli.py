@@ -66,6 +66,7 @@ from admin.globalflags import (
     version,
 )
 from admin.globalflags import LOG_LEVELS as LOG_LEVELS
+from admin.migrateverb import add_migrate_parser
 from admin.output import ago, table
 from admin.profile import ProfileError
 from admin.profile import add_parser as add_profiles_parser
@@ -490,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile", metavar="NAME", help="mark this profile as the one in use (as a verb would)"
     )
     add_profiles_parser(sub, [shown])
+    add_migrate_parser(sub)
     add_completion_parsers(sub, [admin], p, DEFAULT_SERVER)
     for command in sub.choices.values():  # last: every verb and role, whoever registered it
         add_log_flags(command)

@@ -16,6 +16,7 @@ from runtime.link import Link
 from server.adminops import catalog, fleet, runs, schedules, trust
 from server.adminops.base import _OPS, ApiError
 from server.interface import NS
+from server.store.dbapi import StorageFull
 
 __all__ = ["ApiError", "handle"]
 
@@ -44,8 +45,8 @@ async def handle(ns: NS, link: Link, name: str, args: dict[str, Any], who: str =
             )
     try:
         return await fn(ns, link, args)
-    except sqlite3.OperationalError as exc:
-        if "full" not in str(exc):
+    except (sqlite3.OperationalError, StorageFull) as exc:
+        if not isinstance(exc, StorageFull) and "full" not in str(exc):
             raise
         with contextlib.suppress(Exception):
             await ns.db.db.rollback()

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import sqlite3
 import time
 from collections import Counter
 from typing import Any
@@ -30,6 +28,7 @@ from server.jobs import SERVER_JOB
 from server.metrics import NSMetrics
 from server.routes import RemoteRoute
 from server.store import Change
+from server.store.dbapi import storage_full
 
 WATCH_EVENT_ITEMS = 1_000
 """Instance changes per `instances` event (a watcher gets one event per roll-up batch)."""
@@ -43,15 +42,9 @@ DISK_RETRY_MAX_S = 10.0
 
 
 def disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` says the disk (or the database) is full: SQLite's SQLITE_FULL, or ENOSPC."""
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return True
-    if isinstance(exc, sqlite3.Error):
-        code = getattr(exc, "sqlite_errorcode", None)
-        if isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_FULL:
-            return True
-        return "database or disk is full" in str(exc)
-    return False
+    """Whether ``exc`` says the disk (or the database) is full: the store's ``StorageFull``
+    (SQLite's SQLITE_FULL, PostgreSQL's disk_full), SQLite's own error, or ENOSPC."""
+    return storage_full(exc)
 
 
 class Rollup(CoreParts):

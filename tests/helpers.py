@@ -133,6 +133,9 @@ class Fleet:
         self.admin_token = ""
         self.enrol_token = ""
         self.ts_enrol_token = ""
+        self.database: str | None = None
+        """A PostgreSQL URL every NS of this fleet keeps its tables in (None: SQLite in its
+        data folder); set by the ``fleet`` fixture under ``--store=postgresql``."""
 
     def _proc(self, name: str, args: list[str]) -> Proc:
         p = Proc(name, args, self.root / f"{name}.log")
@@ -154,6 +157,8 @@ class Fleet:
         self, name: str = "ns", port: int = 0, *extra: str, data_root: Path | None = None
     ) -> Proc:
         data = (data_root or self.root) / name
+        if self.database is not None and "--database" not in extra:
+            extra = ("--database", self.database, *extra)
         self.ns = await self._proc(
             name, ["server", "--data", str(data), "--listen", f"127.0.0.1:{port}", *extra]
         ).start()

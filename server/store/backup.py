@@ -4,6 +4,9 @@ SQLite's online backup API copies the database from a connection of its own, in 
 read transaction, so the copy is the database as it stood at one instant, and (in WAL mode)
 the NS goes on writing meanwhile. It runs in a thread of its own (``asyncio.to_thread``), not in
 the NS's database thread, so no request waits for it. How to restore: ``docs/operations.md``.
+
+An NS on PostgreSQL (``--database``) refuses: PostgreSQL's own tools back it up (``pg_dump``,
+or its continuous archiving for point-in-time recovery), and its replication keeps a copy.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import secrets
 import sqlite3
 import time
 from typing import Any
+
+from server.store.dbapi import is_postgres_url
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -30,6 +35,11 @@ def write_backup(db_path: str, dest: str, force: bool = False) -> dict[str, Any]
     never overwrites some other file. The copy is written beside ``dest`` first and renamed into
     place once complete and checked, so ``dest`` is never a half-written database.
     """
+    if is_postgres_url(db_path):
+        raise BackupError(
+            "this NS keeps its tables in PostgreSQL: back them up with PostgreSQL's own tools"
+            " (pg_dump -Fc DATABASE, or continuous archiving); docs/operations.md"
+        )
     if not os.path.isabs(dest):
         raise BackupError(
             f"give the backup file as an absolute path on the server's machine, not {dest!r}"

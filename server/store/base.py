@@ -1,6 +1,6 @@
-"""The base every part of :class:`server.store.Store` builds on: the connection, opening and
-closing the database, and the three query helpers (``_all``, ``_one``, ``_insert``) every
-table's methods use.
+"""The base every part of :class:`server.store.Store` builds on: the database (SQLite or
+PostgreSQL, ``server.store.dbapi``), opening and closing it, and the three query helpers
+(``_all``, ``_one``, ``_insert``) every table's methods use.
 """
 
 from __future__ import annotations
@@ -8,17 +8,24 @@ from __future__ import annotations
 import time
 from typing import Any, Self
 
-import aiosqlite
-
-from runtime.db import open_db
 from runtime.metrics import NOT_OBSERVED, Observer
+from server.store.dbapi import Database, SQLiteDatabase, is_postgres_url
+from server.store.pgdb import PostgresDatabase
 from server.store.schema import _MIGRATIONS
 
 
-class StoreBase:
-    """The connection and the query helpers; the tables' methods live in the mixins."""
+async def open_database(target: str, migrations: list[str]) -> Database:
+    """The one place the NS's database is opened: a ``postgresql://`` URL, or an SQLite file's
+    path; its migrations applied (PostgreSQL's translated by ``server.store.pgdb.translate``)."""
+    if is_postgres_url(target):
+        return await PostgresDatabase.open(target, migrations)
+    return await SQLiteDatabase.open(target, migrations)
 
-    def __init__(self, db: aiosqlite.Connection):
+
+class StoreBase:
+    """The database and the query helpers; the tables' methods live in the mixins."""
+
+    def __init__(self, db: Database):
         self.db = db
         self.refused = 0
         """Reports refused by ``apply_reports`` (unknown instance, wrong computer or route, a
@@ -33,28 +40,29 @@ class StoreBase:
         """Where ``_all`` and ``_insert`` time their queries (the NS's ``/metrics`` sets them)."""
 
     @classmethod
-    async def open(cls, path: str) -> Self:
-        return cls(await open_db(path, _MIGRATIONS))
+    async def open(cls, target: str) -> Self:
+        """Open the store: ``target`` is an SQLite file's path or a ``postgresql://`` URL (the
+        one place either is opened; ``close`` is the one place it is closed)."""
+        return cls(await open_database(target, _MIGRATIONS))
 
     async def close(self) -> None:
         await self.db.close()
 
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.db.dialect
+
     async def _all(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[dict[str, Any]]:
         started = time.perf_counter()
-        async with self.db.execute(sql, args) as cur:
-            rows = await cur.fetchall()
-            # The column names once: ``description`` builds a new tuple on every access.
-            names = [d[0] for d in cur.description] if rows else []
+        rows = await self.db.fetch_dicts(sql, args)
         self.read_seconds.observe(time.perf_counter() - started)
-        return [dict(zip(names, r, strict=True)) for r in rows]
+        return rows
 
     async def _insert(self, sql: str, args: tuple[Any, ...]) -> int:
-        """Insert one row in its own transaction; return its rowid."""
+        """Insert one row in its own transaction; return its id."""
         started = time.perf_counter()
-        cur = await self.db.execute(sql, args)
-        rowid = int(cur.lastrowid or 0)
-        await cur.close()
-        await self.db.commit()
+        rowid = await self.db.insert(sql, args)
         self.write_seconds.observe(time.perf_counter() - started)
         return rowid
 

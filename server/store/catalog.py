@@ -8,7 +8,6 @@ import json
 import time
 from typing import Any
 
-from runtime.db import run_many
 from server.store.base import StoreBase
 
 ITEM_TABLES = {
@@ -70,6 +69,18 @@ class CatalogMixin(StoreBase):
         who: str,
         task_kind: str | None = None,
     ) -> dict[str, Any]:
+        async with self.db.transaction():
+            return await self._save_in(kind, name, type_, definition, who, task_kind)
+
+    async def _save_in(
+        self,
+        kind: str,
+        name: str,
+        type_: str,
+        definition: dict[str, Any],
+        who: str,
+        task_kind: str | None,
+    ) -> dict[str, Any]:
         now = time.time()
         table = ITEM_TABLES[kind]
         old = await self._one(f"SELECT definition, version FROM {table} WHERE name=?", (name,))
@@ -86,7 +97,7 @@ class CatalogMixin(StoreBase):
         else:
             summary = "first saved" if version == 1 else "saved again after a delete"
         if table == "tasks":
-            await self.db.execute_fetchall(
+            await self.db.execute(
                 "INSERT INTO tasks(name, type, kind, definition, created_at, updated_at, version)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET type=excluded.type,"
                 " kind=excluded.kind, definition=excluded.definition, updated_at=excluded.updated_at,"
@@ -94,19 +105,18 @@ class CatalogMixin(StoreBase):
                 (name, type_, task_kind, text, now, now, version),
             )
         else:
-            await self.db.execute_fetchall(
+            await self.db.execute(
                 "INSERT INTO jobs(name, type, definition, created_at, updated_at, version)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET type=excluded.type,"
                 " definition=excluded.definition, updated_at=excluded.updated_at,"
                 " version=excluded.version",
                 (name, type_, text, now, now, version),
             )
-        await self.db.execute_fetchall(
+        await self.db.execute(
             "INSERT INTO definition_versions(kind, name, version, definition, saved_at, saved_by,"
             " summary) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (kind, name, version, text, now, who, summary),
         )
-        await self.db.commit()
         return {"replaced": old is not None, "version": version, "changed": True}
 
     async def saved(
@@ -139,11 +149,7 @@ class CatalogMixin(StoreBase):
 
     async def delete_definition(self, kind: str, name: str) -> bool:
         """Delete a task or job (its kept versions stay, for the runs that used them)."""
-        cur = await self.db.execute(f"DELETE FROM {ITEM_TABLES[kind]} WHERE name=?", (name,))
-        deleted = cur.rowcount > 0
-        await cur.close()
-        await self.db.commit()
-        return deleted
+        return await self.db.execute(f"DELETE FROM {ITEM_TABLES[kind]} WHERE name=?", (name,)) > 0
 
     async def task(self, name: str) -> dict[str, Any] | None:
         row = await self._one("SELECT definition FROM tasks WHERE name=?", (name,))
@@ -175,13 +181,14 @@ class CatalogMixin(StoreBase):
     # -- filters ------------------------------------------------------------------------
 
     async def save_filter(self, definition: dict[str, Any]) -> bool:
-        old = await self._one("SELECT name FROM filters WHERE name=?", (definition["name"],))
-        await self.db.execute_fetchall(
-            "INSERT INTO filters(name, definition, updated_at) VALUES (?, ?, ?)"
-            " ON CONFLICT(name) DO UPDATE SET definition=excluded.definition, updated_at=excluded.updated_at",
-            (definition["name"], json.dumps(definition), time.time()),
-        )
-        await self.db.commit()
+        async with self.db.transaction():
+            old = await self._one("SELECT name FROM filters WHERE name=?", (definition["name"],))
+            await self.db.execute(
+                "INSERT INTO filters(name, definition, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET definition=excluded.definition,"
+                " updated_at=excluded.updated_at",
+                (definition["name"], json.dumps(definition), time.time()),
+            )
         return old is not None
 
     async def filters(self) -> list[dict[str, Any]]:
@@ -198,23 +205,20 @@ class CatalogMixin(StoreBase):
         self, name: str, computer_ids: set[int]
     ) -> tuple[list[int], list[int]]:
         """Replace a filter's cached membership; return (added, removed) computer ids."""
-        rows = await self._all("SELECT computer_id FROM filter_members WHERE filter=?", (name,))
-        before = {int(r["computer_id"]) for r in rows}
-        added, removed = sorted(computer_ids - before), sorted(before - computer_ids)
-        await run_many(
-            self.db,
-            "DELETE FROM filter_members WHERE filter=? AND computer_id=?",
-            [(name, c) for c in removed],
-        )
-        await run_many(
-            self.db,
-            "INSERT INTO filter_members(filter, computer_id) VALUES (?, ?)",
-            [(name, c) for c in added],
-        )
-        await self.db.execute_fetchall(
-            "UPDATE filters SET members_at=? WHERE name=?", (time.time(), name)
-        )
-        await self.db.commit()
+        db = self.db
+        async with db.transaction():
+            rows = await self._all("SELECT computer_id FROM filter_members WHERE filter=?", (name,))
+            before = {int(r["computer_id"]) for r in rows}
+            added, removed = sorted(computer_ids - before), sorted(before - computer_ids)
+            await db.executemany(
+                "DELETE FROM filter_members WHERE filter=? AND computer_id=?",
+                [(name, c) for c in removed],
+            )
+            await db.executemany(
+                "INSERT INTO filter_members(filter, computer_id) VALUES (?, ?)",
+                [(name, c) for c in added],
+            )
+            await db.execute("UPDATE filters SET members_at=? WHERE name=?", (time.time(), name))
         return added, removed
 
     async def filter_definition(self, name: str) -> dict[str, Any] | None:
@@ -242,14 +246,14 @@ class CatalogMixin(StoreBase):
     # -- reports ------------------------------------------------------------------------
 
     async def save_report(self, name: str, query: str, description: str) -> bool:
-        old = await self._one("SELECT name FROM reports WHERE name=?", (name,))
-        await self.db.execute_fetchall(
-            "INSERT INTO reports(name, query, description, updated_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT(name) DO UPDATE SET query=excluded.query, description=excluded.description,"
-            " updated_at=excluded.updated_at",
-            (name, query, description, time.time()),
-        )
-        await self.db.commit()
+        async with self.db.transaction():
+            old = await self._one("SELECT name FROM reports WHERE name=?", (name,))
+            await self.db.execute(
+                "INSERT INTO reports(name, query, description, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET query=excluded.query,"
+                " description=excluded.description, updated_at=excluded.updated_at",
+                (name, query, description, time.time()),
+            )
         return old is not None
 
     async def report(self, name: str) -> dict[str, Any] | None:
@@ -285,14 +289,19 @@ class CatalogMixin(StoreBase):
     # -- policies -----------------------------------------------------------------------
 
     async def save_policy(self, definition: dict[str, Any]) -> bool:
-        old = await self._one("SELECT name FROM policies WHERE name=?", (definition["name"],))
-        await self.db.execute_fetchall(
-            "INSERT INTO policies(name, definition, enabled, updated_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT(name) DO UPDATE SET definition=excluded.definition, enabled=excluded.enabled,"
-            " updated_at=excluded.updated_at",
-            (definition["name"], json.dumps(definition), int(definition["enabled"]), time.time()),
-        )
-        await self.db.commit()
+        async with self.db.transaction():
+            old = await self._one("SELECT name FROM policies WHERE name=?", (definition["name"],))
+            await self.db.execute(
+                "INSERT INTO policies(name, definition, enabled, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET definition=excluded.definition,"
+                " enabled=excluded.enabled, updated_at=excluded.updated_at",
+                (
+                    definition["name"],
+                    json.dumps(definition),
+                    int(definition["enabled"]),
+                    time.time(),
+                ),
+            )
         return old is not None
 
     async def policies(self) -> list[dict[str, Any]]:
@@ -300,15 +309,15 @@ class CatalogMixin(StoreBase):
         return [{**json.loads(r["definition"]), "enabled": bool(r["enabled"])} for r in rows]
 
     async def set_policy_enabled(self, name: str, enabled: bool) -> bool:
-        row = await self._one("SELECT definition FROM policies WHERE name=?", (name,))
-        if row is None:
-            return False
-        definition = {**json.loads(row["definition"]), "enabled": enabled}
-        await self.db.execute_fetchall(
-            "UPDATE policies SET enabled=?, definition=?, updated_at=? WHERE name=?",
-            (int(enabled), json.dumps(definition), time.time(), name),
-        )
-        await self.db.commit()
+        async with self.db.transaction():
+            row = await self._one("SELECT definition FROM policies WHERE name=?", (name,))
+            if row is None:
+                return False
+            definition = {**json.loads(row["definition"]), "enabled": enabled}
+            await self.db.execute(
+                "UPDATE policies SET enabled=?, definition=?, updated_at=? WHERE name=?",
+                (int(enabled), json.dumps(definition), time.time(), name),
+            )
         return True
 
     # -- items and folders --------------------------------------------------------------
@@ -319,7 +328,7 @@ class CatalogMixin(StoreBase):
             f"SELECT '{kind}' AS kind, name, folder FROM {table}"
             for kind, table in ITEM_TABLES.items()
         )
-        rows = await self._all(f"SELECT * FROM ({union}) ORDER BY folder, kind, name")
+        rows = await self._all(f"SELECT * FROM ({union}) AS items ORDER BY folder, kind, name")
         out = []
         for r in rows:
             if folder and not (
@@ -348,16 +357,18 @@ class CatalogMixin(StoreBase):
         return None
 
     async def move_item(self, kind: str, name: str, folder: str) -> None:
-        await self.db.execute_fetchall("INSERT OR IGNORE INTO folders(path) VALUES (?)", (folder,))
-        await self.db.execute_fetchall(
-            f"UPDATE {ITEM_TABLES[kind]} SET folder=? WHERE name=?", (folder, name)
-        )
-        await self.db.commit()
+        async with self.db.transaction():
+            await self.db.execute(
+                "INSERT INTO folders(path) VALUES (?) ON CONFLICT DO NOTHING", (folder,)
+            )
+            await self.db.execute(
+                f"UPDATE {ITEM_TABLES[kind]} SET folder=? WHERE name=?", (folder, name)
+            )
 
     async def delete_item(self, kind: str, name: str) -> None:
-        if kind == "filter":
-            await self.db.execute_fetchall("DELETE FROM filter_members WHERE filter=?", (name,))
-        if kind == "report":
-            await self.db.execute_fetchall("DELETE FROM report_snapshots WHERE report=?", (name,))
-        await self.db.execute_fetchall(f"DELETE FROM {ITEM_TABLES[kind]} WHERE name=?", (name,))
-        await self.db.commit()
+        async with self.db.transaction():
+            if kind == "filter":
+                await self.db.execute("DELETE FROM filter_members WHERE filter=?", (name,))
+            if kind == "report":
+                await self.db.execute("DELETE FROM report_snapshots WHERE report=?", (name,))
+            await self.db.execute(f"DELETE FROM {ITEM_TABLES[kind]} WHERE name=?", (name,))

@@ -10,7 +10,6 @@ from typing import Any
 
 from protocol.states import TERMINAL
 from protocol.tasks import inventory_mac
-from runtime.db import run_many
 from server.store.base import StoreBase
 
 _TERMINAL_SQL = "(" + ",".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
@@ -26,25 +25,25 @@ class ComputersMixin(StoreBase):
         now = time.time()
         raw = info.get("addresses")
         addresses: list[Any] = raw if isinstance(raw, list) else []
-        await self.db.execute_fetchall(
-            "INSERT INTO computers(name, has_agent, os, agent_version, addresses, last_seen, created_at)"
-            " VALUES (?, 1, ?, ?, ?, ?, ?)"
-            " ON CONFLICT(name) DO UPDATE SET has_agent=1, os=excluded.os,"
-            " agent_version=excluded.agent_version, addresses=excluded.addresses,"
-            " last_seen=excluded.last_seen",
-            (
-                name,
-                str(info.get("os", ""))[:200],
-                str(info.get("agent_version", ""))[:50],
-                json.dumps([str(a)[:100] for a in addresses[:64]]),
-                now,
-                now,
-            ),
-        )
-        await self.db.commit()
-        row = await self._one("SELECT * FROM computers WHERE name=?", (name,))
-        assert row is not None
-        return row
+        # The row comes back from the upsert itself (RETURNING: SQLite 3.35, PostgreSQL): one
+        # statement per registration, not a second one to read it.
+        async with self.db.transaction():
+            rows = await self.db.fetch_dicts(
+                "INSERT INTO computers(name, has_agent, os, agent_version, addresses, last_seen,"
+                " created_at) VALUES (?, 1, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET has_agent=1, os=excluded.os,"
+                " agent_version=excluded.agent_version, addresses=excluded.addresses,"
+                " last_seen=excluded.last_seen RETURNING *",
+                (
+                    name,
+                    str(info.get("os", ""))[:200],
+                    str(info.get("agent_version", ""))[:50],
+                    json.dumps([str(a)[:100] for a in addresses[:64]]),
+                    now,
+                    now,
+                ),
+            )
+        return rows[0]
 
     async def add_device(
         self, name: str, address: str, taskserver: str | None, mac: str = ""
@@ -53,21 +52,19 @@ class ComputersMixin(StoreBase):
         existing = await self._one("SELECT id FROM computers WHERE name=?", (name,))
         if existing is not None:
             raise ValueError(f"a computer named {name!r} already exists")
-        await self.db.execute_fetchall(
+        await self.db.execute(
             "INSERT INTO computers(name, has_agent, addresses, taskserver, created_at, mac)"
             " VALUES (?, 0, ?, ?, ?, ?)",
             (name, json.dumps([address] if address else []), taskserver, time.time(), mac),
         )
-        await self.db.commit()
         row = await self._one("SELECT * FROM computers WHERE name=?", (name,))
         assert row is not None
         return row
 
     async def set_taskserver(self, computer_id: int, taskserver: str | None) -> None:
-        await self.db.execute_fetchall(
+        await self.db.execute(
             "UPDATE computers SET taskserver=? WHERE id=?", (taskserver, computer_id)
         )
-        await self.db.commit()
 
     async def computers(self, names: list[str] | None = None) -> list[dict[str, Any]]:
         if names is None:
@@ -102,9 +99,9 @@ class ComputersMixin(StoreBase):
         route, epoch. Read with the index on ``computer_id``."""
         return await self._all(
             "SELECT id, computer, route, epoch FROM instances"
-            " WHERE computer_id IN (SELECT value FROM json_each(?)) AND parent_id IS NULL"
+            f" WHERE {self.db.in_list('computer_id')} AND parent_id IS NULL"
             f" AND status NOT IN {_TERMINAL_SQL}",
-            (json.dumps(computer_ids),),
+            (self.db.list_arg(computer_ids),),
         )
 
     async def delete_computers(self, computer_ids: list[int], reason: str) -> None:
@@ -122,47 +119,51 @@ class ComputersMixin(StoreBase):
             return
         now = time.time()
         ids = [(i,) for i in computer_ids]
-        await run_many(
-            self.db,
-            "UPDATE instances SET status='stopped', reason=?, ended_at=?, updated_at=?"
-            f" WHERE computer_id=? AND parent_id IS NOT NULL AND status NOT IN {_TERMINAL_SQL}",
-            [(reason, now, now, i) for i in computer_ids],
-        )
-        await run_many(self.db, "UPDATE instances SET computer_id=NULL WHERE computer_id=?", ids)
-        await run_many(
-            self.db,
-            "UPDATE runs SET targets=(SELECT json_group_array(value) FROM json_each(runs.targets)"
-            " WHERE value != ?1) WHERE status='running'"
-            " AND EXISTS (SELECT 1 FROM json_each(runs.targets) WHERE value = ?1)",
-            ids,
-        )
-        for table in ("group_members", "filter_members", "inventory"):
-            await run_many(self.db, f"DELETE FROM {table} WHERE computer_id=?", ids)
-        await run_many(self.db, "DELETE FROM computers WHERE id=?", ids)
-        await self.db.commit()
+        gone = set(computer_ids)
+        db = self.db
+        async with db.transaction():
+            await db.executemany(
+                "UPDATE instances SET status='stopped', reason=?, ended_at=?, updated_at=?"
+                f" WHERE computer_id=? AND parent_id IS NOT NULL AND status NOT IN {_TERMINAL_SQL}",
+                [(reason, now, now, i) for i in computer_ids],
+            )
+            await db.executemany("UPDATE instances SET computer_id=NULL WHERE computer_id=?", ids)
+            # Running runs are few: their targets are filtered here, the same on both databases.
+            kept = []
+            for run_id, text in await db.fetch(
+                "SELECT id, targets FROM runs WHERE status='running'"
+            ):
+                targets = json.loads(text)
+                if gone.intersection(targets):
+                    kept.append((json.dumps([t for t in targets if t not in gone]), run_id))
+            await db.executemany("UPDATE runs SET targets=? WHERE id=?", kept)
+            for table in ("group_members", "filter_members", "inventory"):
+                await db.executemany(f"DELETE FROM {table} WHERE computer_id=?", ids)
+            await db.executemany("DELETE FROM computers WHERE id=?", ids)
 
     async def delete_agent_keys(self, names: list[str]) -> list[str]:
         """Forget the agent keys of these names (a TS's key of the same name stays); return the
         names that had one."""
-        found = await self._all(
-            "SELECT name FROM keys WHERE role='agent' AND name IN (SELECT value FROM json_each(?))"
-            " ORDER BY name",
-            (json.dumps(names),),
-        )
-        await run_many(
-            self.db, "DELETE FROM keys WHERE role='agent' AND name=?", [(r["name"],) for r in found]
-        )
-        await self.db.commit()
+        async with self.db.transaction():
+            found = await self._all(
+                f"SELECT name FROM keys WHERE role='agent' AND {self.db.in_list('name', 'text')}"
+                " ORDER BY name",
+                (self.db.list_arg(names),),
+            )
+            await self.db.executemany(
+                "DELETE FROM keys WHERE role='agent' AND name=?", [(r["name"],) for r in found]
+            )
         return [str(r["name"]) for r in found]
 
     async def computers_by_id(self, ids: list[int]) -> list[dict[str, Any]]:
         """What planning a step needs of each target: id, name, has_agent and taskserver
         (four columns, not every one: a step on 10,000 computers reads them all)."""
-        # One statement for any number of ids (json_each), not one per 500: a quarter less time.
+        # One statement for any number of ids (a list parameter), not one per 500: a quarter
+        # less time.
         return await self._all(
             "SELECT id, name, has_agent, taskserver FROM computers"
-            " WHERE id IN (SELECT value FROM json_each(?)) ORDER BY name",
-            (json.dumps(ids),),
+            f" WHERE {self.db.in_list('id')} ORDER BY name",
+            (self.db.list_arg(ids),),
         )
 
     async def set_online(self, names: list[str], online: bool, taskserver: str | None) -> int:
@@ -174,13 +175,11 @@ class ComputersMixin(StoreBase):
         computers). An ``offline`` from the TS a computer left is a late word, not a claim: it
         changes nothing either (the computer may be connected elsewhere), and is not counted.
         """
-        now = time.time()
-        async with self.db.executemany(
-            f"UPDATE computers SET online={int(online)}, last_seen=? WHERE name=? AND taskserver IS ?",
-            [(now, n, taskserver) for n in names],
-        ) as cur:
-            changed = cur.rowcount
-        await self.db.commit()
+        changed = await self.db.execute(
+            f"UPDATE computers SET online={int(online)}, last_seen=?"
+            f" WHERE {self.db.in_list('name', 'text')} AND taskserver {self.db.same} ?",
+            (time.time(), self.db.list_arg(names), taskserver),
+        )
         return max(0, len(names) - changed) if online else 0
 
     async def set_all_offline(self, taskserver: str | None, keep: list[str] | None = None) -> None:
@@ -188,29 +187,22 @@ class ComputersMixin(StoreBase):
         where = "taskserver IS NULL AND has_agent=1" if taskserver is None else "taskserver=?"
         args: tuple[Any, ...] = () if taskserver is None else (taskserver,)
         if keep:
-            await self.db.execute_fetchall(
-                "CREATE TEMP TABLE IF NOT EXISTS keep_names(name TEXT PRIMARY KEY)"
-            )
-            await self.db.execute_fetchall("DELETE FROM keep_names")
-            await run_many(
-                self.db, "INSERT OR IGNORE INTO keep_names VALUES (?)", [(k,) for k in keep]
-            )
-            where += " AND name NOT IN (SELECT name FROM keep_names)"
+            where += f" AND NOT {self.db.in_list('name', 'text')}"
+            args += (self.db.list_arg(keep),)
         # Seen until now: ``computers --offline-for`` counts from here, not from when it came.
-        await self.db.execute_fetchall(
+        await self.db.execute(
             f"UPDATE computers SET online=0, last_seen=? WHERE online=1 AND {where}",
             (time.time(), *args),
         )
-        await self.db.commit()
 
     async def reset_presence(self) -> None:
         """At start nobody is connected yet. Those that were online when this NS last stopped
         count as seen until now (``computers --offline-for`` counts from there)."""
-        await self.db.execute_fetchall(
-            "UPDATE computers SET online=0, last_seen=? WHERE online=1", (time.time(),)
-        )
-        await self.db.execute_fetchall("UPDATE taskservers SET online=0")
-        await self.db.commit()
+        async with self.db.transaction():
+            await self.db.execute(
+                "UPDATE computers SET online=0, last_seen=? WHERE online=1", (time.time(),)
+            )
+            await self.db.execute("UPDATE taskservers SET online=0")
 
     async def upsert_taskserver(
         self,
@@ -220,16 +212,16 @@ class ComputersMixin(StoreBase):
         public_key: bytes | None = None,
         tls_fingerprint: str = "",
     ) -> None:
-        await self.db.execute_fetchall(
+        await self.db.execute(
             "INSERT INTO taskservers(name, url, online, last_seen, public_key, tls_fingerprint)"
             " VALUES (?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(name) DO UPDATE SET url=excluded.url, online=excluded.online,"
-            " last_seen=excluded.last_seen, public_key=coalesce(excluded.public_key, public_key),"
-            " tls_fingerprint=CASE WHEN excluded.tls_fingerprint='' THEN tls_fingerprint"
+            " last_seen=excluded.last_seen,"
+            " public_key=coalesce(excluded.public_key, taskservers.public_key),"
+            " tls_fingerprint=CASE WHEN excluded.tls_fingerprint='' THEN taskservers.tls_fingerprint"
             " ELSE excluded.tls_fingerprint END",
             (name, url, 1 if online else 0, time.time(), public_key, tls_fingerprint),
         )
-        await self.db.commit()
 
     async def taskservers(self) -> list[dict[str, Any]]:
         """Every TS with its count of computers (a scan of the computers: for views, not per
@@ -259,10 +251,10 @@ class ComputersMixin(StoreBase):
     async def save_inventories(self, instance_ids: list[int]) -> None:
         """Keep the inventory that these send-basic-inventory instances reported (history kept)."""
         now = time.time()
-        marks = ",".join("?" * len(instance_ids))
         rows = await self._all(
-            f"SELECT computer_id, output FROM instances WHERE id IN ({marks}) AND computer_id IS NOT NULL",
-            instance_ids,
+            f"SELECT computer_id, output FROM instances WHERE {self.db.in_list('id')}"
+            " AND computer_id IS NOT NULL",
+            (self.db.list_arg(instance_ids),),
         )
         keep, macs = [], []
         for r in rows:
@@ -274,11 +266,11 @@ class ComputersMixin(StoreBase):
                 keep.append((r["computer_id"], now, json.dumps(data)))
                 if mac := inventory_mac(data):  # wake-on-lan's %MACADDRESS% (docs/tasks.md §10)
                     macs.append((mac, r["computer_id"]))
-        await run_many(
-            self.db, "INSERT INTO inventory(computer_id, at, data) VALUES (?, ?, ?)", keep
-        )
-        await run_many(self.db, "UPDATE computers SET mac=? WHERE id=?", macs)
-        await self.db.commit()
+        async with self.db.transaction():
+            await self.db.executemany(
+                "INSERT INTO inventory(computer_id, at, data) VALUES (?, ?, ?)", keep
+            )
+            await self.db.executemany("UPDATE computers SET mac=? WHERE id=?", macs)
 
     async def inventory(self, computer: str, history: bool = False) -> list[dict[str, Any]]:
         rows = await self._all(
@@ -294,8 +286,8 @@ class ComputersMixin(StoreBase):
         view names them. The console's Fleet page sums them: one pass over ``computers``."""
         return await self._all(
             "SELECT coalesce(taskserver, CASE WHEN has_agent=1 THEN '(built-in)' END)"
-            " AS taskserver, count(*) AS computers, coalesce(sum(online), 0) AS online,"
-            " coalesce(sum(has_agent), 0) AS agents FROM computers"
+            " AS taskserver, count(*) AS computers, count(*) FILTER (WHERE online=1) AS online,"
+            " count(*) FILTER (WHERE has_agent=1) AS agents FROM computers"
             " GROUP BY 1 ORDER BY 1"
         )
 
@@ -338,14 +330,10 @@ class ComputersMixin(StoreBase):
             if row is None:
                 raise ValueError(f"no group named {parent!r}")
             parent_id = row["id"]
-        cur = await self.db.execute(
+        return await self._insert(
             "INSERT INTO groups(name, parent_id, created_at) VALUES (?, ?, ?)",
             (name, parent_id, time.time()),
         )
-        group_id = int(cur.lastrowid or 0)
-        await cur.close()
-        await self.db.commit()
-        return group_id
 
     async def group_id(self, name: str) -> int | None:
         row = await self._one("SELECT id FROM groups WHERE name=?", (name,))
@@ -353,18 +341,18 @@ class ComputersMixin(StoreBase):
 
     async def add_to_group(self, group_id: int, computer_ids: list[int]) -> int:
         """Add computers to a group; return how many were not in it already."""
-        before = await self._one(
-            "SELECT count(*) AS n FROM group_members WHERE group_id=?", (group_id,)
-        )
-        await run_many(
-            self.db,
-            "INSERT OR IGNORE INTO group_members(group_id, computer_id) VALUES (?, ?)",
-            [(group_id, c) for c in computer_ids],
-        )
-        await self.db.commit()
-        after = await self._one(
-            "SELECT count(*) AS n FROM group_members WHERE group_id=?", (group_id,)
-        )
+        async with self.db.transaction():
+            before = await self._one(
+                "SELECT count(*) AS n FROM group_members WHERE group_id=?", (group_id,)
+            )
+            await self.db.executemany(
+                "INSERT INTO group_members(group_id, computer_id) VALUES (?, ?)"
+                " ON CONFLICT DO NOTHING",
+                [(group_id, c) for c in computer_ids],
+            )
+            after = await self._one(
+                "SELECT count(*) AS n FROM group_members WHERE group_id=?", (group_id,)
+            )
         return int(after["n"] if after else 0) - int(before["n"] if before else 0)
 
     async def group_computers(self, names: list[str]) -> list[dict[str, Any]]:
@@ -412,20 +400,15 @@ class ComputersMixin(StoreBase):
 
     async def remove_from_group(self, group_id: int, computer_ids: list[int]) -> int:
         """Take computers out of a group; return how many were in it."""
-        async with self.db.executemany(
-            "DELETE FROM group_members WHERE group_id=? AND computer_id=?",
-            [(group_id, c) for c in computer_ids],
-        ) as cur:
-            removed = cur.rowcount
-        await self.db.commit()
-        return max(0, removed)
+        return await self.db.execute(
+            f"DELETE FROM group_members WHERE group_id=? AND {self.db.in_list('computer_id')}",
+            (group_id, self.db.list_arg(computer_ids)),
+        )
 
     async def delete_group(self, group_id: int) -> int:
         """Delete a group with no nested group (the caller checks); its computers stay, out of
         it. Returns how many computers it held."""
-        cur = await self.db.execute("DELETE FROM group_members WHERE group_id=?", (group_id,))
-        held = cur.rowcount
-        await cur.close()
-        await self.db.execute_fetchall("DELETE FROM groups WHERE id=?", (group_id,))
-        await self.db.commit()
-        return max(0, held)
+        async with self.db.transaction():
+            held = await self.db.execute("DELETE FROM group_members WHERE group_id=?", (group_id,))
+            await self.db.execute("DELETE FROM groups WHERE id=?", (group_id,))
+        return held

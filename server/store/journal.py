@@ -16,11 +16,10 @@ class JournalMixin(StoreBase):
     # -- audit trail --------------------------------------------------------------------
 
     async def audit(self, who: str, action: str, detail: str, outcome: str) -> None:
-        await self.db.execute_fetchall(
+        await self.db.execute(
             "INSERT INTO audit(at, who, action, detail, outcome) VALUES (?, ?, ?, ?, ?)",
             (time.time(), who, action, detail, outcome),
         )
-        await self.db.commit()
 
     async def audit_trail(
         self, limit: int, who: str = "", action: str = ""
@@ -28,9 +27,10 @@ class JournalMixin(StoreBase):
         """The newest ``limit`` entries; ``who`` (exact) and ``action`` (a prefix: ``keys``
         matches ``keys.accept``) narrow them when given."""
         return await self._all(
-            "SELECT * FROM audit WHERE (?='' OR who=?) AND (?='' OR instr(action, ?)=1)"
+            "SELECT * FROM audit WHERE (CAST(? AS TEXT)='' OR who=?)"
+            " AND (CAST(? AS TEXT)='' OR substr(action, 1, length(CAST(? AS TEXT)))=?)"
             " ORDER BY id DESC LIMIT ?",
-            (who, who, action, action, limit),
+            (who, who, action, action, action, limit),
         )
 
     # -- messages -----------------------------------------------------------------------

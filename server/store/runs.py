@@ -15,13 +15,20 @@ from typing import Any, NamedTuple
 
 from protocol.messages import Report
 from protocol.states import TERMINAL, InstanceState, may_move
-from runtime.db import run_many
 from server.store.base import StoreBase
 
 HELD_BACK_EVERY_S = 600.0
 """An agent's word that it holds work back (its disk is full) is raised at most this often."""
 HELD_BACK_REMEMBERED = 10_000
 _TERMINAL_SQL = "(" + ",".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
+_COUNTS = (
+    "count(i.id) AS total,"
+    " count(i.id) FILTER (WHERE i.status='succeeded') AS succeeded,"
+    f" count(i.id) FILTER (WHERE i.status IN {_TERMINAL_SQL} AND i.status!='succeeded')"
+    " AS failed,"
+    f" count(i.id) FILTER (WHERE i.status NOT IN {_TERMINAL_SQL}) AS pending"
+)
+"""A run's top-level instances by outcome (``count ... FILTER``: both databases, integers)."""
 
 # -- instance ids on the wire ---------------------------------------------------------------
 #
@@ -39,6 +46,32 @@ ROW_ID_MASK = (1 << EPOCH_SHIFT) - 1
 EPOCH_LIMIT = 1 << 23
 """Epochs are 1 .. EPOCH_LIMIT - 1 (0: rows made before epochs existed)."""
 _WIRE_SQL = f"(epoch << {EPOCH_SHIFT}) | id"
+_NO_LIMIT = 1 << 62
+_NEW_INSTANCE_TYPES = (
+    "bigint", "text", "bigint", "text", "text", "text", "text", "float8", "float8", "bigint"
+)  # fmt: skip
+_PROGRESS_SQL = (
+    "UPDATE instances SET status=?, started_at=coalesce(?, started_at), updated_at=? WHERE id=?"
+)
+_PROGRESS_PG = (
+    "UPDATE instances AS i SET status=v.status, started_at=coalesce(v.started_at, i.started_at),"
+    " updated_at=v.updated_at FROM {rows} AS v(status, started_at, updated_at, id)"
+    " WHERE i.id=v.id"
+)
+_PROGRESS_TYPES = ("text", "float8", "float8", "bigint")
+_FINAL_SQL = (
+    "UPDATE instances SET status=?, return_code=?, output=?, reason=?,"
+    " started_at=coalesce(?, started_at), ended_at=?, updated_at=? WHERE id=?"
+)
+_FINAL_PG = (
+    "UPDATE instances AS i SET status=v.status, return_code=v.return_code, output=v.output,"
+    " reason=v.reason, started_at=coalesce(v.started_at, i.started_at), ended_at=v.ended_at,"
+    " updated_at=v.updated_at FROM {rows}"
+    " AS v(status, return_code, output, reason, started_at, ended_at, updated_at, id)"
+    " WHERE i.id=v.id"
+)
+_FINAL_TYPES = ("text", "bigint", "text", "text", "float8", "float8", "float8", "bigint")
+"""The roll-up's two UPDATEs: per row on SQLite, one ``unnest`` statement on PostgreSQL."""
 
 
 def boot_epoch(now: float | None = None, previous: int = 0) -> int:
@@ -200,27 +233,26 @@ class RunsMixin(StoreBase):
         now = time.time()
         # The version of the saved task or job this run runs, read in the same statement.
         version_of = "jobs" if "job" in definition else "tasks"
-        cur = await self.db.execute(
+        sql = (
             "INSERT INTO runs(task_name, kind, definition, status, created_at, deadline, targets,"
             " schedule, version) VALUES (?, ?, ?, 'running', ?, ?, ?, ?,"
-            f" (SELECT version FROM {version_of} WHERE name=?))",
-            (
-                definition["name"],
-                # A client job dispatches like a client task but is listed as what it is.
-                "client-job" if definition.get("type") == "client-job" else definition["kind"],
-                json.dumps(definition),
-                now,
-                deadline,
-                json.dumps(targets or []),
-                schedule,
-                definition["name"],
-            ),
+            f" (SELECT version FROM {version_of} WHERE name=?))"
         )
-        run_id = int(cur.lastrowid or 0)
-        await cur.close()
-        if first_step:
-            await self._insert_step(run_id, "", definition, deadline, instances, now)
-        await self.db.commit()
+        args = (
+            definition["name"],
+            # A client job dispatches like a client task but is listed as what it is.
+            "client-job" if definition.get("type") == "client-job" else definition["kind"],
+            json.dumps(definition),
+            now,
+            deadline,
+            json.dumps(targets or []),
+            schedule,
+            definition["name"],
+        )
+        async with self.db.transaction():
+            run_id = await self.db.insert(sql, args)
+            if first_step:
+                await self._insert_step(run_id, "", definition, deadline, instances, now)
         return run_id
 
     async def _insert_step(
@@ -233,14 +265,18 @@ class RunsMixin(StoreBase):
         now: float,
     ) -> None:
         epoch = self.epoch
-        await self.db.execute_fetchall(
+        await self.db.execute(
             "INSERT INTO steps(run_id, step, task, deadline, started_at) VALUES (?, ?, ?, ?, ?)",
             (run_id, step, json.dumps(task), deadline, now),
         )
-        await run_many(
-            self.db,
+        columns = (
             "INSERT INTO instances(run_id, step, computer_id, computer, route, status, reason,"
-            " ended_at, updated_at, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " ended_at, updated_at, epoch)"
+        )
+        await self.db.bulk(
+            columns + " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            columns + " SELECT * FROM {rows}",
+            _NEW_INSTANCE_TYPES,
             [
                 (
                     run_id,
@@ -272,17 +308,14 @@ class RunsMixin(StoreBase):
         After a crash either both exist or neither: the step is never dispatched twice.
         """
         now = time.time()
-        await self._insert_step(run_id, step, task, deadline, instances, now)
-        await self.db.execute_fetchall(
-            "UPDATE runs SET machine=? WHERE id=?", (json.dumps(machine), run_id)
-        )
-        await self.db.commit()
+        async with self.db.transaction():
+            await self._insert_step(run_id, step, task, deadline, instances, now)
+            await self.db.execute(
+                "UPDATE runs SET machine=? WHERE id=?", (json.dumps(machine), run_id)
+            )
 
     async def save_machine(self, run_id: int, machine: dict[str, Any]) -> None:
-        await self.db.execute_fetchall(
-            "UPDATE runs SET machine=? WHERE id=?", (json.dumps(machine), run_id)
-        )
-        await self.db.commit()
+        await self.db.execute("UPDATE runs SET machine=? WHERE id=?", (json.dumps(machine), run_id))
 
     async def run(self, run_id: int) -> dict[str, Any] | None:
         row = await self._one("SELECT * FROM runs WHERE id=?", (run_id,))
@@ -295,11 +328,7 @@ class RunsMixin(StoreBase):
     async def runs(self, limit: int = 50) -> list[dict[str, Any]]:
         return await self._all(
             "SELECT r.id, r.task_name, r.kind, r.status, r.created_at, r.ended_at, r.schedule,"
-            " r.version,"
-            " count(i.id) AS total,"
-            " coalesce(sum(i.status='succeeded'), 0) AS succeeded,"
-            f" coalesce(sum(i.status IN {_TERMINAL_SQL} AND i.status!='succeeded'), 0) AS failed,"
-            f" coalesce(sum(i.status NOT IN {_TERMINAL_SQL}), 0) AS pending"
+            f" r.version, {_COUNTS}"
             " FROM runs r LEFT JOIN instances i ON i.run_id=r.id AND i.parent_id IS NULL"
             " GROUP BY r.id ORDER BY r.id DESC LIMIT ?",
             (limit,),
@@ -309,10 +338,7 @@ class RunsMixin(StoreBase):
         """Runs not ended, newest first, with their instance counts as in :meth:`runs`."""
         return await self._all(
             "SELECT r.id, r.task_name, r.kind, r.status, r.created_at, r.deadline, r.schedule,"
-            " count(i.id) AS total,"
-            " coalesce(sum(i.status='succeeded'), 0) AS succeeded,"
-            f" coalesce(sum(i.status IN {_TERMINAL_SQL} AND i.status!='succeeded'), 0) AS failed,"
-            f" coalesce(sum(i.status NOT IN {_TERMINAL_SQL}), 0) AS pending"
+            f" {_COUNTS}"
             " FROM runs r LEFT JOIN instances i ON i.run_id=r.id AND i.parent_id IS NULL"
             " WHERE r.status='running' GROUP BY r.id ORDER BY r.id DESC LIMIT ?",
             (limit,),
@@ -365,7 +391,8 @@ class RunsMixin(StoreBase):
 
     async def steps(self, run_id: int) -> list[dict[str, Any]]:
         return await self._all(
-            "SELECT step, deadline, started_at FROM steps WHERE run_id=? ORDER BY started_at, rowid",
+            "SELECT step, deadline, started_at FROM steps WHERE run_id=?"
+            f" ORDER BY started_at, {self.db.rowid}",
             (run_id,),
         )
 
@@ -398,7 +425,7 @@ class RunsMixin(StoreBase):
         ``after_id`` on, at most ``limit`` (-1: all), so a dispatch of ten thousand can send its
         first chunk before reading the rest (the partial index ``instances_undispatched`` holds
         them in id order). Plain rows, not maps: a step reads ten thousand of them."""
-        async with self.db.execute(
+        rows = await self.db.fetch(
             "SELECT i.id, i.run_id, i.step, i.computer, i.computer_id,"
             " coalesce(c.has_agent, 0), coalesce(c.mac, ''),"
             f" (i.epoch << {EPOCH_SHIFT}) | i.id"
@@ -407,9 +434,9 @@ class RunsMixin(StoreBase):
             " WHERE i.route=? AND i.dispatched=0 AND i.id>? AND r.status='running'"
             f" AND i.status NOT IN {_TERMINAL_SQL}"
             " AND i.parent_id IS NULL ORDER BY i.id LIMIT ?",
-            (route, after_id, limit),
-        ) as cur:
-            return list(map(Pending._make, await cur.fetchall()))
+            (route, after_id, limit if limit >= 0 else _NO_LIMIT),
+        )
+        return list(map(Pending._make, rows))
 
     async def step_task(self, run_id: int, step: str) -> tuple[dict[str, Any], float] | None:
         """A step's task and deadline (read once per dispatch, not once per instance)."""
@@ -421,26 +448,25 @@ class RunsMixin(StoreBase):
     async def reroute(self, computer_id: int, old: str, new: str) -> list[dict[str, Any]]:
         """Move a computer's unfinished instances from one route to another, to be dispatched
         anew; return them (``wire``: the id the old relay knows them by)."""
-        rows = await self._all(
-            f"SELECT id, run_id, step, {_WIRE_SQL} AS wire FROM instances WHERE computer_id=? AND route=? AND parent_id IS NULL"
-            f" AND status NOT IN {_TERMINAL_SQL}",
-            (computer_id, old),
-        )
-        await run_many(
-            self.db,
-            "UPDATE instances SET route=?, dispatched=0 WHERE id=?",
-            [(new, r["id"]) for r in rows],
-        )
-        await self.db.commit()
+        async with self.db.transaction():
+            rows = await self._all(
+                f"SELECT id, run_id, step, {_WIRE_SQL} AS wire FROM instances WHERE computer_id=?"
+                f" AND route=? AND parent_id IS NULL AND status NOT IN {_TERMINAL_SQL}",
+                (computer_id, old),
+            )
+            await self.db.executemany(
+                "UPDATE instances SET route=?, dispatched=0 WHERE id=?",
+                [(new, r["id"]) for r in rows],
+            )
         return rows
 
     async def mark_dispatched(self, instance_ids: list[int]) -> None:
-        # One statement for a dispatch's thousand ids (json_each), not a thousand: a third less.
-        await self.db.execute_fetchall(
-            "UPDATE instances SET dispatched=1 WHERE id IN (SELECT value FROM json_each(?))",
-            (json.dumps(instance_ids),),
+        # One statement for a dispatch's thousand ids (a list parameter), not a thousand: a
+        # third less on SQLite, and one round trip on PostgreSQL.
+        await self.db.execute(
+            f"UPDATE instances SET dispatched=1 WHERE {self.db.in_list('id')}",
+            (self.db.list_arg(instance_ids),),
         )
-        await self.db.commit()
 
     async def apply_reports(self, reports: list[Report], route: str | None = None) -> list[Change]:
         """Apply a batch of reports in one transaction; return the instances that moved.
@@ -454,6 +480,10 @@ class RunsMixin(StoreBase):
         """
         if not reports:
             return []
+        async with self.db.transaction():
+            return await self._apply_reports(reports, route)
+
+    async def _apply_reports(self, reports: list[Report], route: str | None) -> list[Change]:
         claimed: list[int] | None = None
         if route is not None:  # from a relay: wire ids (``wire_id``), made row ids here
             reports, claimed = _from_wire(reports)
@@ -506,8 +536,7 @@ class RunsMixin(StoreBase):
             self.refused += sum(1 for r, _, step in mine if (r.instance_id, step) in late)
             mine = [m for m in mine if (m[0].instance_id, m[2]) not in late]
         if missing:
-            await run_many(
-                self.db,
+            await self.db.executemany(
                 "INSERT INTO instances(run_id, step, parent_id, computer_id, computer, route,"
                 " status, updated_at, dispatched) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, 1)",
                 [
@@ -568,29 +597,20 @@ class RunsMixin(StoreBase):
                 )
             )
         if progress:
-            await run_many(
-                self.db,
-                "UPDATE instances SET status=?, started_at=coalesce(?, started_at), updated_at=?"
-                " WHERE id=?",
-                progress,
-            )
-        if final:
-            await run_many(
-                self.db,
-                "UPDATE instances SET status=?, return_code=?, output=?, reason=?,"
-                " started_at=coalesce(?, started_at), ended_at=?, updated_at=? WHERE id=?",
-                final,
-            )
+            if len({p[-1] for p in progress}) < len(progress):  # one instance moved twice
+                await self.db.executemany(_PROGRESS_SQL, progress)
+            else:
+                await self.db.bulk(_PROGRESS_SQL, _PROGRESS_PG, _PROGRESS_TYPES, progress)
+        if final:  # a terminal state is final: each instance at most once
+            await self.db.bulk(_FINAL_SQL, _FINAL_PG, _FINAL_TYPES, final)
         if kept:
             # A stop ends an instance at once; the script's own result follows with what it
             # had printed. The state stays ``stopped``: only an empty output is filled in.
-            await run_many(
-                self.db,
+            await self.db.executemany(
                 "UPDATE instances SET return_code=?, output=?, started_at=coalesce(started_at, ?)"
                 " WHERE id=? AND output='' AND return_code IS NULL",
                 kept,
             )
-        await self.db.commit()
         return changes
 
     def _hold_back(self, computer: str, reason: str) -> None:
@@ -622,12 +642,11 @@ class RunsMixin(StoreBase):
         for i in range(0, len(wanted), 400):
             chunk = wanted[i : i + 400]
             where = " OR ".join("(run_id=? AND step=?)" for _ in chunk)
-            async with self.db.execute(
+            for run_id, step, task in await self.db.fetch(
                 f"SELECT run_id, step, task FROM steps WHERE {where}",
                 [v for pair in chunk for v in pair],
-            ) as cur:
-                for run_id, step, task in await cur.fetchall():
-                    names[(run_id, step)] = _job_step_names(json.loads(task))
+            ):
+                names[(run_id, step)] = _job_step_names(json.loads(task))
         kept: list[tuple[Report, Parent, str]] = []
         for item in mine:
             r, parent, step = item
@@ -653,16 +672,12 @@ class RunsMixin(StoreBase):
     async def _by_ids(self, ids: list[int]) -> dict[int, Parent]:
         """Top-level instances by id: plain rows, not maps (a roll-up reads ten thousand)."""
         out: dict[int, Parent] = {}
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            async with self.db.execute(
-                f"SELECT id, status, run_id, step, computer, computer_id, route, epoch FROM instances"
-                f" WHERE id IN ({marks}) AND parent_id IS NULL",
-                chunk,
-            ) as cur:
-                for row in await cur.fetchall():
-                    out[row[0]] = Parent._make(row[1:])
+        for row in await self.db.fetch(
+            "SELECT id, status, run_id, step, computer, computer_id, route, epoch FROM instances"
+            f" WHERE {self.db.in_list('id')} AND parent_id IS NULL",
+            (self.db.list_arg(ids),),
+        ):
+            out[row[0]] = Parent._make(row[1:])
         return out
 
     async def end_instances(
@@ -678,22 +693,20 @@ class RunsMixin(StoreBase):
         if step is not None:
             sql += " AND (step=? OR step LIKE ?)"
             args += (step, f"{step}/%")
-        rows = await self._all(sql, args)
-        now = time.time()
-        await run_many(
-            self.db,
-            "UPDATE instances SET status=?, reason=?, ended_at=?, updated_at=? WHERE id=?",
-            [(state, reason, now, now, r["id"]) for r in rows],
-        )
-        await self.db.commit()
+        async with self.db.transaction():
+            rows = await self._all(sql, args)
+            now = time.time()
+            await self.db.executemany(
+                "UPDATE instances SET status=?, reason=?, ended_at=?, updated_at=? WHERE id=?",
+                [(state, reason, now, now, r["id"]) for r in rows],
+            )
         return rows
 
     async def finish_run(self, run_id: int, status: str) -> None:
-        await self.db.execute_fetchall(
+        await self.db.execute(
             "UPDATE runs SET status=?, ended_at=? WHERE id=? AND status='running'",
             (status, time.time(), run_id),
         )
-        await self.db.commit()
 
     async def instance_states(self, run_id: int, step: str | None = None) -> list[dict[str, Any]]:
         """Top-level instances of a run (or of one step): status, return code, output."""
@@ -708,7 +721,7 @@ class RunsMixin(StoreBase):
         """How many top-level instances of a run (or of one of its steps) are in each state:
         a barrier's roll-up, or a big run's totals, without reading 10,000 rows back."""
         where, args = ("", (run_id,)) if step is None else (" AND step=?", (run_id, step))
-        rows = await self.db.execute_fetchall(
+        rows = await self.db.fetch(
             "SELECT status, count(*) FROM instances WHERE run_id=? AND parent_id IS NULL"
             f"{where} GROUP BY status",
             args,
@@ -724,23 +737,25 @@ class RunsMixin(StoreBase):
 
     async def purge(self, older_than: float, runs: bool) -> dict[str, int]:
         """Delete report snapshots (and ended runs, if asked) older than ``older_than``."""
-        cur = await self.db.execute("DELETE FROM report_snapshots WHERE at < ?", (older_than,))
-        out = {"snapshots": cur.rowcount}
-        await cur.close()
-        if runs:
-            old = "SELECT id FROM runs WHERE status != 'running' AND coalesce(ended_at, created_at) < ?"
-            cur = await self.db.execute(
-                f"DELETE FROM instances WHERE run_id IN ({old})", (older_than,)
-            )
-            out["instances"] = cur.rowcount
-            await cur.close()
-            await self.db.execute_fetchall(
-                f"DELETE FROM steps WHERE run_id IN ({old})", (older_than,)
-            )
-            cur = await self.db.execute(f"DELETE FROM runs WHERE id IN ({old})", (older_than,))
-            out["runs"] = cur.rowcount
-            await cur.close()
-        await self.db.commit()
+        db = self.db
+        async with db.transaction():
+            out = {
+                "snapshots": await db.execute(
+                    "DELETE FROM report_snapshots WHERE at < ?", (older_than,)
+                )
+            }
+            if runs:
+                old = (
+                    "SELECT id FROM runs WHERE status != 'running'"
+                    " AND coalesce(ended_at, created_at) < ?"
+                )
+                out["instances"] = await db.execute(
+                    f"DELETE FROM instances WHERE run_id IN ({old})", (older_than,)
+                )
+                await db.execute(f"DELETE FROM steps WHERE run_id IN ({old})", (older_than,))
+                out["runs"] = await db.execute(
+                    f"DELETE FROM runs WHERE id IN ({old})", (older_than,)
+                )
         if out.get("instances"):
             # Deleting the newest rows makes SQLite give their ids out again: instances made from
             # now on take a new epoch, so no wire id repeats one that agents still remember.

@@ -21,8 +21,12 @@ class SchedulesMixin(StoreBase):
     async def save_schedule(self, definition: dict[str, Any], now: float) -> bool:
         """Save (or replace) a schedule; True if it replaced one. Firing times count from
         ``now`` (the schedules' clock): a new or replaced schedule missed nothing before."""
+        async with self.db.transaction():
+            return await self._save_schedule(definition, now)
+
+    async def _save_schedule(self, definition: dict[str, Any], now: float) -> bool:
         replaced = await self._one("SELECT name FROM schedules WHERE name=?", (definition["name"],))
-        await self.db.execute_fetchall(
+        await self.db.execute(
             "INSERT INTO schedules(name, definition, enabled, since, created_at, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET"
             " definition=excluded.definition, enabled=excluded.enabled, since=excluded.since,"
@@ -36,7 +40,6 @@ class SchedulesMixin(StoreBase):
                 now,
             ),
         )
-        await self.db.commit()
         return replaced is not None
 
     async def schedules(self) -> list[dict[str, Any]]:
@@ -61,17 +64,26 @@ class SchedulesMixin(StoreBase):
     async def set_schedule_enabled(self, name: str, enabled: bool, now: float) -> None:
         """Enable or disable; enabling counts firing times from ``now`` (the times that passed
         while it was disabled were not missed, they were not wanted)."""
-        await self.db.execute_fetchall(
-            "UPDATE schedules SET enabled=?, since=CASE WHEN ? THEN ? ELSE since END,"
-            " updated_at=?, definition=json_set(definition, '$.enabled', json(?)) WHERE name=?",
-            (int(enabled), int(enabled), now, now, "true" if enabled else "false", name),
-        )
-        await self.db.commit()
+        async with self.db.transaction():
+            row = await self._one("SELECT definition, since FROM schedules WHERE name=?", (name,))
+            if row is None:
+                return
+            definition = {**json.loads(row["definition"]), "enabled": enabled}
+            await self.db.execute(
+                "UPDATE schedules SET enabled=?, since=?, updated_at=?, definition=? WHERE name=?",
+                (
+                    int(enabled),
+                    now if enabled else row["since"],
+                    now,
+                    json.dumps(definition),
+                    name,
+                ),
+            )
 
     async def delete_schedule(self, name: str) -> None:
-        await self.db.execute_fetchall("DELETE FROM schedule_firings WHERE schedule=?", (name,))
-        await self.db.execute_fetchall("DELETE FROM schedules WHERE name=?", (name,))
-        await self.db.commit()
+        async with self.db.transaction():
+            await self.db.execute("DELETE FROM schedule_firings WHERE schedule=?", (name,))
+            await self.db.execute("DELETE FROM schedules WHERE name=?", (name,))
 
     async def claim_firing(self, row: dict[str, Any], due_at: float) -> bool:
         """Record that the schedule ``row`` (as :meth:`schedules` gave it) fires for
@@ -81,12 +93,13 @@ class SchedulesMixin(StoreBase):
         record are one statement, so a change an admin makes while the scheduler's pass is
         starting other runs is never overtaken by a stale read (and a deleted schedule gets
         no firing row that nothing would ever remove)."""
-        # OR IGNORE, not a caught IntegrityError: a rollback on the shared connection would
-        # also undo what another part of the NS wrote and had not committed yet.
-        cur = await self.db.execute(
-            "INSERT OR IGNORE INTO schedule_firings(schedule, due_at, fired_at)"
-            " SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM schedules"
-            " WHERE name=? AND enabled=1 AND updated_at=? AND definition=?)",
+        # DO NOTHING, not a caught IntegrityError: one statement, no failed transaction.
+        claimed = await self.db.execute(
+            "INSERT INTO schedule_firings(schedule, due_at, fired_at)"
+            " SELECT CAST(? AS TEXT), CAST(? AS DOUBLE PRECISION), CAST(? AS DOUBLE PRECISION)"
+            " WHERE EXISTS (SELECT 1 FROM schedules"
+            " WHERE name=? AND enabled=1 AND updated_at=? AND definition=?)"
+            " ON CONFLICT (schedule, due_at) DO NOTHING",
             (
                 row["name"],
                 due_at,
@@ -96,20 +109,16 @@ class SchedulesMixin(StoreBase):
                 row["stored"],
             ),
         )
-        claimed = cur.rowcount == 1
-        await cur.close()
-        await self.db.commit()
-        return claimed
+        return claimed == 1
 
     async def firing_done(
         self, schedule: str, due_at: float, run_id: int | None, outcome: str
     ) -> None:
         """The run a firing started (None: it could not start; ``outcome`` says why)."""
-        await self.db.execute_fetchall(
+        await self.db.execute(
             "UPDATE schedule_firings SET run_id=?, outcome=? WHERE schedule=? AND due_at=?",
             (run_id, outcome, schedule, due_at),
         )
-        await self.db.commit()
 
     async def firings(self, schedule: str) -> list[dict[str, Any]]:
         """A schedule's recorded firings, oldest first."""

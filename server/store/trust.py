@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from runtime.db import run_many
 from server.store.base import StoreBase
 
 
@@ -24,7 +23,7 @@ class TrustMixin(StoreBase):
         self, role: str, name: str, public_key: bytes, fingerprint: str, state: str, address: str
     ) -> None:
         now = time.time()
-        await self.db.execute_fetchall(
+        await self.db.execute(
             "INSERT INTO keys(role, name, public_key, fingerprint, state, address, created_at, decided_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(role, name) DO UPDATE SET"
             " public_key=excluded.public_key, fingerprint=excluded.fingerprint, state=excluded.state,"
@@ -40,7 +39,6 @@ class TrustMixin(StoreBase):
                 None if state == "pending" else now,
             ),
         )
-        await self.db.commit()
 
     async def decide_keys(
         self, names: list[str] | None, state: str, *, only_pending: bool = True
@@ -48,21 +46,22 @@ class TrustMixin(StoreBase):
         """Accept or reject keys by name (None: every pending key); return the keys changed
         (role, name, fingerprint, address), by name."""
         where = "state='pending'" if only_pending else "1=1"
-        rows = await self._all(f"SELECT role, name, fingerprint, address FROM keys WHERE {where}")
-        chosen = [r for r in rows if names is None or r["name"] in names]
-        await run_many(
-            self.db,
-            "UPDATE keys SET state=?, decided_at=? WHERE role=? AND name=?",
-            [(state, time.time(), r["role"], r["name"]) for r in chosen],
-        )
-        await self.db.commit()
+        async with self.db.transaction():
+            rows = await self._all(
+                f"SELECT role, name, fingerprint, address FROM keys WHERE {where}"
+            )
+            chosen = [r for r in rows if names is None or r["name"] in names]
+            await self.db.executemany(
+                "UPDATE keys SET state=?, decided_at=? WHERE role=? AND name=?",
+                [(state, time.time(), r["role"], r["name"]) for r in chosen],
+            )
         return sorted(chosen, key=lambda r: (r["name"], r["role"]))
 
     async def delete_keys(self, name: str) -> list[str]:
         """Forget every key called ``name``; return their roles."""
-        rows = await self._all("SELECT role FROM keys WHERE name=?", (name,))
-        await self.db.execute_fetchall("DELETE FROM keys WHERE name=?", (name,))
-        await self.db.commit()
+        async with self.db.transaction():
+            rows = await self._all("SELECT role FROM keys WHERE name=?", (name,))
+            await self.db.execute("DELETE FROM keys WHERE name=?", (name,))
         return sorted(r["role"] for r in rows)
 
     async def pending_keys(self) -> int:
@@ -70,13 +69,12 @@ class TrustMixin(StoreBase):
         return int(row["n"]) if row else 0
 
     async def add_admin(self, name: str, role: str, token_hash: str) -> None:
-        await self.db.execute_fetchall(
+        await self.db.execute(
             "INSERT INTO admins(name, role, token_hash, created_at) VALUES (?, ?, ?, ?)"
             " ON CONFLICT(name) DO UPDATE SET role=excluded.role, token_hash=excluded.token_hash,"
             " created_at=excluded.created_at, revoked_at=NULL",
             (name, role, token_hash, time.time()),
         )
-        await self.db.commit()
 
     async def admin_by_token(self, token_hash: str) -> dict[str, Any] | None:
         return await self._one(
@@ -89,14 +87,11 @@ class TrustMixin(StoreBase):
         )
 
     async def revoke_admin(self, name: str) -> bool:
-        cur = await self.db.execute(
+        changed = await self.db.execute(
             "UPDATE admins SET revoked_at=? WHERE name=? AND revoked_at IS NULL",
             (time.time(), name),
         )
-        changed = cur.rowcount > 0
-        await cur.close()
-        await self.db.commit()
-        return changed
+        return changed > 0
 
     async def add_enrol_token(
         self, token_hash: str, uses: int, expires_at: float, created_by: str, role: str = "agent"
@@ -118,18 +113,20 @@ class TrustMixin(StoreBase):
         stored in the same commit, so a use is never spent without its key (a handshake cut in
         between would otherwise cost a use per retry).
         """
-        cur = await self.db.execute(
-            "UPDATE enrol_tokens SET uses_left=uses_left-1"
-            " WHERE token_hash=? AND role=? AND revoked_at IS NULL AND uses_left>0"
-            " AND expires_at>=?",
-            (token_hash, role, time.time()),
-        )
-        spent = cur.rowcount == 1
-        await cur.close()
+        async with self.db.transaction():
+            spent = (
+                await self.db.execute(
+                    "UPDATE enrol_tokens SET uses_left=uses_left-1"
+                    " WHERE token_hash=? AND role=? AND revoked_at IS NULL AND uses_left>0"
+                    " AND expires_at>=?",
+                    (token_hash, role, time.time()),
+                )
+                == 1
+            )
+            if spent:  # the key in the same transaction
+                await self.put_key(role, name, key, fingerprint, "accepted", address)
         if spent:
-            await self.put_key(role, name, key, fingerprint, "accepted", address)  # commits both
             return None
-        await self.db.commit()  # the UPDATE changed nothing: end its transaction here
         row = await self._one(
             "SELECT id, role, revoked_at, uses_left, expires_at FROM enrol_tokens WHERE token_hash=?",
             (token_hash,),
@@ -156,27 +153,24 @@ class TrustMixin(StoreBase):
     async def revoke_enrol_token(self, token_id: int) -> bool:
         """Revoke an enrolment token (it enrols no one from now on); False if there is no such
         token or it was revoked before."""
-        cur = await self.db.execute(
+        changed = await self.db.execute(
             "UPDATE enrol_tokens SET revoked_at=? WHERE id=? AND revoked_at IS NULL",
             (time.time(), token_id),
         )
-        changed = cur.rowcount > 0
-        await cur.close()
-        await self.db.commit()
-        return changed
+        return changed > 0
 
     async def revoke_tickets(self, agent: str, until: int) -> None:
         """Remember that the tickets of ``agent`` expiring at or before ``until`` are void (its
         key was rejected or deleted); forget what expired."""
-        await self.db.execute_fetchall(
-            "DELETE FROM revoked_tickets WHERE until<?", (int(time.time()),)
-        )
-        await self.db.execute_fetchall(
-            "INSERT INTO revoked_tickets(agent, until) VALUES (?, ?)"
-            " ON CONFLICT(agent) DO UPDATE SET until=max(until, excluded.until)",
-            (agent, until),
-        )
-        await self.db.commit()
+        async with self.db.transaction():
+            await self.db.execute("DELETE FROM revoked_tickets WHERE until<?", (int(time.time()),))
+            await self.db.execute(
+                "INSERT INTO revoked_tickets(agent, until) VALUES (?, ?)"
+                " ON CONFLICT(agent) DO UPDATE SET until=CASE"
+                " WHEN excluded.until > revoked_tickets.until THEN excluded.until"
+                " ELSE revoked_tickets.until END",
+                (agent, until),
+            )
 
     async def revoked_tickets(self) -> dict[str, int]:
         """The void tickets still in force: agent → the last expiry voided."""

@@ -1,8 +1,15 @@
 """run-sql-query-on-server: SQL on the NS database; read-only unless the task allows writes.
 
-Read-only is enforced twice: the connection is opened ``mode=ro``, and SQLite's authorizer allows
-reads only (``_read_only``). ``mode=ro`` alone let a query write files elsewhere: ``VACUUM INTO
-'/path'`` and ``ATTACH 'file:/path?mode=rwc'`` open a new file of their own.
+On SQLite, read-only is enforced twice: the connection is opened ``mode=ro``, and SQLite's
+authorizer allows reads only (``_read_only``). ``mode=ro`` alone let a query write files
+elsewhere: ``VACUUM INTO '/path'`` and ``ATTACH 'file:/path?mode=rwc'`` open a new file of their
+own.
+
+On PostgreSQL (``--database``), the query runs on a connection of its own, as one prepared
+statement (never several) in a ``READ ONLY`` transaction that is rolled back, with a statement
+timeout (``STATEMENT_TIMEOUT_S``); ``allow_write`` makes it a read-write transaction that is
+committed. What the database's user may do beyond tables (functions with effects of their
+own) is PostgreSQL's to refuse: give the NS a user that owns its database and is no superuser.
 """
 
 from __future__ import annotations
@@ -13,8 +20,11 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
+
 from protocol.states import InstanceState
 from runtime.runner import Outcome
+from server.store.dbapi import is_postgres_url
 
 if TYPE_CHECKING:
     from server.tasktypes.context import ServerContext
@@ -146,10 +156,55 @@ def _query(
         db.close()
 
 
+STATEMENT_TIMEOUT_S = 60
+"""How long one administrator's query may run on PostgreSQL before it is cancelled."""
+
+
+async def _pg_query(
+    url: str, sql: str, allow_write: bool, limit: int
+) -> tuple[list[str], list[list[Any]], bool]:
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        async with conn.transaction(readonly=not allow_write):
+            await conn.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_S * 1000}")
+            try:
+                stmt = await conn.prepare(sql)
+                columns = [a.name for a in stmt.get_attributes()]
+                if columns:
+                    rows = [list(r) for r in await (await stmt.cursor()).fetch(limit + 1)]
+                else:
+                    rows = [list(r) for r in await stmt.fetch()]
+            except asyncpg.ReadOnlySQLTransactionError as exc:
+                raise asyncpg.ReadOnlySQLTransactionError(
+                    f"{exc}: not allowed in a read-only query (only reads may run; a"
+                    " run-sql-query-on-server task with allow_write = true may write the NS"
+                    " database)"
+                ) from exc
+            if not allow_write:
+                # Nothing to keep; rolled back rather than committed, whatever ran.
+                raise _ReadDone(columns, rows)
+    except _ReadDone as done:
+        columns, rows = done.columns, done.rows
+    finally:
+        await conn.close()
+    return columns, rows[:limit], len(rows) > limit
+
+
+class _ReadDone(Exception):
+    """Ends a read-only query's transaction with a rollback, carrying what it read."""
+
+    def __init__(self, columns: list[str], rows: list[list[Any]]):
+        super().__init__("read done")
+        self.columns, self.rows = columns, rows
+
+
 async def query(
     path: str, sql: str, allow_write: bool, limit: int
 ) -> tuple[list[str], list[list[Any]], bool]:
-    """Run SQL on its own connection (read-only unless ``allow_write``), in a thread."""
+    """Run SQL on its own connection (read-only unless ``allow_write``): an SQLite file's in a
+    thread, or the PostgreSQL database ``path`` names (a ``postgresql://`` URL)."""
+    if is_postgres_url(path):
+        return await _pg_query(path, sql, allow_write, limit)
     return await asyncio.to_thread(_query, path, sql, allow_write, limit)
 
 
@@ -157,14 +212,13 @@ async def run(ctx: ServerContext) -> Outcome:
     started = time.time()
     limit = int(ctx.params.get("row_limit", 1000))
     try:
-        columns, rows, more = await asyncio.to_thread(
-            _query,
+        columns, rows, more = await query(
             ctx.ns.db_path,
             str(ctx.params["query"]),
             bool(ctx.params.get("allow_write")),
             limit,
         )
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         return Outcome.failed(f"SQL error: {exc}", started_at=started)
     data = {"columns": columns, "rows": rows, "truncated": more}
     return Outcome(

@@ -131,7 +131,7 @@ async def test_flood_of_made_up_steps_is_throttled_and_stores_nothing(ns, tmp_pa
         assert inst["output"].strip() == "done"
     # At most the first four messages (a burst of 800 tokens, 200 each) reached the NS.
     assert 10_000 <= ns.refused["foreign_report"] <= 40_000, ns.refused
-    rows = await ns.db.db.execute_fetchall(
+    rows = await ns.db.db.conn.execute_fetchall(
         "SELECT count(*) FROM instances WHERE run_id=?", (run_id,)
     )
     assert rows[0][0] == 1

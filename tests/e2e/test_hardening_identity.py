@@ -313,8 +313,8 @@ async def test_a_report_with_an_id_of_another_start_is_refused(tmp_path: Path) -
         rows = {r["id"]: r for r in await store.instances(run_id)}
         assert rows[a.id]["output"] == "mine" and rows[b.id]["status"] == "pending"
         # A row from before epochs: its wire id is its row id.
-        await store.db.execute_fetchall("UPDATE instances SET epoch=0 WHERE id=?", (b.id,))
-        await store.db.commit()
+        await store.db.conn.execute_fetchall("UPDATE instances SET epoch=0 WHERE id=?", (b.id,))
+        await store.db.conn.commit()
         (old,) = await store.undispatched("ts-1")
         assert old.wire == b.id
         done = [Report(instance_id=b.id, state="failed", output="old")]

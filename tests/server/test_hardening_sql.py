@@ -7,8 +7,12 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from admin.client import AdminClient
 from tests.helpers import INSECURE, wait_run
+
+pytestmark = pytest.mark.sqlite_only  # SQLite's own SQL and files (PostgreSQL: test_pgstore.py)
 
 
 async def run_sql(c: AdminClient, name: str, query: str, allow_write: bool = False) -> dict:

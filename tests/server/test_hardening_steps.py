@@ -26,12 +26,12 @@ PROGRAM = [
 ]
 
 
-async def test_step_rows_only_for_steps_of_an_unfinished_client_job(tmp_path):
+async def test_step_rows_only_for_steps_of_an_unfinished_client_job(store_target):
     """Made-up steps, steps under a plain task, and a new step under an ended job are refused
     and counted; the job's own steps (a nested one too) are stored, and a repeated result of a
     stored step after the job ended is ignored, not refused. One batch of 10,000 made-up steps
     makes no row."""
-    store = await Store.open(str(tmp_path / "server.db"))
+    store = await Store.open(store_target)
     try:
         job = {"name": "j", "kind": "client", "type": "client-job", "job": {"program": PROGRAM}}
         run_id = await store.create_run(job, [NewInstance(1, "pc-1", "ts")], 2e9)
@@ -89,10 +89,10 @@ async def test_step_rows_only_for_steps_of_an_unfinished_client_job(tmp_path):
         await store.close()
 
 
-async def test_a_pending_report_with_a_reason_is_noted_once_and_moves_nothing(tmp_path):
+async def test_a_pending_report_with_a_reason_is_noted_once_and_moves_nothing(store_target):
     """An agent's `pending` report with a reason leaves the instance as it is, and is noted for
     the roll-up once per computer (a second one within the window is not), as one line."""
-    store = await Store.open(str(tmp_path / "server.db"))
+    store = await Store.open(store_target)
     try:
         run_id = await store.create_run(
             {"name": "t", "kind": "client"}, [NewInstance(1, "pc-1", "ts")], 2e9

@@ -11,8 +11,8 @@ from server.store import NewInstance, Store
 from server.store.runs import AHEAD_S, sane_time
 
 
-async def test_report_times_not_finite_are_refused_and_far_ones_clamped(tmp_path):
-    store = await Store.open(str(tmp_path / "server.db"))
+async def test_report_times_not_finite_are_refused_and_far_ones_clamped(store_target):
+    store = await Store.open(store_target)
     try:
         task = {"name": "t", "kind": "client", "type": "run-script"}
         computers = [NewInstance(1, "pc-1", "ts"), NewInstance(2, "pc-2", "ts")]

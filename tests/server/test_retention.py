@@ -14,6 +14,8 @@ from admin.client import AdminClient
 from server.retention import DAY_S, Purger, parse_keep
 from tests.helpers import INSECURE, wait_run
 
+pytestmark = pytest.mark.sqlite_only  # rows written through the SQLite connection itself
+
 NOW = time.time()
 
 
@@ -29,7 +31,7 @@ async def ns(ns):
 async def add_run(ns, *, status: str, ended_days_ago: float | None, instances: int, nested: int):
     """A run with ``instances`` top-level instances, ``nested`` step instances under the first,
     its step rows, and its end time ``ended_days_ago`` (None: still running, created a year ago)."""
-    db = ns.db.db
+    db = ns.db.db.conn
     created = NOW - 400 * DAY_S
     ended = None if ended_days_ago is None else NOW - ended_days_ago * DAY_S
     cur = await db.execute(
@@ -57,7 +59,7 @@ async def add_run(ns, *, status: str, ended_days_ago: float | None, instances: i
 
 
 async def add_journal(ns, days_ago: list[float]) -> None:
-    db = ns.db.db
+    db = ns.db.db.conn
     for d in days_ago:
         at = NOW - d * DAY_S
         await db.execute(
@@ -74,7 +76,7 @@ async def add_journal(ns, days_ago: list[float]) -> None:
 
 
 async def count(ns, sql: str, *args) -> int:
-    (row,) = await ns.db.db.execute_fetchall(sql, args)
+    (row,) = await ns.db.db.conn.execute_fetchall(sql, args)
     return int(row[0])
 
 
@@ -139,10 +141,10 @@ async def test_purge_op_counts_then_deletes_a_real_run(ns):
         await c.call("task.add", document=doc)
         run = await wait_run(c, (await c.call("run.start", task="note"))["run_id"])
         await wait_run(c, (await c.call("run.start", task="note"))["run_id"])  # the newest stays
-        await ns.db.db.execute(
+        await ns.db.db.conn.execute(
             "UPDATE runs SET ended_at=? WHERE id=?", (NOW - 100 * DAY_S, run["id"])
         )
-        await ns.db.db.commit()
+        await ns.db.db.conn.commit()
         dry = await c.call("purge", dry_run=True)
         assert dry["dry_run"] and (dry["runs"], dry["instances"]) == (1, 1)
         assert dry["cutoffs"]["runs"].endswith("Z") and dry["cutoffs"]["audit"].endswith("Z")

@@ -72,9 +72,9 @@ async def one_instance(store: Store) -> tuple[int, int]:
     return run_id, int(inst["id"])
 
 
-async def test_repeated_and_late_reports_change_nothing(tmp_path):
+async def test_repeated_and_late_reports_change_nothing(store_target):
     """A terminal result is final: a repeat, a late progress report and a second result are ignored."""
-    store = await Store.open(str(tmp_path / "server.db"))
+    store = await Store.open(store_target)
     try:
         run_id, iid = await one_instance(store)
         first = await store.apply_reports(
@@ -98,10 +98,10 @@ async def test_repeated_and_late_reports_change_nothing(tmp_path):
         await store.close()
 
 
-async def test_a_result_is_final_within_one_batch_too(tmp_path):
+async def test_a_result_is_final_within_one_batch_too(store_target):
     """Reports for one instance in one roll-up apply in order: once a result is in, a later
     progress report or a second result in the same batch changes nothing."""
-    store = await Store.open(str(tmp_path / "server.db"))
+    store = await Store.open(store_target)
     try:
         run_id, iid = await one_instance(store)
         changes = await store.apply_reports(
@@ -119,10 +119,10 @@ async def test_a_result_is_final_within_one_batch_too(tmp_path):
         await store.close()
 
 
-async def test_undispatched_pages_in_id_order_and_skips_what_is_taken_or_ended(tmp_path):
+async def test_undispatched_pages_in_id_order_and_skips_what_is_taken_or_ended(store_target):
     """A route's work is read a page at a time, oldest first: taken, ended and other routes'
     instances are left out, and the pages together hold every one exactly once."""
-    store = await Store.open(str(tmp_path / "server.db"))
+    store = await Store.open(store_target)
     try:
         computers = [NewInstance(i, f"pc-{i:02}", "ts-a" if i % 3 else "ts-b") for i in range(30)]
         first = await store.create_run({"name": "t", "kind": "client"}, computers, 2e9)
@@ -173,9 +173,9 @@ async def test_the_instance_queries_of_the_hot_path_and_of_reroute_use_an_index(
         db.close()
 
 
-async def test_a_report_for_another_computer_is_ignored(tmp_path):
+async def test_a_report_for_another_computer_is_ignored(store_target):
     """A report naming a different computer than the instance's is not applied."""
-    store = await Store.open(str(tmp_path / "server.db"))
+    store = await Store.open(store_target)
     try:
         run_id = await store.create_run(
             {"name": "t", "kind": "client"}, [NewInstance(1, "pc", "ts")], 2e9
@@ -189,10 +189,10 @@ async def test_a_report_for_another_computer_is_ignored(tmp_path):
         await store.close()
 
 
-async def test_step_reports_of_a_nested_client_job_make_one_row_per_step(tmp_path):
+async def test_step_reports_of_a_nested_client_job_make_one_row_per_step(store_target):
     """Step reports under an instance that is itself a job step are stored as `outer/inner`,
     once, however often they arrive (progress, result, repeated result)."""
-    store = await Store.open(str(tmp_path / "server.db"))
+    store = await Store.open(store_target)
     try:
         run_id = await store.create_run(
             {"name": "j", "kind": "server-job"}, [], 2e9, first_step=False
@@ -209,11 +209,11 @@ async def test_step_reports_of_a_nested_client_job_make_one_row_per_step(tmp_pat
         await store.close()
 
 
-async def test_one_roll_up_makes_each_new_step_row_once_and_none_for_a_refused_report(tmp_path):
+async def test_one_roll_up_makes_each_new_step_row_once_and_none_for_a_refused_report(store_target):
     """A batch that starts several steps of many client jobs at once: one row per step (its
     progress and result in the same batch move it twice), and none for a report naming another
     computer."""
-    store = await Store.open(str(tmp_path / "server.db"))
+    store = await Store.open(store_target)
     try:
         computers = [NewInstance(i, f"pc-{i}", "ts") for i in range(5)]
         job = {"program": [run_step("one"), run_step("two")]}
@@ -239,12 +239,12 @@ async def test_one_roll_up_makes_each_new_step_row_once_and_none_for_a_refused_r
         await store.close()
 
 
-async def test_an_enrolment_token_is_never_spent_more_often_than_it_allows(tmp_path):
+async def test_an_enrolment_token_is_never_spent_more_often_than_it_allows(store_target):
     """Five enrolments racing for a one-use token: exactly one gets it, the others are told why."""
     import asyncio
     import time
 
-    store = await Store.open(str(tmp_path / "server.db"))
+    store = await Store.open(store_target)
     try:
         await store.add_enrol_token("h", 1, time.time() + 60, "admin")
         answers = await asyncio.gather(
@@ -264,14 +264,14 @@ async def test_an_enrolment_token_is_never_spent_more_often_than_it_allows(tmp_p
         await store.close()
 
 
-async def test_an_enrolment_cut_mid_way_still_stores_the_key_it_paid_for(tmp_path):
+async def test_an_enrolment_cut_mid_way_still_stores_the_key_it_paid_for(store_target):
     """The use of a token and the key's acceptance are one commit: a handshake cancelled while
     enrolling (``server/auth.py`` shields the call the same way) leaves the key accepted, so the
     agent's retry spends nothing more."""
     import asyncio
     import time
 
-    store = await Store.open(str(tmp_path / "server.db"))
+    store = await Store.open(store_target)
     try:
         await store.add_enrol_token("h", 2, time.time() + 60, "admin")
         task = asyncio.ensure_future(
@@ -289,14 +289,14 @@ async def test_an_enrolment_cut_mid_way_still_stores_the_key_it_paid_for(tmp_pat
         await store.close()
 
 
-async def test_presence_updates_from_several_task_servers_at_once_all_apply(tmp_path):
+async def test_presence_updates_from_several_task_servers_at_once_all_apply(store_target):
     """Two TS reporting presence at the same moment run the same cached UPDATE one after the
     other in the database thread. A cursor freed by the event loop's thread used to reset that
     statement under the next caller ("bad parameter or other API misuse", seen under a
     10,000-agent burst); every statement now finishes in the database thread. Eight writers,
     3 s of back-to-back updates (the old code failed it four runs in five): none may
     fail, and the last word on each computer stands."""
-    store = await Store.open(str(tmp_path / "ns.db"))
+    store = await Store.open(store_target)
     try:
         names = [f"pc-{i:04d}" for i in range(1_000)]
         for name in names:

@@ -1,0 +1,222 @@
+"""The database beneath :class:`server.store.Store`: one small interface, two implementations.
+
+The store's SQL is written once, in the subset SQLite and PostgreSQL both accept (``?``
+placeholders, ``ON CONFLICT`` upserts, ``count(*) FILTER``, row values); the few real
+differences are asked of the database itself: a list parameter (:meth:`Database.in_list`),
+many rows at once (:meth:`Database.bulk`), NULL-safe equality (:attr:`Database.same`), an
+insertion order (:attr:`Database.rowid`).
+
+Transactions are explicit: a store operation that writes runs in ``async with
+db.transaction():`` and commits at its end (rolled back if it raises). An asyncio lock makes
+one transaction run at a time, so two coroutines never interleave statements inside one
+transaction (with the single shared SQLite connection, one coroutine's commit used to commit
+what another had half written, and a rollback after a failed write undid another's work).
+Statements outside a transaction each commit on their own. A coroutine inside a transaction
+that calls another store operation joins the same transaction (a context variable says whose
+transaction the running task is in).
+
+This module holds the interface, the errors every caller may catch (:class:`StorageFull`) and
+the SQLite implementation; the PostgreSQL one is ``server.store.pgdb``; both are opened in
+one place, ``server.store.base.open_database``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import errno
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+import aiosqlite
+
+from runtime.db import open_db
+
+Args = Sequence[Any]
+
+
+class StorageFull(Exception):
+    """The database refused a write for lack of space: SQLite's SQLITE_FULL (a full disk under
+    the data folder), PostgreSQL's ``disk_full`` (53100), or ENOSPC. Nothing was stored; the
+    same operation may be tried again once there is room."""
+
+
+def storage_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) says the database has no room left."""
+    if isinstance(exc, StorageFull):
+        return True
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_FULL:
+            return True
+        return "database or disk is full" in str(exc)
+    return getattr(exc, "sqlstate", None) == "53100"
+
+
+class Database:
+    """What the store needs of a database; see the module's docstring for the rules."""
+
+    dialect = ""
+    """``sqlite`` or ``postgresql``."""
+    rowid = "rowid"
+    """A column that orders a table's rows as they were inserted, for tables without an id."""
+    description = ""
+    """What it is, for logs and messages (a file's path, or a URL without its password)."""
+    same = "IS"
+    """The comparison that takes NULL as a value: ``a {same} b`` is true when both are NULL
+    (PostgreSQL's ``IS NOT DISTINCT FROM``; SQLite's ``IS``, also before 3.39)."""
+    differs = "IS NOT"
+    """The negation of :attr:`same`."""
+
+    async def fetch(self, sql: str, args: Args = ()) -> list[tuple[Any, ...]]:
+        """Rows as plain tuples (the hot paths read ten thousand)."""
+        raise NotImplementedError
+
+    async def fetch_dicts(self, sql: str, args: Args = ()) -> list[dict[str, Any]]:
+        """Rows as dicts by column name."""
+        raise NotImplementedError
+
+    async def execute(self, sql: str, args: Args = ()) -> int:
+        """Run one statement; return how many rows it changed."""
+        raise NotImplementedError
+
+    async def executemany(self, sql: str, rows: Iterable[Args]) -> None:
+        """Run one statement once per row of arguments (in one transaction, sent at once)."""
+        raise NotImplementedError
+
+    async def insert(self, sql: str, args: Args) -> int:
+        """Run an INSERT of one row into a table with an ``id``; return that row's id."""
+        raise NotImplementedError
+
+    async def bulk(self, sql: str, pg_sql: str, types: Sequence[str], rows: Sequence[Args]) -> None:
+        """Many rows in as few statements as the database does best: SQLite runs ``sql`` once
+        per row (``executemany``: its statements cost microseconds); PostgreSQL runs ``pg_sql``
+        once, whose ``{rows}`` stands for the rows as ``unnest`` of one array per column, typed
+        ``types`` (a round trip and a plan for the whole batch, not per row). An UPDATE through
+        ``pg_sql`` must not name one row twice (PostgreSQL would apply only one of them)."""
+        await self.executemany(sql, rows)
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """One transaction: committed at the end of the block, rolled back if it raises.
+        Inside another one (of the same task), it joins it."""
+        raise NotImplementedError
+
+    async def rollback(self) -> None:
+        """Kept for callers that cleaned up after a failed write: transactions now roll
+        themselves back, so there is nothing left to undo (and nobody else's work to undo)."""
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    # -- the dialect's differences --------------------------------------------------------
+
+    def in_list(self, column: str, kind: str = "bigint") -> str:
+        """SQL for "``column`` is one of the values of one list parameter" (``kind``
+        ``bigint`` or ``text``; ``NOT`` before it negates it); the argument is
+        :meth:`list_arg` of the values. One statement for any number of values."""
+        raise NotImplementedError
+
+    def list_arg(self, values: Iterable[Any]) -> Any:
+        """The argument for :meth:`in_list`."""
+        raise NotImplementedError
+
+
+_IN_SQLITE_TX: contextvars.ContextVar[SQLiteDatabase | None] = contextvars.ContextVar(
+    "taskfleet_sqlite_tx", default=None
+)
+
+
+class SQLiteDatabase(Database):
+    """One aiosqlite connection (WAL), as ``runtime.db.open_db`` opens it.
+
+    Every statement, read or write, takes the connection's lock unless its task is inside the
+    transaction that holds it: a read never sees another coroutine's uncommitted rows.
+    Statements are run so that their cursor is closed in the database's thread
+    (``runtime.db.run_many`` tells why).
+    """
+
+    dialect = "sqlite"
+    rowid = "rowid"
+
+    def __init__(self, conn: aiosqlite.Connection, path: str = ""):
+        self.conn = conn
+        self.description = path
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: str, migrations: list[str]) -> SQLiteDatabase:
+        return cls(await open_db(path, migrations), path)
+
+    def _inside(self) -> bool:
+        return _IN_SQLITE_TX.get() is self
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """The connection for one statement outside a transaction (its turn at the lock)."""
+        if self._inside():
+            yield
+            return
+        async with self._lock:
+            yield
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        if self._inside():
+            yield
+            return
+        async with self._lock:
+            token = _IN_SQLITE_TX.set(self)
+            try:
+                yield
+                await self.conn.commit()
+            except BaseException as exc:
+                with contextlib.suppress(Exception):
+                    await self.conn.rollback()
+                if isinstance(exc, sqlite3.Error) and storage_full(exc):
+                    raise StorageFull(f"{self.description}: {exc}") from exc
+                raise
+            finally:
+                _IN_SQLITE_TX.reset(token)
+
+    async def fetch(self, sql: str, args: Args = ()) -> list[tuple[Any, ...]]:
+        async with self._turn():
+            rows = await self.conn.execute_fetchall(sql, args)
+        return rows  # type: ignore[return-value]  # sqlite3 rows are tuples
+
+    async def fetch_dicts(self, sql: str, args: Args = ()) -> list[dict[str, Any]]:
+        async with self._turn(), self.conn.execute(sql, args) as cur:
+            rows = await cur.fetchall()
+            # The column names once: ``description`` builds a new tuple on every access.
+            names = [d[0] for d in cur.description] if rows else []
+        return [dict(zip(names, r, strict=True)) for r in rows]
+
+    async def execute(self, sql: str, args: Args = ()) -> int:
+        async with self.transaction(), self.conn.execute(sql, args) as cur:
+            return max(0, cur.rowcount)
+
+    async def executemany(self, sql: str, rows: Iterable[Args]) -> None:
+        async with self.transaction(), self.conn.executemany(sql, rows):
+            pass
+
+    async def insert(self, sql: str, args: Args) -> int:
+        async with self.transaction(), self.conn.execute(sql, args) as cur:
+            return int(cur.lastrowid or 0)
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+    def in_list(self, column: str, kind: str = "bigint") -> str:
+        return f"{column} IN (SELECT value FROM json_each(?))"
+
+    def list_arg(self, values: Iterable[Any]) -> Any:
+        return json.dumps(list(values))
+
+
+def is_postgres_url(target: str) -> bool:
+    """Whether ``target`` names a PostgreSQL database rather than an SQLite file."""
+    return target.startswith(("postgresql://", "postgres://"))
