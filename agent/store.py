@@ -4,7 +4,6 @@ and its last configuration. Simulated agents (``data_dir=None``) keep the same s
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -15,7 +14,14 @@ from typing import Any
 import aiosqlite
 
 from protocol.messages import Report
-from runtime.db import SEEN_KEEP_S, open_db, report_from_row, report_to_row, run_many
+from runtime.db import (
+    SEEN_KEEP_S,
+    Write,
+    open_db,
+    report_from_row,
+    report_to_row,
+    transaction,
+)
 
 _MIGRATIONS = [
     """
@@ -108,18 +114,20 @@ class AgentStore:
         if self.db is not None:
             await self.db.close()
 
-    async def _seen(self, instance_id: int, state: str) -> None:
-        self.seen[instance_id] = state
-        if self.db is not None:
-            await self._write_seen(instance_id, state)
-
-    async def _write_seen(self, instance_id: int, state: str) -> None:
-        assert self.db is not None
-        await self.db.execute_fetchall(
+    @staticmethod
+    def _seen_row(instance_id: int, state: str) -> Write:
+        return (
             "INSERT INTO seen(instance_id, state, at) VALUES (?, ?, ?)"
             " ON CONFLICT(instance_id) DO UPDATE SET state=excluded.state",
             (instance_id, state, time.time()),
         )
+
+    async def _write(self, *writes: Write) -> None:
+        """Store ``writes`` as one transaction, in one call to the database's thread
+        (``runtime.db.transaction``): a task instance stores three times (received, its result,
+        its acknowledgement), and each call costs more of the agent's CPU than its statements."""
+        assert self.db is not None
+        await transaction(self.db, writes)
 
     async def mark(self, instance_id: int, state: str) -> None:
         """Remember an instance as ``state``: in ``seen`` only once it is stored (a re-sent
@@ -127,11 +135,8 @@ class AgentStore:
         fails (a full disk): then nothing changed, in memory or on disk."""
         if self.db is not None:
             try:
-                await self._write_seen(instance_id, state)
-                await self.db.commit()
-            except (sqlite3.Error, OSError) as exc:
-                with contextlib.suppress(sqlite3.Error, OSError):
-                    await self.db.rollback()
+                await self._write(self._seen_row(instance_id, state))
+            except (sqlite3.Error, OSError) as exc:  # rolled back already
                 raise NotStored(exc) from exc
         self.seen[instance_id] = state
 
@@ -149,54 +154,62 @@ class AgentStore:
             self.jobs[report.instance_id]["snapshot"] = job_snapshot
         if self.db is None:
             return
+        writes: list[Write] = []
         if not report.step:
-            await self._seen(report.instance_id, report.state)
-            await self.db.execute_fetchall(
-                "DELETE FROM jobs WHERE instance_id=?", (report.instance_id,)
-            )
+            writes.append(self._seen_row(report.instance_id, report.state))
+            writes.append(("DELETE FROM jobs WHERE instance_id=?", (report.instance_id,)))
         elif job_snapshot is not None:
-            await self.db.execute_fetchall(
-                "UPDATE jobs SET snapshot=? WHERE instance_id=?",
-                (json.dumps(job_snapshot), report.instance_id),
+            writes.append(
+                (
+                    "UPDATE jobs SET snapshot=? WHERE instance_id=?",
+                    (json.dumps(job_snapshot), report.instance_id),
+                )
             )
-        await self.db.execute_fetchall(
-            "INSERT OR REPLACE INTO outbox(instance_id, step, report) VALUES (?, ?, ?)",
-            (report.instance_id, report.step, report_to_row(report)),
+        writes.append(
+            (
+                "INSERT OR REPLACE INTO outbox(instance_id, step, report) VALUES (?, ?, ?)",
+                (report.instance_id, report.step, report_to_row(report)),
+            )
         )
-        await self.db.commit()
+        await self._write(*writes)
 
     async def start_job(
         self, instance_id: int, execute: dict[str, Any], snapshot: dict[str, Any], deadline: float
     ) -> None:
         """Keep a client job (its ``execute`` and state) so a restarted agent resumes it."""
         self.jobs[instance_id] = {"execute": execute, "snapshot": snapshot, "deadline": deadline}
-        await self._seen(instance_id, "running")
+        self.seen[instance_id] = "running"
         if self.db is not None:
-            await self.db.execute_fetchall(
-                "INSERT OR REPLACE INTO jobs(instance_id, execute, snapshot, deadline) VALUES (?, ?, ?, ?)",
-                (instance_id, json.dumps(execute), json.dumps(snapshot), deadline),
+            await self._write(
+                self._seen_row(instance_id, "running"),
+                (
+                    "INSERT OR REPLACE INTO jobs(instance_id, execute, snapshot, deadline)"
+                    " VALUES (?, ?, ?, ?)",
+                    (instance_id, json.dumps(execute), json.dumps(snapshot), deadline),
+                ),
             )
-            await self.db.commit()
 
     async def clear_jobs(self) -> None:
         """reset-task-agent: forget every client job's state (their results stay in the outbox)."""
         self.jobs.clear()
         if self.db is not None:
-            await self.db.execute_fetchall("DELETE FROM jobs")
-            await self.db.commit()
+            await self._write(("DELETE FROM jobs", ()))
 
     async def delivered(self, keys: list[Key]) -> None:
+        """The relay stored these results: they leave the outbox (in memory at once)."""
         for k in keys:
             self.outbox.pop(k, None)
         if self.db is not None and keys:
-            await run_many(self.db, "DELETE FROM outbox WHERE instance_id=? AND step=?", keys)
-            await self.db.commit()
+            await self._write(
+                *(("DELETE FROM outbox WHERE instance_id=? AND step=?", k) for k in keys)
+            )
 
     async def save_config(self, config: dict[str, Any]) -> None:
         self.config = config
         if self.db is not None:
-            await self.db.execute_fetchall(
-                "INSERT OR REPLACE INTO config(key, value) VALUES ('config', ?)",
-                (json.dumps(config),),
+            await self._write(
+                (
+                    "INSERT OR REPLACE INTO config(key, value) VALUES ('config', ?)",
+                    (json.dumps(config),),
+                )
             )
-            await self.db.commit()

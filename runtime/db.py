@@ -3,26 +3,29 @@
 ``open_db`` opens a file in WAL mode (created 0600 in a folder created 0700), checks it
 (``PRAGMA quick_check``) and applies forward migrations; a file that is damaged or cannot be
 used raises ``DatabaseUnusable``, which names the file and what to do; ``run_many`` is the
-``executemany`` that is safe beside aiosqlite's statement cache; ``report_to_row`` and
+``executemany`` that is safe beside aiosqlite's statement cache, ``transaction`` several
+writes and their commit in one call to the database's thread; ``report_to_row`` and
 ``report_from_row`` are an outbox row (the agent's and the task server's); ``SEEN_KEEP_S`` is how
 long agents and relays remember the instances they took, to drop repeats.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import sqlite3
 import stat
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import aiosqlite
 import msgpack
 
 from protocol.messages import Report
 
+_T = TypeVar("_T")
 _REPORT_FIELDS = tuple(f.name for f in dataclasses.fields(Report))
 
 
@@ -49,6 +52,41 @@ async def run_many(db: aiosqlite.Connection, sql: str, rows: Iterable[Iterable[A
     """
     async with db.executemany(sql, rows):
         pass
+
+
+Write = tuple[str, Sequence[Any]]
+"""One statement of a ``transaction``: SQL and its parameters."""
+
+
+async def transaction(db: aiosqlite.Connection, writes: Iterable[Write]) -> None:
+    """Run ``writes`` and commit them, all in one call to the database's thread; on an error
+    nothing of them is kept (rolled back there) and the error is raised here.
+
+    One hand-off to that thread (and one back) instead of one per statement and one for the
+    commit: on an agent each hand-off costs more CPU than the statement it carries (two thread
+    switches and a wake-up of the event loop), and a task instance stores three times. Every
+    cursor lives and dies in that thread (``run_many`` tells why that matters).
+    """
+    batch = list(writes)
+
+    def apply(conn: sqlite3.Connection) -> None:
+        try:
+            for sql, params in batch:
+                conn.execute(sql, params).close()
+            conn.commit()
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.rollback()
+            raise
+
+    await in_db_thread(db, apply)
+
+
+async def in_db_thread(db: aiosqlite.Connection, work: Callable[[sqlite3.Connection], _T]) -> _T:
+    """``work(connection)`` in the database's own thread, as one queued call (the way aiosqlite
+    runs each of its own methods; it has no public name for running a function there)."""
+    queue: Callable[[Callable[[], _T]], Awaitable[_T]] = db._execute
+    return await queue(lambda: work(db._conn))
 
 
 class DatabaseUnusable(RuntimeError):
