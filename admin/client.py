@@ -16,6 +16,7 @@ from protocol.errors import RemoteError
 from protocol.messages import Event, Request, Response
 from protocol.session import Role
 from runtime.link import Link, connect
+from runtime.servers import ServerList
 from runtime.tls import ClientTrust
 
 ADMIN_LIMITS = Limits(
@@ -34,7 +35,13 @@ SERVER_URL_FORM = "wss://HOST:PORT (e.g. wss://127.0.0.1:8470)"
 
 
 def url_problem(url: str) -> str | None:
-    """Why ``url`` is not a server URL, with the form to use instead; None when it is one."""
+    """Why ``url`` is not a server URL, with the form to use instead; None when it is one.
+    ``URL1,URL2`` (the two NS of an active/standby pair): each must be one."""
+    if "," in url:
+        urls = [part.strip() for part in url.split(",")]
+        if not all(urls):
+            return f"{url!r} has an empty address: the form is URL1,URL2 (each {SERVER_URL_FORM})"
+        return next((p for p in map(url_problem, urls) if p is not None), None)
     scheme, sep, rest = url.partition("://")
     if not sep:
         return f"{url!r} is not a server URL: the form is {SERVER_URL_FORM}; here: wss://{url}"
@@ -95,6 +102,8 @@ class AdminClient:
         busy_retry_s: float = BUSY_RETRY_S,
     ):
         self.url = url
+        self.servers = ServerList(url)
+        """Its addresses (``URL1,URL2``: an active/standby pair): the active one answers."""
         self.busy_retry_s = busy_retry_s
         self.token = token
         self.trust = trust
@@ -112,12 +121,12 @@ class AdminClient:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.busy_retry_s
         delay = 0.2
-        probed = not self.url.startswith("ws://")
+        probed = not self.url.startswith("ws://") or len(self.servers.urls) > 1
         while True:
             try:
                 # Answers come from the server we chose to trust; a run of thousands is big.
-                self.link, welcome = await connect(
-                    self.url,
+                self.link, welcome = await self.servers.connect(
+                    connect,
                     role=Role.ADMIN,
                     identity=self.identity,
                     credentials={"token": self.token},
@@ -126,7 +135,11 @@ class AdminClient:
                 )
                 break
             except Exception as exc:
-                if not _turned_away(exc):
+                # Every address of a pair refusing: one is taking over from the other (seconds).
+                changing_hands = len(self.servers.urls) > 1 and isinstance(
+                    exc, ConnectionRefusedError
+                )
+                if not _turned_away(exc) and not changing_hands:
                     raise
                 if not probed:  # ws:// to a TLS listener also looks turned away: ask once
                     probed = True

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import os
 import platform
 import random
@@ -56,6 +57,7 @@ from runtime import logs
 from runtime.keys import load_or_create
 from runtime.link import Link, connect, refused_for_good
 from runtime.runner import Outcome
+from runtime.servers import ServerList
 from runtime.tls import ClientTrust
 
 
@@ -107,6 +109,14 @@ class Agent(Work):
     (:class:`RefusedForGood`)."""
 
     SEND_CHUNK_BYTES = 256 * 1024
+    TICKET_RENEW_SHARE = 0.5
+    """A ticket is renewed (the agent registers with the NS) once this share of the life it had
+    when it came has passed; until then a reconnect goes straight to the TS (``_direct_ts``)."""
+    NOBODY_LISTENS_S = 4.0
+    """The longest wait before trying again where nothing listened (``_while_nobody_listens``)."""
+    DIRECT_TRIES = 3
+    """Failed attempts straight at a TS that is there but busy (its handshake gate turned the
+    agent away, or the handshake timed out) before the agent registers with the NS instead."""
     PROGRESS_HOLD_S = 0.05
     """How long a progress report waits for a later state of its instance (see ``_progress``)."""
     POLICY_RECHECK_S = 60.0
@@ -130,6 +140,8 @@ class Agent(Work):
         allow_power: bool = False,
     ):
         self.server_url = server_url
+        self.servers = ServerList(server_url)
+        """The NS's addresses (two for an active/standby pair): registration follows the active."""
         self.name = name
         self.trust = trust
         self.enrol_token = enrol_token
@@ -153,9 +165,21 @@ class Agent(Work):
         self._inflight: dict[str, list[Key]] = {}
         self._step_waiters: dict[str, asyncio.Future[Report]] = {}
         self._delay = backoff_delays(initial_s=backoff_initial_s, maximum_s=backoff_max_s)
+        self._nobody_attempts = max(
+            0, math.ceil(math.log2(self.NOBODY_LISTENS_S / max(backoff_initial_s, 0.001)))
+        )
+        """The backoff's step whose longest wait is ``NOBODY_LISTENS_S``: it grows no further
+        while nothing listens."""
         self._register_by: float | None = None
         """When the NS kept this agent for a TS that is away: register again by then (monotonic;
         the grace's end plus a jitter, ``welcome``'s ``taskserver.retry_in_s``), to be moved."""
+        self._direct_misses = 0
+        """Attempts straight at the TS that failed in a row, though something listened there."""
+        self._via_ns = True
+        """The next connection registers with the NS instead of going straight to the TS with
+        the ticket it holds (``_direct_ts``): at the start of the process (the NS learns this
+        agent's version and addresses), after a tickle (fresh configuration), after the TS
+        refused the ticket or the TS's proof."""
         self.commands = commands or CommandTable()
         self.allow_power = allow_power
         """``--allow-power``: power-control may restart, shut down or log off this machine with
@@ -214,6 +238,7 @@ class Agent(Work):
             await self._recover()
             attempt = 0
             while True:
+                nobody = False
                 try:
                     live = await self._open_live()
                     attempt, self._register_by = 0, None
@@ -224,10 +249,13 @@ class Agent(Work):
                     self.log.error("refused", code=exc.code, reason=exc.message)
                 except (OSError, TimeoutError, WebSocketException, ProtocolError) as exc:
                     self.log.info("connection_lost", error=str(exc) or type(exc).__name__)
+                    nobody = isinstance(exc, ConnectionRefusedError)
                 except Exception:
                     self.log.exception("agent_loop_error")
                 self.connected.clear()
                 delay, attempt = self._next_try(attempt)
+                if nobody:
+                    delay, attempt = self._while_nobody_listens(delay, attempt)
                 await asyncio.sleep(delay)
         finally:
             self.shutting_down = True
@@ -257,6 +285,16 @@ class Agent(Work):
                 return max(0.0, left), 0
         return delay, attempt + 1
 
+    def _while_nobody_listens(self, delay: float, attempt: int) -> tuple[float, int]:
+        """The wait after "connection refused" (nothing listens there: a server restarting):
+        at most ``NOBODY_LISTENS_S`` (a random half of it and more), and the backoff does not
+        grow past that. Asking a host where nothing listens costs it a TCP reset, not work, so
+        once the server is up its agents are back within seconds, not after the 8-30 s a
+        backoff grown through its restart would add. A server that is up but turns agents away
+        (its gate) still gets the growing backoff."""
+        cap = self.NOBODY_LISTENS_S * (0.5 + 0.5 * self._rng.random())
+        return min(delay, cap), min(attempt, self._nobody_attempts)
+
     async def _recover(self) -> None:
         """After a restart: finish what died with the last process, resume client jobs."""
         assert self.store is not None
@@ -277,12 +315,69 @@ class Agent(Work):
             )
             self._start(message, job["snapshot"], restarted=True)
 
+    def _direct_ts(self) -> dict[str, Any] | None:
+        """The TS to reconnect to without the NS, or None to register with the NS first.
+
+        A known agent whose ticket is young (less than ``TICKET_RENEW_SHARE`` of its life gone)
+        goes straight back to the TS the NS last named: the TS checks the ticket and proves the
+        key the NS vouched for, exactly as after a registration, so the NS's connection and its
+        writes are spared. It registers instead at the start of the process, after a tickle,
+        after the TS refused it, when the ticket is old, and when the NS asked it to register
+        again by now (``retry_in_s``: its TS was away and it may be moved)."""
+        assert self.store is not None
+        if self._via_ns:
+            return None
+        if self._register_by is not None and time.monotonic() >= self._register_by:
+            return None
+        config = self.store.config
+        ts = config.get("taskserver")
+        renew_at = config.get("ticket_renew_at")
+        if (
+            not isinstance(ts, dict)
+            or not config.get("ticket")
+            or not config.get("ticket_signature")
+        ):
+            return None
+        if not isinstance(renew_at, (int, float)) or time.time() >= renew_at:
+            return None
+        return ts
+
     async def _open_live(self) -> Link:
-        """Register with the NS; return the live link (to the TS, or the NS itself)."""
+        """Return the live link (to the TS, or the NS itself): straight to the TS while the
+        ticket allows (``_direct_ts``), else (or when that fails) registering with the NS."""
+        assert self.store is not None
+        direct = self._direct_ts()
+        if direct is not None:
+            try:
+                link = await self._connect_taskserver(direct, self.store.config)
+            except RemoteError as exc:  # the TS refused the ticket, or failed its proof
+                self._via_ns = True
+                self.log.info("direct_refused", code=exc.code, reason=exc.message)
+            except ConnectionRefusedError as exc:
+                # Nothing listens there: the NS may move it (or keeps it, saying until when).
+                self.log.info("direct_failed", error=str(exc))
+            except (OSError, TimeoutError, WebSocketException, ProtocolError) as exc:
+                # Something listens but turned it away (a restarted TS's gate under a burst of
+                # its agents) or did not answer in time: back off and come back to that TS a
+                # few times; registering would only add the NS's work to the burst.
+                self._direct_misses += 1
+                if self._direct_misses < self.DIRECT_TRIES:
+                    raise
+                self.log.info("direct_failed", error=str(exc) or type(exc).__name__)
+            else:
+                self.taskserver = str(direct["name"])
+                self._direct_misses = 0
+                return link
+        self._direct_misses = 0
+        return await self._register(tried_ts=direct is not None)
+
+    async def _register(self, *, tried_ts: bool) -> Link:
+        """Register with the NS; return the live link (to the TS, or the NS itself). When the NS
+        cannot be reached, the last TS with the last ticket (unless ``tried_ts`` just failed)."""
         assert self.store is not None
         try:
-            link, welcome = await connect(
-                self.server_url,
+            link, welcome = await self.servers.connect(
+                connect,
                 role=Role.AGENT,
                 identity=self.name,
                 credentials={"enrol_token": self.enrol_token} if self.enrol_token else {},
@@ -297,16 +392,25 @@ class Agent(Work):
             raise
         except (OSError, TimeoutError, WebSocketException) as exc:
             ts = self.store.config.get("taskserver")
-            if not ts:
+            if not ts or tried_ts:
                 if refused_for_good(exc):
                     raise RefusedForGood(self.name, self.server_url, exc) from exc
                 raise
             self.log.info("ns_unreachable_using_cached_ts", error=str(exc) or type(exc).__name__)
         else:
+            self._via_ns = False
             config = welcome.config
             if self.work_key is not None and not config.get("work_key"):
                 # Once held, the key stays: from then on only authenticated work runs here.
                 config = {**config, "work_key": self.work_key.hex()}
+            ticket = config.get("ticket")
+            expires = ticket.get("expires_at") if isinstance(ticket, dict) else None
+            if isinstance(expires, (int, float)):
+                # On this agent's clock: the ticket's life left as the NS counts it, times the
+                # share; the skew between the clocks moves only where the life is counted from.
+                now = time.time()
+                renew = now + max(0.0, expires - now) * self.TICKET_RENEW_SHARE
+                config = {**config, "ticket_renew_at": renew}
             await self.store.save_config(config)
             self._set_policies(config)
             self._set_work_key(config)
@@ -369,11 +473,12 @@ class Agent(Work):
                     self.log.warning("unexpected_message", type=message.TYPE)
                     continue
                 if isinstance(message, Execute):
+                    # The new work first (it waits on nothing the acks change), then the
+                    # acknowledgements it carries: a step's work is not held up by a write.
+                    if await self._authentic(message):
+                        await self._on_execute(message)
                     if message.acks:
                         await self._acked(message.acks)
-                    if not await self._authentic(message):
-                        continue
-                    await self._on_execute(message)
                 elif isinstance(message, Cancel):
                     for iid in message.instance_ids:
                         self._stop(iid)
@@ -385,6 +490,7 @@ class Agent(Work):
                         waiter.set_result(message.result)
                 elif isinstance(message, Tickle):
                     self.log.info("tickled")
+                    self._via_ns = True  # through the NS, not straight back to the TS
                     return  # re-register now: fresh configuration and pending work
         finally:
             self.link = None
@@ -512,6 +618,7 @@ class Agent(Work):
 
     async def reconnect(self) -> None:
         """Drop the live connection: the run loop registers again and gets fresh configuration."""
+        self._via_ns = True
         if self.link is not None:
             await self.link.close(1000, "re-registering")
 

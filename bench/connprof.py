@@ -9,9 +9,14 @@ with ``--processes`` workers (worker 0 is the process profiled). Two phases:
 
 - ``enrol``: the simulate processes start with an enrolment token; timed from their spawn until
   the NS lists every agent online through a TS.
-- ``reconnect``: every TS and the NS are stopped and started again on the same data and ports
-  (a TS keeps its agents through an NS restart alone, so both go, as after a host restart); the
-  agents, their keys kept in memory, register again as known keys. Timed from the stop.
+- ``reconnect``: every TS and the NS are stopped and started again, all at once, on the same
+  data and ports (a TS keeps its agents through an NS restart alone, so both go, as after a
+  host restart); the agents, their keys and tickets kept in memory, come back as known agents
+  (straight to their TS while their ticket is young). Timed from the stop.
+- ``floor`` (before and after the others): N plain TLS WebSocket clients from as many processes
+  (``bench.floor.Floor``), timed from their spawn until all are connected; the run ends with
+  enrol/floor and reconnect/floor (issue 22's target 2: at most 2 and 1.5), in wall time and in
+  CPU seconds.
 
 For each phase it prints the wall time, the online count over time, the CPU seconds of the NS,
 the TS and all simulate processes (and of the machine), and writes py-spy's raw collapsed
@@ -178,7 +183,9 @@ class Rig:
 
 
 async def wait_online(rig: Rig, n: int, t0: float, timeout_s: float) -> dict[str, Any]:
-    """Poll the NS until N agents are online through a TS; the count over time on the way."""
+    """Poll the NS until N agents are online (through a TS, or the built-in service where the NS
+    sent those that registered while their TS was away past its grace: a TS restarted slowly on
+    a busy machine); the count over time on the way, and how many were on the built-in one."""
     marks: dict[str, float] = {}
     curve: list[tuple[float, int]] = []
     deadline = time.monotonic() + timeout_s
@@ -187,19 +194,21 @@ async def wait_online(rig: Rig, n: int, t0: float, timeout_s: float) -> dict[str
             async with rig.admin() as client:
                 while True:
                     rows = await client.call("computers.list")
-                    online = sum(
-                        1
-                        for r in rows
-                        if r["online"] and r["taskserver"] in rig.ts_names
-                        and r["name"].startswith("sim-")
-                    )  # fmt: skip
+                    up = [r for r in rows if r["online"] and r["name"].startswith("sim-")]
+                    online = len(up)
                     t = time.perf_counter() - t0
                     curve.append((round(t, 2), online))
                     for pct in (10, 25, 50, 75, 90, 99, 100):
                         if f"{pct}%" not in marks and online >= n * pct / 100:
                             marks[f"{pct}%"] = round(t, 2)
                     if online >= n:
-                        return {"wall_s": round(t, 2), "marks": marks, "curve": curve}
+                        builtin = sum(1 for r in up if r["taskserver"] not in rig.ts_names)
+                        return {
+                            "wall_s": round(t, 2),
+                            "marks": marks,
+                            "curve": curve,
+                            "on_builtin": builtin,
+                        }
                     if time.monotonic() > deadline:
                         # Not TimeoutError: an OSError, which the except below retries.
                         raise RuntimeError(f"{online}/{n} online after {t:.0f} s")
@@ -283,8 +292,10 @@ async def profile_phase(rig: Rig, phase: str, start: Any, n: int) -> dict[str, A
         raise
     cpu1 = rig.cpu()
     loop = asyncio.get_running_loop()
+    # The NS serves /metrics on its admin listener; its agents' gate is listener="main" there.
     result["gates"] = {
-        p.name: await loop.run_in_executor(None, gate_metrics, p.url) for p in (rig.ns, *rig.ts)
+        p.name: await loop.run_in_executor(None, gate_metrics, p.admin_url or p.url)
+        for p in (rig.ns, *rig.ts)
     }
     result["agent_log"] = agent_events(sim_log, log_at)
     result["started_s"] = round(started_s, 2)
@@ -296,6 +307,48 @@ async def profile_phase(rig: Rig, phase: str, start: Any, n: int) -> dict[str, A
         if summary is not None:
             result["profiles"][which] = summary
     return result
+
+
+async def floor_phase(args: argparse.Namespace) -> dict[str, Any]:
+    """The floor in the same run: N plain TLS WebSocket clients (``websockets`` as it comes,
+    no taskfleet code) spread over the same number of client processes and connecting to as
+    many server processes as there are TS, timed from the clients' spawn until every one is
+    connected (``bench.floor.Floor``): what N TLS connections cost on this machine now."""
+    from bench.floor import Floor
+
+    print(f"connprof: floor, {args.agents} TLS WebSocket clients", flush=True)
+    load = os.getloadavg()[0]
+    floor = Floor(args.agents, servers=args.taskservers, client_procs=args.processes)
+    try:
+        await floor.start()
+        # Its servers' and clients' CPU from their start until every client is connected.
+        cpu = floor._cpu_servers() + floor._cpu_clients()
+    finally:
+        await floor.close()
+    return {"connect_s": round(floor.connect_s, 2), "cpu_s": round(cpu, 2), "load": round(load, 1)}
+
+
+def ratios(report: dict[str, Any]) -> str:
+    """enrol/floor and reconnect/floor: issue 22's target 2 asks for at most 2 and 1.5."""
+    # The floor is taken before and after taskfleet's phases: their mean, as the machine's
+    # load (other sessions') moves within minutes.
+    floors = [f for f in (report.get("floor_before"), report["floor"]) if f]
+    floor = round(sum(f["connect_s"] for f in floors) / len(floors), 2)
+    floor_cpu = round(sum(f["cpu_s"] for f in floors) / len(floors), 2)
+    seen = " and ".join(f"{f['connect_s']} s" for f in floors)
+    parts = [f"floor {floor} s ({seen}), {floor_cpu} CPU-s"]
+    for phase, target in (("enrol", 2.0), ("reconnect", 1.5)):
+        if phase in report:
+            # Connect time, as the floor's: from when the servers are up (for reconnect, the
+            # restart itself, the NS's and the TS's start-up, comes before).
+            wall = report[phase]["wall_s"] - report[phase]["started_s"]
+            cpu = report[phase]["cpu_after_start_s"]
+            ours = cpu["ns"] + cpu["simulate"] + sum(v for k, v in cpu.items() if k[:3] == "ts-")
+            parts.append(
+                f"{phase} {wall:.2f} s = {wall / floor:.2f}x floor (target {target}x),"
+                f" {ours:.2f} CPU-s = {ours / floor_cpu:.2f}x"
+            )
+    return "connprof: " + "; ".join(parts)
 
 
 # -- reading the stacks ----------------------------------------------------------------------
@@ -441,6 +494,8 @@ async def main_async(args: argparse.Namespace) -> int:
     n = args.agents
     report: dict[str, Any] = {"agents": n, "processes": args.processes, "ts": args.taskservers}
     try:
+        if "floor" in args.phases:
+            report["floor_before"] = await floor_phase(args)
         await rig.start_servers(None)
         async with rig.admin() as client:
             agent_token = (await client.call("tokens.create", ttl_s=86_400, uses=n + 10))["token"]
@@ -466,10 +521,10 @@ async def main_async(args: argparse.Namespace) -> int:
         await asyncio.sleep(args.settle)
 
         async def restart() -> None:
-            for ts in rig.ts:
-                await ts.stop()
-            await rig.ns.stop()
-            await rig.start_servers(None)
+            # As after a host restart: every server stops at once, then all start at once (in
+            # whatever order they come up; a TS serves known agents before it reaches the NS).
+            await asyncio.gather(rig.ns.stop(), *(ts.stop() for ts in rig.ts))
+            await asyncio.gather(rig.ns.start(), *(ts.start() for ts in rig.ts))
 
         if "reconnect" in args.phases:
             print("connprof: restart NS and TS, known agents reconnect", flush=True)
@@ -478,9 +533,13 @@ async def main_async(args: argparse.Namespace) -> int:
             print(f"connprof: reconnect {rec['wall_s']} s {rec['cpu_s']}")
     finally:
         await rig.stop()
+        if "floor" in args.phases and "enrol" in report:
+            report["floor"] = await floor_phase(args)
         (args.out / "report.json").write_text(json.dumps(report, indent=1, default=str))
     if not args.no_profile:
         print(analyse(args.out))
+    if "floor" in report:
+        print(ratios(report))
     return 0
 
 
@@ -490,7 +549,11 @@ def main() -> int:
     p.add_argument("--processes", type=int, default=2, help="taskfleet simulate workers")
     p.add_argument("--taskservers", type=int, default=1)
     p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
-    p.add_argument("--phases", default="enrol,reconnect")
+    p.add_argument(
+        "--phases",
+        default="enrol,reconnect,floor",
+        help="floor: the same N TLS clients, before and after",
+    )
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--settle", type=float, default=3.0, help="seconds between the phases")
     p.add_argument("--poll-s", type=float, default=1.0, help="computers.list every ... s")

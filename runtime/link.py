@@ -323,7 +323,11 @@ async def connect(
         **extra,
     )
     link = Link(ws, peer=url, limits=limits)
-    untrusted = trust.check(url, ws.transport)
+    try:
+        untrusted = trust.check(url, ws.transport)
+    except OSError:  # it closed at once: a lost connection
+        await link.close()
+        raise
     if untrusted is not None:
         await link.close()
         raise RemoteError("untrusted_server", f"refusing {url}: {untrusted}")

@@ -131,7 +131,9 @@ class ClientTrust:
         return self._ctx
 
     def check(self, url: str, transport: Any) -> str | None:
-        """Return a reason to refuse this server, or None when it is trusted."""
+        """Return a reason to refuse this server, or None when it is trusted. Raises
+        ConnectionResetError when the server already closed the connection (as the handshake
+        ended): a lost connection, to try again, not a server to distrust."""
         if not url.startswith("wss://"):
             return None if self.insecure else f"{url} is plain ws://: pass --insecure to allow it"
         if self.ca_file:
@@ -139,7 +141,13 @@ class ClientTrust:
         if self.fingerprint is None:
             return "no way to trust the server: pass --server-fingerprint or --ca"
         ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        try:
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        except (AttributeError, ValueError, OSError) as exc:
+            # The transport closed its TLS socket already (``_sslobj`` is None then).
+            raise ConnectionResetError(
+                f"{url} closed the connection right after the TLS handshake"
+            ) from exc
         if not der:
             return "the server presented no certificate"
         seen = cert_fingerprint(der)

@@ -21,6 +21,7 @@ Both ends use it: ``runtime.gate`` hands an admitted listener connection's socke
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import socket
 import ssl
@@ -401,10 +402,25 @@ def take_socket(raw: asyncio.Transport) -> socket.socket:
     return sock
 
 
+def _literal(host: str, port: int) -> list[tuple[Any, ...]] | None:
+    """``getaddrinfo``'s answer for an IP address written out (no scope), without asking it:
+    the loop's ``getaddrinfo`` always goes through its thread pool, which cost a connecting
+    agent 3-8 % of its CPU for ``127.0.0.1`` (``docs/performance.md``)."""
+    if "%" in host:
+        return None
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if ip.version == 6:
+        return [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port, 0, 0))]
+    return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
+
+
 async def open_socket(host: str, port: int) -> socket.socket:
     """A connected non-blocking TCP socket to the first address of ``host`` that answers."""
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    infos = _literal(host, port) or await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     last: OSError | None = None
     for family, kind, proto, _, address in infos:
         sock = socket.socket(family, kind, proto)

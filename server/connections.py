@@ -179,8 +179,9 @@ async def assign(ns: NS, row: dict[str, Any]) -> dict[str, Any] | None:
                 load[current] -= 1
             if chosen is not None:
                 load[chosen] += 1
-            if current is not None or row["has_agent"]:
-                # Its unfinished work follows it to its new relay.
+            if current is not None or not _made_now(row):
+                # Its unfinished work follows it to its new relay (a computer this very
+                # registration made has none: no statement, no commit for it).
                 await ns.reroute(row["id"], current or BUILTIN, chosen or BUILTIN)
     if moved and current is not None:
         # Outside the lock: other registrations go on meanwhile. The dispatch ``reroute``
@@ -200,6 +201,37 @@ async def assign(ns: NS, row: dict[str, Any]) -> dict[str, Any] | None:
     if retry_in_s is not None:
         ts["retry_in_s"] = round(retry_in_s, 3)
     return ts
+
+
+def _made_now(row: dict[str, Any]) -> bool:
+    """Whether the agent's registration just made its computer's row (``register_agent`` sets
+    ``created_at`` and ``last_seen`` to the same time only when it inserts the row)."""
+    return row["created_at"] is not None and row["created_at"] == row["last_seen"]
+
+
+async def after_presence(
+    ns: NS, taskserver: str | None, online: list[str], missed: set[str], *, foreign: bool
+) -> None:
+    """Tickle, through the relay that reported them, the agents it says came online that must
+    register with the NS: those a tickle missed while they were away (``missed``: they may have
+    come straight back to their TS with the ticket they hold, so no registration gave them their
+    new configuration), and, when the relay spoke for computers not assigned to it
+    (``foreign``), those: the NS moved them meanwhile (to another TS, or to the built-in service),
+    and registering sends them there. Either way each ends up served where the NS says."""
+    route = ns.routes.get(taskserver or BUILTIN)
+    if route is None or not online:
+        return
+    back = [n for n in online if n in missed]
+    missed.difference_update(back)
+    # The built-in service's agents came through a registration just now: nothing was missed.
+    names = back if taskserver is not None else []
+    if foreign:
+        rows = {r["name"]: r for r in await ns.db.computers(online)}
+        elsewhere = [n for n in online if n not in rows or rows[n]["taskserver"] != taskserver]
+        ns.log.info("presence_elsewhere_tickled", taskserver=taskserver, count=len(elsewhere))
+        names = sorted({*names, *elsewhere})
+    if names:
+        await route.tickle(names)
 
 
 async def serve_taskserver(ns: NS, link: Link, hello: Hello, facts: dict[str, Any]) -> None:

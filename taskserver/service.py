@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 from typing import Any
@@ -53,6 +54,7 @@ from runtime.link import (
     refused_for_good,
 )
 from runtime.metrics import Authorize
+from runtime.servers import ServerList
 from runtime.tls import ClientTrust, ensure_certificates, file_fingerprint, server_context
 from taskserver.metrics import TSMetrics
 from taskserver.relay import Relay
@@ -107,6 +109,8 @@ class TaskServer:
         metrics_authorize: Authorize | None = None,
     ):
         self.server_url = server_url
+        self.servers = ServerList(server_url)
+        """The NS's addresses (two for an active/standby pair): the NS link follows the active."""
         self.data_dir = data_dir
         self.name = name
         self.trust = trust
@@ -138,7 +142,10 @@ class TaskServer:
         self.store: RelayStore | None = None
         self.revoked: dict[str, int] = {}
         """Agent → the latest ticket expiry the NS voided for it (``revoke``), kept only while
-        such a ticket could still be valid."""
+        such a ticket could still be valid; in ``DATA/revoked.json`` too, so a restarted TS
+        refuses them before its link to the NS tells it again (agents come straight back to
+        their TS with the ticket they hold)."""
+        self.revoked_path = os.path.join(data_dir, "revoked.json")
         self._closing: set[asyncio.Task[None]] = set()
         self.refusal: BaseException | None = None
         """Why the NS refused this TS for good (``runtime.link.refused_for_good``): a used-up
@@ -156,6 +163,7 @@ class TaskServer:
         if os.path.exists(self.ns_key_path):
             with open(self.ns_key_path) as fh:
                 self.ns_public_key = bytes.fromhex(fh.read().strip())
+        self.revoked = self._load_revoked()
         self.store = await RelayStore.open(os.path.join(self.data_dir, "taskserver.db"))
         self.relay = Relay(
             self.name,
@@ -198,8 +206,14 @@ class TaskServer:
         self.log.info("taskserver_listening", url=self.url, tls_fingerprint=self.tls_fingerprint)
 
     def _idle(self) -> bool:
-        """No run in flight through this TS: a moment to settle the heap (``heap.settle``)."""
-        return self.relay is None or self.relay.idle()
+        """No run in flight through this TS and no handshakes under way or waiting: a moment to
+        settle the heap (``heap.settle``). A full collection in the middle of a reconnect storm
+        walks every pending connection and stalls them (as on the NS: ``NotificationServer._idle``)."""
+        return (
+            (self.relay is None or self.relay.idle())
+            and not self.gate.busy
+            and not len(self.gate.queue)
+        )
 
     async def stop(self) -> None:
         if self._trimmer is not None:
@@ -306,8 +320,8 @@ class TaskServer:
         while True:
             link: Link | None = None
             try:
-                link, welcome = await connect(
-                    self.server_url,
+                opened = await self.servers.connect(
+                    connect,
                     role=Role.TASKSERVER,
                     identity=self.name,
                     credentials={"enrol_token": self.enrol_token} if self.enrol_token else {},
@@ -316,8 +330,9 @@ class TaskServer:
                     info={"url": self.url, "tls_fingerprint": self.tls_fingerprint},
                     compression=self.compression,
                 )
+                link, welcome = opened  # the active NS of the addresses given
                 self._remember_ns_key(str(welcome.config.get("server_public_key", "")))
-                self.log.info("ns_connected", server=self.server_url)
+                self.log.info("ns_connected", server=self.servers.current)
                 attempt = 0
                 self.relay.set_upstream(RemoteUpstream(link, self.metrics))
                 self.connected.set()
@@ -401,3 +416,28 @@ class TaskServer:
         if len(self.revoked) > REVOKED_AT_MOST or any(u < now for u in self.revoked.values()):
             kept = sorted((u, n) for n, u in self.revoked.items() if u >= now)
             self.revoked = {n: u for u, n in kept[-REVOKED_AT_MOST:]}
+        self._save_revoked()
+
+    def _load_revoked(self) -> dict[str, int]:
+        """The revocations kept by the last run (those still in force); none if unreadable: the
+        NS sends every one again when the link comes up (``server.auth.tell_revoked``)."""
+        try:
+            with open(self.revoked_path) as fh:
+                data = json.load(fh)
+        except (OSError, ValueError):
+            return {}
+        now = time.time()
+        if not isinstance(data, dict):
+            return {}
+        return {str(n): int(u) for n, u in data.items() if isinstance(u, (int, float)) and u >= now}
+
+    def _save_revoked(self) -> None:
+        """Write the revocations (a new file put in place: never half a list); a failure is
+        logged and the list stays in memory."""
+        tmp = self.revoked_path + ".tmp"
+        try:
+            with open(tmp, "w") as fh:
+                json.dump(self.revoked, fh)
+            os.replace(tmp, self.revoked_path)
+        except OSError as exc:
+            self.log.error("revoked_not_saved", error=str(exc))
