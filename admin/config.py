@@ -24,6 +24,7 @@ import difflib
 import os
 import sys
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,9 +47,13 @@ ENV_DEFAULTS = {
     "insecure": "TASKFLEET_INSECURE",
     "enrol_token": "TASKFLEET_ENROL_TOKEN",
     "log_level": "TASKFLEET_LOG_LEVEL",
+    "database": "TASKFLEET_DATABASE",
 }
 """Flags whose default comes from an environment variable (set in :mod:`admin.cli`): when the
 variable is set, it wins over the file (and ``--print-config`` says ``env``)."""
+
+DATABASE_ENV = ENV_DEFAULTS["database"]
+"""The NS's PostgreSQL URL (``--database``; ``[database] url`` in the file)."""
 
 NOT_IN_FILE = frozenset({"help", "config", "print_config", "config_view"})
 
@@ -307,6 +312,12 @@ def _scalar(action: argparse.Action, value: Any, key: str, path: str) -> Any:
         except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
             raise ConfigError(f"{path}: {key} = {value!r}: {exc}") from None
     else:
+        if (
+            action.dest == "server"
+            and isinstance(value, list)
+            and all(isinstance(v, str) for v in value)
+        ):
+            value = ",".join(value)  # the two NS of an active/standby pair, as an array
         if not isinstance(value, str):
             raise _wrong(key, path, "a string", value)
         result = value
@@ -339,8 +350,20 @@ def render(view: Effective) -> str:
             continue
         if _secret(dest):
             value = MASK
+        elif dest == "database" and isinstance(value, str):
+            value = _without_password(value)
         lines.append(f"{dumps({dest: value}).strip()}  # {source}")
     return "\n".join(lines) + "\n"
+
+
+def _without_password(url: str) -> str:
+    """A database URL with its password (if any) masked."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:{MASK}@{parts.hostname or ''}"
+    netloc += f":{parts.port}" if parts.port else ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _secret(dest: str) -> bool:

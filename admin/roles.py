@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import sys
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +26,7 @@ from admin.common import (
     _trust,
     _unusable,
 )
-from admin.config import print_config, role_parser
+from admin.config import DATABASE_ENV, print_config, role_parser
 from runtime.gate import HANDSHAKES_AT_ONCE
 from runtime.metrics import token_file_check
 from runtime.sdnotify import Notifier
@@ -209,16 +210,38 @@ def _retention(args: argparse.Namespace) -> dict[str, float | None]:
     return {kind: parse_keep(text) for kind, text in given.items() if text is not None}
 
 
+def _database(url: str | None) -> str | None:
+    """What is wrong with ``--database`` (None: nothing, or not given)."""
+    if url is None:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        return (
+            f"--database takes a PostgreSQL URL (postgresql://USER@HOST:PORT/DATABASE), not"
+            f" {parts.scheme or url!r}; leave it out to keep SQLite in the data folder"
+        )
+    if parts.password is not None and os.environ.get(DATABASE_ENV) != url:
+        return (
+            "the --database URL holds a password, which the command line and the configuration"
+            f" file would show: give it in ~/.pgpass or PGPASSWORD, or the whole URL in"
+            f" {DATABASE_ENV}"
+        )
+    return None
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     from server.core import NotificationServer
 
     if args.print_config:
         return print_config(args)
+    if problem := _database(args.database):
+        print(f"taskfleet server: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     address = _listener(args, 8470)
     if address is None:
         return EXIT_USAGE
     host, port = address
-    ns = NotificationServer(
+    ns_args: dict[str, Any] = dict(
         data_dir=args.data,
         host=host,
         port=port,
@@ -237,7 +260,9 @@ def cmd_server(args: argparse.Namespace) -> int:
         admin_port=args.admin_port,
         retention=_retention(args),
         console=args.console,
+        database=args.database,
     )
+    ns = NotificationServer(**ns_args)
 
     def announce() -> None:
         if ns.first_admin_token:
@@ -259,11 +284,25 @@ def cmd_server(args: argparse.Namespace) -> int:
             print(f"taskfleet: web console at https://{where}/ (docs/console.md)", flush=True)
 
     def ready() -> str:
-        return f"taskfleet server ready url={ns.url} fingerprint={ns.tls_fingerprint or '-'}" + (
-            f" admin_url={ns.admin_url}" if ns.admin_url else ""
+        return (
+            f"taskfleet server ready url={ns.url} fingerprint={ns.tls_fingerprint or '-'}"
+            + (f" admin_url={ns.admin_url}" if ns.admin_url else "")
+            + (" standby=yes" if ns.standing_by else "")
         )
 
-    return _run_role("server", lambda: _serve_forever(ns, ready, announce))
+    async def serve() -> None:
+        """Serve; an NS of a pair that lost its lease (``server.store.lease``) is stopped and a fresh
+        one, on the same ports, waits as the standby (nothing of the old one's state is kept)."""
+        nonlocal ns
+        while True:
+            await _serve_forever(ns, ready, announce)
+            if ns.failure is not None:
+                raise ns.failure
+            if not ns.stood_down:
+                return
+            ns = NotificationServer(**{**ns_args, "port": ns.port, "admin_port": ns.admin_port})
+
+    return _run_role("server", serve)
 
 
 def _connecting_role_prelude(args: argparse.Namespace) -> int | None:
@@ -358,6 +397,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
     )
 
 
+SERVER_HELP = (
+    "the NS URL, wss://HOST:PORT; for two NS on one PostgreSQL (active and standby), both:"
+    " wss://HOST1:PORT,wss://HOST2:PORT (the active one is followed)"
+)
+
 AGENT_READY_WAIT_S = 20.0
 """How long an agent waits for its first connection before it tells systemd it is ready anyway:
 an agent whose NS is away is still doing its job (retrying, running its policies), and a unit's
@@ -444,6 +488,16 @@ def add_role_parsers(
     s = role_parser(sub, "server", parents=[token, tls], help="run the Notification Server")
     s.add_argument("--insecure", action="store_true", help="plain ws://, no TLS (tests only)")
     s.add_argument(
+        "--database",
+        "--database-url",
+        metavar="URL",
+        default=os.environ.get(DATABASE_ENV),
+        help="keep the NS's tables in PostgreSQL: postgresql://USER@HOST:PORT/DATABASE (also"
+        f" {DATABASE_ENV}, or `[database] url` in the configuration file); its password from"
+        f" ~/.pgpass or PGPASSWORD (or the whole URL in {DATABASE_ENV}), never on the command"
+        " line (default: SQLite, DATA/server.db)",
+    )
+    s.add_argument(
         "--max-connections-per-address",
         type=int,
         default=20_000,
@@ -528,7 +582,7 @@ def add_role_parsers(
     s.set_defaults(func=cmd_server)
 
     t = role_parser(sub, "taskserver", parents=[token, tls, trust, enrol], help="run a Task Server")
-    t.add_argument("--server", required=True, help="the NS URL, wss://HOST:PORT")
+    t.add_argument("--server", required=True, help=SERVER_HELP)
     t.add_argument("--data", required=True, help="data folder (created on first start)")
     t.add_argument(
         "--listen",
@@ -547,7 +601,7 @@ def add_role_parsers(
     t.set_defaults(func=cmd_taskserver)
 
     a = role_parser(sub, "agent", parents=[token, trust, enrol], help="run an agent")
-    a.add_argument("--server", required=True, help="the NS URL, wss://HOST:PORT")
+    a.add_argument("--server", required=True, help=SERVER_HELP)
     a.add_argument("--data", required=True, help="data folder (created on first start)")
     a.add_argument(
         "--name",

@@ -33,7 +33,7 @@ from runtime.link import HANDSHAKE_TIMEOUT_S, ConnectionCap, Link, listen
 from runtime.runner import ScriptRun
 from runtime.tls import ensure_certificates, file_fingerprint, server_context
 from server.auth import bootstrap_admin
-from server.connections import ADMIN_ONLY, ALL_ROLES, serve
+from server.connections import ADMIN_ONLY, ALL_ROLES, after_presence, serve
 from server.console import Console, http_hook
 from server.dispatch import Dispatcher
 from server.guards import AdminSessions, Alerts
@@ -46,6 +46,9 @@ from server.runs import Runs
 from server.schedules import Clock, Scheduler, WallClock
 from server.stages import ActiveRun
 from server.store import Change, Store
+from server.store.dbapi import is_postgres_url
+from server.store.lease import Lease, holder_name, redispatch
+from server.store.pgdb import PostgresDatabase
 from taskserver.relay import Relay
 from taskserver.store import RelayStore
 
@@ -97,6 +100,7 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         retention: dict[str, float | None] | None = None,
         clock: Clock | None = None,
         console: bool = False,
+        database: str | None = None,
     ):
         self.data_dir = data_dir
         self.retention = retention or {}
@@ -106,7 +110,9 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         """The schedules' clock (tests pass one they drive)."""
         self.scheduler: Scheduler | None = None
         self.purger: Purger | None = None
-        self.db_path = os.path.join(data_dir, "server.db")
+        self.db_path = database or os.path.join(data_dir, "server.db")
+        """Where every NS table lives: ``DATA/server.db`` (SQLite), or the ``postgresql://`` URL
+        given as ``--database`` (``server.store.base.open_database`` tells them apart)."""
         self.smtp = smtp or {}
         """SMTP server for send-email: host, port, security (none|starttls|tls), user, password, sender."""
         self.ts_grace_s = ts_grace_s
@@ -145,6 +151,9 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         self.agent_rate_per_s = agent_rate_per_s
         self.admin_rate_per_s = admin_rate_per_s
         self.refused: Counter[str] = Counter()
+        self.tickle_on_return: set[str] = set()
+        """Agents a tickle missed (offline then): tickled when a relay next reports them online,
+        as they may come back straight to their TS, not through a registration."""
         self.trust_alerts = Alerts()
         """Key-mismatch and wrong-role-token alerts, coalesced per name and per address."""
         self.admin_sessions = AdminSessions()
@@ -179,6 +188,16 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         self._changes_handle: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self.lease: Lease | None = None
+        """On PostgreSQL: whether this NS is the active one of a pair (``server.store.lease``)."""
+        self.standing_by = False
+        """Waiting for the lease: listeners bound but not accepting, nothing read or written."""
+        self.stood_down = ""
+        """Why this NS stopped acting (it lost the lease); ``admin.roles`` starts a standby."""
+        self.failure: BaseException | None = None
+        """What ended a standby's takeover (raised by ``admin.roles`` once stopped)."""
+        self.ended = asyncio.Event()
+        """Set when this NS must stop: it stood down, or a takeover failed."""
         self.metrics = NSMetrics(self)
         """``/metrics``, ``/healthz`` and ``/readyz``: on the admin listener if there is one
         (administrators only reach it), else on the main one (``runtime.metrics``)."""
@@ -212,21 +231,76 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         self.public_key = public_bytes(self.key)
         self.work_master = master_work_key(self.key.private_bytes_raw())
         self.server_id = f"{self.name}:{fingerprint(self.public_key)}"
+        self.url = self._url(self.port)
+        if is_postgres_url(self.db_path):  # one of a pair, maybe: active only with the lease
+            self.lease = Lease(self.db_path, holder_name(self.name), self._identity(), log=self.log)
+            if not await self.lease.try_acquire():
+                self.standing_by = True
+                self.log.warning("standby", url=self.url, reason="another NS holds the lease")
+                self.spawn(self._standby())
+                return
+        await self._activate()
+
+    def _identity(self) -> str:
+        """What the two NS of a pair must share: name, signing key, TLS certificate."""
+        return f"{self.server_id} tls={self.tls_fingerprint or '-'}"
+
+    async def _standby(self) -> None:
+        """As the standby: wait for the lease (fencing an active one that stopped renewing),
+        then take over."""
+        assert self.lease is not None
+        try:
+            await self.lease.acquire()
+            self.standing_by = False
+            self.log.warning("taking_over", url=self.url)
+            await self._activate()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self.log.exception("takeover_failed")
+            self.failure = exc
+            self.ended.set()
+
+    def _stand_down(self, reason: str) -> None:
+        """The lease is lost: stop accepting and close every link at once (writes are already
+        refused by the lease); ``admin.roles`` then stops this NS and starts a standby."""
+        self.stood_down = reason
+        for server in (self._server, self._admin_server):
+            if server is not None:
+                server.close()
+        self.log.warning("stood_down", reason=reason, url=self.url)
+        self.ended.set()
+
+    async def _activate(self) -> None:
+        """Serve as the active NS: resume what the database says is running, then accept."""
+        if self.lease is not None:  # renewed from now on, the migrations included
+            self.spawn(self.lease.keep(self._stand_down))
+        # Opened (and migrated) only by the active NS: a standby of a newer release waits
+        # without changing the schema under an older active one.
         self.store = await Store.open(self.db_path)
+        self.log.info("store_opened", store=self.store.dialect, at=self.store.db.description)
         self.store.read_seconds = self.metrics.query_read
         self.store.write_seconds = self.metrics.query_write
+        if self.lease is not None:
+            assert isinstance(self.store.db, PostgresDatabase)
+            await self.lease.install(self.store.db)
         self.first_admin_token = await bootstrap_admin(self)
-        await self.store.reset_presence()
+        await self.db.reset_presence()
         self._relay_store = await RelayStore.open(
             os.path.join(self.data_dir, "builtin-taskservice.db")
         )
         await self._start_task_service()
+        if self.lease is not None:  # what the built-in service held is in the other's folder
+            again = await redispatch(self.db.db, BUILTIN)
+            if again:
+                self.log.info("builtin_work_dispatched_again", instances=again)
         await self._resume_runs()
         self.started_at = time.time()
+        if self.stood_down:  # lost the lease meanwhile: never start serving
+            return
         for server in (self._server, self._admin_server):
             if server is not None:
                 await server.start_serving()
-        self.url = self._url(self.port)
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="ns-sweep")
         # Registration bursts leave the heap large; settle it when no run is in flight.
         self.spawn(heap.trim_periodically(quiet=self._idle))
@@ -356,8 +430,26 @@ class NotificationServer(Runs, Dispatcher, Rollup):
             await self.relay.stop()
         if self._relay_store is not None:
             await self._relay_store.close()
+        if self.lease is not None:
+            await self.lease.close()
         if self.store is not None:
             await self.store.close()
+
+    async def tickle(self, computers: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+        """``Dispatcher.tickle``; those it could not reach are tickled when they come back."""
+        reached, offline = await Dispatcher.tickle(self, computers)
+        self.tickle_on_return.update(offline)
+        return reached, offline
+
+    async def on_presence(
+        self, taskserver: str | None, online: list[str], offline: list[str], full: bool
+    ) -> None:
+        """``Rollup.on_presence``, then the agents it reports that must register with the NS
+        (``server.connections.after_presence``)."""
+        before = self.refused["foreign_presence"]
+        await Rollup.on_presence(self, taskserver, online, offline, full)
+        foreign = self.refused["foreign_presence"] > before
+        await after_presence(self, taskserver, online, self.tickle_on_return, foreign=foreign)
 
     def schedules_changed(self) -> None:
         """A schedule was saved, enabled, disabled or deleted: the scheduler looks again now."""
@@ -374,8 +466,16 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         return await (self.purger.count() if dry_run else self.purger.purge())
 
     def _idle(self) -> bool:
-        """No run in flight, here or in the built-in task service."""
-        return not self.active and (self.relay is None or self.relay.idle())
+        """No run in flight, here or in the built-in task service, and no handshakes under way
+        or waiting: a heap settled in the middle of a connect storm walks every pending
+        connection and freezes them (a third of the NS's time with 30,000 agents arriving,
+        docs/performance.md "100,000 agents and the cost curve")."""
+        return (
+            not self.active
+            and (self.relay is None or self.relay.idle())
+            and not self.gate.busy
+            and not len(self.gate.queue)
+        )
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run ``coro`` in the background, held until it ends; if it fails, say so in the log
