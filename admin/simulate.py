@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import resource
 import signal
@@ -19,6 +21,17 @@ import sys
 from agent.agent import Agent
 from runtime import heap, logs
 from runtime.tls import ClientTrust
+
+
+def _end_with_parent() -> None:
+    """In a worker, before exec (Linux): SIGTERM it when worker 0 dies, however it dies. A
+    worker left behind keeps thousands of agents retrying a server that is gone."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl(
+                1,
+                signal.SIGTERM,  # PR_SET_PDEATHSIG
+            )
 
 
 def _raise_open_files() -> None:
@@ -44,7 +57,10 @@ async def run_agents(args: argparse.Namespace, names: list[str]) -> None:
         )
         for name in names
     ]
-    tasks = [asyncio.create_task(a.run()) for a in agents]
+    tasks: list[asyncio.Task[None]] = []
+    starting = asyncio.create_task(
+        start_agents(agents, tasks, args.start_rate / max(1, args.processes))
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -62,13 +78,32 @@ async def run_agents(args: argparse.Namespace, names: list[str]) -> None:
     reporter = asyncio.create_task(report())
     await stop.wait()
     reporter.cancel()
+    starting.cancel()
+    await asyncio.gather(starting, return_exceptions=True)
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, reporter, return_exceptions=True)
 
 
+async def start_agents(agents: list[Agent], tasks: list[asyncio.Task[None]], rate: float) -> None:
+    """Start every agent: all at once (``rate`` 0), or ``rate`` a second in batches of a tenth
+    of a second. Thousands of agents of one process starting together start their handshakes
+    together, and the process's own CPU (one for thousands of agents, where a real fleet has
+    one each) makes them all slow: past the servers' handshake limits, they all start again."""
+    if rate <= 0:
+        tasks.extend(asyncio.create_task(a.run()) for a in agents)
+        return
+    batch = max(1, round(rate / 10))
+    for i in range(0, len(agents), batch):
+        tasks.extend(asyncio.create_task(a.run()) for a in agents[i : i + batch])
+        await asyncio.sleep(batch / rate)
+
+
 def main(args: argparse.Namespace) -> int:
     """Start the workers (this process is worker 0) and wait for a signal."""
+    if args.start_rate < 0:
+        print("taskfleet simulate: --start-rate must be 0 (all at once) or more", file=sys.stderr)
+        return 2
     logs.set_level(args.log_level if args.log_level != "info" else "warning")
     _raise_open_files()
     processes = max(1, min(args.processes, args.agents))
@@ -80,7 +115,10 @@ def main(args: argparse.Namespace) -> int:
         base = [a for a in sys.argv[1:] if not a.startswith("--worker")]
         for w in range(1, processes):
             children.append(
-                subprocess.Popen([sys.executable, "-m", "admin", *base, "--worker", str(w)])
+                subprocess.Popen(
+                    [sys.executable, "-m", "admin", *base, "--worker", str(w)],
+                    preexec_fn=_end_with_parent,  # noqa: PLW1509 (no threads yet here)
+                )
             )
     heap.tune_gc(many_agents=True)
     try:
@@ -122,6 +160,12 @@ def add_parser(
         type=int,
         default=0,
         help="how long each simulated task takes, in milliseconds (default 0)",
+    )
+    s.add_argument(
+        "--start-rate",
+        type=float,
+        default=0.0,
+        help="agents started per second, over all processes (default 0: all at once)",
     )
     s.add_argument(
         "--prefix",

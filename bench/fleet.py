@@ -171,10 +171,17 @@ def _cpu_delta(
 
 
 async def one_run(
-    client: AdminClient, name: str, timeout_s: float, procs: dict[str, ServerProc]
+    client: AdminClient,
+    name: str,
+    timeout_s: float,
+    procs: dict[str, Any],
+    rows: bool = True,
 ) -> dict[str, Any]:
     """Start ``name`` on every computer and follow it to its end (the last barrier released,
-    every result stored: the NS ends a run only after storing its last result)."""
+    every result stored: the NS ends a run only after storing its last result).
+
+    ``rows``: read every row back with ``run.show``; without it, only the counts per state
+    (``bench/scale.py``, whose 100,000 rows it checks in the NS's database instead)."""
     cpu0, bench0, busy0 = _cpu(procs), time.process_time(), machine_busy_s()
     gc0, full0 = GC.total_s, GC.collections[2]
     t0 = time.perf_counter()
@@ -199,8 +206,7 @@ async def one_run(
     t_end = time.perf_counter() - t0
     cpu = _cpu_delta(procs, cpu0, bench0, busy0)
     gc_s, full = GC.total_s - gc0, GC.collections[2] - full0
-    final = await client.call("run.show", run_id=run_id)
-    rows = final.get("instances", [])
+    final = await client.call("run.show", run_id=run_id, instances=rows)
     steps = final.get("steps") or []
     created = final.get("created_at")
     # A server job: its last step (the server task) starts when the barriers before it release.
@@ -209,14 +215,18 @@ async def one_run(
         if len(steps) > 1 and created and steps[-1].get("started_at")
         else None
     )
-    statuses = Counter(r["status"] for r in rows)
+    if rows:
+        statuses = Counter(r["status"] for r in final.get("instances", []))
+    else:
+        statuses = Counter({k: int(v) for k, v in (final.get("counts") or {}).items()})
+    n_rows = sum(statuses.values())
     return {
         "run_id": run_id,
         "targets": int(started["targets"]),
         "status": final.get("status"),
-        "rows": len(rows),
+        "rows": n_rows,
         "statuses": dict(statuses),
-        "ok": final.get("status") == "succeeded" and statuses.get("succeeded", 0) == len(rows),
+        "ok": final.get("status") == "succeeded" and statuses.get("succeeded", 0) == n_rows,
         "start_call_s": t_started,
         "end_s": t_end,
         "last_event_s": t_last_event,
@@ -229,6 +239,44 @@ async def one_run(
         "bench_gc_s": gc_s,
         "bench_full_gcs": full,
     }
+
+
+async def start_taskservers(
+    client: AdminClient,
+    ns: ServerProc,
+    root: Path,
+    ts_names: list[str],
+    insecure: bool,
+    started: list[ServerProc],
+) -> None:
+    """Start one TS process per name (appended to ``started`` as each starts, so a failure
+    still stops those already up) and wait until the NS lists them all online."""
+    created = await client.call(
+        "tokens.create", ttl_s=86_400, uses=len(ts_names) + 1, role="taskserver"
+    )
+    ts_enrol = created["token"]
+    for name in ts_names:
+        ts_args = [
+            "taskserver", "--server", ns.url, "--data", str(root / name),
+            "--listen", "127.0.0.1:0", "--name", name, "--enrol-token", ts_enrol,
+            *(["--insecure"] if insecure else ["--server-fingerprint", ns.fingerprint]),
+        ]  # fmt: skip
+        ts = ServerProc(name, ts_args, root / f"{name}.log")
+        started.append(ts)
+        await ts.start()
+
+    async def ts_online() -> bool:
+        rows = await client.call("taskservers.list")
+        return sum(1 for r in rows if r["name"] in ts_names and r["online"]) == len(ts_names)
+
+    await until(ts_online, f"{ts_names} connected to the NS", 30, 0.05)
+
+
+async def save_documents(client: AdminClient) -> None:
+    """Save the bench's tasks and jobs (``DOCUMENTS``) on the NS."""
+    for op, texts in DOCUMENTS.items():
+        for text in texts:
+            await client.call(op, text=text, filename="bench.toml")
 
 
 async def stop_agents(tasks: list[asyncio.Task[None]], timeout_s: float = 30.0) -> None:
@@ -260,30 +308,10 @@ async def bench(args: argparse.Namespace, n: int, k_ts: int, root: Path) -> dict
         async with AdminClient(ns.url, admin_token, trust, identity="bench") as client:
             created = await client.call("tokens.create", ttl_s=86_400, uses=n + 10)
             enrol = created["token"]
-            created = await client.call(
-                "tokens.create", ttl_s=86_400, uses=k_ts + 1, role="taskserver"
-            )
-            ts_enrol = created["token"]
             procs: dict[str, ServerProc] = {"ns": ns}
-            for name in ts_names:
-                ts_args = [
-                    "taskserver", "--server", ns.url, "--data", str(root / name),
-                    "--listen", "127.0.0.1:0", "--name", name, "--enrol-token", ts_enrol,
-                    *(["--insecure"] if args.insecure else ["--server-fingerprint", ns.fingerprint]),
-                ]  # fmt: skip
-                ts = ServerProc(name, ts_args, root / f"{name}.log")
-                servers.append(ts)
-                await ts.start()
-                procs[name] = ts
-
-            async def ts_online() -> bool:
-                rows = await client.call("taskservers.list")
-                return sum(1 for r in rows if r["name"] in ts_names and r["online"]) == k_ts
-
-            await until(ts_online, f"{ts_names} connected to the NS", 30, 0.05)
-            for op, texts in DOCUMENTS.items():
-                for text in texts:
-                    await client.call(op, text=text, filename="bench.toml")
+            await start_taskservers(client, ns, root, ts_names, args.insecure, servers)
+            procs.update((s.name, s) for s in servers[1:])
+            await save_documents(client)
             if args.paired_floor:
                 # Connected before the agents, kept idle through their connect, and a round of
                 # it timed just before each taskfleet run: the same minute of this machine.

@@ -1,6 +1,7 @@
 """The floor: one barrier round over bare websockets + msgpack, with no taskfleet code.
 
     python bench/floor.py --agents 1000 --rounds 5 [--insecure] [--transport tlsio]
+    python bench/floor.py --agents 100000 --rounds 3 --servers 6 --client-procs 8
 
 A server process (``python bench/floor.py serve``, started by this script, as the NS and TS are
 in ``bench/run.py``) accepts N WebSocket connections. For each round the bench asks it, over one
@@ -46,6 +47,16 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import InvalidHandshake
 
 CONTROL = "/control"
+
+
+def set_tls_buffer(kib: int | None) -> None:
+    """asyncio's TLS read buffer per connection (256 KiB, zero-filled, for the connection's
+    life), or ``kib``: the 4 KiB ``runtime/link.py`` sets for taskfleet's own asyncio TLS.
+    At 100,000 connections the default alone would take 25 GiB on each side."""
+    from asyncio import sslproto
+
+    if kib and hasattr(sslproto.SSLProtocol, "max_size"):
+        sslproto.SSLProtocol.max_size = kib * 1024
 
 
 def _pack(obj: Any) -> bytes:
@@ -175,12 +186,18 @@ async def serve_floor(cert: str | None, key: str | None, transport: str = "async
 
 # -- the bench side -----------------------------------------------------------------------------
 
-CONNECT_TRIES = 5
+CONNECT_TRIES = 8
 
 
 async def _client(
-    url: str, context: ssl.SSLContext | None, connected: asyncio.Event, transport: str = "asyncio"
+    url: str,
+    context: ssl.SSLContext | None,
+    connected: asyncio.Event,
+    transport: str = "asyncio",
+    opening: asyncio.Semaphore | None = None,
 ) -> None:
+    """One floor client: connect (with ``opening``, at most its count of handshakes of this
+    process at once), then answer every ``execute`` with a ``reports``."""
     opener: Any = connect
     if transport == "tlsio":
         from runtime.tlsio import Connect
@@ -188,9 +205,10 @@ async def _client(
         opener = Connect
     for attempt in range(CONNECT_TRIES):
         try:
-            ws = await opener(
-                url, ssl=context, compression=None, open_timeout=120, ping_interval=None
-            )
+            async with opening or contextlib.nullcontext():
+                ws = await opener(
+                    url, ssl=context, compression=None, open_timeout=120, ping_interval=None
+                )
             break
         except (OSError, InvalidHandshake, TimeoutError):
             # 10,000 connects at once can overflow the server's accept queue (a reset) or
@@ -223,11 +241,15 @@ async def _client(
 
 
 class Floor:
-    """The floor's server process and its N clients, up for rounds on demand.
+    """The floor's server processes and its N clients, up for rounds on demand.
 
-    ``clients_apart``: the clients run in a process of their own (``floor.py clients``) instead
-    of this one, so that the floor can stay connected while taskfleet's N agents run in this
-    process (each process holds its own N sockets under the open-file limit): ``bench/run.py
+    ``servers``: how many server processes share the N connections (client ``i`` connects to
+    server ``i % servers``), as taskfleet's agents are spread over that many TS processes; a
+    round is timed from its request to every server until the last one has every answer.
+    ``client_procs``: the clients run in that many processes of their own (``floor.py
+    clients``) instead of this one (0), so that the floor can stay connected while taskfleet's N
+    agents run in this process, and so that N may exceed one process's open-file limit (each
+    process holds its own sockets). ``clients_apart`` is ``client_procs=1``: ``bench/run.py
     --paired-floor`` times a floor round just before each taskfleet run.
     """
 
@@ -237,23 +259,31 @@ class Floor:
         insecure: bool = False,
         transport: str = "asyncio",
         clients_apart: bool = False,
+        servers: int = 1,
+        client_procs: int = 0,
+        tls_buffer_kib: int | None = None,
+        opening_at_once: int = 0,
     ) -> None:
         self.n = n
+        self.opening_at_once = opening_at_once
+        """Handshakes under way at once in each client process (0: no cap)."""
+        self.tls_buffer_kib = tls_buffer_kib
         self.insecure = insecure
         self.transport = transport
-        self.clients_apart = clients_apart
+        self.servers = max(1, servers)
+        self.client_procs = max(client_procs, 1 if clients_apart else 0)
         self.connect_s = 0.0
         self.server_rss_per_conn_kib = 0.0
         self._tmp = Path(tempfile.mkdtemp(prefix="floor-"))
         self._stack = contextlib.AsyncExitStack()
-        self._server: asyncio.subprocess.Process | None = None
-        self._apart: asyncio.subprocess.Process | None = None
+        self._procs: list[asyncio.subprocess.Process] = []
+        self._apart: list[asyncio.subprocess.Process] = []
         self._clients: list[asyncio.Task[None]] = []
-        self._ctl: Any = None
+        self._ctls: list[Any] = []
         self._round = 0
 
     async def start(self) -> Floor:
-        """Start the server and connect the N clients (closed again if that fails)."""
+        """Start the servers and connect the N clients (closed again if that fails)."""
         try:
             await self._start()
         except BaseException:
@@ -267,9 +297,20 @@ class Floor:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    async def _serve(self, argv: list[str]) -> str:
+        """Start one server process; its URL."""
+        proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
+        self._procs.append(proc)
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        if not line.startswith("ready port="):
+            raise RuntimeError(f"floor server did not start: {line!r}")
+        port = int(line.split("=", 1)[1])
+        return f"{'ws' if self.insecure else 'wss'}://127.0.0.1:{port}"
+
     async def _start(self) -> None:
         argv = [sys.executable, str(Path(__file__).resolve()), "serve"]
-        argv += ["--transport", self.transport]
+        argv += ["--transport", self.transport, *self._tls_buffer_args()]
         client_ctx = None
         cafile = ""
         if not self.insecure:
@@ -277,80 +318,101 @@ class Floor:
             argv += ["--cert", str(cert), "--key", str(key)]
             cafile = str(cert)
             client_ctx = ssl.create_default_context(cafile=cafile)
-        self._server = proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE
-        )
-        assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-        if not line.startswith("ready port="):
-            raise RuntimeError(f"floor server did not start: {line!r}")
-        port = int(line.split("=", 1)[1])
-        url = f"{'ws' if self.insecure else 'wss'}://127.0.0.1:{port}"
-        rss_before = _rss_kib(proc.pid)
-        # The control connection first: N handshakes at once would starve its own.
-        self._ctl = await self._stack.enter_async_context(
-            connect(
-                url + CONTROL,
-                ssl=client_ctx,
-                compression=None,
-                open_timeout=600,
-                ping_interval=None,
-            )
-        )
-        t0 = time.perf_counter()
-        if self.clients_apart:
-            self._apart = await asyncio.create_subprocess_exec(
-                sys.executable, str(Path(__file__).resolve()), "clients", "--url", url + "/",
-                "--agents", str(self.n), "--cafile", cafile, "--transport", self.transport,
-                stdin=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-        else:
-            for _ in range(self.n):
-                self._clients.append(
-                    asyncio.create_task(
-                        _client(url + "/", client_ctx, asyncio.Event(), self.transport)
+        urls = [await self._serve(argv) for _ in range(self.servers)]
+        rss_before = sum(_rss_kib(p.pid) for p in self._procs)
+        # The control connections first: N handshakes at once would starve their own.
+        for url in urls:
+            self._ctls.append(
+                await self._stack.enter_async_context(
+                    connect(
+                        url + CONTROL,
+                        ssl=client_ctx,
+                        compression=None,
+                        open_timeout=600,
+                        ping_interval=None,
                     )
                 )
-        deadline = time.monotonic() + 600
+            )
+        t0 = time.perf_counter()
+        if self.client_procs:
+            for j in range(self.client_procs):
+                # Process j holds clients j, j + P, j + 2P...: client i goes to server i % K.
+                mine = len(range(j, self.n, self.client_procs))
+                self._apart.append(
+                    await asyncio.create_subprocess_exec(
+                        *self._clients_argv(urls, mine, j, cafile), stdin=asyncio.subprocess.PIPE
+                    )
+                )
+        else:
+            for i in range(self.n):
+                url = urls[i % len(urls)] + "/"
+                self._clients.append(
+                    asyncio.create_task(_client(url, client_ctx, asyncio.Event(), self.transport))
+                )
+        deadline = time.monotonic() + 1800
         while await self._count() < self.n:
             for c in self._clients:
                 if c.done() and c.exception() is not None:
                     raise RuntimeError(f"a floor client failed: {c.exception()!r}")
-            if self._apart is not None and self._apart.returncode is not None:
-                raise RuntimeError(f"the floor's clients exited ({self._apart.returncode})")
+            for proc in self._apart:
+                if proc.returncode is not None:
+                    raise RuntimeError(f"the floor's clients exited ({proc.returncode})")
             if time.monotonic() > deadline:
-                raise TimeoutError("floor clients did not all connect in 600 s")
+                raise TimeoutError("floor clients did not all connect in 1800 s")
             await asyncio.sleep(0.1)
         self.connect_s = time.perf_counter() - t0
         await asyncio.sleep(0.5)
-        self.server_rss_per_conn_kib = (_rss_kib(proc.pid) - rss_before) / self.n
+        rss_after = sum(_rss_kib(p.pid) for p in self._procs)
+        self.server_rss_per_conn_kib = (rss_after - rss_before) / self.n
+
+    def _clients_argv(self, urls: list[str], n: int, first: int, cafile: str) -> list[str]:
+        """``floor.py clients`` for ``n`` clients, the floor's ``first``, ``first + P``..."""
+        argv = [sys.executable, str(Path(__file__).resolve()), "clients"]
+        argv += [a for u in urls for a in ("--url", u + "/")]
+        argv += ["--agents", str(n), "--first", str(first), "--step", str(self.client_procs)]
+        argv += ["--cafile", cafile, "--transport", self.transport]
+        argv += ["--opening-at-once", str(self.opening_at_once)]
+        return argv + self._tls_buffer_args()
+
+    def _tls_buffer_args(self) -> list[str]:
+        return ["--tls-buffer-kib", str(self.tls_buffer_kib)] if self.tls_buffer_kib else []
 
     async def _count(self) -> int:
-        await self._ctl.send(_pack({"op": "count"}))
-        return int(msgpack.unpackb(await self._ctl.recv())["connections"])
+        total = 0
+        for ctl in self._ctls:
+            await ctl.send(_pack({"op": "count"}))
+            total += int(msgpack.unpackb(await ctl.recv())["connections"])
+        return total
 
     def _cpu_clients(self) -> float:
-        return _cpu_s(self._apart.pid) if self._apart is not None else time.process_time()
+        if self._apart:
+            return sum(_cpu_s(p.pid) for p in self._apart)
+        return time.process_time()
+
+    def _cpu_servers(self) -> float:
+        return sum(_cpu_s(p.pid) for p in self._procs)
 
     async def round(self) -> tuple[float, float, float]:
-        """One barrier round: (seconds, CPU seconds of the server, CPU seconds of the clients)."""
-        assert self._server is not None
+        """One barrier round: (seconds, CPU seconds of the servers, CPU seconds of the clients)."""
+        assert self._procs
         self._round += 1
-        t, s0, c0 = time.perf_counter(), _cpu_s(self._server.pid), self._cpu_clients()
-        await self._ctl.send(_pack({"op": "round", "round": self._round}))
-        answer = msgpack.unpackb(await asyncio.wait_for(self._ctl.recv(), 600))
+        t, s0, c0 = time.perf_counter(), self._cpu_servers(), self._cpu_clients()
+        request = _pack({"op": "round", "round": self._round})
+        await asyncio.gather(*(ctl.send(request) for ctl in self._ctls))
+        answers = await asyncio.wait_for(asyncio.gather(*(ctl.recv() for ctl in self._ctls)), 600)
         took = time.perf_counter() - t
-        if answer["answered"] != self.n:
-            raise RuntimeError(f"floor round answered {answer['answered']} of {self.n}")
-        return took, _cpu_s(self._server.pid) - s0, self._cpu_clients() - c0
+        answered = sum(int(msgpack.unpackb(a)["answered"]) for a in answers)
+        if answered != self.n:
+            raise RuntimeError(f"floor round answered {answered} of {self.n}")
+        return took, self._cpu_servers() - s0, self._cpu_clients() - c0
 
     async def close(self) -> None:
         await self._stack.aclose()
         for c in self._clients:
             c.cancel()
         await asyncio.gather(*self._clients, return_exceptions=True)
-        for proc in (self._apart, self._server):
-            if proc is not None and proc.returncode is None:
+        for proc in [*self._apart, *self._procs]:
+            if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
         shutil.rmtree(self._tmp, ignore_errors=True)
@@ -361,11 +423,30 @@ async def measure(
     rounds: int,
     insecure: bool = False,
     transport: str = "asyncio",
+    servers: int = 1,
+    client_procs: int = 0,
+    warmup: int = 0,
+    tls_buffer_kib: int | None = None,
+    opening_at_once: int = 0,
 ) -> dict[str, Any]:
-    """Start the floor server, connect N clients (in this process), time ``rounds`` rounds.
+    """Start the floor's server(s), connect N clients (in this process, or spread over
+    ``client_procs`` processes), time ``rounds`` rounds.
 
-    ``transport``: ``asyncio`` (websockets as it comes) or ``tlsio`` (taskfleet's transport)."""
-    async with Floor(n, insecure, transport) as fl:
+    ``transport``: ``asyncio`` (websockets as it comes) or ``tlsio`` (taskfleet's transport).
+    ``warmup`` rounds go first, untimed: with clients in processes of their own the first round
+    can meet handshakes still settling on the client side. ``tls_buffer_kib``: see
+    :func:`set_tls_buffer` (clients in this process keep this process's setting)."""
+    async with Floor(
+        n,
+        insecure,
+        transport,
+        servers=servers,
+        client_procs=client_procs,
+        tls_buffer_kib=tls_buffer_kib,
+        opening_at_once=opening_at_once,
+    ) as fl:
+        for _ in range(warmup):
+            await fl.round()
         times: list[float] = []
         cpu_server: list[float] = []
         cpu_clients: list[float] = []
@@ -379,6 +460,9 @@ async def measure(
             "agents": n,
             "transport": ("plain ws://" if insecure else "TLS")
             + (", taskfleet's transport" if transport == "tlsio" else ""),
+            "servers": fl.servers,
+            "tls_buffer_kib": tls_buffer_kib,
+            "client_procs": fl.client_procs,
             "connect_s": fl.connect_s,
             "rounds_s": times,
             "round_median_s": statistics.median(times),
@@ -389,12 +473,29 @@ async def measure(
         }
 
 
-async def run_clients(url: str, n: int, cafile: str, transport: str) -> int:
+async def run_clients(
+    urls: list[str],
+    n: int,
+    cafile: str,
+    transport: str,
+    first: int = 0,
+    step: int = 1,
+    opening_at_once: int = 0,
+) -> int:
     """``floor.py clients``: N floor clients in this process until stdin closes (the bench
-    process that started it ended or closed it)."""
+    process that started it ended or closed it). Client ``k`` here is the floor's client
+    ``first + k * step``, and connects to ``urls[that % len(urls)]``."""
     logging.getLogger("websockets").setLevel(logging.CRITICAL)
     ctx = ssl.create_default_context(cafile=cafile) if cafile else None
-    clients = [asyncio.create_task(_client(url, ctx, asyncio.Event(), transport)) for _ in range(n)]
+    # 12,500 handshakes at once from each of eight processes outlast the client's timeout on a
+    # busy machine and start again from nothing: ``opening_at_once`` (0: no cap) bounds them.
+    opening = asyncio.Semaphore(opening_at_once) if opening_at_once > 0 else None
+    clients = [
+        asyncio.create_task(
+            _client(urls[(first + k * step) % len(urls)], ctx, asyncio.Event(), transport, opening)
+        )
+        for k in range(n)
+    ]
     stdin = asyncio.StreamReader()
     await asyncio.get_running_loop().connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin
@@ -434,13 +535,34 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--key")
     s.add_argument("--transport", choices=("asyncio", "tlsio"), default="asyncio")
     c = sub.add_parser("clients", help="(internal) N floor clients in a process of their own")
-    c.add_argument("--url", required=True)
+    c.add_argument("--url", action="append", required=True, help="a server (repeatable)")
     c.add_argument("--agents", type=int, required=True)
+    c.add_argument("--first", type=int, default=0, help="the floor's number of the first client")
+    c.add_argument("--step", type=int, default=1, help="between the floor's numbers of clients")
+    c.add_argument("--opening-at-once", type=int, default=0, help="handshakes at once (0: all)")
     c.add_argument("--cafile", default="", help="the server's certificate (none: ws://)")
     c.add_argument("--transport", choices=("asyncio", "tlsio"), default="asyncio")
+    for sp in (s, c, p):
+        sp.add_argument(
+            "--tls-buffer-kib",
+            type=int,
+            help="asyncio's TLS read buffer in the floor's processes, KiB (default: asyncio's 256)",
+        )
     p.add_argument("--agents", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--insecure", action="store_true", help="plain ws:// instead of TLS")
+    p.add_argument(
+        "--servers",
+        type=int,
+        default=1,
+        help="server processes the N connections are spread over (as agents over TS processes)",
+    )
+    p.add_argument(
+        "--client-procs",
+        type=int,
+        default=0,
+        help="processes the N clients are spread over (default 0: in this process)",
+    )
     p.add_argument(
         "--transport",
         choices=("asyncio", "tlsio"),
@@ -448,6 +570,8 @@ def main(argv: list[str] | None = None) -> int:
         help="websockets as it comes, or over taskfleet's listener and TLS transport",
     )
     args = p.parse_args(argv)
+    if args.cmd in ("serve", "clients"):
+        set_tls_buffer(args.tls_buffer_kib)
     if args.cmd == "serve":
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         asyncio.run(serve_floor(args.cert, args.key, args.transport))
@@ -458,8 +582,30 @@ def main(argv: list[str] | None = None) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     if args.cmd == "clients":
-        return asyncio.run(run_clients(args.url, args.agents, args.cafile, args.transport))
-    result = asyncio.run(measure(args.agents, args.rounds, args.insecure, transport=args.transport))
+        return asyncio.run(
+            run_clients(
+                args.url,
+                args.agents,
+                args.cafile,
+                args.transport,
+                args.first,
+                args.step,
+                args.opening_at_once,
+            )
+        )
+    if args.servers < 1 or args.client_procs < 0:
+        p.error("--servers must be at least 1 and --client-procs 0 or more")
+    result = asyncio.run(
+        measure(
+            args.agents,
+            args.rounds,
+            args.insecure,
+            transport=args.transport,
+            servers=args.servers,
+            client_procs=args.client_procs,
+            tls_buffer_kib=args.tls_buffer_kib,
+        )
+    )
     print(json.dumps(result, indent=2))
     return 0
 

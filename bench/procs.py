@@ -104,6 +104,7 @@ class ServerProc:
         self.log_path = log_path
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
+        self.admin_url = ""  # the NS's --admin-port listener, when it has one
         self.fingerprint = ""
 
     @property
@@ -131,6 +132,7 @@ class ServerProc:
             if " ready url=" in text:
                 fields = dict(f.split("=", 1) for f in text.split() if "=" in f)
                 self.url = fields["url"]
+                self.admin_url = fields.get("admin_url", "")
                 fp = fields.get("fingerprint", "")
                 self.fingerprint = "" if fp == "-" else fp
                 return self

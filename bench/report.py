@@ -1,5 +1,6 @@
 """The bench's report (``bench/run.py``): medians per scenario (``summarise``), and the table
-with the details below it that the bench prints (``render``)."""
+with the details below it that the bench prints (``render``); and ``bench/scale.py``'s cost
+curve (``render_scale``)."""
 
 from __future__ import annotations
 
@@ -227,3 +228,131 @@ def render(suite: dict[str, Any]) -> str:
             f" clients {fl.get('cpu_clients_s', 0):.2f} s"
         )
     return "\n".join(lines)
+
+
+# -- bench/scale.py: the cost curve -------------------------------------------------------
+
+
+def render_scale(suite: dict[str, Any]) -> str:
+    """``bench/scale.py``'s table, a row per N, and each N's details below it."""
+    head = (
+        "N", "agent procs", "floor round", "step barrier", "barrier/floor", "CPU/floor CPU",
+        "floor connect",
+        "all online", "NS RSS MiB (peak)", "TS KiB/agent", "sim KiB/agent", "stored once",
+        "slow TS step", "restart: all back / admin max, p99",
+    )  # fmt: skip
+    rows: list[tuple[str, ...]] = [head]
+    for r in suite["results"]:
+        fl = r.get("floor")
+        steps = r.get("steps", [])
+        barrier = statistics.median(s["barrier_s"] for s in steps) if steps else None
+        bp = r.get("backpressure")
+        storms = r.get("storms", {})
+        rows.append(
+            (
+                str(r["agents"]),
+                str(r.get("agent_processes", "-")),
+                f"{fl['round_median_s']:.3f} s" if fl else "-",
+                f"{barrier:.3f} s" if barrier else "-",
+                f"{barrier / fl['round_median_s']:.2f}x" if barrier and fl else "-",
+                f"{cpu_ratio(r):.2f}x" if steps and fl else "-",
+                f"{fl['connect_s']:.1f} s" if fl else "-",
+                f"{r['connect_s']:.1f} s" if "connect_s" in r else "-",
+                f"{r['ns_rss_mib']['after_runs']:.0f} ({r['ns_rss_mib']['peak']:.0f})"
+                if "ns_rss_mib" in r
+                else "-",
+                f"{r['ts_kib_per_agent']:.1f}" if "ts_kib_per_agent" in r else "-",
+                f"{r['sim_kib_per_agent']:.1f}" if "sim_kib_per_agent" in r else "-",
+                "yes" if steps and all(s["ok"] for s in [*steps, *([bp] if bp else [])]) else "NO",
+                f"{bp['barrier_s']:.3f} s ({bp['pauses']} pauses)" if bp else "-",
+                "; ".join(
+                    f"{kind} {st['all_back_s']:.0f} s / {st['admin']['max_s']:.3f},"
+                    f" {st['admin']['p99_s']:.3f} s"
+                    for kind, st in storms.items()
+                    if st["admin"]["max_s"] is not None
+                )
+                or "-",
+            )
+        )
+    m = suite["machine"]
+    lines = [
+        "",
+        f"taskfleet at scale: {m['nproc']} CPUs, load average {m['loadavg']}, "
+        f"CPU speed {m['calibration']:.1f}, {suite['date']}, {suite['taskservers']} TS",
+        f"source: commit {suite['source'].get('commit', '?')}, "
+        f"sha256 {suite['source']['sources_sha256']}"
+        + (f"; label: {suite['label']}" if suite.get("label") else ""),
+        _table(rows),
+    ]
+    for r in suite["results"]:
+        lines += _scale_details(r)
+    return "\n".join(lines)
+
+
+def cpu_ratio(r: dict[str, Any]) -> float:
+    """CPU seconds of a step (NS + every TS + the agents' processes, median over the steps)
+    over the floor's per round (its servers + its clients): what the wall-clock ratio tends to
+    on a machine whose other load steals time from both unevenly."""
+    steps = r["steps"]
+    ours = statistics.median(s["cpu_s"]["ns"] + s["cpu_s"]["ts"] + s["cpu_s"]["sim"] for s in steps)
+    fl = r["floor"]
+    return float(ours / (fl["cpu_server_s"] + fl["cpu_clients_s"]))
+
+
+def _scale_details(r: dict[str, Any]) -> list[str]:
+    """What the table's cells stand on, per N: CPU, each step, queues, the storm."""
+    out = [f"N={r['agents']}:"]
+    if "failed" in r:
+        out.append(f"  FAILED: {r['failed']}")
+    if "floor_failed" in r:
+        out.append(f"  floor FAILED: {r['floor_failed']}")
+    fl = r.get("floor")
+    if fl:
+        out.append(
+            f"  floor: rounds {', '.join(f'{t:.3f}' for t in fl['rounds_s'])} s over"
+            f" {fl['servers']} servers and {fl['client_procs']} client processes; CPU per round"
+            f" servers {fl['cpu_server_s']:.2f} / clients {fl['cpu_clients_s']:.2f} s;"
+            f" servers' RSS {fl['server_rss_per_conn_kib']:.1f} KiB per connection"
+        )
+    if "connect_cpu_s" in r:
+        cpu = r["connect_cpu_s"]
+        ts = sum(v for k, v in cpu.items() if k.startswith("ts-"))
+        out.append(
+            f"  connect CPU: NS {cpu['ns']:.0f} / TS {ts:.0f} / agents {cpu['sim']:.0f} s"
+            f" ({1000 * (cpu['ns'] + ts + cpu['sim']) / r['agents']:.1f} ms per agent)"
+        )
+    storms = r.get("storms", {})
+    for s in [*r.get("steps", []), *(st["step"] for st in storms.values() if "step" in st)]:
+        cpu = s["cpu_s"]
+        out.append(
+            f"  step run {s['run_id']}: barrier {s['barrier_s']:.3f} s, end {s['end_s']:.3f} s,"
+            f" CPU NS {cpu['ns']:.2f} / TS {cpu['ts']:.2f} / agents {cpu['sim']:.2f} / others"
+            f" {cpu['others']:.2f} s; stored {s['stored']}"
+        )
+    bp = r.get("backpressure")
+    if bp:
+        peaks = {
+            ts: {q: int(v) for q, v in qs.items() if v} for ts, qs in bp["ts_queue_peaks"].items()
+        }
+        out.append(
+            f"  slow TS ({bp['slowed']}, {bp['pauses']} pauses): barrier {bp['barrier_s']:.3f} s,"
+            f" stored {bp['stored']}; queue peaks (non-zero) {peaks}; NS RSS peak"
+            f" {bp['ns_rss_peak_mib']:.0f} MiB; {bp['samples']} samples, {bp['missed']} missed"
+        )
+    for st in storms.values():
+        a, cpu = st["admin"], st["cpu_s"]
+        out.append(
+            f"  restart of {', '.join(st['restarted'])}: up again {st['ready_s']:.1f} s, all"
+            f" {r['agents']} online again {st['all_back_s']:.1f} s; admin fleet.summary:"
+            f" {a['calls']} calls, {a['errors']} errors, median {a['median_s']:.3f} / p99"
+            f" {a['p99_s']:.3f} / max {a['max_s']:.3f} s, {a['over_1s']} over 1 s; CPU until then"
+            f" NS {cpu['ns']:.0f} / TS {sum(v for k, v in cpu.items() if k.startswith('ts-')):.0f}"
+            f" / agents {cpu['sim']:.0f} s; NS RSS after its step {st.get('ns_rss_mib', 0):.0f}"
+            f" MiB (peak {st.get('ns_peak_mib', 0):.0f})"
+        )
+    if "ns_rss_mib" in r:
+        out.append(f"  NS RSS MiB: {r['ns_rss_mib']}; TS RSS MiB: {r.get('ts_rss_mib')}")
+    for name, problems in r.get("server_log_problems", {}).items():
+        if problems:
+            out.append(f"  {name} log warnings/errors: {problems}")
+    return out
