@@ -36,7 +36,8 @@ HANDSHAKES_HELP = (
     " turn before TLS, so a burst of agents drains instead of timing out"
 )
 FLUSH_HELP = (
-    "how long results are collected before they go on as one batch, in milliseconds (default 10)"
+    "how long results are collected before they go on as one batch, at most, in milliseconds"
+    " (default 10; a run's last results go at once)"
 )
 DEMO_MAX_AGENTS = 500
 METRICS_TOKEN_HELP = (
