@@ -15,8 +15,9 @@ from typing import Any
 from runtime.link import Link
 from server.adminops import catalog, fleet, runs, schedules, trust
 from server.adminops.base import _OPS, ApiError
+from server.auth import OP_ROLE
 from server.interface import NS
-from server.store.dbapi import StorageFull
+from server.store.dbapi import StorageFull, committed_reads
 
 __all__ = ["ApiError", "handle"]
 
@@ -43,8 +44,17 @@ async def handle(ns: NS, link: Link, name: str, args: dict[str, Any], who: str =
                 f"the server's disk is nearly full ({free // 1024} KiB free under {ns.data_dir}, "
                 f"at least {ns.min_free_bytes // 1024} KiB needed): free some space; reads still work",
             )
+    # A viewer's op only reads: answered from what was committed, never queued behind a write
+    # burst (a reconnect storm's registrations); not the subscriptions, whose snapshot and
+    # events must follow one order.
+    reads = (
+        committed_reads()
+        if OP_ROLE.get(name) == "viewer" and not name.endswith(".watch")
+        else contextlib.nullcontext()
+    )
     try:
-        return await fn(ns, link, args)
+        with reads:
+            return await fn(ns, link, args)
     except (sqlite3.OperationalError, StorageFull) as exc:
         if not isinstance(exc, StorageFull) and "full" not in str(exc):
             raise

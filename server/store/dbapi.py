@@ -28,7 +28,7 @@ import contextvars
 import errno
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any
 
 import aiosqlite
@@ -126,34 +126,95 @@ class Database:
         raise NotImplementedError
 
 
-_IN_SQLITE_TX: contextvars.ContextVar[SQLiteDatabase | None] = contextvars.ContextVar(
-    "taskfleet_sqlite_tx", default=None
+_IN_SQLITE_TX: contextvars.ContextVar[tuple[SQLiteDatabase, object] | None] = (
+    contextvars.ContextVar("taskfleet_sqlite_tx", default=None)
+)
+"""The database whose transaction the running task holds, with that task: a task started
+inside a transaction inherits the variable (``create_task`` copies the context) but is not in
+the transaction; without the task in it, it would write past the lock, and nobody would commit
+its writes but whoever committed next."""
+
+
+_COMMITTED_READS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "taskfleet_committed_reads", default=False
 )
 
 
-class SQLiteDatabase(Database):
-    """One aiosqlite connection (WAL), as ``runtime.db.open_db`` opens it.
+@contextlib.contextmanager
+def committed_reads() -> Iterator[None]:
+    """Within the block, a read outside a transaction may be answered from what was last
+    committed, without waiting for a write transaction in progress (SQLite: the reader
+    connection; PostgreSQL's pool always does). For an administrator's listings, which must not
+    queue behind a burst of registrations or a roll-up; not for the NS's own decisions, which
+    may follow in-memory state that a transaction in progress is about to commit."""
+    token = _COMMITTED_READS.set(True)
+    try:
+        yield
+    finally:
+        _COMMITTED_READS.reset(token)
 
-    Every statement, read or write, takes the connection's lock unless its task is inside the
-    transaction that holds it: a read never sees another coroutine's uncommitted rows.
-    Statements are run so that their cursor is closed in the database's thread
-    (``runtime.db.run_many`` tells why).
+
+def holder() -> object:
+    """Who holds a transaction: the running asyncio task (the variable alone is inherited)."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
+class SQLiteDatabase(Database):
+    """Two aiosqlite connections to one file (WAL): the writer, as ``runtime.db.open_db`` opens
+    it, and a reader for reads outside a transaction in ``committed_reads`` (admin listings).
+
+    Every write, and every read inside a transaction, takes the writer's lock unless its task
+    is inside the transaction that holds it: nobody sees another coroutine's uncommitted rows.
+    A read outside a transaction in ``committed_reads`` goes to the reader (``query_only``)
+    without the lock: in WAL mode it sees what was committed when it began and never waits for
+    a writer, so an administrator's listing is not queued behind a burst of registrations or a
+    roll-up (each connection has its own thread). Other reads wait their turn on the writer:
+    the NS decides on them together with in-memory state (a TS's route appears while its row's
+    transaction is still open). Statements are run so that their cursor is closed in the
+    database's thread (``runtime.db.run_many`` tells why).
     """
 
     dialect = "sqlite"
     rowid = "rowid"
 
-    def __init__(self, conn: aiosqlite.Connection, path: str = ""):
+    def __init__(
+        self, conn: aiosqlite.Connection, path: str = "", reader: aiosqlite.Connection | None = None
+    ):
         self.conn = conn
+        self.reader = reader
+        """The connection for reads outside a transaction (None: they use the writer)."""
         self.description = path
         self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: str, migrations: list[str]) -> SQLiteDatabase:
-        return cls(await open_db(path, migrations), path)
+        conn = await open_db(path, migrations)
+        try:
+            reader = await aiosqlite.connect(path)
+            try:
+                await reader.execute_fetchall("PRAGMA query_only=1")
+                await reader.execute_fetchall("PRAGMA busy_timeout=5000")
+            except BaseException:
+                await reader.close()
+                raise
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn, path, reader)
+
+    def _for_read(self) -> aiosqlite.Connection | None:
+        """The reader, for a read outside a transaction in ``committed_reads``; None: read on
+        the writer (after any transaction in progress)."""
+        if self._inside() or not _COMMITTED_READS.get():
+            return None
+        return self.reader
 
     def _inside(self) -> bool:
-        return _IN_SQLITE_TX.get() is self
+        held = _IN_SQLITE_TX.get()
+        return held is not None and held[0] is self and held[1] is holder()
 
     @contextlib.asynccontextmanager
     async def _turn(self) -> AsyncIterator[None]:
@@ -170,7 +231,7 @@ class SQLiteDatabase(Database):
             yield
             return
         async with self._lock:
-            token = _IN_SQLITE_TX.set(self)
+            token = _IN_SQLITE_TX.set((self, holder()))
             try:
                 yield
                 await self.conn.commit()
@@ -184,16 +245,20 @@ class SQLiteDatabase(Database):
                 _IN_SQLITE_TX.reset(token)
 
     async def fetch(self, sql: str, args: Args = ()) -> list[tuple[Any, ...]]:
+        reader = self._for_read()
+        if reader is not None:
+            return await reader.execute_fetchall(sql, args)  # type: ignore[return-value]
         async with self._turn():
             rows = await self.conn.execute_fetchall(sql, args)
         return rows  # type: ignore[return-value]  # sqlite3 rows are tuples
 
     async def fetch_dicts(self, sql: str, args: Args = ()) -> list[dict[str, Any]]:
+        reader = self._for_read()
+        if reader is not None:
+            async with reader.execute(sql, args) as cur:
+                return _dicts(await cur.fetchall(), cur)
         async with self._turn(), self.conn.execute(sql, args) as cur:
-            rows = await cur.fetchall()
-            # The column names once: ``description`` builds a new tuple on every access.
-            names = [d[0] for d in cur.description] if rows else []
-        return [dict(zip(names, r, strict=True)) for r in rows]
+            return _dicts(await cur.fetchall(), cur)
 
     async def execute(self, sql: str, args: Args = ()) -> int:
         async with self.transaction(), self.conn.execute(sql, args) as cur:
@@ -208,6 +273,8 @@ class SQLiteDatabase(Database):
             return int(cur.lastrowid or 0)
 
     async def close(self) -> None:
+        if self.reader is not None:
+            await self.reader.close()
         await self.conn.close()
 
     def in_list(self, column: str, kind: str = "bigint") -> str:
@@ -215,6 +282,14 @@ class SQLiteDatabase(Database):
 
     def list_arg(self, values: Iterable[Any]) -> Any:
         return json.dumps(list(values))
+
+
+def _dicts(rows: Iterable[Any], cur: Any) -> list[dict[str, Any]]:
+    """Rows as dicts by column name (the names read once: ``description`` builds a new tuple
+    on every access)."""
+    rows = list(rows)
+    names = [d[0] for d in cur.description] if rows else []
+    return [dict(zip(names, r, strict=True)) for r in rows]
 
 
 def is_postgres_url(target: str) -> bool:
