@@ -150,8 +150,13 @@ async def assign(ns: NS, row: dict[str, Any]) -> dict[str, Any] | None:
     """
     retry_in_s: float | None = None
     async with ns.assign_lock:
-        known = {t["name"]: t for t in await ns.db.taskserver_rows()}
-        load = await ns.taskserver_load()
+        # Read in a transaction of our own, so after any write in progress: a TS's route is in
+        # ``ns.routes`` while the transaction that stores its row may still be open, and on
+        # PostgreSQL a read outside one would miss that row and send the agent to the built-in
+        # service (on SQLite such a read waits for the writer anyway).
+        async with ns.db.db.transaction():
+            known = {t["name"]: t for t in await ns.db.taskserver_rows()}
+            load = await ns.taskserver_load()
         servers = {name: t for name, t in known.items() if name in ns.routes}
         current = row["taskserver"]
         left = 0.0

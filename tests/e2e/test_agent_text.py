@@ -10,6 +10,8 @@ import io
 import json
 import sqlite3
 
+import pytest
+
 from tests.e2e.test_live_output import _cli_proc, _lines_until, _one_agent, _start
 from tests.helpers import Fleet, wait_run
 
@@ -50,6 +52,7 @@ async def test_script_escapes_and_formulas_reach_admins_harmless(fleet: Fleet, t
     assert row["output"].rstrip("\n") == """'=HYPERLINK("http://evil","x")"""
 
 
+@pytest.mark.sqlite_only  # writes a row into DATA/server.db itself
 async def test_a_stored_time_no_date_fits_does_not_break_a_listing(fleet: Fleet, tmp_path):
     computer = await _one_agent(fleet, via_ts=False)
     async with fleet.admin() as c:

@@ -20,6 +20,8 @@ from server.store import Store
 from taskserver.store import RelayStore
 from tests.helpers import Fleet
 
+pytestmark = pytest.mark.sqlite_only  # damages the NS's own SQLite file among the others
+
 NOWHERE = "ws://127.0.0.1:9"
 """No server: a role must fail on its database before it connects anywhere."""
 

@@ -11,6 +11,10 @@ import pytest
 from tests import helpers
 from tests.helpers import Fleet, task_doc, wait_run
 
+pytestmark = (
+    pytest.mark.sqlite_only
+)  # SQLite's full disk under the data folder (PostgreSQL's: docs/operations.md)
+
 
 @pytest.fixture
 def small_disk(tmp_path):

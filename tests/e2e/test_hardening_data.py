@@ -68,6 +68,7 @@ async def status_of(c: AdminClient, run_id: int) -> list[str]:
 # -- item 3: made-up steps, and rate limits that count items ---------------------------------
 
 
+@pytest.mark.sqlite_only  # reads the NS's rows through its SQLite connection
 async def test_flood_of_made_up_steps_is_throttled_and_stores_nothing(ns, tmp_path):
     """An enrolled agent (its own key, on a raw connection) takes a plain run-script instance
     and sends 20 `reports` of 10,000 items with made-up `step` names for it (the attack stored
@@ -259,6 +260,7 @@ async def test_a_task_server_cannot_mark_another_servers_computers_online(tmp_pa
 # -- item 14: a device's MAC and address are checked ------------------------------------------
 
 
+@pytest.mark.sqlite_only  # reads DATA/server.db itself
 async def test_computers_add_checks_mac_and_address(fleet: Fleet):
     """`computers add` with a made-up MAC or address exits 2 naming the field and the form
     expected, and adds nothing; a MAC with '-' and capitals is kept as aa:bb:cc:dd:ee:ff, and an

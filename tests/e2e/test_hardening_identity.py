@@ -18,6 +18,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from protocol import codec
 from protocol.messages import Dispatch, Execute, Report, Target, to_wire
 from server.store import NewInstance, Store
@@ -55,6 +57,7 @@ async def _restore(fleet: Fleet, backup: Path, port: int, *, kill: bool = False)
     await fleet.server(port=port)
 
 
+@pytest.mark.sqlite_only  # backup and restore of the SQLite file
 async def test_backup_then_restore_built_in_service_runs_new_work_as_its_own(
     fleet: Fleet, tmp_path: Path
 ) -> None:
@@ -100,6 +103,7 @@ async def test_backup_then_restore_built_in_service_runs_new_work_as_its_own(
     assert _output(final) == "three", "the new instance got another task's result"
 
 
+@pytest.mark.sqlite_only  # backup and restore of the SQLite file
 async def test_restore_through_a_task_server_runs_new_work_and_refuses_old_ids(
     fleet: Fleet, tmp_path: Path
 ) -> None:

@@ -13,6 +13,8 @@ import stat
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import Fleet, task_doc, wait_run
 
 DECOYS = {
@@ -47,6 +49,7 @@ def assert_clean(env_text: str, *secrets: str) -> None:
     assert "TASKFLEET_RUNID" in names and "TASKFLEET_COMPUTERNAME" in names, sorted(names)
 
 
+@pytest.mark.sqlite_only  # checks the mode of DATA/server.db among the files
 async def test_secrets_stay_off_command_lines_out_of_scripts_and_private_on_disk(
     fleet: Fleet, tmp_path, monkeypatch
 ):

@@ -15,6 +15,8 @@ import pytest
 from tests import helpers
 from tests.helpers import Fleet, until, wait_run
 
+pytestmark = pytest.mark.sqlite_only  # a full disk under the NS's data folder, where SQLite writes
+
 AGENTS = ["pc-1", "pc-2", "pc-3"]
 OUTPUT = 300_000
 """Bytes each agent's result carries: the database must grow to take them."""

@@ -10,7 +10,11 @@ from __future__ import annotations
 import signal
 import sqlite3
 
+import pytest
+
 from tests.helpers import Fleet, free_port, until, wait_run
+
+pytestmark = pytest.mark.sqlite_only  # checks its invariants in DATA/server.db itself
 
 N = 500
 
