@@ -443,13 +443,12 @@ class NotificationServer(Runs, Dispatcher, Rollup):
 
     async def on_presence(
         self, taskserver: str | None, online: list[str], offline: list[str], full: bool
-    ) -> None:
+    ) -> int:
         """``Rollup.on_presence``, then the agents it reports that must register with the NS
         (``server.connections.after_presence``)."""
-        before = self.refused["foreign_presence"]
-        await Rollup.on_presence(self, taskserver, online, offline, full)
-        foreign = self.refused["foreign_presence"] > before
-        await after_presence(self, taskserver, online, self.tickle_on_return, foreign=foreign)
+        foreign = await Rollup.on_presence(self, taskserver, online, offline, full)
+        await after_presence(self, taskserver, online, self.tickle_on_return, foreign=foreign > 0)
+        return foreign
 
     def schedules_changed(self) -> None:
         """A schedule was saved, enabled, disabled or deleted: the scheduler looks again now."""

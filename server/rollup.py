@@ -61,9 +61,11 @@ class Rollup(CoreParts):
 
     async def on_presence(
         self, taskserver: str | None, online: list[str], offline: list[str], full: bool
-    ) -> None:
+    ) -> int:
         """A relay's word on which of its agents came and went. It speaks only for computers
-        assigned to it: other names change nothing and are counted (one log line per batch)."""
+        assigned to it: other names change nothing and are counted (one log line per batch);
+        returns how many of ``online`` were such names."""
+        refused = 0
         if full:
             await self.db.set_all_offline(taskserver, keep=online)
         if online:
@@ -78,6 +80,7 @@ class Rollup(CoreParts):
                 )
         if offline:
             await self.db.set_online(offline, False, taskserver)
+        return refused
 
     async def on_reports(self, reports: list[Report], route: str | None = None) -> None:
         """Apply a batch of reports (one transaction), tell watchers, count steps, end runs."""
