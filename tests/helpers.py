@@ -286,6 +286,12 @@ class Fleet:
                 except TimeoutError:
                     p.kill()
                     await p.wait(5)
+        for p in self.procs:
+            # A process's stdout pipe can outlive it (a child holds it: simulate's workers);
+            # closed here, it is not left to the garbage collector to warn about in a later test.
+            transport = getattr(p.proc, "_transport", None)
+            if transport is not None:
+                transport.close()
 
 
 def task_doc(name: str, script: str, *, type: str = "run-script", timeout_s: int = 60) -> str:

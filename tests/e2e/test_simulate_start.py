@@ -77,12 +77,14 @@ async def test_workers_end_when_worker_zero_is_killed(fleet: Fleet):
 
     workers = await until(started, "worker 1 started", 30)
     sim.kill(signal.SIGKILL)
-    await sim.wait()
 
     async def gone() -> bool:
         return all(not os.path.exists(f"/proc/{w}") or _zombie(w) for w in workers)
 
+    # The workers first: they hold worker 0's stdout pipe, and asyncio's wait() returns only
+    # once every pipe is closed, so waiting for worker 0 first would wait for them anyway.
     await until(gone, "the workers ended with worker 0", 30)
+    await sim.wait()
 
 
 def _zombie(pid: int) -> bool:
