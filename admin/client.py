@@ -164,7 +164,15 @@ class AdminClient:
             with contextlib.suppress(BaseException):
                 await self._reader
         if self.link is not None:
-            await self.link.close()
+            if exc[0] is None:
+                await self.link.close()
+                return
+            # Interrupted (Ctrl-C) or failed: a second for the close handshake, not websockets'
+            # ten; a busy NS must not keep a person waiting for the prompt.
+            try:
+                await asyncio.wait_for(self.link.close(), 1.0)
+            except TimeoutError:
+                self.link.abort()
 
     async def _read(self) -> None:
         assert self.link is not None

@@ -17,21 +17,29 @@ import resource
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 
 from agent.agent import Agent
 from runtime import heap, logs
 from runtime.tls import ClientTrust
 
 
-def _end_with_parent() -> None:
-    """In a worker, before exec (Linux): SIGTERM it when worker 0 dies, however it dies. A
-    worker left behind keeps thousands of agents retrying a server that is gone."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl(
-                1,
-                signal.SIGTERM,  # PR_SET_PDEATHSIG
-            )
+def _end_with_parent(parent: int) -> Callable[[], None]:
+    """In a worker, before exec (Linux): SIGTERM it when worker 0 (pid ``parent``) dies,
+    however it dies. A worker left behind keeps thousands of agents retrying a server that is
+    gone."""
+
+    def arm() -> None:
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError, AttributeError):
+                ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl(
+                    1,
+                    signal.SIGTERM,  # PR_SET_PDEATHSIG
+                )
+        if os.getppid() != parent:  # worker 0 died between the fork and the line above
+            os._exit(0)
+
+    return arm
 
 
 def _raise_open_files() -> None:
@@ -117,7 +125,7 @@ def main(args: argparse.Namespace) -> int:
             children.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "admin", *base, "--worker", str(w)],
-                    preexec_fn=_end_with_parent,  # noqa: PLW1509 (no threads yet here)
+                    preexec_fn=_end_with_parent(os.getpid()),  # noqa: PLW1509 (no threads yet)
                 )
             )
     heap.tune_gc(many_agents=True)

@@ -34,7 +34,8 @@ WATCH_EVENT_ITEMS = 1_000
 """Instance changes per `instances` event (a watcher gets one event per roll-up batch)."""
 DISK_FULL_TEXT = (
     "disk full on the NS: results are held by the task servers until space returns"
-    " (free space under the NS's data folder; nothing is lost, storing resumes by itself)"
+    " (free space where the NS's database keeps its files: its data folder, or the PostgreSQL"
+    " server's disk; nothing is lost, storing resumes by itself)"
 )
 DISK_RETRY_FIRST_S = 0.5
 DISK_RETRY_MAX_S = 10.0

@@ -115,6 +115,9 @@ async def test_a_known_agent_goes_straight_back_to_its_ts_and_renews_its_ticket_
     NS instead, and gets a fresh one."""
     ts = task_server(tmp_path, "ts-1", ns.url, await token(ns, "taskserver"))
     await ts.start()
+    # Linked before the agent registers: an agent the NS sees first goes to the built-in
+    # service, and stays there (no rebalancing).
+    await asyncio.wait_for(ts.connected.wait(), 15)
     agent = quick_agent(ns.url, "pc-1", await token(ns, "agent"))
     task = asyncio.create_task(agent.run())
     try:
@@ -173,6 +176,9 @@ async def test_an_agent_the_ns_moved_meanwhile_ends_up_served_where_the_ns_says(
     ts_a = task_server(tmp_path, "ts-a", f"ws://127.0.0.1:{link_a.port}", ts_token)
     ts_b = task_server(tmp_path, "ts-b", ns.url, ts_token)
     await ts_a.start()
+    # Linked before the agent registers: an agent the NS sees first goes to the built-in
+    # service, and stays there (no rebalancing).
+    await asyncio.wait_for(ts_a.connected.wait(), 15)
     agent = quick_agent(ns.url, "pc-1", await token(ns, "agent"))
     task = asyncio.create_task(agent.run())
     try:
@@ -238,6 +244,9 @@ async def test_an_agent_a_policy_change_missed_gets_it_when_its_ts_reports_it_ba
         tmp_path, "ts-a", f"ws://127.0.0.1:{link_a.port}", await token(ns, "taskserver")
     )
     await ts_a.start()
+    # Linked before the agent registers: an agent the NS sees first goes to the built-in
+    # service, and stays there (no rebalancing).
+    await asyncio.wait_for(ts_a.connected.wait(), 15)
     agent = quick_agent(ns.url, "pc-1", await token(ns, "agent"))
     task = asyncio.create_task(agent.run())
     try:
@@ -279,6 +288,9 @@ async def test_a_restarted_ts_refuses_a_revoked_ticket_before_the_ns_tells_it_ag
     ts_token = await token(ns, "taskserver")
     ts = task_server(tmp_path, "ts-1", ns.url, ts_token)
     await ts.start()
+    # Linked before the agent registers: an agent the NS sees first goes to the built-in
+    # service, and stays there (no rebalancing).
+    await asyncio.wait_for(ts.connected.wait(), 15)
     agent = quick_agent(ns.url, "pc-bad", await token(ns, "agent"))
     task = asyncio.create_task(agent.run())
     try:
