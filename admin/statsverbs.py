@@ -27,6 +27,21 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
+def role_line(role: dict[str, Any]) -> str:
+    """'active (standby: NAME, seen 0.4 s ago)': which NS of a pair answers, and whether the
+    other one waits to take over (a standby answers no admin, so only the active one says)."""
+    state = "active" if role.get("active") else "standing down"
+    if not role.get("pair"):
+        return f"{state} (SQLite: no standby)"
+    standby = role.get("standby")
+    if standby is None:
+        return f"{state} (standby: none seen)"
+    seen = f"seen {role.get('standby_seen_s', 0):.1f} s ago"
+    if not role.get("standby_up"):
+        seen += ": gone, no NS would take over"
+    return f"{state} (standby: {standby}, {seen})"
+
+
 def render(stats: dict[str, Any]) -> str:
     """The ``stats`` answer as a few labelled lines and a table of task servers."""
     conns = stats.get("connections", {})
@@ -45,8 +60,14 @@ def render(stats: dict[str, Any]) -> str:
         f"runs in flight:  {stats.get('runs_in_flight', 0)}"
         f" ({stats.get('instances_open', 0)} instances open)",
         f"database:        {human_bytes(size.get('db', 0))}"
-        f" + {human_bytes(size.get('wal', 0))} write-ahead log",
+        + (
+            f" + {human_bytes(size['wal'])} write-ahead log"
+            if "wal" in size
+            else " (PostgreSQL: pg_database_size)"
+        ),
     ]
+    if "ns_role" in stats:
+        lines.insert(0, f"role:            {role_line(stats['ns_role'])}")
     gate = stats.get("handshake_gate") or {}
     if gate:
         lines.append(

@@ -8,6 +8,7 @@ roll-up batch sizes and latencies, instance states reached, runs ended, store qu
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections import Counter
@@ -23,6 +24,7 @@ from protocol.identity import hash_token
 from protocol.states import InstanceState, RunState
 from runtime.metrics import (
     BATCH_BUCKETS,
+    METRICS,
     Endpoint,
     GateCollector,
     counters,
@@ -91,7 +93,27 @@ class NSMetrics:
         r.register(NSCollector(ns))
         r.register(RelayCollector(lambda: ns.relay))
         r.register(GateCollector(self._gates))
-        self.endpoint = Endpoint(r, ready=self.ready, authorize=self.authorize)
+        self.endpoint = NSEndpoint(self, r, ready=self.ready, authorize=self.authorize)
+        self.pg_bytes: tuple[float, int] | None = None
+        """On PostgreSQL: when (monotonic) ``pg_database_size`` was last read, and its answer."""
+
+    async def refresh(self) -> None:
+        """Read what a scrape or ``stats`` shows that only the database can tell (on
+        PostgreSQL, the database's size), at most every :data:`SIZE_EVERY_S`: a flood of
+        scrapes costs one query per period. SQLite's files are read at collection itself."""
+        store = getattr(self.ns, "store", None)
+        if store is None or store.dialect != "postgresql":
+            return
+        if self.pg_bytes is not None and time.monotonic() - self.pg_bytes[0] < SIZE_EVERY_S:
+            return
+        try:
+            rows = await asyncio.wait_for(
+                store.db.fetch("SELECT pg_database_size(current_database())"), SIZE_EVERY_S
+            )
+        except Exception as exc:  # the size is worth a scrape, not a failed one (nor a slow one)
+            self.ns.log.warning("database_size_unread", error=str(exc) or type(exc).__name__)
+            return
+        self.pg_bytes = (time.monotonic(), int(rows[0][0]))
 
     def _gates(self) -> dict[str, Any]:
         gates: dict[str, Any] = {"main": self.ns.gate}
@@ -146,6 +168,52 @@ class NSMetrics:
         if getattr(self.ns, "store", None) is None:
             return False
         return await self.ns.db.admin_by_token(hash_token(token)) is not None
+
+
+SIZE_EVERY_S = 5.0
+"""How stale the PostgreSQL database's size shown by a scrape or ``stats`` may be."""
+
+
+class NSEndpoint(Endpoint):
+    """The NS's ``/metrics``: what only the database can tell is read before the scrape."""
+
+    def __init__(self, metrics: NSMetrics, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.metrics = metrics
+
+    async def process_request(self, connection: Any, request: Any) -> Any:
+        if request.path.split("?", 1)[0] == METRICS:
+            await self.metrics.refresh()
+        return await super().process_request(connection, request)
+
+
+def store_bytes(ns: NS) -> dict[str, int]:
+    """The NS database's size: SQLite's file and write-ahead log on disk (``db``, ``wal``), or
+    on PostgreSQL the database's own size as the server counts it (``db``: its share of the
+    cluster's files; the write-ahead log is the cluster's, not one database's)."""
+    store = getattr(ns, "store", None)
+    if store is not None and store.dialect == "postgresql":
+        metrics = getattr(ns, "metrics", None)
+        cached = metrics.pg_bytes if isinstance(metrics, NSMetrics) else None
+        return {"db": cached[1] if cached is not None else 0}
+    return database_bytes(ns.db_path)
+
+
+def ns_role(ns: NS) -> dict[str, Any]:
+    """Whether this NS is the active one and, on PostgreSQL, which standby waits (as the lease
+    row names it, ``server.store.lease``): what the operator of a pair needs from the one NS
+    that answers. With SQLite there is no pair (``pair`` false)."""
+    lease = getattr(ns, "lease", None)
+    if lease is None:
+        return {
+            "active": True,
+            "pair": False,
+            "standby": None,
+            "standby_seen_s": None,
+            "standby_up": False,
+        }
+    standing_by = bool(getattr(ns, "standing_by", False))
+    return {"active": bool(lease.active) and not standing_by, "pair": True, **lease.standby_view()}
 
 
 def database_bytes(db_path: str) -> dict[str, int]:
@@ -220,11 +288,26 @@ class NSCollector(Collector):
             open_instances(ns),
         )
         size = GaugeMetricFamily(
-            "taskfleet_database_bytes", "Size of the NS database on disk", labels=["file"]
+            "taskfleet_database_bytes",
+            "Size of the NS database: SQLite's file and write-ahead log, or PostgreSQL's"
+            " pg_database_size (file=db)",
+            labels=["file"],
         )
-        for part, count in database_bytes(ns.db_path).items():
+        for part, count in store_bytes(ns).items():
             size.add_metric([part], count)
         yield size
+        state = ns_role(ns)
+        yield gauge(
+            "taskfleet_ns_active",
+            "1 while this NS is the active one (a standby answers no scrape)",
+            1.0 if state["active"] else 0.0,
+        )
+        if state["pair"]:
+            yield gauge(
+                "taskfleet_ns_standby_up",
+                "1 while a standby NS tries the lease (it tried within the lease timeout)",
+                1.0 if state["standby_up"] else 0.0,
+            )
         rtt = GaugeMetricFamily(
             "taskfleet_taskserver_rtt_seconds",
             "Round trip of the last keepalive ping to each connected task server",
@@ -246,13 +329,21 @@ class NSCollector(Collector):
         )
 
 
+async def refreshed(ns: NS) -> None:
+    """Before ``stats``: read what only the database can tell (``NSMetrics.refresh``)."""
+    metrics = getattr(ns, "metrics", None)
+    if isinstance(metrics, NSMetrics):
+        await metrics.refresh()
+
+
 def stats(ns: NS) -> dict[str, Any]:
     """What ``taskfleet stats`` shows (the ``stats`` admin op): the same state as the scrape."""
     return {
         "connections": connections(ns),
         "runs_in_flight": len(ns.active),
         "instances_open": open_instances(ns),
-        "database_bytes": database_bytes(ns.db_path),
+        "database_bytes": store_bytes(ns),
+        "ns_role": ns_role(ns),
         "taskservers": taskserver_links(ns),
         "uptime_s": round(time.time() - ns.started_at, 1) if ns.started_at else 0.0,
     }

@@ -23,6 +23,13 @@ still believes.
   its first write, and a lone NS too busy to renew on time just renews late. It then goes back
   to being a standby (``server.core``; ``admin.roles`` starts a fresh NS in the same process).
 
+- **The times** are the defaults below for a lease of 10 s; ``--lease-timeout-s`` sets another
+  (:func:`timings`: the others in the same proportions), for sites with a slow database link.
+- **Seeing the pair.** A standby answers nothing (its ports do not accept), so it marks the lease
+  row when it tries the lock (``standby``, ``standby_at``: at most once per renewal period), and
+  the active one reads the mark with its renewals (:meth:`Lease.standby_view`): its ``stats``
+  and metrics then say whether a standby is there to take over.
+
 With SQLite (no ``--database``) there is no lease and the NS is always active.
 
 On a takeover, the built-in task service's held work (kept in the old active's own data
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import socket
 import time
@@ -57,11 +65,46 @@ MARGIN_S = 3.0
 good renewal was sent), the active NS renews before each write."""
 POLL_S = 0.5
 """How often a standby tries the lock: a dead active is replaced within about this."""
+MIN_LEASE_S = 3.0
+"""The shortest lease a site may set (``--lease-timeout-s``): below it a busy active NS, or a
+database's hiccup, would be fenced for nothing."""
+
+
+def timings(lease_s: float) -> dict[str, float]:
+    """The lease's times for a site's ``--lease-timeout-s``, in the default's proportions:
+    renew every fifth of it, renew before writing from 30 % before its end, and try the lock
+    every twentieth of it (at most every :data:`POLL_S`: a dead active is replaced as fast)."""
+    if not lease_s >= MIN_LEASE_S or math.isinf(lease_s):  # ``not >=``: NaN too
+        raise ValueError(
+            f"the lease timeout must be a number of seconds, at least {MIN_LEASE_S:g}"
+            f" (got {lease_s:g}): shorter, a busy active NS would be fenced for nothing"
+        )
+    return {
+        "lease_s": lease_s,
+        "renew_s": lease_s / 5,
+        "margin_s": lease_s * MARGIN_S / LEASE_S,
+        "poll_s": min(POLL_S, lease_s / 20),
+    }
+
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS taskfleet_lease (id INT PRIMARY KEY CHECK (id = 1),"
     " holder TEXT NOT NULL, pid INT NOT NULL, renewed_at TIMESTAMPTZ NOT NULL,"
-    " identity TEXT NOT NULL)"
+    " identity TEXT NOT NULL, standby TEXT, standby_at TIMESTAMPTZ)"
+)
+STANDBY_COLUMNS = (
+    "ALTER TABLE taskfleet_lease ADD COLUMN IF NOT EXISTS standby TEXT,"
+    " ADD COLUMN IF NOT EXISTS standby_at TIMESTAMPTZ"
+)
+"""The standby's own mark (who waits, when it last tried), for a table made before it had one."""
+HAS_STANDBY_COLUMNS = (
+    "SELECT count(*) FROM information_schema.columns WHERE table_name = 'taskfleet_lease'"
+    " AND table_schema = current_schema() AND column_name = 'standby_at'"
+)
+RECORD_STANDBY = "UPDATE taskfleet_lease SET standby = $1, standby_at = now() WHERE id = 1"
+READ_STANDBY = (
+    "SELECT standby, extract(epoch FROM now() - standby_at)::float8 FROM taskfleet_lease"
+    " WHERE id = 1"
 )
 RENEW = "UPDATE taskfleet_lease SET renewed_at = now() WHERE id = 1 AND pid = pg_backend_pid()"
 HOLDER_PID = (
@@ -124,6 +167,16 @@ class Lease:
         """A holder with no lease row of its own yet, and when this standby first saw it."""
         self._alone = asyncio.Lock()
         """The session's turn before ``install`` (a renewal, or the hand-over itself)."""
+        self.active_holder: str | None = None
+        """As a standby: who holds the lease, as its row names it (None: not seen yet)."""
+        self._recorded = -float("inf")
+        """As a standby: when it last marked itself in the lease row (monotonic)."""
+        self._standby: tuple[str, float, float] | None = None
+        """As the active one: the standby its row names, how long ago (by the database's clock)
+        it last tried the lock, and when that was read (monotonic); None: none ever seen."""
+        self._standby_fresh = False
+        self._watching: asyncio.Task[None] | None = None
+        """The read of the standby's mark in flight (``_watch_standby``)."""
 
     # -- becoming active -------------------------------------------------------------------
 
@@ -134,6 +187,8 @@ class Lease:
                 async with self.conn.transaction():
                     await self.conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
                     await self.conn.execute(SCHEMA)
+                    if not await self.conn.fetchval(HAS_STANDBY_COLUMNS):
+                        await self.conn.execute(STANDBY_COLUMNS)
             except UNREACHABLE as exc:
                 await self._drop()
                 raise DatabaseUnusable(
@@ -159,7 +214,7 @@ class Lease:
             "INSERT INTO taskfleet_lease(id, holder, pid, renewed_at, identity)"
             " VALUES (1, $1, pg_backend_pid(), now(), $2) ON CONFLICT (id) DO UPDATE SET"
             " holder = excluded.holder, pid = excluded.pid, renewed_at = excluded.renewed_at,"
-            " identity = excluded.identity",
+            " identity = excluded.identity, standby = NULL, standby_at = NULL",
             self.holder,
             self.identity,
         )
@@ -219,6 +274,8 @@ class Lease:
                     " PostgreSQL')"
                 )
             holder, age = str(row["holder"]), float(row["age"])
+            self.active_holder = holder
+            await self._mark_standby(conn)
         else:  # it took the lock and has not written its row yet: count from now
             if self._seen is None or self._seen[0] != pid:
                 self._seen = (pid, time.monotonic())
@@ -229,7 +286,51 @@ class Lease:
             )
             await conn.execute("SELECT pg_terminate_backend($1)", pid)
 
+    async def _mark_standby(self, conn: Any) -> None:
+        """Say in the lease row that this NS waits (at most once per renewal period), so the
+        active one can show its operator whether a standby is there (``standby_view``)."""
+        now = time.monotonic()
+        if now - self._recorded >= self.renew_s:
+            self._recorded = now
+            try:
+                await conn.execute(RECORD_STANDBY, self.holder)
+            except asyncpg.PostgresError as exc:  # a full disk...: the waiting goes on
+                self.log.debug("standby_unmarked", error=str(exc))
+
     # -- staying active ----------------------------------------------------------------------
+
+    def standby_view(self) -> dict[str, Any]:
+        """As the active one: the standby the lease row names (None: none ever tried), how many
+        seconds ago it last tried the lock, and whether that is within the lease time (a standby
+        that would take over now if this NS died)."""
+        if self._standby is None:
+            return {"standby": None, "standby_seen_s": None, "standby_up": False}
+        name, age, read_at = self._standby
+        seen = round(age + time.monotonic() - read_at, 1)
+        return {"standby": name, "standby_seen_s": seen, "standby_up": seen <= self.lease_s}
+
+    async def _watch_standby(self) -> None:
+        """As the active one, after a renewal: read who waits, and log when a standby appears
+        (``standby_seen``) or stops trying (``standby_gone``)."""
+        if self.db is None:
+            return
+        try:
+            rows = await self.db.fetch(READ_STANDBY)
+        except Exception as exc:  # a read that fails says nothing about the lease
+            self.log.debug("standby_unread", error=str(exc) or type(exc).__name__)
+            return
+        if not rows or rows[0][0] is None:
+            self._standby = None
+        else:
+            self._standby = (str(rows[0][0]), float(rows[0][1]), time.monotonic())
+        view = self.standby_view()
+        if view["standby_up"] and not self._standby_fresh:
+            self.log.info("standby_seen", standby=view["standby"])
+        elif self._standby_fresh and not view["standby_up"]:
+            self.log.warning(
+                "standby_gone", standby=view["standby"], seen_s_ago=view["standby_seen_s"]
+            )
+        self._standby_fresh = bool(view["standby_up"])
 
     async def keep(self, lost: Callable[[str], None]) -> None:
         """Renew until the lease is lost (then ``lost(reason)``, once) or this is cancelled."""
@@ -259,6 +360,10 @@ class Lease:
                 self._lose("another NS holds the lease")
                 return
             self._valid_until = sent + self.lease_s - self.margin_s
+            if self._watching is None or self._watching.done():
+                # Beside the renewals, never in their way: a read waiting for a busy pool must
+                # not make a healthy active one late.
+                self._watching = asyncio.create_task(self._watch_standby())
 
     async def _renew(self) -> int:
         """One renewal through the lock's session: under the store's write lock once installed
@@ -316,6 +421,8 @@ class Lease:
         """Let go (a clean stop): the session ends, and with it the lock, so a standby takes
         over on its next try instead of waiting out the lease."""
         self.active = False
+        if self._watching is not None:
+            self._watching.cancel()
         if self.conn is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.conn.close(), 5)
