@@ -66,6 +66,8 @@ from admin.globalflags import (
     version,
 )
 from admin.globalflags import LOG_LEVELS as LOG_LEVELS
+from admin.hierverbs import add_children_verb
+from admin.hierview import hierarchy_columns
 from admin.migrateverb import add_migrate_parser
 from admin.output import ago, table
 from admin.profile import ProfileError
@@ -109,6 +111,9 @@ USAGE_CODES = {
     "in_use",
     "computer_online",
     "unknown_policy",
+    "unknown_child",
+    "not_remote_startable",
+    "read_only",
 }
 
 
@@ -258,12 +263,15 @@ async def v_jobs(c: AdminClient, args: argparse.Namespace) -> int:
         print(
             table(
                 rows,
-                [
-                    ("name", "name"),
-                    ("type", "type"),
-                    ("steps", "steps"),
-                    ("description", "description"),
-                ],
+                hierarchy_columns(
+                    rows,
+                    [
+                        ("name", "name"),
+                        ("type", "type"),
+                        ("steps", "steps"),
+                        ("description", "description"),
+                    ],
+                ),
             )
         )
     return EXIT_OK
@@ -277,13 +285,16 @@ async def v_tasks(c: AdminClient, args: argparse.Namespace) -> int:
         print(
             table(
                 rows,
-                [
-                    ("name", "name"),
-                    ("type", "type"),
-                    ("kind", "kind"),
-                    ("timeout_s", "timeout s"),
-                    ("description", "description"),
-                ],
+                hierarchy_columns(
+                    rows,
+                    [
+                        ("name", "name"),
+                        ("type", "type"),
+                        ("kind", "kind"),
+                        ("timeout_s", "timeout s"),
+                        ("description", "description"),
+                    ],
+                ),
             )
         )
     return EXIT_OK
@@ -476,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_stats_verbs(verb)
     add_schedule_verbs(verb)
     add_trust_verbs(verb)
+    add_children_verb(verb)
     v = verb("stop", v_stop, "stop a run: pending and running instances end `stopped`")
     v.add_argument("run_id", type=int, metavar="ID", help="the run's id")
     v = verb(

@@ -55,6 +55,16 @@ variable is set, it wins over the file (and ``--print-config`` says ``env``)."""
 DATABASE_ENV = ENV_DEFAULTS["database"]
 """The NS's PostgreSQL URL (``--database``; ``[database] url`` in the file)."""
 
+TABLE_KEYS = {
+    "hierarchy_parent": "parent",
+    "hierarchy_parent_fingerprint": "parent_fingerprint",
+    "hierarchy_parent_ca": "parent_ca",
+    "hierarchy_enrol_token_file": "enrol_token_file",
+    "hierarchy_enrol_token": "enrol_token",
+}
+"""Keys of a table that stand for a flag of another name: a child NS's ``[hierarchy] parent``
+is its ``--parent`` (docs/hierarchy.md)."""
+
 NOT_IN_FILE = frozenset({"help", "config", "print_config", "config_view"})
 
 
@@ -241,6 +251,7 @@ def load(path: str, actions: list[argparse.Action]) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     for key, value in _flatten(doc):
         name = key.replace("-", "_")
+        name = TABLE_KEYS.get(name, name)
         if name in SECRET_KEYS:
             raise ConfigError(
                 f"{path}: {key} would hold a secret in the configuration file; put it alone in a"

@@ -27,6 +27,7 @@ from admin.common import (
     _unusable,
 )
 from admin.config import DATABASE_ENV, print_config, role_parser
+from admin.hierverbs import add_parent_flags, parent_settings
 from runtime.gate import HANDSHAKES_AT_ONCE
 from runtime.metrics import token_file_check
 from runtime.sdnotify import Notifier
@@ -230,6 +231,19 @@ def _database(url: str | None) -> str | None:
     return None
 
 
+def _lease_timeout(text: str) -> float:
+    """``--lease-timeout-s``: a number of seconds the lease allows (``server.store.lease``)."""
+    from server.store.lease import timings
+
+    try:
+        seconds = float(text)
+        timings(seconds)
+    except ValueError as exc:
+        why = str(exc) if "lease" in str(exc) else f"expected a number of seconds, not {text!r}"
+        raise argparse.ArgumentTypeError(why) from None
+    return seconds
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     from server.core import NotificationServer
 
@@ -237,6 +251,10 @@ def cmd_server(args: argparse.Namespace) -> int:
         return print_config(args)
     if problem := _database(args.database):
         print(f"taskfleet server: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    hierarchy = parent_settings(args)
+    if isinstance(hierarchy, str):
+        print(f"taskfleet server: {hierarchy}", file=sys.stderr)
         return EXIT_USAGE
     address = _listener(args, 8470)
     if address is None:
@@ -262,7 +280,9 @@ def cmd_server(args: argparse.Namespace) -> int:
         retention=_retention(args),
         console=args.console,
         database=args.database,
+        lease_timeout_s=args.lease_timeout_s,
     )
+    ns_args.update(hierarchy)  # --parent: docs/hierarchy.md
     ns = NotificationServer(**ns_args)
 
     def announce() -> None:
@@ -486,7 +506,8 @@ def add_role_parsers(
 ) -> None:
     """Register the roles (server, taskserver, agent, simulate, demo) on the CLI, with the
     option groups ``build_parser`` made: ``token`` (--compression), ``tls``, ``trust``, ``enrol``."""
-    s = role_parser(sub, "server", parents=[token, tls], help="run the Notification Server")
+    s = role_parser(sub, "server", parents=[token, tls, enrol], help="run the Notification Server")
+    add_parent_flags(s)
     s.add_argument("--insecure", action="store_true", help="plain ws://, no TLS (tests only)")
     s.add_argument(
         "--database",
@@ -497,6 +518,16 @@ def add_role_parsers(
         f" {DATABASE_ENV}, or `[database] url` in the configuration file); its password from"
         f" ~/.pgpass or PGPASSWORD (or the whole URL in {DATABASE_ENV}), never on the command"
         " line (default: SQLite, DATA/server.db)",
+    )
+    s.add_argument(
+        "--lease-timeout-s",
+        "--database-lease-timeout-s",
+        metavar="SECONDS",
+        type=_lease_timeout,
+        default=10.0,
+        help="two NS on PostgreSQL: how long an active NS that stops renewing keeps its place"
+        " before the standby fences it (default 10, at least 3; it renews every fifth of it;"
+        " `[database] lease_timeout_s` in the configuration file; docs/operations.md)",
     )
     s.add_argument(
         "--max-connections-per-address",

@@ -43,7 +43,47 @@ async def _follow(
         raise
 
 
+async def _run_on_child(c: AdminClient, args: argparse.Namespace) -> int:
+    """``run ITEM --child NAME``: start a replicated, remote-startable task or job on a child
+    NS's computers, through the child; print the child's run id."""
+    if args.wait:
+        schema.print_error(
+            args.json,
+            "usage",
+            f"--wait does not follow a child's run: `taskfleet runs --child {args.child} ID`"
+            " shows its results",
+        )
+        return EXIT_USAGE
+    started = await c.call(
+        "children.start",
+        child=args.child,
+        task=args.name,
+        computers=args.computer or [],
+        groups=args.group or [],
+        filters=args.filter or [],
+        all=args.all,
+        online_only=args.online_only,
+    )
+    if args.json:
+        _print_json(schema.child_started(started))
+        return EXIT_OK
+    if started.get("no_agent"):
+        print(
+            f"warning: {len(started['no_agent'])} target(s) on {args.child} have no agent and"
+            " will fail their client steps with reason 'no agent': "
+            + ", ".join(started["no_agent"]),
+            file=sys.stderr,
+        )
+    print(
+        f"started run {started['run_id']} on child {args.child} ({started['targets']} target(s));"
+        f" `taskfleet runs --child {args.child} {started['run_id']}` shows its results"
+    )
+    return EXIT_OK
+
+
 async def v_run(c: AdminClient, args: argparse.Namespace) -> int:
+    if args.child is not None:
+        return await _run_on_child(c, args)
     target = {
         "task": args.name,
         "computers": args.computer or [],
@@ -95,7 +135,64 @@ async def v_run(c: AdminClient, args: argparse.Namespace) -> int:
     return EXIT_OK if final["status"] == "succeeded" else EXIT_FAILED
 
 
+class _ShowOrRunId:
+    """The choices of ``runs``'s first word: ``show``, or a run id, so that ``runs --child NAME
+    ID`` reads as written (v_runs refuses a bare id without ``--child``). Listed as ``show``
+    alone (help, completion)."""
+
+    def __contains__(self, value: object) -> bool:
+        return value == "show" or (isinstance(value, str) and value.isdigit())
+
+    def __iter__(self) -> Any:
+        return iter(("show",))
+
+
+def _child_run_id(args: argparse.Namespace) -> int | None:
+    """The run id of ``runs --child NAME ID`` (or ``runs show ID --child NAME``); None: list."""
+    if args.action is not None and args.action != "show":
+        return int(args.action)
+    return None if args.run_id is None else int(args.run_id)
+
+
+async def _child_runs(c: AdminClient, args: argparse.Namespace) -> int:
+    """``runs --child NAME``: the child's runs of this NS's items, from the summary it sent."""
+    data = await c.call("children.runs", child=args.child)
+    if args.json:
+        _print_json(schema.child_runs(data))
+        return EXIT_OK
+    rows = [schema.child_run(r) for r in data["runs"]]
+    for r, raw in zip(rows, data["runs"], strict=True):
+        r["created"] = short_time(raw["started_at"]) if raw.get("started_at") else ""
+        r["states"] = ", ".join(f"{k} {v}" for k, v in sorted(r["counts"].items()))
+    when = short_time(data["at"]) if data.get("at") else "never"
+    link = "connected" if data["connected"] else "not connected"
+    print(f"child {data['child']} ({link}), summary of {when} (utc)")
+    columns = [("run_id", "id"), ("task", "task"), ("kind", "kind"), ("status", "status")]
+    columns += [("total", "targets"), ("succeeded", "ok"), ("failed", "not ok")]
+    columns += [("pending", "open"), ("states", "states"), ("created", "created (utc)")]
+    print(table(rows, columns))
+    return EXIT_OK
+
+
 async def v_runs(c: AdminClient, args: argparse.Namespace) -> int:
+    if args.action not in (None, "show") and args.child is None:
+        schema.print_error(
+            args.json,
+            "usage",
+            f"`runs {args.action}`: a run of this NS is `runs show {args.action}`; a child's is"
+            f" `runs --child NAME {args.action}`",
+        )
+        return EXIT_USAGE
+    if args.child is not None and _child_run_id(args) is None:
+        if args.action == "show":
+            schema.print_error(args.json, "usage", "runs show needs a run ID")
+            return EXIT_USAGE
+        if args.csv:
+            schema.print_error(args.json, "usage", "--csv is for one run: `runs --child NAME ID`")
+            return EXIT_USAGE
+        return await _child_runs(c, args)
+    if args.child is not None:
+        args.action, args.run_id = "show", _child_run_id(args)
     if args.csv and (args.json or args.action != "show"):
         schema.print_error(
             args.json,
@@ -109,7 +206,11 @@ async def v_runs(c: AdminClient, args: argparse.Namespace) -> int:
         if args.run_id is None:
             schema.print_error(args.json, "usage", "runs show needs a run ID")
             return EXIT_USAGE
-        run = await c.call("run.show", run_id=args.run_id)
+        run = (
+            await c.call("children.run", child=args.child, run_id=args.run_id)
+            if args.child is not None
+            else await c.call("run.show", run_id=args.run_id)
+        )
         if args.computer is not None or args.failed:
             try:
                 run = select(run, args.computer, args.failed)
@@ -119,7 +220,9 @@ async def v_runs(c: AdminClient, args: argparse.Namespace) -> int:
         if args.csv:
             schema.write_csv(run, sys.stdout)
         elif args.json:
-            _print_json(schema.run_detail(run))
+            _print_json(
+                schema.child_run_detail(run) if args.child is not None else schema.run_detail(run)
+            )
         elif args.computer is not None:
             print_computer(run, args.computer)
         else:
@@ -179,8 +282,19 @@ def add_run_verbs(verb: Callable[[str, Any, str], argparse.ArgumentParser]) -> N
     v.add_argument(
         "--wait", action="store_true", help="follow the run; exit 0 only if all succeeded"
     )
+    v.add_argument(
+        "--child",
+        metavar="NAME",
+        help="run it on that child NS's computers, through the child (a replicated task or job"
+        " with remote_start = true); prints the child's run id",
+    )
     v = verb("runs", v_runs, "list runs, or `runs show ID`")
-    v.add_argument("action", nargs="?", choices=["show"], help="show: one run (none: list runs)")
+    v.add_argument(
+        "action",
+        nargs="?",
+        choices=_ShowOrRunId(),
+        help="show: one run (none: list runs); with --child, ID alone shows the child's run",
+    )
     v.add_argument("run_id", nargs="?", type=int, metavar="ID", help="with show: the run's id")
     v.add_argument("--limit", type=int, default=50, help="list the newest N runs (default 50)")
     v.add_argument(
@@ -189,6 +303,12 @@ def add_run_verbs(verb: Callable[[str, Any, str], argparse.ArgumentParser]) -> N
         help="show: that computer's full output (each step's, for jobs), return code, times, reason",
     )
     v.add_argument("--failed", action="store_true", help="show: only what did not succeed")
+    v.add_argument(
+        "--child",
+        metavar="NAME",
+        help="a child NS's runs of this NS's items (from its last summary); with ID, that run's"
+        " results per computer, asked of the child now",
+    )
     v.add_argument(
         "--csv",
         action="store_true",

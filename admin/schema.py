@@ -46,7 +46,7 @@ TIME_FIELDS = {
 }
 """A stored time's column -> its JSON name (the value becomes ISO 8601 UTC)."""
 
-FLAGS = frozenset({"online", "has_agent", "enabled", "current", "replaced", "changed"})
+FLAGS = frozenset({"online", "has_agent", "enabled", "current", "replaced", "changed", "replicate"})
 """Fields that are yes/no, whatever number the store kept them as."""
 
 
@@ -73,6 +73,8 @@ def record(row: dict[str, Any], id_name: str | None = None) -> dict[str, Any]:
             out[TIME_FIELDS[key]] = when(value)
         elif key in FLAGS and isinstance(value, int):
             out[key] = bool(value)
+        elif key == "origin":  # the parent NS an item came from; null: this NS's own
+            out[key] = value or None
         else:
             out[key] = value
     return out
@@ -260,6 +262,86 @@ def write_csv(view: dict[str, Any], stream: IO[str]) -> None:
     writer.writeheader()
     for row in csv_rows(view):
         writer.writerow({k: csv_cell(row[k]) for k in CSV_COLUMNS})
+
+
+# -- a child NS's runs (issue 24) ------------------------------------------------------
+
+
+def child_run(r: dict[str, Any]) -> dict[str, Any]:
+    """A run on a child NS, from the summary it sent (``runs --child NAME --json``): the run
+    fields of ``runs --json`` (its run id is the child's), and ``counts``, its computers per
+    state."""
+    counts = {str(k): int(v) for k, v in (r.get("counts") or {}).items()}
+    ok = counts.get("succeeded", 0)
+    ended = sum(n for state, n in counts.items() if state in TERMINAL)
+    return {
+        "run_id": r["run_id"],
+        "task": r["name"],
+        "kind": r["kind"],
+        "status": r["status"],
+        "created": when(r.get("started_at")),
+        "finished": when(r.get("ended_at")),
+        "total": sum(counts.values()),
+        "succeeded": ok,
+        "failed": ended - ok,
+        "pending": sum(counts.values()) - ended,
+        "counts": counts,
+    }
+
+
+def child_runs(data: dict[str, Any]) -> dict[str, Any]:
+    """``runs --child NAME --json``: the child, whether it is linked now, when its summary was
+    made (``at``) and its runs of this NS's items."""
+    return {
+        "child": data["child"],
+        "connected": bool(data["connected"]),
+        "at": when(data.get("at")),
+        "runs": [child_run(r) for r in data["runs"]],
+    }
+
+
+def child_run_detail(view: dict[str, Any]) -> dict[str, Any]:
+    """``runs --child NAME ID --json``: :func:`run_detail` of the child's run, and ``child``."""
+    return {**run_detail(view), "child": view["child"]}
+
+
+def child_started(data: dict[str, Any]) -> dict[str, Any]:
+    """``run ITEM --child NAME --json``: the child's run id and what it started."""
+    return {
+        "child": data["child"],
+        "run_id": data["run_id"],
+        "task": data["task"],
+        "kind": data["kind"],
+        "targets": data["targets"],
+        "no_agent": list(data.get("no_agent") or []),
+    }
+
+
+def child(r: dict[str, Any]) -> dict[str, Any]:
+    """A child NS of ``children --json``: whether it is linked, the last change it acknowledged
+    (``acked_seq``) and how long the oldest change it has not waits (``lag_s``), the names that
+    clash with its own items, and its computers from its last summary (null before one)."""
+    return {
+        "name": r["name"],
+        "ns_id": r.get("ns_id", ""),
+        "connected": bool(r["connected"]),
+        "acked_seq": int(r.get("acked_seq") or 0),
+        "lag_s": float(r.get("lag_s") or 0.0),
+        "clashes": [{"kind": c.get("kind"), "name": c.get("name")} for c in r.get("clashes") or []],
+        "online": r.get("online"),
+        "total": r.get("total"),
+        "linked": when(r.get("linked_at")),
+        "last_seen": when(r.get("last_seen")),
+    }
+
+
+def child_detail(r: dict[str, Any]) -> dict[str, Any]:
+    """``children show NAME --json``: :func:`child`, the ids under it, and its last summary
+    as it sent it (``at`` as ISO 8601; null before one)."""
+    summary = r.get("summary")
+    if isinstance(summary, dict):
+        summary = {**summary, "at": when(summary.get("at"))}
+    return {**child(r), "below": list(r.get("below") or []), "summary": summary}
 
 
 # -- the fleet and trust ----------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 
 from admin import schema
 from admin.client import AdminClient
+from admin.hierview import hierarchy_columns, hierarchy_line
 from admin.output import short_time, table
 from protocol import policies
 from protocol.session import NAME
@@ -44,7 +45,7 @@ def _show(
     for r in rows:
         if "at" in r:
             r["when"] = short_time(r["at"])
-    print(table(rows, columns))
+    print(table(rows, hierarchy_columns(rows, columns)))
     return 0
 
 
@@ -242,11 +243,13 @@ async def v_groups(c: AdminClient, args: argparse.Namespace) -> int:
         if not args.name:
             schema.print_error(args.json, "usage", "groups add needs a NAME")
             return 2
-        g = await c.call("groups.add", name=args.name, parent=args.parent or "")
+        g = await c.call(
+            "groups.add", name=args.name, parent=args.parent or "", replicate=args.replicate
+        )
         if args.json:
             _json(schema.record(g, "group_id"))
         else:
-            print(f"added group {g['name']}")
+            print(f"added group {g['name']}" + (" (replicated)" if args.replicate else ""))
         return 0
     if args.action in ("add-member", "remove-member"):
         if not args.name or not args.computers:
@@ -283,6 +286,8 @@ async def v_groups(c: AdminClient, args: argparse.Namespace) -> int:
             _json(g)
             return 0
         print(f"group {g['name']}" + (f" (in {g['parent']})" if g["parent"] else ""))
+        if g.get("replicate") or g.get("origin"):
+            print(hierarchy_line(g))
         print(f"nested groups: {', '.join(g['groups']) or '(none)'}")
         print(f"computers reached by --group {g['name']}: {g['computers']}")
         for m in g["members"]:
@@ -294,7 +299,8 @@ async def v_groups(c: AdminClient, args: argparse.Namespace) -> int:
     if args.json:
         _json(schema.records(rows, "group_id"))
     else:
-        print(table(rows, [("name", "name"), ("parent", "parent"), ("computers", "computers")]))
+        columns = [("name", "name"), ("parent", "parent"), ("computers", "computers")]
+        print(table(rows, hierarchy_columns(rows, columns)))
     return 0
 
 
@@ -403,12 +409,9 @@ async def v_policies(c: AdminClient, args: argparse.Namespace) -> int:
     else:
         for r in rows:
             r["when"] = ", ".join(f"{k}={v}" for k, v in r["schedule"].items())
-        print(
-            table(
-                rows,
-                [("name", "name"), ("task", "task"), ("enabled", "enabled"), ("when", "schedule")],
-            )
-        )
+        columns = [("name", "name"), ("task", "task"), ("enabled", "enabled")]
+        columns.append(("when", "schedule"))
+        print(table(rows, hierarchy_columns(rows, columns)))
     return 0
 
 
@@ -455,7 +458,7 @@ def add_trust_verbs(verb: Callable[[str, Any, str], argparse.ArgumentParser]) ->
     v = verb(
         "tokens",
         v_tokens,
-        "enrolment tokens: `tokens create [--for agent|taskserver] --ttl 1h --uses 100`,"
+        "enrolment tokens: `tokens create [--for agent|taskserver|child] --ttl 1h --uses 100`,"
         " `tokens revoke ID`, `tokens`",
     )
     v.add_argument(
@@ -472,9 +475,10 @@ def add_trust_verbs(verb: Callable[[str, Any, str], argparse.ArgumentParser]) ->
     v.add_argument(
         "--for",
         dest="role",
-        choices=["agent", "taskserver"],
+        choices=["agent", "taskserver", "child"],
         default="agent",
-        help="who the token enrols: agents (the default) or task servers, never both",
+        help="who the token enrols: agents (the default), task servers, or child NS"
+        " (`taskfleet server --parent`); one role only",
     )
     v = verb(
         "admins",
@@ -507,8 +511,8 @@ def add_trust_verbs(verb: Callable[[str, Any, str], argparse.ArgumentParser]) ->
     v = verb(
         "groups",
         v_groups,
-        "organizational groups; `groups add NAME [--parent P]`, `groups add-member|remove-member"
-        " GROUP NAME...`, `groups show|delete GROUP`",
+        "organizational groups; `groups add NAME [--parent P] [--replicate]`,"
+        " `groups add-member|remove-member GROUP NAME...`, `groups show|delete GROUP`",
     )
     v.add_argument(
         "action",
@@ -521,6 +525,11 @@ def add_trust_verbs(verb: Callable[[str, Any, str], argparse.ArgumentParser]) ->
         "computers", nargs="*", metavar="NAME", help="with add-member, remove-member: computers"
     )
     v.add_argument("--parent", help="with add: the group to nest the new one in")
+    v.add_argument(
+        "--replicate",
+        action="store_true",
+        help="with add: a parent NS sends the group (not its members) to its child NS",
+    )
     v = verb(
         "filter", v_filter, "`filter add FILE`: save a filter (name, query over computer.<field>)"
     )

@@ -16,6 +16,7 @@ from typing import Any
 
 from protocol.conditions import Condition, ConditionError, evaluate, parse_condition
 from protocol.errors import Problem, ValidationError
+from protocol.hierflags import check_flags, flag_keys
 
 FIELDS: dict[str, str] = {
     "name": "the computer's name",
@@ -45,13 +46,16 @@ def validate_filter(doc: Any) -> tuple[dict[str, Any], Condition]:
     if not isinstance(doc, dict):
         raise ValidationError("filter document", [Problem("(document)", "must be a table")])
     for key in doc:
-        if key not in ("name", "query", "description"):
-            problems.append(Problem(str(key), "unknown field (known: description, name, query)"))
+        if key not in ("name", "query", "description", *flag_keys(True)):
+            problems.append(
+                Problem(str(key), "unknown field (known: description, name, query, replicate)")
+            )
     name = doc.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
         problems.append(
             Problem("name", "must be 1-128 characters: letters, digits, space, '.', '_', '-'")
         )
+    flags = check_flags(doc, problems, startable=False)
     query = doc.get("query")
     condition: Condition | None = None
     if not isinstance(query, str):
@@ -75,7 +79,8 @@ def validate_filter(doc: Any) -> tuple[dict[str, Any], Condition]:
                     )
     if problems or condition is None:
         raise ValidationError(f"filter {name!r}", problems)
-    return {"name": name, "query": query, "description": str(doc.get("description", ""))}, condition
+    stored = {"name": name, "query": query, "description": str(doc.get("description", ""))}
+    return {**stored, **flags}, condition
 
 
 def record(

@@ -40,6 +40,7 @@ from typing import Any
 
 from protocol.conditions import ConditionError, evaluate, parse_condition
 from protocol.errors import Problem, TaskfleetError, ValidationError
+from protocol.hierflags import check_flags, flag_keys
 from protocol.tasks import MAX_TIMEOUT_S, Kind
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$")
@@ -286,10 +287,12 @@ def validate_job(doc: Any, lookup: Lookup) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ValidationError("job document", [Problem("(document)", "must be a table")])
     for key in doc:
-        if key not in ("name", "type", "description", "steps", "timeout_s"):
+        if key not in ("name", "type", "description", "steps", "timeout_s", *flag_keys(True)):
             problems.append(
                 Problem(
-                    str(key), "unknown field (known: description, name, steps, timeout_s, type)"
+                    str(key),
+                    "unknown field (known: description, name, remote_start, replicate, steps,"
+                    " timeout_s, type)",
                 )
             )
     name = doc.get("name")
@@ -311,6 +314,7 @@ def validate_job(doc: Any, lookup: Lookup) -> dict[str, Any]:
         problems.append(Problem("timeout_s", f"must be an integer from 1 to {MAX_TIMEOUT_S}"))
     if not isinstance(doc.get("description", ""), str):
         problems.append(Problem("description", "must be a string"))
+    flags = check_flags(doc, problems, startable=True)
 
     def guarded(ref: str) -> tuple[str, dict[str, Any]] | None:
         if ref == name:  # the job refers to itself (or is being replaced by one that does)
@@ -344,7 +348,7 @@ def validate_job(doc: Any, lookup: Lookup) -> dict[str, Any]:
     }
     if timeout is not None:
         out["timeout_s"] = timeout
-    return out
+    return {**out, **flags}
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:

@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 from protocol.errors import Problem, ValidationError
+from protocol.hierflags import check_flags, flag_keys
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$")
 _TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
@@ -56,10 +57,13 @@ def validate_policy(doc: Any, task_kind: str | None) -> dict[str, Any]:
         raise ValidationError("policy document", [Problem("(document)", "must be a table")])
     for key in doc:
         if key not in ("name", "task", "enabled", "schedule", "targets", "description"):
+            if key in flag_keys(True):
+                continue  # checked below, with a clearer message
             problems.append(
                 Problem(
                     str(key),
-                    "unknown field (known: description, enabled, name, schedule, targets, task)",
+                    "unknown field (known: description, enabled, name, replicate, schedule,"
+                    " targets, task)",
                 )
             )
     name = doc.get("name")
@@ -101,6 +105,7 @@ def validate_policy(doc: Any, task_kind: str | None) -> dict[str, Any]:
         problems.append(Problem("targets", "must be a table"))
     else:
         problems.extend(target_problems(targets))
+    flags = check_flags(doc, problems, startable=False)
     if problems:
         raise ValidationError(f"policy {name!r}", problems)
     return {
@@ -110,6 +115,7 @@ def validate_policy(doc: Any, task_kind: str | None) -> dict[str, Any]:
         "schedule": schedule,
         "targets": targets,
         "description": str(doc.get("description", "")),
+        **flags,
     }
 
 

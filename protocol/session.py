@@ -59,6 +59,8 @@ class Role(StrEnum):
     AGENT = "agent"
     TASKSERVER = "taskserver"
     ADMIN = "admin"
+    CHILD = "child"
+    """A child NS linked to its parent (issue 24: the hierarchy); both sides ask and answer."""
 
 
 # What each role may send once the session is open, to the side that accepted it.
@@ -66,6 +68,7 @@ ALLOWED: dict[Role, frozenset[str]] = {
     Role.AGENT: frozenset({"reports", "step_request"}),
     Role.TASKSERVER: frozenset({"reports", "presence", "ack"}),
     Role.ADMIN: frozenset({"request"}),
+    Role.CHILD: frozenset({"request", "response", "error"}),
 }
 
 # What the accepting side may send to each role (checked by the connecting side).
@@ -73,6 +76,7 @@ ALLOWED_DOWN: dict[Role, frozenset[str]] = {
     Role.AGENT: frozenset({"execute", "cancel", "tickle", "reports_ack", "step_result", "error"}),
     Role.TASKSERVER: frozenset({"dispatch", "cancel", "tickle", "reports_ack", "error", "revoke"}),
     Role.ADMIN: frozenset({"response", "error", "event"}),
+    Role.CHILD: frozenset({"request", "response", "error"}),
 }
 
 
@@ -104,7 +108,7 @@ def check_hello(
         role = Role(message.role)
     except ValueError:
         raise HandshakeError(
-            f"unknown role {message.role!r}; expected one of agent, taskserver, admin",
+            f"unknown role {message.role!r}; expected one of agent, taskserver, admin, child",
             code="bad_role",
             close_code=CLOSE_NOT_ALLOWED,
         ) from None

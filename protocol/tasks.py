@@ -25,6 +25,7 @@ from enum import StrEnum
 from typing import Any
 
 from protocol.errors import Problem, ValidationError
+from protocol.hierflags import REMOTE_START, REPLICATE, check_flags, flag_keys
 
 
 class Kind(StrEnum):
@@ -215,7 +216,7 @@ CATALOG: dict[str, TaskType] = {
             "replicate-hierarchy",
             Kind.SERVER,
             {},
-            "Run hierarchy replication with parent and child servers now (no hierarchy yet: fails).",
+            "Reconcile every child NS now, recursively, and report each (docs/hierarchy.md).",
         ),
         TaskType(
             "send-basic-inventory",
@@ -414,10 +415,14 @@ class TaskDefinition:
     timeout_s: int
     params: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    replicate: bool = False
+    """Sent by a parent NS to its children (``protocol.hierflags``)."""
+    remote_start: bool = False
+    """The parent NS may start it through a child."""
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain form for storage and the wire."""
-        return {
+        """Plain form for storage and the wire (a hierarchy flag only when it is set)."""
+        out = {
             "name": self.name,
             "type": self.type,
             "kind": str(self.kind),
@@ -425,6 +430,11 @@ class TaskDefinition:
             "params": self.params,
             "description": self.description,
         }
+        if self.replicate:
+            out[REPLICATE] = True
+        if self.remote_start:
+            out[REMOTE_START] = True
+        return out
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
@@ -513,7 +523,7 @@ def validate_task(doc: Any) -> TaskDefinition:
     problems: list[Problem] = []
     if not isinstance(doc, dict):
         raise ValidationError("task document", [Problem("(document)", "must be a table")])
-    known = {"name", "type", "timeout_s", "params", "description"}
+    known = {"name", "type", "timeout_s", "params", "description", *flag_keys(True)}
     for key in doc:
         if key not in known:
             problems.append(Problem(str(key), f"unknown field (known: {', '.join(sorted(known))})"))
@@ -543,11 +553,12 @@ def validate_task(doc: Any) -> TaskDefinition:
     params: dict[str, Any] = {}
     if ttype is not None:
         params = validate_params(ttype, doc.get("params", {}), problems)
+    flags = check_flags(doc, problems, startable=True)
     if problems:
         label = f"task {name!r}" if isinstance(name, str) else "task document"
         raise ValidationError(label, problems)
     assert ttype is not None and isinstance(name, str)
-    return TaskDefinition(name, ttype.id, ttype.kind, int(timeout), params, description)
+    return TaskDefinition(name, ttype.id, ttype.kind, int(timeout), params, description, **flags)
 
 
 def parse_document(text: str, *, filename: str = "") -> Any:

@@ -13,7 +13,7 @@ import sqlite3
 from typing import Any
 
 from runtime.link import Link
-from server.adminops import catalog, fleet, runs, schedules, trust
+from server.adminops import catalog, fleet, hierarchy, hierup, runs, schedules, trust
 from server.adminops.base import _OPS, ApiError
 from server.auth import OP_ROLE
 from server.interface import NS
@@ -21,7 +21,7 @@ from server.store.dbapi import StorageFull, committed_reads
 
 __all__ = ["ApiError", "handle"]
 
-OP_MODULES = (fleet, catalog, runs, trust, schedules)
+OP_MODULES = (fleet, catalog, runs, trust, schedules, hierarchy, hierup)
 """The modules whose import registers the admin operations."""
 
 

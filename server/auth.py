@@ -2,8 +2,8 @@
 
 Agents and task servers prove their Ed25519 key (``runtime.link.challenge``). A new key waits as
 ``pending`` until an admin accepts it, or is accepted at once with a valid enrolment token.
-An enrolment token is made for one role (``agent`` or ``taskserver``) and enrols only that
-role; every TS enrolled (by token or by ``keys accept``) is raised as a message. A name that comes
+An enrolment token is made for one role (``agent``, ``taskserver`` or ``child``, a child NS)
+and enrols only that role; every TS enrolled (by token or by ``keys accept``) is raised as a message. A name that comes
 back with another key than the accepted one is refused and raised as a message (coalesced per
 name and per address: ``server.guards.Alerts``): no silent takeover. Admins present a token; its
 role bounds their operations, and revoking or replacing it ends their open sessions at once.
@@ -38,7 +38,7 @@ ADMIN_ROLES = ("viewer", "operator", "admin")
 RANK = {role: n for n, role in enumerate(ADMIN_ROLES)}
 TICKET_TTL_S = 24 * 3600
 MAX_PENDING_KEYS = 1_000
-ENROL_ROLES = ("agent", "taskserver")
+ENROL_ROLES = ("agent", "taskserver", "child")
 """What an enrolment token may be made for (``tokens create --for``)."""
 ADMIN_NAME_MAX = 64
 ADMIN_NAME_RULE = (
@@ -83,6 +83,13 @@ OP_ROLE: dict[str, str] = {
     "fleet.summary": "viewer",
     "computer.show": "viewer",
     "computer.runs": "viewer",
+    # A child NS's runs (issue 24): read from its summary or asked of it; starting one there is
+    # starting a run.
+    "children.list": "viewer",
+    "children.show": "viewer",
+    "children.runs": "viewer",
+    "children.run": "viewer",
+    "children.start": "operator",
     "run.start": "operator",
     # A schedule starts runs of saved tasks and jobs later: what an operator may do now.
     "schedule.add": "operator",
@@ -138,6 +145,9 @@ async def authenticate(ns: NS, link: Link, hello: Hello) -> dict[str, Any]:
                 close_code=CLOSE_UNAUTHORIZED,
             )
         return {"admin": admin["name"], "role": admin["role"], "mark": mark}
+    if hello.role == Role.CHILD:
+        # A loop is refused before the key proof: no token is spent, no key kept for it.
+        ns.hierarchy.check_child_hello(hello)
     key = await challenge(link, hello, ns.server_id)
     role, name = str(hello.role), hello.identity
     fp = fingerprint(key)
@@ -204,6 +214,8 @@ async def authenticate(ns: NS, link: Link, hello: Hello) -> dict[str, Any]:
         ns.log.info("key_enrolled", peer_role=role, peer_name=name, fingerprint=fp)
         if role == Role.TASKSERVER:
             await taskserver_enrolled(ns, name, fp, address, "with an enrolment token")
+        elif role == Role.CHILD:
+            await child_enrolled(ns, name, fp, address, "with an enrolment token")
         return {"public_key": key}
     if not await _keep_pending(ns, link, role, name, key, fp, address, row):
         raise HandshakeError(
@@ -272,6 +284,16 @@ async def taskserver_enrolled(ns: NS, name: str, fp: str, address: str, how: str
     )
 
 
+async def child_enrolled(ns: NS, name: str, fp: str, address: str, how: str) -> None:
+    """A new child NS will be sent every replicated definition: say so, with what identifies it."""
+    await ns.raise_message(
+        "warning",
+        f"child NS {name!r} enrolled {how}: key {fp}, from {address}. It now receives every item"
+        f" marked replicate = true; if you did not expect it, `taskfleet keys reject {name}`",
+        "enrolment",
+    )
+
+
 async def cut_off(ns: NS, role: str, name: str, why: str) -> None:
     """An admin rejected or deleted the key of ``role`` ``name``: close its connection now; for
     an agent, void the tickets the NS gave it (stored, and told to every connected TS)."""
@@ -279,6 +301,9 @@ async def cut_off(ns: NS, role: str, name: str, why: str) -> None:
         route = ns.routes.get(name)
         if isinstance(route, RemoteRoute):
             ns.spawn(route.link.close(CLOSE_UNAUTHORIZED, why))
+        return
+    if role == Role.CHILD:
+        ns.hierarchy.cut_child(name, why)
         return
     if role != Role.AGENT:
         return

@@ -1,4 +1,5 @@
-"""The NS's connections, one function per role: agents, task servers, admins.
+"""The NS's connections, one function per role: agents, task servers, admins (a child NS is
+served by ``server.hierarchy.parent``).
 
 Every connection is accepted by ``runtime.link.accept`` with ``server.auth.authenticate``: a
 key proof for agents and task servers, a token for admins. Each role may then send only its
@@ -42,10 +43,11 @@ from protocol.session import (
 from protocol.workauth import agent_work_key
 from runtime.link import Link, accept
 from server import auth, policies
+from server.hierarchy.parent import serve_child
 from server.interface import NS
 from server.routes import BUILTIN, RemoteRoute
 
-ALL_ROLES = frozenset({Role.AGENT, Role.TASKSERVER, Role.ADMIN})
+ALL_ROLES = frozenset({Role.AGENT, Role.TASKSERVER, Role.ADMIN, Role.CHILD})
 ADMIN_ONLY = frozenset({Role.ADMIN})
 """What the admin listener (``--admin-port``) takes: an agent or TS there is refused (4403)."""
 
@@ -88,6 +90,8 @@ async def serve(ns: NS, ws: Any, roles: frozenset[Role] = ALL_ROLES) -> None:
                 await serve_agent(ns, link, hello, facts)
             elif hello.role == Role.TASKSERVER:
                 await serve_taskserver(ns, link, hello, facts)
+            elif hello.role == Role.CHILD:
+                await serve_child(ns, link, hello, facts)
             else:
                 await serve_admin(ns, link, hello, facts)
         except ConnectionClosed:

@@ -31,12 +31,13 @@ from runtime.gate import HANDSHAKES_AT_ONCE, WAIT_AT_MOST_S, Gate
 from runtime.keys import load_or_create, public_bytes
 from runtime.link import HANDSHAKE_TIMEOUT_S, ConnectionCap, Link, listen
 from runtime.runner import ScriptRun
-from runtime.tls import ensure_certificates, file_fingerprint, server_context
+from runtime.tls import ClientTrust, ensure_certificates, file_fingerprint, server_context
 from server.auth import bootstrap_admin
 from server.connections import ADMIN_ONLY, ALL_ROLES, after_presence, serve
 from server.console import Console, http_hook
 from server.dispatch import Dispatcher
 from server.guards import AdminSessions, Alerts
+from server.hierarchy import Hierarchy
 from server.interface import NS
 from server.metrics import NSMetrics
 from server.retention import Purger
@@ -47,7 +48,7 @@ from server.schedules import Clock, Scheduler, WallClock
 from server.stages import ActiveRun
 from server.store import Change, Store
 from server.store.dbapi import is_postgres_url
-from server.store.lease import Lease, holder_name, redispatch
+from server.store.lease import LEASE_S, Lease, holder_name, redispatch, timings
 from server.store.pgdb import PostgresDatabase
 from taskserver.relay import Relay
 from taskserver.store import RelayStore
@@ -101,6 +102,10 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         clock: Clock | None = None,
         console: bool = False,
         database: str | None = None,
+        parent: str | None = None,
+        parent_trust: ClientTrust | None = None,
+        enrol_token: str = "",
+        lease_timeout_s: float = LEASE_S,
     ):
         self.data_dir = data_dir
         self.retention = retention or {}
@@ -113,6 +118,8 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         self.db_path = database or os.path.join(data_dir, "server.db")
         """Where every NS table lives: ``DATA/server.db`` (SQLite), or the ``postgresql://`` URL
         given as ``--database`` (``server.store.base.open_database`` tells them apart)."""
+        self.lease_timings = timings(lease_timeout_s)
+        """On PostgreSQL, the lease's times (``--lease-timeout-s``; ``server.store.lease``)."""
         self.smtp = smtp or {}
         """SMTP server for send-email: host, port, security (none|starttls|tls), user, password, sender."""
         self.ts_grace_s = ts_grace_s
@@ -198,6 +205,10 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         """What ended a standby's takeover (raised by ``admin.roles`` once stopped)."""
         self.ended = asyncio.Event()
         """Set when this NS must stop: it stood down, or a takeover failed."""
+        self.hierarchy = Hierarchy(
+            self, parent_url=parent, trust=parent_trust, enrol_token=enrol_token
+        )
+        """Its children and its parent (``--parent``): docs/hierarchy.md."""
         self.metrics = NSMetrics(self)
         """``/metrics``, ``/healthz`` and ``/readyz``: on the admin listener if there is one
         (administrators only reach it), else on the main one (``runtime.metrics``)."""
@@ -233,10 +244,22 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         self.server_id = f"{self.name}:{fingerprint(self.public_key)}"
         self.url = self._url(self.port)
         if is_postgres_url(self.db_path):  # one of a pair, maybe: active only with the lease
-            self.lease = Lease(self.db_path, holder_name(self.name), self._identity(), log=self.log)
+            self.lease = Lease(
+                self.db_path,
+                holder_name(self.name),
+                self._identity(),
+                log=self.log,
+                **self.lease_timings,
+            )
             if not await self.lease.try_acquire():
                 self.standing_by = True
-                self.log.warning("standby", url=self.url, reason="another NS holds the lease")
+                self.log.warning(
+                    "standby",
+                    url=self.url,
+                    reason="another NS holds the lease",
+                    active=self.lease.active_holder,
+                    lease_timeout_s=self.lease.lease_s,
+                )
                 self.spawn(self._standby())
                 return
         await self._activate()
@@ -252,7 +275,7 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         try:
             await self.lease.acquire()
             self.standing_by = False
-            self.log.warning("taking_over", url=self.url)
+            self.log.warning("taking_over", url=self.url, previous=self.lease.active_holder)
             await self._activate()
         except asyncio.CancelledError:
             raise
@@ -265,10 +288,13 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         """The lease is lost: stop accepting and close every link at once (writes are already
         refused by the lease); ``admin.roles`` then stops this NS and starts a standby."""
         self.stood_down = reason
+        self.hierarchy.halt()
         for server in (self._server, self._admin_server):
             if server is not None:
                 server.close()
-        self.log.warning("stood_down", reason=reason, url=self.url)
+        self.log.warning(
+            "stood_down", reason=reason, url=self.url, holder=self.lease and self.lease.holder
+        )
         self.ended.set()
 
     async def _activate(self) -> None:
@@ -309,6 +335,7 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         self.spawn(self.scheduler.run())
         self.purger = Purger(self, self.retention)
         self.spawn(self.purger.loop())
+        await self.hierarchy.start()
         self.log.info(
             "server_listening",
             url=self.url,
@@ -417,6 +444,7 @@ class NotificationServer(Runs, Dispatcher, Rollup):
         self.log.warning("service_restarted", service=name)
 
     async def stop(self) -> None:
+        await self.hierarchy.stop()
         await self._stop_listeners()
         for run in self.server_runs.values():
             run.stop()

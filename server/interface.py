@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocol.messages import Event, Report
+from protocol.messages import Event, Hello, Report
 from protocol.states import InstanceState, RunState
 from runtime.gate import Gate
 from runtime.link import ConnectionCap, Link
@@ -28,6 +28,25 @@ from server.routes import Route
 from server.stages import ActiveRun, Stage
 from server.store import Change, NewInstance, Store
 from taskserver.relay import Relay
+
+
+class HierarchyLink(Protocol):
+    """The NS's place in a hierarchy of NS (``server.hierarchy.Hierarchy``): its link to a
+    parent and its children's links, as the parts below the core use them (docs/hierarchy.md)."""
+
+    parent_connected: bool
+    parent_name: str | None
+    on_parent_link: list[Callable[[], Awaitable[None]]]
+
+    async def ask_parent(self, op: str, args: dict[str, Any], timeout_s: float = 30) -> Any: ...
+    async def ask_child(
+        self, name: str, op: str, args: dict[str, Any], timeout_s: float = 30
+    ) -> Any: ...
+    def connected_children(self) -> list[str]: ...
+    async def reconcile(self) -> list[dict[str, Any]]: ...
+    async def lag_s(self, acked_seq: int) -> float: ...
+    def check_child_hello(self, hello: Hello) -> None: ...
+    def cut_child(self, name: str, why: str) -> None: ...
 
 
 class NS(Protocol):
@@ -46,6 +65,7 @@ class NS(Protocol):
     agent_rate_per_s: float
     admin_rate_per_s: float
     admin_url: str
+    url: str
     SERVICES: tuple[str, ...]
 
     # -- identity -----------------------------------------------------------------------
@@ -69,6 +89,7 @@ class NS(Protocol):
     trust_alerts: Alerts
     admin_sessions: AdminSessions
     assign_lock: asyncio.Lock
+    hierarchy: HierarchyLink
 
     @property
     def db(self) -> Store: ...

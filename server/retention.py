@@ -110,9 +110,12 @@ class Purger:
         return out
 
     async def purge(self, now: float | None = None) -> dict[str, Any]:
-        """One pass at ``now``: delete, batch by batch, what :meth:`count` counts."""
-        cuts = self.cutoffs(time.time() if now is None else now)
-        out: dict[str, Any] = {"dry_run": False, "cutoffs": cuts, **_zero()}
+        """One pass at ``now``: delete, batch by batch, what :meth:`count` counts, and the
+        hierarchy's journal rows no child needs any more (``hier_journal``: its own rules,
+        ``server.store.hierarchy.HierarchyMixin.trim_journal``, not a keep time)."""
+        at = time.time() if now is None else now
+        cuts = self.cutoffs(at)
+        out: dict[str, Any] = {"dry_run": False, "cutoffs": cuts, **_zero(), "hier_journal": 0}
         async with self._lock:
             db = self.ns.db
             if (cut := cuts["runs"]) is not None:
@@ -131,6 +134,9 @@ class Purger:
                     while n := await db.purge_batch(kind, cut, self.batch):
                         out[kind] += n
                         await asyncio.sleep(self.pause_s)
+            while n := await db.trim_journal(at, self.batch):
+                out["hier_journal"] += n
+                await asyncio.sleep(self.pause_s)
         return out
 
 

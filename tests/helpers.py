@@ -68,6 +68,10 @@ class Proc:
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
         self.fingerprint = ""
+        self.env: dict[str, str] = {}
+        """More environment for the process (a secret a test passes as a role would)."""
+        self.admin_token = ""
+        """For an NS: its first admin token (``Fleet.server``, ``Fleet.child_server``)."""
 
     async def start(self, wait_ready: bool = True) -> Proc:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
@@ -78,7 +82,7 @@ class Proc:
             *self.args,
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         log.close()
         if wait_ready:
@@ -163,6 +167,7 @@ class Fleet:
             name, ["server", "--data", str(data), "--listen", f"127.0.0.1:{port}", *extra]
         ).start()
         self.admin_token = (data / "admin.token").read_text().strip()
+        self.ns.admin_token = self.admin_token
         if not self.enrol_token or not self.ts_enrol_token:
             async with self.admin() as c:
                 if not self.enrol_token:
@@ -234,6 +239,128 @@ class Fleet:
                 *self.trust_args(),
             ],
         ).start(wait_ready=False)
+
+    # -- several NS: a hierarchy (docs/hierarchy.md) -----------------------------------
+
+    async def child_server(
+        self,
+        name: str,
+        parent: Proc,
+        *extra: str,
+        token_via: str = "file",
+        token: str | None = None,
+        wait_linked: bool = True,
+        port: int = 0,
+        parent_url: str | None = None,
+    ) -> Proc:
+        """Start another NS process (named ``name``, its own data folder ``ROOT/name``, SQLite
+        always) as a child of ``parent``: a child enrolment token made on the parent through
+        its admin client (or ``token``), given by a 0600 file (``token_via="file"``) or the
+        environment (``"env"``), never on the command line (``"none"``: no token, its key waits
+        for `keys accept`); the parent pinned by fingerprint. ``port``: its --listen port (a
+        child restarted on the same data comes back on the same address for its own children);
+        ``parent_url``: the --parent URL when not ``parent.url`` (a forwarder in between,
+        tests/netcut.py). Returns once it is ready and (``wait_linked``) the parent lists it as
+        connected."""
+        if token is None and token_via != "none":
+            token = await self.child_token(parent)
+        data = self.root / name
+        data.mkdir(parents=True, exist_ok=True)
+        args = [
+            "server",
+            "--data",
+            str(data),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--name",
+            name,
+            "--parent",
+            parent_url or parent.url,
+            "--parent-fingerprint",
+            parent.fingerprint,
+            *extra,
+        ]
+        proc = self._proc(name, args)
+        if token is not None and token_via == "file":
+            path = self.root / f"{name}.enrol-token"
+            path.write_text(token + "\n")
+            path.chmod(0o600)
+            args += ["--enrol-token-file", str(path)]
+        elif token is not None:
+            proc.env = {"TASKFLEET_ENROL_TOKEN": token}
+        await proc.start()
+        proc.admin_token = (data / "admin.token").read_text().strip()
+        if wait_linked:
+            await self.wait_linked(parent, name)
+        return proc
+
+    async def child_token(self, parent: Proc, role: str = "child", uses: int = 1) -> str:
+        """An enrolment token made on ``parent`` (for a child NS, unless ``role`` says)."""
+        async with self.admin_of(parent) as c:
+            created = await c.call("tokens.create", ttl_s=3600, uses=uses, role=role)
+        return str(created["token"])
+
+    def admin_of(self, proc: Proc, token: str | None = None) -> AdminClient:
+        """An admin client of any NS of this fleet (its first admin token by default)."""
+        return AdminClient(
+            proc.url, token or proc.admin_token, ClientTrust(fingerprint=proc.fingerprint)
+        )
+
+    async def cli_on(self, proc: Proc, *args: str, timeout_s: float = 60.0) -> tuple[int, str, str]:
+        """Run an admin verb as a real process against the NS ``proc``."""
+        proc_cli = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "admin",
+            *args,
+            "--server",
+            proc.url,
+            "--token",
+            proc.admin_token,
+            "--server-fingerprint",
+            proc.fingerprint,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc_cli.communicate(), timeout_s)
+        assert proc_cli.returncode is not None
+        return proc_cli.returncode, out.decode(), err.decode()
+
+    async def wait_linked(
+        self, parent: Proc, child: str, timeout_s: float = 30.0
+    ) -> dict[str, Any]:
+        """Wait until ``parent`` lists ``child`` as a connected child; return its row."""
+        async with self.admin_of(parent) as c:
+
+            async def linked() -> dict[str, Any] | None:
+                rows = await c.call("children.list")
+                return next((r for r in rows if r["name"] == child and r["connected"]), None)
+
+            found: dict[str, Any] = await until(
+                linked, f"{child} linked to {parent.name}", timeout_s
+            )
+            return found
+
+    async def agent_on(self, ns: Proc, name: str) -> Proc:
+        """An agent process of the NS ``ns`` (any NS of the fleet), enrolled by a token made
+        there, its enrolment token in the environment."""
+        token = await self.child_token(ns, role="agent")
+        proc = self._proc(
+            name,
+            [
+                "agent",
+                "--server",
+                ns.url,
+                "--data",
+                str(self.root / name),
+                "--name",
+                name,
+                "--server-fingerprint",
+                ns.fingerprint,
+            ],
+        )
+        proc.env = {"TASKFLEET_ENROL_TOKEN": token}
+        return await proc.start(wait_ready=False)
 
     def admin(self, token: str | None = None) -> AdminClient:
         assert self.ns is not None

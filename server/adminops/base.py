@@ -59,6 +59,16 @@ def _document(args: dict[str, Any]) -> Any:
     return _arg(args, "document", dict)
 
 
+async def refuse_read_only(ns: NS, kind: str, name: str) -> None:
+    """Refuse to change an item that came from the parent NS (``server.store.hierarchy``):
+    the parent would overwrite the change, so it is made there."""
+    origin = await ns.db.item_origin(kind, name)
+    if origin:
+        raise ApiError(
+            "read_only", f"{kind} {name} comes from the parent NS {origin}: change it there"
+        )
+
+
 def _refuse_unknown(kind: str, asked: list[str], known: set[str]) -> None:
     """Refuse a run whose targets name a computer, group or filter that does not exist."""
     missing = sorted(set(asked) - known)

@@ -15,7 +15,7 @@ from protocol.jobs import (
 from protocol.policies import validate_policy
 from protocol.tasks import CATALOG, Param, validate_task
 from runtime.link import Link
-from server.adminops.base import ApiError, _arg, _document, op
+from server.adminops.base import ApiError, _arg, _document, op, refuse_read_only
 from server.interface import NS
 from server.policies import targets as policy_targets
 
@@ -32,8 +32,8 @@ async def task_add(ns: NS, link: Link, args: dict[str, Any]) -> Any:
         definition = validate_task(doc)
     except ValidationError as exc:
         raise ApiError("invalid_document", str(exc)) from None
-    catalog = await ns.db.catalog()
-    if catalog.get(definition.name, ("task",))[0] == "job":
+    await refuse_read_only(ns, "task", definition.name)
+    if ((await ns.db.catalog_entry(definition.name)) or ("task",))[0] == "job":
         raise ApiError(
             "exists",
             f"a job is already named {definition.name!r}; tasks and jobs share one namespace",
@@ -50,6 +50,7 @@ async def job_add(ns: NS, link: Link, args: dict[str, Any]) -> Any:
         definition = validate_job(doc, catalog.get)
     except ValidationError as exc:
         raise ApiError("invalid_document", str(exc)) from None
+    await refuse_read_only(ns, "job", definition["name"])
     if catalog.get(definition["name"], ("job",))[0] == "task":
         raise ApiError(
             "exists",
@@ -118,7 +119,7 @@ def _uses(steps: Any, name: str) -> bool:
 
 async def _definition_delete(ns: NS, kind: str, args: dict[str, Any]) -> Any:
     name = _arg(args, "name", str)
-    found = (await ns.db.catalog()).get(name)
+    found = await ns.db.catalog_entry(name)
     if found is None:
         raise ApiError(
             f"unknown_{kind}", f"no {kind} named {name!r}; `taskfleet {kind}s` lists them"
@@ -128,6 +129,7 @@ async def _definition_delete(ns: NS, kind: str, args: dict[str, Any]) -> Any:
             f"unknown_{kind}",
             f"{name!r} is a {found[0]}, not a {kind}: use `taskfleet {found[0]} delete {name}`",
         )
+    await refuse_read_only(ns, kind, name)
     jobs = [j["name"] for j in await ns.db.jobs() if j["name"] != name and _uses(j["steps"], name)]
     policies = [p["name"] for p in await ns.db.policies() if p.get("task") == name]
     if jobs or policies:
@@ -291,6 +293,7 @@ async def policy_add(ns: NS, link: Link, args: dict[str, Any]) -> Any:
         definition = validate_policy(doc, task["kind"] if task else None)
     except ValidationError as exc:
         raise ApiError("invalid_document", str(exc)) from None
+    await refuse_read_only(ns, "policy", definition["name"])
     old = next((p for p in await ns.db.policies() if p["name"] == definition["name"]), None)
     replaced = await ns.db.save_policy(definition)
     reach = [p for p in (old, definition) if p is not None and p["enabled"]]
@@ -299,6 +302,7 @@ async def policy_add(ns: NS, link: Link, args: dict[str, Any]) -> Any:
 
 async def _policy_switch(ns: NS, args: dict[str, Any], enabled: bool) -> dict[str, Any]:
     policy = await _policy_or_refuse(ns, args)
+    await refuse_read_only(ns, "policy", policy["name"])
     told = {"tickled": 0, "offline": 0}
     if policy["enabled"] != enabled:
         await ns.db.set_policy_enabled(policy["name"], enabled)
@@ -327,6 +331,7 @@ async def policy_disable(ns: NS, link: Link, args: dict[str, Any]) -> Any:
 async def policy_delete(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     """Delete a policy; if it was enabled, its connected agents stop running it now."""
     policy = await _policy_or_refuse(ns, args)
+    await refuse_read_only(ns, "policy", policy["name"])
     await ns.db.delete_item("policy", policy["name"])
     told = (
         await _tell_policy_agents(ns, policy) if policy["enabled"] else {"tickled": 0, "offline": 0}

@@ -18,7 +18,14 @@ from protocol.session import NAME
 from protocol.states import InstanceState
 from runtime.link import Link
 from server import auth
-from server.adminops.base import ApiError, _arg, _document, _refuse_unknown, op
+from server.adminops.base import (
+    ApiError,
+    _arg,
+    _document,
+    _refuse_unknown,
+    op,
+    refuse_read_only,
+)
 from server.interface import NS
 from server.store.runs import wire_id
 
@@ -327,13 +334,15 @@ async def groups_add(ns: NS, link: Link, args: dict[str, Any]) -> Any:
             "bad_request",
             "a group name has letters, digits, '.', '_', '-', starting with a letter or digit",
         )
+    replicate = _arg(args, "replicate", bool, False)
+    await refuse_read_only(ns, "group", name)
     try:
-        group_id = await ns.db.add_group(name, _arg(args, "parent", str, "") or None)
+        group_id = await ns.db.add_group(name, _arg(args, "parent", str, "") or None, replicate)
     except ValueError as exc:
         raise ApiError("unknown_group", str(exc)) from None
     except Exception:
         raise ApiError("exists", f"a group named {name!r} exists") from None
-    return {"id": group_id, "name": name}
+    return {"id": group_id, "name": name, "replicate": replicate}
 
 
 async def _group_or_refuse(ns: NS, args: dict[str, Any]) -> dict[str, Any]:
@@ -381,6 +390,8 @@ async def groups_show(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     return {
         "name": group["name"],
         "parent": group["parent"],
+        "replicate": group["replicate"],
+        "origin": group["origin"],
         "groups": await ns.db.nested_groups(group["id"]),
         "members": [
             {"name": m["name"], "online": bool(m["online"]), "has_agent": bool(m["has_agent"])}
@@ -396,6 +407,7 @@ async def groups_delete(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     a policy targets it, or an assign-to-group task fills it without creating it."""
     group = await _group_or_refuse(ns, args)
     name = group["name"]
+    await refuse_read_only(ns, "group", name)
     users = [f"group {g} (nested in it)" for g in await ns.db.nested_groups(group["id"])]
     users += [
         f"policy {p['name']}"
@@ -427,6 +439,7 @@ async def filter_add(ns: NS, link: Link, args: dict[str, Any]) -> Any:
         definition, _ = validate_filter(_document(args))
     except ValidationError as exc:
         raise ApiError("invalid_document", str(exc)) from None
+    await refuse_read_only(ns, "filter", definition["name"])
     replaced = await ns.db.save_filter(definition)
     changes = await recompute_filters(ns, definition["name"])
     return {**definition, "replaced": replaced, "members": changes[definition["name"]]["added"]}
@@ -467,6 +480,7 @@ async def filters_delete(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     it."""
     found = await _filter_or_refuse(ns, args)
     name = found["name"]
+    await refuse_read_only(ns, "filter", name)
     users = [
         p["name"]
         for p in await ns.db.policies()

@@ -23,14 +23,14 @@ from server import liveout
 from server.adminops.base import ApiError, _arg, _refuse_unknown, op
 from server.interface import NS
 from server.jobs import SERVER_JOB, job_needs_agents, no_agent_targets
+from server.metrics import refreshed
 from server.metrics import stats as ns_stats
 from server.store.backup import BackupError, write_backup
 
 
 async def runnable(ns: NS, name: str) -> dict[str, Any]:
     """The definition a run of ``name`` uses: a task as saved, or a job compiled now."""
-    catalog = await ns.db.catalog()
-    found = catalog.get(name)
+    found = await ns.db.catalog_entry(name)
     if found is None:
         raise ApiError(
             "unknown_task",
@@ -39,6 +39,7 @@ async def runnable(ns: NS, name: str) -> dict[str, Any]:
     what, definition = found
     if what == "task":
         return definition
+    catalog = await ns.db.catalog()  # a job: its steps name other tasks and jobs
     try:
         validate_job(definition, catalog.get)
         compiled = compile_job(definition, catalog.get)
@@ -266,6 +267,7 @@ async def stats(ns: NS, link: Link, args: dict[str, Any]) -> Any:
     database size, TS links), refusal counters (by code) since it started, and the handshake
     gates' state."""
     relay = ns.relay.refused if ns.relay is not None else {}
+    await refreshed(ns)
     return {
         **ns_stats(ns),
         "refused": dict(ns.refused),

@@ -15,6 +15,9 @@ Writes on the hot path (``apply_reports``, ``mark_dispatched``) are one transact
 - ``journal``: the audit trail, messages, the server log.
 - ``schedules``: schedules on the NS and their firings (each time recorded once).
 - ``retention``: counting and purging old rows, a small batch per statement.
+- ``hierarchy``: what a parent NS replicates to its children (the journal of changes, the
+  children) and what a child took from its parent (items with an ``origin``).
+- ``hiersummary``: a child NS's summary for its parent (computer counts, the parent's runs).
 
 The parts import only ``base`` (which imports ``schema``), never each other nor this package.
 """
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 from server.store.catalog import ITEM_TABLES, CatalogMixin
 from server.store.computers import ComputersMixin
+from server.store.hierarchy import HierarchyMixin
+from server.store.hiersummary import HierSummaryMixin
 from server.store.journal import JournalMixin
 from server.store.retention import RetentionMixin
 from server.store.runs import Change, NewInstance, Parent, Pending, RunsMixin
@@ -49,5 +54,7 @@ class Store(
     JournalMixin,
     SchedulesMixin,
     RetentionMixin,
+    HierSummaryMixin,
+    HierarchyMixin,
 ):
     """The NS database (SQLite, WAL). Open with :meth:`open`."""

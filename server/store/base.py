@@ -69,3 +69,9 @@ class StoreBase:
     async def _one(self, sql: str, args: tuple[Any, ...] = ()) -> dict[str, Any] | None:
         rows = await self._all(sql, args)
         return rows[0] if rows else None
+
+    async def _journal(self, kind: str, name: str, doc: dict[str, Any] | None) -> None:
+        """A replicated item is about to change (``doc``: as it will be; None: deleted): the
+        hierarchy's journal (``server.store.hierarchy``, which overrides this) records it in
+        the same transaction. Called by every save and delete of a task, job, policy, filter
+        or group, before it writes."""

@@ -20,6 +20,12 @@ ITEM_TABLES = {
 """Item kind → its table; every item table has ``name`` and ``folder``."""
 
 
+def _origin_column(kind: str) -> str:
+    """An item table's ``origin`` (``server.store.hierarchy``); reports never come from a
+    parent NS and have none."""
+    return "''" if kind == "report" else "origin"
+
+
 def change_summary(old: dict[str, Any], new: dict[str, Any]) -> str:
     """One line naming what a save changed: top-level fields, and ``params.KEY`` inside
     ``params``."""
@@ -96,6 +102,7 @@ class CatalogMixin(StoreBase):
             summary = change_summary(json.loads(old["definition"]), definition)
         else:
             summary = "first saved" if version == 1 else "saved again after a delete"
+        await self._journal(kind, name, definition)
         if table == "tasks":
             await self.db.execute(
                 "INSERT INTO tasks(name, type, kind, definition, created_at, updated_at, version)"
@@ -149,25 +156,46 @@ class CatalogMixin(StoreBase):
 
     async def delete_definition(self, kind: str, name: str) -> bool:
         """Delete a task or job (its kept versions stay, for the runs that used them)."""
-        return await self.db.execute(f"DELETE FROM {ITEM_TABLES[kind]} WHERE name=?", (name,)) > 0
+        async with self.db.transaction():
+            await self._journal(kind, name, None)
+            gone = await self.db.execute(f"DELETE FROM {ITEM_TABLES[kind]} WHERE name=?", (name,))
+        return gone > 0
 
     async def task(self, name: str) -> dict[str, Any] | None:
         row = await self._one("SELECT definition FROM tasks WHERE name=?", (name,))
         return json.loads(row["definition"]) if row else None
 
     async def tasks(self) -> list[dict[str, Any]]:
-        rows = await self._all("SELECT definition, updated_at, version FROM tasks ORDER BY name")
+        """Every task, with ``updated_at``, ``version`` and ``origin`` (the parent NS it came
+        from; '' for this NS's own)."""
+        return await self._definitions("tasks")
+
+    async def jobs(self) -> list[dict[str, Any]]:
+        return await self._definitions("jobs")
+
+    async def _definitions(self, table: str) -> list[dict[str, Any]]:
+        rows = await self._all(
+            f"SELECT definition, updated_at, version, origin FROM {table} ORDER BY name"
+        )
         return [
-            {**json.loads(r["definition"]), "updated_at": r["updated_at"], "version": r["version"]}
+            {
+                **json.loads(r["definition"]),
+                "updated_at": r["updated_at"],
+                "version": r["version"],
+                "origin": r["origin"],
+            }
             for r in rows
         ]
 
-    async def jobs(self) -> list[dict[str, Any]]:
-        rows = await self._all("SELECT definition, updated_at, version FROM jobs ORDER BY name")
-        return [
-            {**json.loads(r["definition"]), "updated_at": r["updated_at"], "version": r["version"]}
-            for r in rows
-        ]
+    async def catalog_entry(self, name: str) -> tuple[str, dict[str, Any]] | None:
+        """One task or job by name, as :meth:`catalog` gives it (None: neither). Saving or
+        starting one item must not read every definition: at 10,000 saved tasks that was
+        most of the NS's time in a burst of saves."""
+        for kind, table in (("task", "tasks"), ("job", "jobs")):  # as catalog: a task wins
+            row = await self._one(f"SELECT definition FROM {table} WHERE name=?", (name,))
+            if row is not None:
+                return kind, json.loads(row["definition"])
+        return None
 
     async def catalog(self) -> dict[str, tuple[str, dict[str, Any]]]:
         """Every saved task and job by name, as ``(\"task\"|\"job\", definition)``."""
@@ -183,6 +211,7 @@ class CatalogMixin(StoreBase):
     async def save_filter(self, definition: dict[str, Any]) -> bool:
         async with self.db.transaction():
             old = await self._one("SELECT name FROM filters WHERE name=?", (definition["name"],))
+            await self._journal("filter", definition["name"], definition)
             await self.db.execute(
                 "INSERT INTO filters(name, definition, updated_at) VALUES (?, ?, ?)"
                 " ON CONFLICT(name) DO UPDATE SET definition=excluded.definition,"
@@ -194,10 +223,13 @@ class CatalogMixin(StoreBase):
     async def filters(self) -> list[dict[str, Any]]:
         rows = await self._all(
             "SELECT f.definition, f.members_at, (SELECT count(*) FROM filter_members m WHERE m.filter=f.name)"
-            " AS members FROM filters f ORDER BY f.name"
+            " AS members, f.origin FROM filters f ORDER BY f.name"
         )
         return [
-            {**json.loads(r["definition"]), "members": r["members"], "members_at": r["members_at"]}
+            {
+                **json.loads(r["definition"]),
+                **{k: r[k] for k in ("members", "members_at", "origin")},
+            }
             for r in rows
         ]
 
@@ -291,6 +323,7 @@ class CatalogMixin(StoreBase):
     async def save_policy(self, definition: dict[str, Any]) -> bool:
         async with self.db.transaction():
             old = await self._one("SELECT name FROM policies WHERE name=?", (definition["name"],))
+            await self._journal("policy", definition["name"], definition)
             await self.db.execute(
                 "INSERT INTO policies(name, definition, enabled, updated_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT(name) DO UPDATE SET definition=excluded.definition,"
@@ -305,8 +338,11 @@ class CatalogMixin(StoreBase):
         return old is not None
 
     async def policies(self) -> list[dict[str, Any]]:
-        rows = await self._all("SELECT definition, enabled FROM policies ORDER BY name")
-        return [{**json.loads(r["definition"]), "enabled": bool(r["enabled"])} for r in rows]
+        rows = await self._all("SELECT definition, enabled, origin FROM policies ORDER BY name")
+        return [
+            {**json.loads(r["definition"]), "enabled": bool(r["enabled"]), "origin": r["origin"]}
+            for r in rows
+        ]
 
     async def set_policy_enabled(self, name: str, enabled: bool) -> bool:
         async with self.db.transaction():
@@ -314,6 +350,7 @@ class CatalogMixin(StoreBase):
             if row is None:
                 return False
             definition = {**json.loads(row["definition"]), "enabled": enabled}
+            await self._journal("policy", name, definition)
             await self.db.execute(
                 "UPDATE policies SET enabled=?, definition=?, updated_at=? WHERE name=?",
                 (int(enabled), json.dumps(definition), time.time(), name),
@@ -323,9 +360,10 @@ class CatalogMixin(StoreBase):
     # -- items and folders --------------------------------------------------------------
 
     async def items(self, folder: str | None = None) -> list[dict[str, Any]]:
-        """Every item (kind, name, folder, path, id), optionally in one folder (and below it)."""
+        """Every item (kind, name, folder, path, id, origin: the parent NS it came from, ''
+        for this NS's own), optionally in one folder (and below it)."""
         union = " UNION ALL ".join(
-            f"SELECT '{kind}' AS kind, name, folder FROM {table}"
+            f"SELECT '{kind}' AS kind, name, folder, {_origin_column(kind)} AS origin FROM {table}"
             for kind, table in ITEM_TABLES.items()
         )
         rows = await self._all(f"SELECT * FROM ({union}) AS items ORDER BY folder, kind, name")
@@ -367,6 +405,7 @@ class CatalogMixin(StoreBase):
 
     async def delete_item(self, kind: str, name: str) -> None:
         async with self.db.transaction():
+            await self._journal(kind, name, None)
             if kind == "filter":
                 await self.db.execute("DELETE FROM filter_members WHERE filter=?", (name,))
             if kind == "report":

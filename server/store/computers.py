@@ -318,22 +318,28 @@ class ComputersMixin(StoreBase):
     # -- groups -------------------------------------------------------------------------
 
     async def groups(self) -> list[dict[str, Any]]:
-        return await self._all(
+        rows = await self._all(
             "SELECT g.id, g.name, p.name AS parent, (SELECT count(*) FROM group_members m WHERE m.group_id=g.id)"
-            " AS computers FROM groups g LEFT JOIN groups p ON p.id=g.parent_id ORDER BY g.name"
+            " AS computers, g.replicate, g.origin"
+            " FROM groups g LEFT JOIN groups p ON p.id=g.parent_id ORDER BY g.name"
         )
+        return [{**r, "replicate": bool(r["replicate"])} for r in rows]
 
-    async def add_group(self, name: str, parent: str | None) -> int:
-        parent_id = None
-        if parent:
-            row = await self._one("SELECT id FROM groups WHERE name=?", (parent,))
-            if row is None:
-                raise ValueError(f"no group named {parent!r}")
-            parent_id = row["id"]
-        return await self._insert(
-            "INSERT INTO groups(name, parent_id, created_at) VALUES (?, ?, ?)",
-            (name, parent_id, time.time()),
-        )
+    async def add_group(self, name: str, parent: str | None, replicate: bool = False) -> int:
+        """A new group (``replicate``: sent to the child NS, ``server.store.hierarchy``)."""
+        async with self.db.transaction():
+            parent_id = None
+            if parent:
+                row = await self._one("SELECT id FROM groups WHERE name=?", (parent,))
+                if row is None:
+                    raise ValueError(f"no group named {parent!r}")
+                parent_id = row["id"]
+            doc = {"name": name, "parent": parent or None, "replicate": replicate}
+            await self._journal("group", name, doc)
+            return await self._insert(
+                "INSERT INTO groups(name, parent_id, created_at, replicate) VALUES (?, ?, ?, ?)",
+                (name, parent_id, time.time(), int(replicate)),
+            )
 
     async def group_id(self, name: str) -> int | None:
         row = await self._one("SELECT id FROM groups WHERE name=?", (name,))
@@ -375,12 +381,13 @@ class ComputersMixin(StoreBase):
         return out
 
     async def group(self, name: str) -> dict[str, Any] | None:
-        """One group: ``{id, name, parent}`` (``parent`` a name or None)."""
-        return await self._one(
-            "SELECT g.id, g.name, p.name AS parent FROM groups g"
+        """One group: ``{id, name, parent, replicate, origin}`` (``parent`` a name or None)."""
+        row = await self._one(
+            "SELECT g.id, g.name, p.name AS parent, g.replicate, g.origin FROM groups g"
             " LEFT JOIN groups p ON p.id=g.parent_id WHERE g.name=?",
             (name,),
         )
+        return None if row is None else {**row, "replicate": bool(row["replicate"])}
 
     async def nested_groups(self, group_id: int) -> list[str]:
         """The names of the groups directly below this one."""
@@ -409,6 +416,9 @@ class ComputersMixin(StoreBase):
         """Delete a group with no nested group (the caller checks); its computers stay, out of
         it. Returns how many computers it held."""
         async with self.db.transaction():
+            group = await self._one("SELECT name FROM groups WHERE id=?", (group_id,))
+            if group is not None:
+                await self._journal("group", group["name"], None)
             held = await self.db.execute("DELETE FROM group_members WHERE group_id=?", (group_id,))
             await self.db.execute("DELETE FROM groups WHERE id=?", (group_id,))
         return held

@@ -28,7 +28,7 @@ import contextvars
 import errno
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import aiosqlite
@@ -105,6 +105,29 @@ class Database:
         """One transaction: committed at the end of the block, rolled back if it raises.
         Inside another one (of the same task), it joins it."""
         raise NotImplementedError
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the transaction this task is in has committed (the
+        outermost one: a joined transaction commits with it), or at once outside a transaction;
+        never if it rolls back. The same callback asked twice in one transaction runs once.
+        For telling others about a change only when every reader can see it; it must not
+        raise, and it runs after the transaction's turn is given up."""
+        if not self._in_transaction():
+            callback()
+        elif callback not in self._after_commit:
+            self._after_commit.append(callback)
+
+    _after_commit: list[Callable[[], None]]
+    """The callbacks of the transaction in progress (there is one at a time)."""
+
+    def _in_transaction(self) -> bool:
+        """Whether the running task is inside this database's transaction."""
+        raise NotImplementedError
+
+    def _take_after_commit(self) -> list[Callable[[], None]]:
+        """The transaction's callbacks, now that it has ended (run them if it committed)."""
+        taken, self._after_commit = self._after_commit, []
+        return taken
 
     async def rollback(self) -> None:
         """Kept for callers that cleaned up after a failed write: transactions now roll
@@ -188,6 +211,7 @@ class SQLiteDatabase(Database):
         """The connection for reads outside a transaction (None: they use the writer)."""
         self.description = path
         self._lock = asyncio.Lock()
+        self._after_commit = []
 
     @classmethod
     async def open(cls, path: str, migrations: list[str]) -> SQLiteDatabase:
@@ -216,6 +240,9 @@ class SQLiteDatabase(Database):
         held = _IN_SQLITE_TX.get()
         return held is not None and held[0] is self and held[1] is holder()
 
+    def _in_transaction(self) -> bool:
+        return self._inside()
+
     @contextlib.asynccontextmanager
     async def _turn(self) -> AsyncIterator[None]:
         """The connection for one statement outside a transaction (its turn at the lock)."""
@@ -243,6 +270,9 @@ class SQLiteDatabase(Database):
                 raise
             finally:
                 _IN_SQLITE_TX.reset(token)
+                committed = self._take_after_commit()
+        for callback in committed:  # reached only when it committed
+            callback()
 
     async def fetch(self, sql: str, args: Args = ()) -> list[tuple[Any, ...]]:
         reader = self._for_read()

@@ -118,6 +118,7 @@ class PostgresDatabase(Database):
         self.url = url
         self.description = safe_url(url)
         self._lock = asyncio.Lock()
+        self._after_commit = []
         self._sql: dict[str, str] = {}
         self.writer: Any = None
         """The one connection every write goes through, once an active NS's lease holds it
@@ -227,6 +228,12 @@ class PostgresDatabase(Database):
                 raise
             finally:
                 _IN_PG_TX.reset(token)
+                committed = self._take_after_commit()
+        for callback in committed:  # reached only when it committed
+            callback()
+
+    def _in_transaction(self) -> bool:
+        return self._mine() is not None
 
     async def fetch(self, sql: str, args: Args = ()) -> list[tuple[Any, ...]]:
         async with self._conn() as conn:

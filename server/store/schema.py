@@ -286,4 +286,47 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN schedule TEXT;
     CREATE INDEX runs_ended ON runs(ended_at) WHERE status != 'running';
     """,
+    # 14: the hierarchy (server/store/hierarchy.py). A parent's journal of changes to replicated
+    # items (doc NULL: gone or no longer replicated), its children; a child's cursor per parent
+    # and the parent's items it refused for a name of its own; where each item came from
+    # ('' = this NS's own); groups flagged to replicate. The journal's key is called id (a
+    # change's seq) so taskfleet migrate sets its PostgreSQL sequence like every other id
+    """
+    CREATE TABLE hier_journal (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        doc TEXT,
+        at REAL NOT NULL
+    );
+    CREATE TABLE hier_children (
+        name TEXT PRIMARY KEY,
+        ns_id TEXT NOT NULL,
+        connected INTEGER NOT NULL DEFAULT 0,
+        acked_seq INTEGER NOT NULL DEFAULT 0,
+        last_seen REAL,
+        linked_at REAL,
+        summary TEXT,
+        clashes TEXT NOT NULL DEFAULT '[]',
+        below TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE TABLE hier_cursor (
+        parent TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE TABLE hier_clashes (
+        parent TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (parent, kind, name)
+    );
+    ALTER TABLE tasks ADD COLUMN origin TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN origin TEXT NOT NULL DEFAULT '';
+    ALTER TABLE policies ADD COLUMN origin TEXT NOT NULL DEFAULT '';
+    ALTER TABLE groups ADD COLUMN origin TEXT NOT NULL DEFAULT '';
+    ALTER TABLE filters ADD COLUMN origin TEXT NOT NULL DEFAULT '';
+    ALTER TABLE groups ADD COLUMN replicate INTEGER NOT NULL DEFAULT 0;
+    """,
 ]

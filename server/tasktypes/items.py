@@ -17,6 +17,14 @@ def _uses(definition: dict[str, Any]) -> set[str]:
     return set(referenced_names(definition.get("steps", [])))
 
 
+def _read_only(item: dict[str, Any]) -> str:
+    """Why an item from the parent NS may not be deleted or moved here ('' : it may)."""
+    if not item.get("origin"):
+        return ""
+    kind, name, origin = item["kind"], item["name"], item["origin"]
+    return f"{kind} {name} comes from the parent NS {origin}: change it there"
+
+
 async def delete_item(ctx: ServerContext) -> Outcome:
     started = time.time()
     ref = str(ctx.params["item"])
@@ -25,6 +33,8 @@ async def delete_item(ctx: ServerContext) -> Outcome:
         return failed(
             started, f"no item {ref!r}; `taskfleet items` lists them (ids look like task:NAME)"
         )
+    if refused := _read_only(item):
+        return failed(started, refused)
     if item["kind"] in ("task", "job"):
         users = sorted(j["name"] for j in await ctx.ns.db.jobs() if item["name"] in _uses(j))
         users += sorted(
@@ -48,5 +58,7 @@ async def move_item(ctx: ServerContext) -> Outcome:
         return failed(
             started, f"no item {ref!r}; `taskfleet items` lists them (ids look like task:NAME)"
         )
+    if refused := _read_only(item):
+        return failed(started, refused)
     await ctx.ns.db.move_item(item["kind"], item["name"], folder)
     return done(started, {"id": item["id"], "path": f"{folder.rstrip('/')}/{item['name']}"})

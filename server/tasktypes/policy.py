@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 async def enable_disable_policy(ctx: ServerContext) -> Outcome:
     started = time.time()
     name, enabled = str(ctx.params["policy"]), bool(ctx.params["enabled"])
+    if origin := await ctx.ns.db.item_origin("policy", name):
+        return failed(started, f"policy {name} comes from the parent NS {origin}: change it there")
     if not await ctx.ns.db.set_policy_enabled(name, enabled):
         return failed(started, f"no policy named {name!r}; `taskfleet policies` lists them")
     policy = next(p for p in await ctx.ns.db.policies() if p["name"] == name)
