@@ -47,6 +47,7 @@ NAMES: dict[str, dict[str, tuple[str, ...]]] = {
         "add": ("@file",),
     },
     "runs": {"show": ("runs",)},
+    "children": {"show": ("children",)},
 }
 """What a verb's positionals name. ``@file`` completes local file names."""
 NAME_FLAGS = {
@@ -55,6 +56,7 @@ NAME_FLAGS = {
     "--filter": "filters",
     "--parent": "groups",
     "--profile": "profiles",
+    "--child": "children",
 }
 """Flags whose value is a name the server (or the profile file) holds."""
 FILE_FLAGS = (
@@ -66,6 +68,7 @@ FILE_FLAGS = (
     "--tls-key",
     "--commands",
     "--enrol-token-file",
+    "--parent-ca",
 )
 CONNECTION_FLAGS = ("--profile", "--server", "--server-fingerprint", "--ca", "--token-file")
 """Flags of the line being typed that ``__complete`` is given too, so names come from the
@@ -80,6 +83,7 @@ KINDS = {
     "policies": ("policies.list", "name"),
     "runs": ("runs.list", "id"),
     "types": ("types.list", "id"),
+    "children": ("children.list", "name"),
 }
 """The kinds ``__complete`` knows besides ``profiles`` (read from the local profile file)."""
 ASK_TIMEOUT_S = 3.0
