@@ -364,3 +364,53 @@ async def test_the_watchdog_checks_a_large_fleet_bucket_by_bucket():
         assert all(ws.protocol.close_sent.code == 1011 for ws in silent)
         assert dog.failed == 30
         assert live.protocol.state is State.OPEN
+
+
+async def test_keepalive_spares_a_peer_whose_messages_wait_unread(contexts):
+    """A client that sends faster than the server consumes (an admin script pipelining
+    requests) makes the server stop reading it, so its pongs wait unread behind its messages:
+    the keepalive must not fail it for that. Once the server reads again, all is there."""
+    server_ctx, client_ctx = contexts
+    release = asyncio.Event()
+    got: list[bytes] = []
+    closed: list[int | None] = []
+
+    async def handler(ws) -> None:  # type: ignore[no-untyped-def]
+        ws.handshake_done()
+        got.append(await ws.recv())
+        await release.wait()  # busy: reads nothing more for now
+        with contextlib.suppress(ConnectionClosed):
+            while len(got) < 201:
+                got.append(await ws.recv())
+            await ws.wait_closed()
+        sent = ws.protocol.close_sent
+        closed.append(sent.code if sent is not None else None)
+
+    gate = Gate()
+    gate.keepalive = Keepalive(interval_s=0.2, timeout_s=0.2)
+    server, port = await listen(handler, "127.0.0.1", 0, ssl_context=server_ctx, gate=gate)
+    try:
+        async with Connect(
+            f"wss://127.0.0.1:{port}", ssl=client_ctx, proxy=None, ping_interval=None
+        ) as client:
+            for i in range(201):
+                await client.send(b"request %d" % i)
+
+            async def overdue_twice() -> bool:  # failed, or forgiven twice
+                return gate.keepalive.failed > 0 or gate.keepalive.spared >= 2
+
+            await until(overdue_twice, "two pongs overdue behind the unread messages", 20)
+            assert gate.keepalive.failed == 0, "the busy connection was failed"
+            release.set()
+
+            async def all_read() -> bool:
+                return len(got) == 201
+
+            await until(all_read, "the server reading every message", 20)
+            await asyncio.wait_for(client.ping(), 5)  # still open both ways
+            assert closed == [] and gate.keepalive.failed == 0
+    finally:
+        release.set()
+        server.close()
+        gate.close()
+        await server.wait_closed()
