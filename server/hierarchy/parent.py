@@ -59,8 +59,19 @@ RETRY_PUSH_S = 5.0
 class ChildLink:
     """One linked child: its link, what it acknowledged, and its pusher."""
 
-    def __init__(self, ns: NS, link: Link, name: str, ns_id: str, cursor: int, clashes: list[Any]):
+    def __init__(
+        self,
+        ns: NS,
+        link: Link,
+        name: str,
+        ns_id: str,
+        cursor: int,
+        clashes: list[Any],
+        reconciled: set[str] | None = None,
+    ):
         self.ns = ns
+        self.reconciled = reconciled if reconciled is not None else set()
+        """The children this process has sent a full set to, and that applied it."""
         self.link = link
         self.name = name
         self.ns_id = ns_id
@@ -110,6 +121,7 @@ class ChildLink:
                 "hier.changes", {"changes": items, "full": True, "upto": upto}, _timeout(items)
             )
             await self._applied(result, upto)
+            self.reconciled.add(self.name)  # applied: a later link may send only changes
             self.ns.log.info(
                 "hierarchy_full_sent",
                 child=self.name,
@@ -358,9 +370,10 @@ async def serve_child(ns: NS, link: Link, hello: Hello, facts: dict[str, Any]) -
     row = await ns.db.child(name) or {}
     tail, floor = await ns.db.journal_tail(), await ns.db.journal_floor()
     full = name not in hier.reconciled or cursor <= 0 or cursor < floor or cursor > tail
-    child = ChildLink(ns, link, name, ns_id, cursor, list(row.get("clashes") or []))
+    child = ChildLink(
+        ns, link, name, ns_id, cursor, list(row.get("clashes") or []), hier.reconciled
+    )
     hier.links[name] = child
-    hier.reconciled.add(name)
     if not full:
         await ns.db.child_acked(name, cursor)
     pusher = ns.spawn(_push(ns, child, full))
