@@ -24,7 +24,7 @@ def add_parent_flags(s: argparse.ArgumentParser) -> None:
         "--parent",
         metavar="URL",
         help="link this NS to a parent NS as its child (wss://HOST:PORT, the parent's main"
-        " address): it receives the parent's replicated items and sends summaries up; enrol"
+        " address; URL1,URL2 for a pair): it receives the parent's replicated items and sends summaries up; enrol"
         " with a token from `taskfleet tokens create --for child` on the parent"
         " (--enrol-token-file). In a configuration file: parent in [hierarchy]",
     )

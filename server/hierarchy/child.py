@@ -243,6 +243,8 @@ async def hier_changes(ns: NS, parent: str, args: dict[str, Any]) -> Any:
     except ValueError as exc:
         raise ApiError("bad_request", f"hier.changes: {exc}") from None
     items = result.pop("items", None) or []
+    if result.get("notes"):  # items left out (a document this NS cannot validate) and the like
+        ns.log.warning("hierarchy_notes", parent=parent, notes=result["notes"])
     if items:
         await _audit_applied(ns, parent, items, full)
         await _after_apply(ns, items, before)
