@@ -48,6 +48,9 @@ TABLES = {
     "filter": "filters",
     "policy": "policies",
 }
+FULL_CHUNK = 500
+"""Items of a full set applied per transaction: at a few milliseconds an item, the child's own
+writes wait about a second at most behind one chunk, not the whole set."""
 KEEP_ACKED_S = 3600.0
 """Journal rows every known child acknowledged are kept this long (a child restored from a
 backup a little older still catches up change by change)."""
@@ -291,41 +294,53 @@ class HierarchyMixin(StoreBase):
     async def apply_from_parent(
         self, parent: str, changes: list[dict[str, Any]], full: bool, upto: int
     ) -> dict[str, Any]:
-        """Apply a batch of the parent's changes, in order, in one transaction.
+        """Apply a batch of the parent's changes, in order.
 
-        Incremental (``full`` false): changes at or below this parent's cursor are skipped
-        (a batch sent again changes nothing); the cursor becomes the last seq. Full: ``changes``
-        is every item the parent replicates (seq 0); every item here from a parent that is not
-        in it is deleted, and the cursor becomes ``upto``. An item of this NS's own (origin
-        '') by the same name is left alone and recorded as a clash. Returns ``{cursor,
+        Incremental (``full`` false), in one transaction: changes at or below this parent's
+        cursor are skipped (a batch sent again changes nothing); the cursor becomes the last
+        seq. Full: ``changes`` is every item the parent replicates (seq 0), applied
+        :data:`FULL_CHUNK` items per transaction so this NS's own writes (its fleet's results)
+        are not held for the whole set; then, in one last transaction, every item here from a
+        parent that is not in the set is deleted and the cursor becomes ``upto``. A full set
+        cut short leaves the cursor where it was, so the parent sends a full set again. An item
+        of this NS's own (origin '') by the same name is left alone and recorded as a clash. A
+        malformed change refuses the whole batch before anything is applied. Returns ``{cursor,
         applied, deleted, unchanged, clashes, notes, items}``: ``clashes`` every clash with
         this parent now (``{kind, name}``), ``notes`` what was done otherwise than asked (a
-        group created at top level), ``items`` each item applied or deleted (``{kind, name,
-        deleted}``: the NS recomputes filters and tells the agents of policies)."""
+        group created at top level, a document this NS cannot validate), ``items`` each item
+        applied or deleted (``{kind, name, deleted}``: the NS recomputes filters and tells the
+        agents of policies)."""
         out: dict[str, Any] = {"applied": 0, "deleted": 0, "unchanged": 0, "notes": [], "items": []}
+        parsed = [_parts(change) for change in changes]
+        if full:
+            seen = {(kind, name) for _, kind, name, _ in parsed}
+            for i in range(0, len(parsed), FULL_CHUNK):
+                async with self.db.transaction():
+                    for _, kind, name, doc in parsed[i : i + FULL_CHUNK]:
+                        await self._apply_change(parent, kind, name, doc, out)
+            async with self.db.transaction():
+                await self._delete_missing(parent, seen, out)
+                return await self._applied(parent, upto, out)
         async with self.db.transaction():
             cursor = last = await self.parent_cursor(parent)
-            seen: set[tuple[str, str]] = set()
-            for change in changes:
-                seq, kind, name, doc = _parts(change)
-                if not full and seq <= cursor:
+            for seq, kind, name, doc in parsed:
+                if seq <= cursor:
                     continue
-                seen.add((kind, name))
                 await self._apply_change(parent, kind, name, doc, out)
                 last = max(last, seq)
-            if full:
-                await self._delete_missing(parent, seen, out)
-                last = upto
-            await self.db.execute(
-                "INSERT INTO hier_cursor(parent, seq, at) VALUES (?, ?, ?) ON CONFLICT(parent)"
-                " DO UPDATE SET seq=excluded.seq, at=excluded.at",
-                (parent, last, time.time()),
-            )
-            rows = await self._all(
-                "SELECT kind, name FROM hier_clashes WHERE parent=? ORDER BY kind, name",
-                (parent,),
-            )
-        return {"cursor": last, **out, "clashes": rows}
+            return await self._applied(parent, last, out)
+
+    async def _applied(self, parent: str, cursor: int, out: dict[str, Any]) -> dict[str, Any]:
+        """The end of a batch: this parent's cursor stored, and the answer."""
+        await self.db.execute(
+            "INSERT INTO hier_cursor(parent, seq, at) VALUES (?, ?, ?) ON CONFLICT(parent)"
+            " DO UPDATE SET seq=excluded.seq, at=excluded.at",
+            (parent, cursor, time.time()),
+        )
+        rows = await self._all(
+            "SELECT kind, name FROM hier_clashes WHERE parent=? ORDER BY kind, name", (parent,)
+        )
+        return {"cursor": cursor, **out, "clashes": rows}
 
     async def _apply_change(
         self, parent: str, kind: str, name: str, doc: Any, out: dict[str, Any]

@@ -500,3 +500,30 @@ async def test_a_document_this_ns_cannot_validate_is_left_out_with_a_note(store_
         assert (await store.task("ok")) is not None
         assert result["cursor"] == 2 and result["applied"] == 1
         assert any("new-type" in n and "no-such-type" in n for n in result["notes"])
+
+
+async def test_a_full_set_goes_a_chunk_per_transaction_and_moves_the_cursor_at_the_end(
+    store_target, monkeypatch
+):
+    """A full set larger than a chunk is applied chunk by chunk (the child's own writes are not
+    held behind the whole set), and only its last transaction deletes what the parent no
+    longer replicates and moves the cursor; a malformed change anywhere refuses the whole set
+    before anything is applied."""
+    monkeypatch.setattr("server.store.hierarchy.FULL_CHUNK", 3)
+    async with opened(store_target) as store:
+        await store.apply_from_parent(
+            PARENT, [change(1, "task", "old", task("old", replicate=True))], False, 1
+        )
+        commits: list[int] = []
+        store.journal_listeners.append(commits.append)  # once per committed transaction
+        items = [change(0, "task", f"t{i}", task(f"t{i}", replicate=True)) for i in range(7)]
+        with pytest.raises(ValueError, match="kind"):
+            await store.apply_from_parent(
+                PARENT, [*items, change(0, "report", "r", {"name": "r"})], True, 9
+            )
+        assert await store.task("t0") is None and await store.parent_cursor(PARENT) == 1
+        result = await store.apply_from_parent(PARENT, items, True, 9)
+        assert (result["cursor"], result["applied"], result["deleted"]) == (9, 7, 1)
+        assert len(commits) == 4  # three chunks of 3, 3, 1, then the delete with the cursor
+        assert await store.task("old") is None
+        assert sorted(t["name"] for t in await store.tasks()) == [f"t{i}" for i in range(7)]
