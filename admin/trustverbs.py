@@ -16,7 +16,7 @@ from admin.output import short_time, table
 from protocol import policies
 from protocol.session import NAME
 
-_FOR = {"agent": "agents", "taskserver": "task servers"}
+_FOR = {"agent": "agents", "taskserver": "task servers", "child": "child NS"}
 
 
 def duration_s(text: str) -> int:

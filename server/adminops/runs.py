@@ -117,6 +117,12 @@ async def start_from_args(
                 f"every one of the {skipped} target(s) is offline and --online-only skipped it:"
                 " nothing to run; without --online-only they run when they connect",
             )
+        if every:
+            raise ApiError(
+                "no_targets",
+                f"{name!r} is a {what} and {ns.name} has no computers yet: nothing to run"
+                " (agents appear once they register)",
+            )
         raise ApiError(
             "no_targets",
             f"{name!r} is a {what}: give --computer, --group or --filter NAME (repeatable), or --all"

@@ -63,6 +63,8 @@ async def test_a_child_links_and_the_parent_lists_it(fleet):
     code, out, err = await fleet.cli_on(parent, "children")
     assert code == 0, err
     assert "NAME" in out and "LAG" in out and "site-a" in out and "site-b" in out
+    code, out, err = await fleet.cli_on(parent, "tokens", "create", "--for", "child")
+    assert code == 0 and "enrolment token #" in out and " for child NS " in out, (out, err)
     # The child's key is a key of role child at the parent.
     async with fleet.admin_of(parent) as c:
         keys = {(k["role"], k["name"]) for k in await c.call("keys.list")}
