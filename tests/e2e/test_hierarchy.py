@@ -175,13 +175,7 @@ async def test_a_loop_is_refused_at_the_handshake(fleet):
     again = fleet._proc(
         "hq-again",
         [
-            "server",
-            "--data",
-            str(fleet.root / "hq"),
-            "--listen",
-            "127.0.0.1:0",
-            "--name",
-            "hq",
+            *top.args,  # its own data and store (PostgreSQL under --store=postgresql)
             "--parent",
             child.url,
             "--parent-fingerprint",

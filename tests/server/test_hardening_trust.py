@@ -248,10 +248,11 @@ async def test_rejecting_an_agent_closes_it_and_its_ticket_no_longer_opens_its_t
         insecure=True,
     )
     await ts.start()
+    # Linked before the agents register: one the NS sees first goes to the built-in service.
+    await asyncio.wait_for(ts.connected.wait(), 15)
     agents = [quick_agent(ns.url, name, agent_token) for name in ("pc-bad", "pc-good")]
     tasks = [asyncio.create_task(a.run()) for a in agents]
     try:
-        await asyncio.wait_for(ts.connected.wait(), 15)
 
         async def both_at_ts():
             return {"pc-bad", "pc-good"} <= set(ts.relay.agents)
