@@ -8,8 +8,8 @@ its cursor (the last parent change it applied). The parent's ``welcome`` names t
 kept (also in ``DATA/hierarchy.json``, for a restart while the parent is away) for this NS's
 own children's loop checks.
 
-While linked, the child answers ``CHILD_OPS`` (``hier.changes`` applies replicated items in one
-transaction, ``hier.reconcile`` reconciles its own children) and runs the coroutines in
+While linked, the child answers ``CHILD_OPS`` (``hier.changes`` applies replicated items: a
+batch of changes in one transaction, a full set 500 items per transaction; ``hier.reconcile`` reconciles its own children) and runs the coroutines in
 ``on_parent_link`` (hup's summaries). A lost link is tried again with backoff; a refusal no
 retry changes (a loop, a used-up token, a rejected key, a wrong pin) is logged as an error and
 tried again only after a minute: the admin must fix the configuration, and the NS keeps serving
@@ -224,7 +224,7 @@ async def _call(start: Callable[[], Awaitable[None]]) -> None:
 
 @child_op("hier.changes")
 async def hier_changes(ns: NS, parent: str, args: dict[str, Any]) -> Any:
-    """Apply replicated items from the parent (``Store.apply_from_parent``: one transaction)."""
+    """Apply replicated items from the parent (``Store.apply_from_parent``)."""
     changes, full, upto = args.get("changes"), args.get("full", False), args.get("upto")
     if not isinstance(changes, list) or not isinstance(full, bool) or not isinstance(upto, int):
         raise ApiError(

@@ -35,8 +35,8 @@ LINK_LIMITS = Limits(
     max_depth=32,
 )
 """What either side of a parent-child link takes, once the child is authenticated: a full
-reconciliation is the whole replicated set in one ``hier.changes`` (applied in one transaction),
-far larger than a dispatch, and reports and summaries nest a level or two per tier below."""
+reconciliation is the whole replicated set in one ``hier.changes`` (applied 500 items per
+transaction), far larger than a dispatch, and reports and summaries nest a level or two per tier below."""
 
 CHILD_OPS: dict[str, Op] = {}
 """Ops a child answers (asked by its parent)."""
