@@ -20,7 +20,7 @@ async def _row(ns: NS, row: dict[str, Any]) -> dict[str, Any]:
     return {
         **row,
         "connected": row["name"] in ns.hierarchy.connected_children(),
-        "lag_s": await ns.hierarchy.lag_s(int(row.get("acked_seq") or 0)),
+        "lag_s": await ns.db.child_lag_s(int(row.get("acked_seq") or 0)),
         "clashes": list(row.get("clashes") or []),
         "below": list(row.get("below") or []),
         "online": computers.get("online") if summary else None,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from typing import Any
 
 import msgpack
@@ -187,7 +186,7 @@ class ChildLink:
             "sent": sent,
             "changed": int(result.get("applied", 0)) + int(result.get("deleted", 0)),
             "clashes": list(self.clashes.values()),
-            "lag_s": await self.ns.hierarchy.lag_s(self.acked),
+            "lag_s": await self.ns.db.child_lag_s(self.acked),
             "below": below,
         }
 
@@ -287,14 +286,6 @@ class Children:
                 "child_timeout", f"child NS {name!r} did not answer {op} within {timeout_s:g} s"
             ) from None
 
-    async def lag_s(self, acked_seq: int) -> float:
-        """How long the oldest change a child has not acknowledged has waited (0: up to date)."""
-        changes = await self.ns.db.changes_after(acked_seq, 1)
-        if not changes:
-            return 0.0
-        at = await self.ns.db.journal_at(int(changes[0]["seq"]))
-        return round(max(0.0, time.time() - at), 3) if at is not None else 0.0
-
     async def reconcile(self) -> list[dict[str, Any]]:
         """A full reconciliation of every linked child now, recursively: one REPORT per known
         child (one not linked now is listed with what it last acknowledged)."""
@@ -316,7 +307,7 @@ class Children:
                     "sent": 0,
                     "changed": 0,
                     "clashes": list(row.get("clashes") or []),
-                    "lag_s": await self.lag_s(int(row.get("acked_seq") or 0)),
+                    "lag_s": await self.ns.db.child_lag_s(int(row.get("acked_seq") or 0)),
                     "below": [],
                 }
         return [reports[n] for n in sorted(reports)]

@@ -66,19 +66,12 @@ async def build_summary(
                 "name": row["name"],
                 "ns_id": row["ns_id"],
                 "connected": row["name"] in connected,
-                "lag_s": await _lag(db, row["acked_seq"], now),
+                "lag_s": await db.child_lag_s(row["acked_seq"], now),
                 "summary": row["summary"],
             }
             for row in await db.children()
         ],
     }
-
-
-async def _lag(db: Store, acked: int, now: float) -> float:
-    """How long the oldest change a child has not acknowledged has waited (0: up to date)."""
-    first = await db.changes_after(acked, limit=1)
-    at = await db.journal_at(first[0]["seq"]) if first else None
-    return round(max(0.0, now - at), 3) if at is not None else 0.0
 
 
 def _comparable(summary: dict[str, Any]) -> dict[str, Any]:

@@ -203,6 +203,17 @@ class HierarchyMixin(StoreBase):
         row = await self._one("SELECT at FROM hier_journal WHERE id=?", (seq,))
         return float(row["at"]) if row else None
 
+    async def child_lag_s(self, acked_seq: int, now: float | None = None) -> float:
+        """How long the oldest change a child has not acknowledged (it acknowledged up to
+        ``acked_seq``) has waited: 0 when it is up to date. One read."""
+        row = await self._one(
+            "SELECT at FROM hier_journal WHERE id > ? ORDER BY id LIMIT 1", (acked_seq,)
+        )
+        if row is None:
+            return 0.0
+        now = time.time() if now is None else now
+        return round(max(0.0, now - float(row["at"])), 3)
+
     async def trim_journal(self, now: float | None = None, batch: int = 500) -> int:
         """Delete up to ``batch`` of the oldest journal rows no longer needed: those every
         known child acknowledged and older than :data:`KEEP_ACKED_S`, and any older than
