@@ -164,7 +164,7 @@ async def serve_floor(cert: str | None, key: str | None, transport: str = "async
         from runtime.link import listen
 
         # A gate as wide as the floor's all-at-once connect needs; no pings during the rounds.
-        gate = Gate(limit=HANDSHAKES_AT_ONCE, waiting=1_000_000, wait_s=600, hold_s=600)
+        gate = Gate(limit=HANDSHAKES_AT_ONCE, waiting=1_000_000, wait_s=600, hold_s=600, pause_at=0)
         gate.keepalive = Keepalive(interval_s=3600)
         _, port = await listen(handler, "127.0.0.1", 0, ssl_context=context, gate=gate)
         print(f"ready port={port}", flush=True)

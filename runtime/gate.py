@@ -10,6 +10,13 @@ When ``waiting`` are already waiting, or one has waited longer than ``wait_s`` (
 given up by then), its TCP connection is closed before any TLS work; the client backs off with
 jitter and comes again.
 
+When ``pause_at`` are waiting, the listener stops accepting until half of them are gone (let in,
+or closed after ``wait_s``): further clients wait in the kernel's listen queue, then in their own
+SYN retries, and cost this process nothing. Without it, 100,000 agents enrolling faster than the
+NS could take them kept its one event loop busy accepting, queueing and closing connections
+that would never be let in: goodput fell to nothing and the TS links starved with it
+(docs/performance.md, "100,000 agents").
+
 A connection holds its slot from the start of TLS until its handler calls ``handshake_done()``
 (after the ``welcome``, or when it refuses the peer), or until it closes, or for at most
 ``hold_s``: then it is cut, so silent peers cannot keep the gate shut. Its TLS handshake must end
@@ -55,6 +62,9 @@ from runtime.tlsio import TLSTransport, handshake, take_socket
 
 HANDSHAKES_AT_ONCE = 128
 WAITING_AT_MOST = 20_000
+PAUSE_ACCEPTING_AT = 1_024
+"""Waiting connections at which the listener stops accepting: about what a busy NS lets in within
+``WAIT_AT_MOST_S`` (more would wait only to be closed unserved)."""
 WAIT_AT_MOST_S = 6.0
 """Less than a client's open timeout (10 s): a connection that waited longer is likely dead."""
 HANDSHAKES_PER_ADDRESS = 16
@@ -75,11 +85,20 @@ class Gate:
         hold_s: float = HOLD_AT_MOST_S,
         per_address: int = HANDSHAKES_PER_ADDRESS,
         open_per_address: int = 0,
+        pause_at: int = PAUSE_ACCEPTING_AT,
     ):
         if limit < 1 or per_address < 1:
             raise ValueError("a gate must let at least one handshake through")
         self.limit = limit
         self.waiting = waiting
+        self.pause_at = pause_at
+        """Waiting connections at which the listener stops accepting (0: never); it accepts
+        again once ``pause_at // 2`` or fewer wait."""
+        self.server: asyncio.Server | None = None
+        """The listener's asyncio server (``listening``), paused and resumed by this gate."""
+        self.accepting = True
+        self.pauses = 0
+        """Times the listener stopped accepting because ``pause_at`` connections waited."""
         self.wait_s = wait_s
         self.hold_s = hold_s
         self.per_address = per_address
@@ -122,7 +141,12 @@ class Gate:
             "capped": self.capped,
             "preempted": self.preempted,
             "overstayed": self.overstayed,
+            "pauses": self.pauses,
         }
+
+    def listening(self, server: asyncio.Server) -> None:
+        """The asyncio server whose accepting this gate pauses while ``pause_at`` wait."""
+        self.server = server
 
     def arrive(self, conn: GatedConnection) -> None:
         address = conn.address
@@ -147,6 +171,8 @@ class Gate:
             self.queue.push(address, conn)
             if self._sweep is None:
                 self._sweep = asyncio.get_running_loop().call_later(self._sweep_s(), self._expire)
+            if self.pause_at and len(self.queue) >= self.pause_at:
+                self._pause()
         else:
             self._refuse(conn)
 
@@ -167,6 +193,7 @@ class Gate:
 
     def close(self) -> None:
         """The listener stops: drop every connection still waiting."""
+        self.server = None  # closed: never to accept again
         for conn in self.queue.drain():
             conn.drop()
         if self._sweep is not None:
@@ -199,6 +226,7 @@ class Gate:
                 self._refuse(conn)
                 continue
             self._admit(conn)
+        self._maybe_resume()
 
     def _expire(self) -> None:
         """Close the connections that waited longer than ``wait_s`` (their clients gave up),
@@ -209,6 +237,37 @@ class Gate:
                 self._refuse(conn)
         if self.queue:
             self._sweep = asyncio.get_running_loop().call_later(self._sweep_s(), self._expire)
+        self._maybe_resume()
+
+    def _pause(self) -> None:
+        """Stop accepting: no more reads of the listening sockets (asyncio has no public call to
+        pause a server; ``_maybe_resume`` uses its internals to start again)."""
+        server = self.server
+        if not self.accepting or server is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            for sock in server.sockets:
+                loop.remove_reader(sock.fileno())
+        except (OSError, ValueError):
+            return
+        self.accepting = False
+        self.pauses += 1
+
+    def _maybe_resume(self) -> None:
+        if self.accepting or len(self.queue) > self.pause_at // 2:
+            return
+        self.accepting = True
+        server = self.server
+        if server is not None and server.sockets:
+            # ``_start_serving`` adds the accepting readers back, once ``_serving`` is false: it
+            # is false only within this call (websockets answers 503 to an upgrade that finds
+            # its server not serving).
+            try:
+                server._serving = False  # type: ignore[attr-defined]
+                server._start_serving()  # type: ignore[attr-defined]
+            except (AttributeError, OSError, ValueError):
+                server._serving = True  # type: ignore[attr-defined]
 
     def _sweep_s(self) -> float:
         """How often the waiting room is swept: a quarter of the longest wait, at most 4 a s."""

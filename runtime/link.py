@@ -520,6 +520,7 @@ async def listen(
         )
     except OSError as exc:
         raise ListenError(_cannot_listen(host, port, exc, option)) from exc
+    gate.listening(server.server)
     bound = next(iter(server.sockets)).getsockname()[1]
     return server, int(bound)
 

@@ -102,6 +102,40 @@ async def test_a_full_waiting_room_closes_new_connections_before_tls_and_serves_
         assert lst.served == 1
 
 
+async def test_a_full_waiting_room_stops_accepting_until_half_of_it_is_gone(tls):
+    """With ``pause_at`` waiting, the listener accepts nothing more: a client connecting then waits
+    in the kernel's listen queue, costing the process nothing, and is accepted once the room has
+    emptied to half, then served."""
+    server_ctx, client_ctx = tls
+    gate = Gate(limit=1, pause_at=1)
+    async with gated(gate, server_ctx) as (lst, port):
+        first = asyncio.create_task(open_client(port, client_ctx))
+        await asyncio.wait_for(lst.in_handler.wait(), 10)
+        second = asyncio.create_task(open_client(port, client_ctx))
+        await until(lambda: not gate.accepting, "the listener to stop accepting")
+        assert len(gate.queue) == 1 and gate.pauses == 1
+        arrived = sum(gate.open.values())
+        # The kernel completes this TCP handshake from its listen queue; the gate never hears of
+        # it while the listener is paused.
+        third = asyncio.create_task(open_client(port, client_ctx))
+        await asyncio.sleep(0.3)
+        assert sum(gate.open.values()) == arrived and len(gate.queue) == 1
+        assert not third.done()
+
+        lst.let_go.put_nowait(None)  # the first is done: the second goes in, the room empties
+        assert await asyncio.wait_for(first, 10) == b"welcome"
+        await until(lambda: lst.served == 2, "the second connection to reach its handler")
+        # The room emptied: the listener accepted again, took the third, and paused once more.
+        await until(lambda: len(gate.queue) == 1, "the third connection accepted, waiting")
+        assert gate.pauses == 2 and not gate.accepting
+        lst.let_go.put_nowait(None)
+        assert await asyncio.wait_for(second, 10) == b"welcome"
+        await until(lambda: lst.served == 3, "the third connection to reach its handler")
+        lst.let_go.put_nowait(None)
+        assert await asyncio.wait_for(third, 10) == b"welcome"
+        assert gate.refused == 0 and gate.accepting
+
+
 async def test_a_connection_that_waited_too_long_is_closed_not_started(tls):
     server_ctx, client_ctx = tls
     gate = Gate(limit=1, wait_s=0.0)
