@@ -29,7 +29,6 @@ from admin.common import (
 from admin.config import DATABASE_ENV, print_config, role_parser
 from admin.hierverbs import add_parent_flags, parent_settings
 from runtime.gate import HANDSHAKES_AT_ONCE
-from runtime.metrics import token_file_check
 from runtime.sdnotify import Notifier
 
 HANDSHAKES_HELP = (
@@ -338,6 +337,7 @@ def _connecting_role_prelude(args: argparse.Namespace) -> int | None:
 
 
 def cmd_taskserver(args: argparse.Namespace) -> int:
+    from runtime.metrics import token_file_check
     from taskserver.service import TaskServer
 
     if (early := _connecting_role_prelude(args)) is not None:
@@ -382,6 +382,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from agent.agent import Agent
     from agent.commands import CommandTable
     from agent.metrics import run_with_metrics
+    from runtime.metrics import token_file_check
 
     if (early := _connecting_role_prelude(args)) is not None:
         return early

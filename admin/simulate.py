@@ -18,10 +18,13 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from agent.agent import Agent
-from runtime import heap, logs
+from runtime import logs
 from runtime.tls import ClientTrust
+
+if TYPE_CHECKING:
+    from agent.agent import Agent
 
 
 def _end_with_parent(parent: int) -> Callable[[], None]:
@@ -49,6 +52,8 @@ def _raise_open_files() -> None:
 
 
 async def run_agents(args: argparse.Namespace, names: list[str]) -> None:
+    from agent.agent import Agent  # here: every admin command imports this module's parser
+
     trust = ClientTrust(
         ca_file=args.ca, fingerprint=args.server_fingerprint, insecure=args.insecure
     )
@@ -128,6 +133,8 @@ def main(args: argparse.Namespace) -> int:
                     preexec_fn=_end_with_parent(os.getpid()),  # noqa: PLW1509 (no threads yet)
                 )
             )
+    from runtime import heap
+
     heap.tune_gc(many_agents=True)
     try:
         asyncio.run(run_agents(args, mine))

@@ -8,22 +8,26 @@ is what the server prints at start. Plain ``ws://`` needs an explicit ``--insecu
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import functools
 import hashlib
 import ipaddress
 import os
+import re
 import socket
 import ssl
-from typing import Any
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING, Any
 
 from runtime.keys import write_private
 from runtime.tlsio import harden
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+# ``cryptography.x509`` is imported where a certificate is made, not here: every admin command
+# imports this module for its pin check, and x509 is a fifth of such a command's start.
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", re.S)
 
 
 def cert_fingerprint(der: bytes) -> str:
@@ -32,12 +36,19 @@ def cert_fingerprint(der: bytes) -> str:
 
 
 def file_fingerprint(cert_path: str) -> str:
+    """The fingerprint of the first certificate in a PEM file; ValueError if it holds none."""
     with open(cert_path, "rb") as fh:
-        cert = x509.load_pem_x509_certificate(fh.read())
-    return cert_fingerprint(cert.public_bytes(serialization.Encoding.DER))
+        found = _PEM_CERT.search(fh.read())
+    if found is None:
+        raise ValueError(f"{cert_path} holds no PEM certificate")
+    der = base64.b64decode(b"".join(found.group(1).split()), validate=True)
+    return cert_fingerprint(der)
 
 
 def _name(common: str) -> x509.Name:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
 
@@ -48,6 +59,10 @@ def ensure_certificates(folder: str, common_name: str) -> tuple[str, str, str]:
     key_path = os.path.join(folder, "server.key")
     if os.path.exists(cert_path) and os.path.exists(key_path):
         return cert_path, key_path, ca_path
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     os.makedirs(folder, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
