@@ -295,14 +295,22 @@ class GateCollector(Collector):
             " waiting room was full or the wait too long; capped: too many from one address)",
             labels=["listener", "outcome"],
         )
+        pauses = CounterMetricFamily(
+            "taskfleet_listener_accept_pauses",
+            "Times a listener stopped accepting because its handshake gate's waiting room was"
+            " full (new clients then wait in the kernel's listen queue)",
+            labels=["listener"],
+        )
         for listener, gate in self.gates().items():
             stats = gate.stats()
             now.add_metric([listener, "in_progress"], stats["handshakes"])
             now.add_metric([listener, "waiting"], stats["waiting"])
             for outcome in self.OUTCOMES:
                 done.add_metric([listener, outcome], stats[outcome])
+            pauses.add_metric([listener], stats["pauses"])
         yield now
         yield done
+        yield pauses
 
 
 def counters(name: str, doc: str, label: str, values: dict[str, int]) -> CounterMetricFamily:

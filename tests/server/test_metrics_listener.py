@@ -73,6 +73,7 @@ async def test_with_an_admin_port_the_endpoints_are_there(tmp_path):
         assert await http_get(ns.admin_port, "/readyz") == (200, "ready\n")
         status, body = await http_get(ns.admin_port, "/metrics")
         assert status == 200 and 'taskfleet_handshakes_total{listener="admin"' in body
+        assert 'taskfleet_listener_accept_pauses_total{listener="admin"} 0.0' in body
         assert (await http_get(ns.port, "/metrics"))[0] == 426
     finally:
         await ns.stop()
