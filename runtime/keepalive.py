@@ -132,9 +132,14 @@ class Keepalive(_Rounds):
                 if now - sent >= self.timeout_s:
                     if _reading_paused(ws):
                         # Its messages fill our queue (an admin script sending requests faster
-                        # than they are answered): the peer is alive, and its pong waits unread
-                        # behind them. Reading resumes as the queue drains.
+                        # than they are answered, a TS's reports to a busy NS): the peer is
+                        # alive, and its pong waits unread behind them. Reading resumes as the
+                        # queue drains. Meanwhile a ping no one waits for (its pong is ignored)
+                        # tells the peer we are here: its watchdog fails a server silent for
+                        # ``SILENCE_S``, and a busy NS had lost every TS that way.
                         self.spared += 1
+                        ws.protocol.send_ping(struct.pack("!I", random.getrandbits(32)))
+                        ws.send_data()
                     else:
                         self.fail(ws, "keepalive ping timeout")
                 continue  # one ping at a time

@@ -338,6 +338,53 @@ async def _true(value: bool) -> bool:
     return value
 
 
+async def test_a_spared_peer_still_hears_the_server_and_its_watchdog_keeps_it(contexts):
+    """While the server spares a client it stopped reading (its pong unread behind its messages),
+    it goes on pinging: the client, which fails a server silent for its watchdog's silence, keeps
+    the connection through several silences, and all its messages are read afterwards."""
+    server_ctx, client_ctx = contexts
+    dog = watchdog()
+    dog.silence_s, dog.check_every_s = 0.8, 0.1
+    release = asyncio.Event()
+    got: list[bytes] = []
+
+    async def handler(ws) -> None:  # type: ignore[no-untyped-def]
+        ws.handshake_done()
+        got.append(await ws.recv())
+        await release.wait()  # busy: reads nothing more for now
+        with contextlib.suppress(ConnectionClosed):
+            while len(got) < 201:
+                got.append(await ws.recv())
+            await ws.wait_closed()
+
+    gate = Gate()
+    gate.keepalive = Keepalive(interval_s=0.2, timeout_s=0.2)
+    server, port = await listen(handler, "127.0.0.1", 0, ssl_context=server_ctx, gate=gate)
+    try:
+        async with watched(f"wss://127.0.0.1:{port}", client_ctx) as client:
+            for i in range(201):
+                await client.send(b"request %d" % i)
+
+            async def spared_for_three_silences() -> bool:
+                return gate.keepalive.spared >= 12 or dog.failed > 0
+
+            await until(spared_for_three_silences, "the busy client spared for 2.4 s", 20)
+            assert dog.failed == 0, "the client took the busy server for a silent one"
+            assert client.protocol.state is State.OPEN
+            release.set()
+
+            async def all_read() -> bool:
+                return len(got) == 201
+
+            await until(all_read, "the server reading every message", 20)
+            assert gate.keepalive.failed == 0 and dog.failed == 0
+    finally:
+        release.set()
+        server.close()
+        gate.close()
+        await server.wait_closed()
+
+
 async def test_the_watchdog_checks_a_large_fleet_bucket_by_bucket():
     """With many connections the watchdog visits one bucket per tick: every client of a mute
     server is failed within the silence plus one round of buckets, a client of a pinging one
