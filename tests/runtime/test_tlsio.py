@@ -338,6 +338,50 @@ async def _true(value: bool) -> bool:
     return value
 
 
+class BusyServer:
+    """A pinging listener (every 0.2 s, a pong 0.2 s late is overdue) whose handler reads one
+    message, then nothing until ``release`` is set, then ``MESSAGES - 1`` more: a server too busy
+    to read its client, as an NS behind on a TS's reports or an admin script's requests."""
+
+    MESSAGES = 201
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.got: list[bytes] = []
+        self.closed: list[int | None] = []
+        self.gate = Gate()
+        self.gate.keepalive = Keepalive(interval_s=0.2, timeout_s=0.2)
+
+    async def handler(self, ws: Any) -> None:
+        ws.handshake_done()
+        self.got.append(await ws.recv())
+        await self.release.wait()  # busy: reads nothing more for now
+        with contextlib.suppress(ConnectionClosed):
+            while len(self.got) < self.MESSAGES:
+                self.got.append(await ws.recv())
+            await ws.wait_closed()
+        sent = ws.protocol.close_sent
+        self.closed.append(sent.code if sent is not None else None)
+
+    async def all_read(self) -> bool:
+        return len(self.got) == self.MESSAGES
+
+
+@contextlib.asynccontextmanager
+async def busy_server(server_ctx: ssl.SSLContext) -> AsyncIterator[tuple[BusyServer, int]]:
+    busy = BusyServer()
+    server, port = await listen(
+        busy.handler, "127.0.0.1", 0, ssl_context=server_ctx, gate=busy.gate
+    )
+    try:
+        yield busy, port
+    finally:
+        busy.release.set()
+        server.close()
+        busy.gate.close()
+        await server.wait_closed()
+
+
 async def test_a_spared_peer_still_hears_the_server_and_its_watchdog_keeps_it(contexts):
     """While the server spares a client it stopped reading (its pong unread behind its messages),
     it goes on pinging: the client, which fails a server silent for its watchdog's silence, keeps
@@ -345,44 +389,22 @@ async def test_a_spared_peer_still_hears_the_server_and_its_watchdog_keeps_it(co
     server_ctx, client_ctx = contexts
     dog = watchdog()
     dog.silence_s, dog.check_every_s = 0.8, 0.1
-    release = asyncio.Event()
-    got: list[bytes] = []
+    async with (
+        busy_server(server_ctx) as (busy, port),
+        watched(f"wss://127.0.0.1:{port}", client_ctx) as client,
+    ):
+        for i in range(busy.MESSAGES):
+            await client.send(b"request %d" % i)
 
-    async def handler(ws) -> None:  # type: ignore[no-untyped-def]
-        ws.handshake_done()
-        got.append(await ws.recv())
-        await release.wait()  # busy: reads nothing more for now
-        with contextlib.suppress(ConnectionClosed):
-            while len(got) < 201:
-                got.append(await ws.recv())
-            await ws.wait_closed()
+        async def spared_for_three_silences() -> bool:
+            return busy.gate.keepalive.spared >= 12 or dog.failed > 0
 
-    gate = Gate()
-    gate.keepalive = Keepalive(interval_s=0.2, timeout_s=0.2)
-    server, port = await listen(handler, "127.0.0.1", 0, ssl_context=server_ctx, gate=gate)
-    try:
-        async with watched(f"wss://127.0.0.1:{port}", client_ctx) as client:
-            for i in range(201):
-                await client.send(b"request %d" % i)
-
-            async def spared_for_three_silences() -> bool:
-                return gate.keepalive.spared >= 12 or dog.failed > 0
-
-            await until(spared_for_three_silences, "the busy client spared for 2.4 s", 20)
-            assert dog.failed == 0, "the client took the busy server for a silent one"
-            assert client.protocol.state is State.OPEN
-            release.set()
-
-            async def all_read() -> bool:
-                return len(got) == 201
-
-            await until(all_read, "the server reading every message", 20)
-            assert gate.keepalive.failed == 0 and dog.failed == 0
-    finally:
-        release.set()
-        server.close()
-        gate.close()
-        await server.wait_closed()
+        await until(spared_for_three_silences, "the busy client spared for 2.4 s", 20)
+        assert dog.failed == 0, "the client took the busy server for a silent one"
+        assert client.protocol.state is State.OPEN
+        busy.release.set()
+        await until(busy.all_read, "the server reading every message", 20)
+        assert busy.gate.keepalive.failed == 0 and dog.failed == 0
 
 
 async def test_the_watchdog_checks_a_large_fleet_bucket_by_bucket():
@@ -418,46 +440,21 @@ async def test_keepalive_spares_a_peer_whose_messages_wait_unread(contexts):
     requests) makes the server stop reading it, so its pongs wait unread behind its messages:
     the keepalive must not fail it for that. Once the server reads again, all is there."""
     server_ctx, client_ctx = contexts
-    release = asyncio.Event()
-    got: list[bytes] = []
-    closed: list[int | None] = []
-
-    async def handler(ws) -> None:  # type: ignore[no-untyped-def]
-        ws.handshake_done()
-        got.append(await ws.recv())
-        await release.wait()  # busy: reads nothing more for now
-        with contextlib.suppress(ConnectionClosed):
-            while len(got) < 201:
-                got.append(await ws.recv())
-            await ws.wait_closed()
-        sent = ws.protocol.close_sent
-        closed.append(sent.code if sent is not None else None)
-
-    gate = Gate()
-    gate.keepalive = Keepalive(interval_s=0.2, timeout_s=0.2)
-    server, port = await listen(handler, "127.0.0.1", 0, ssl_context=server_ctx, gate=gate)
-    try:
-        async with Connect(
+    async with (
+        busy_server(server_ctx) as (busy, port),
+        Connect(
             f"wss://127.0.0.1:{port}", ssl=client_ctx, proxy=None, ping_interval=None
-        ) as client:
-            for i in range(201):
-                await client.send(b"request %d" % i)
+        ) as client,
+    ):
+        for i in range(busy.MESSAGES):
+            await client.send(b"request %d" % i)
 
-            async def overdue_twice() -> bool:  # failed, or forgiven twice
-                return gate.keepalive.failed > 0 or gate.keepalive.spared >= 2
+        async def overdue_twice() -> bool:  # failed, or forgiven twice
+            return busy.gate.keepalive.failed > 0 or busy.gate.keepalive.spared >= 2
 
-            await until(overdue_twice, "two pongs overdue behind the unread messages", 20)
-            assert gate.keepalive.failed == 0, "the busy connection was failed"
-            release.set()
-
-            async def all_read() -> bool:
-                return len(got) == 201
-
-            await until(all_read, "the server reading every message", 20)
-            await asyncio.wait_for(client.ping(), 5)  # still open both ways
-            assert closed == [] and gate.keepalive.failed == 0
-    finally:
-        release.set()
-        server.close()
-        gate.close()
-        await server.wait_closed()
+        await until(overdue_twice, "two pongs overdue behind the unread messages", 20)
+        assert busy.gate.keepalive.failed == 0, "the busy connection was failed"
+        busy.release.set()
+        await until(busy.all_read, "the server reading every message", 20)
+        await asyncio.wait_for(client.ping(), 5)  # still open both ways
+        assert busy.closed == [] and busy.gate.keepalive.failed == 0
