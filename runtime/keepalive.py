@@ -136,7 +136,7 @@ class Keepalive(_Rounds):
                         # alive, and its pong waits unread behind them. Reading resumes as the
                         # queue drains. Meanwhile a ping no one waits for (its pong is ignored)
                         # tells the peer we are here: its watchdog fails a server silent for
-                        # ``SILENCE_S``, and a busy NS had lost every TS that way.
+                        # ``SILENCE_S`` (a TS would drop its link to an NS busy with its reports).
                         self.spared += 1
                         ws.protocol.send_ping(struct.pack("!I", random.getrandbits(32)))
                         ws.send_data()
