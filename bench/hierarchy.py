@@ -57,7 +57,7 @@ if str(ROOT) not in sys.path:  # `python bench/hierarchy.py` from a checkout not
 
 from admin.client import AdminClient  # noqa: E402
 from bench.fleet import until  # noqa: E402
-from bench.procs import ServerProc, _kill_leftovers, calibrate  # noqa: E402
+from bench.procs import ServerProc, calibrate, run_main  # noqa: E402
 from bench.run import _ints, configure_logging, source_fingerprint  # noqa: E402
 from protocol.errors import RemoteError  # noqa: E402
 from runtime.tls import ClientTrust  # noqa: E402
@@ -590,17 +590,7 @@ async def amain(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging()
-    try:
-        return asyncio.run(amain(args))
-    except KeyboardInterrupt:
-        return 130
-    except asyncio.CancelledError:  # SIGTERM
-        return 143
-    except (TimeoutError, RuntimeError) as exc:
-        print(f"bench: failed: {exc!r}", file=sys.stderr)
-        return 2
-    finally:
-        _kill_leftovers()
+    return run_main(amain(args))
 
 
 if __name__ == "__main__":

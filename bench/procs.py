@@ -21,6 +21,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,22 @@ def _kill_leftovers() -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     _LIVE_PIDS.clear()
+
+
+def run_main(main: Coroutine[Any, Any, int]) -> int:
+    """A bench's ``main``: run its coroutine to its exit code; Ctrl-C is 130, SIGTERM 143, a
+    timeout or a failed step one line and 2; every child process is killed however it ends."""
+    try:
+        return asyncio.run(main)
+    except KeyboardInterrupt:
+        return 130
+    except asyncio.CancelledError:  # SIGTERM
+        return 143
+    except (TimeoutError, RuntimeError) as exc:
+        print(f"bench: failed: {exc or type(exc).__name__}", file=sys.stderr)
+        return 2
+    finally:
+        _kill_leftovers()
 
 
 try:

@@ -50,7 +50,7 @@ import structlog  # noqa: E402
 
 from bench import floor  # noqa: E402
 from bench.fleet import SCENARIOS, bench  # noqa: E402
-from bench.procs import _kill_leftovers, calibrate, raise_nofile  # noqa: E402
+from bench.procs import calibrate, raise_nofile, run_main  # noqa: E402
 from bench.report import render, summarise  # noqa: E402
 from runtime import heap  # noqa: E402
 
@@ -283,17 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: warning: open-file limit {soft} may be short for {max(args.agents)} agents")
     configure_logging()
     heap.tune_gc(many_agents=True)  # as in `taskfleet simulate`: this process holds the N agents
-    try:
-        return asyncio.run(amain(args))
-    except KeyboardInterrupt:
-        return 130
-    except asyncio.CancelledError:  # SIGTERM
-        return 143
-    except (TimeoutError, RuntimeError) as exc:
-        print(f"bench: failed: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        _kill_leftovers()
+    return run_main(amain(args))
 
 
 if __name__ == "__main__":

@@ -55,11 +55,11 @@ from bench.procs import (  # noqa: E402
     ServerProc,
     _end,
     _hwm_kib,
-    _kill_leftovers,
     _rss_kib,
     _spawn,
     calibrate,
     raise_nofile,
+    run_main,
 )
 from bench.report import render_scale as render  # noqa: E402
 from bench.run import _ints, configure_logging, source_fingerprint  # noqa: E402
@@ -651,14 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     raise_nofile()
     configure_logging()
-    try:
-        return asyncio.run(amain(args))
-    except KeyboardInterrupt:
-        return 130
-    except asyncio.CancelledError:
-        return 143
-    finally:
-        _kill_leftovers()
+    return run_main(amain(args))
 
 
 if __name__ == "__main__":
