@@ -9,11 +9,11 @@ kept (also in ``DATA/hierarchy.json``, for a restart while the parent is away) f
 own children's loop checks.
 
 While linked, the child answers ``CHILD_OPS`` (``hier.changes`` applies replicated items: a
-batch of changes in one transaction, a full set 500 items per transaction; ``hier.reconcile`` reconciles its own children) and runs the coroutines in
-``on_parent_link`` (hup's summaries). A lost link is tried again with backoff; a refusal no
-retry changes (a loop, a used-up token, a rejected key, a wrong pin) is logged as an error and
-tried again only after a minute: the admin must fix the configuration, and the NS keeps serving
-its own fleet meanwhile.
+batch of changes in one transaction, a full set 500 items per transaction; ``hier.reconcile``
+reconciles its own children) and runs the coroutines in ``on_parent_link`` (hup's summaries).
+A lost link is tried again with backoff; a refusal no retry changes (a loop, a used-up token, a
+rejected key, a wrong pin) is logged as an error and tried again only after a minute: the admin
+must fix the configuration, and the NS keeps serving its own fleet meanwhile.
 """
 
 from __future__ import annotations

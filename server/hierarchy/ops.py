@@ -36,7 +36,8 @@ LINK_LIMITS = Limits(
 )
 """What either side of a parent-child link takes, once the child is authenticated: a full
 reconciliation is the whole replicated set in one ``hier.changes`` (applied 500 items per
-transaction), far larger than a dispatch, and reports and summaries nest a level or two per tier below."""
+transaction), far larger than a dispatch, and reports and summaries nest a level or two per tier
+below."""
 
 CHILD_OPS: dict[str, Op] = {}
 """Ops a child answers (asked by its parent)."""

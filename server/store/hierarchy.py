@@ -198,11 +198,6 @@ class HierarchyMixin(StoreBase):
         rows.sort(key=lambda r: (depth(r["name"]), r["name"]))
         return [_change(0, "group", r["name"], {**r, "replicate": True}) for r in rows]
 
-    async def journal_at(self, seq: int) -> float | None:
-        """When change ``seq`` was made (None: not kept)."""
-        row = await self._one("SELECT at FROM hier_journal WHERE id=?", (seq,))
-        return float(row["at"]) if row else None
-
     async def child_lag_s(self, acked_seq: int, now: float | None = None) -> float:
         """How long the oldest change a child has not acknowledged (it acknowledged up to
         ``acked_seq``) has waited: 0 when it is up to date. One read."""
